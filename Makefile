@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   - the main job on its embedded default
+#   make test   - the test suite
+# Both create/refresh .venv from pinned versions (constraints.txt); a second run installs nothing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv test test-all demo lint bench clean
+
+$(STAMP): requirements.txt constraints.txt setup.py setup.cfg
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -r requirements.txt -c constraints.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+venv: $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Slow tests too (reliability loops, end-to-end runs).
+test-all: venv
+	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+demo: venv
+	$(BIN)/vmerpo demo
+
+lint: venv
+	$(BIN)/ruff check perception learning sim robot_nodes vmerpo tests bench
+
+bench: venv
+	$(BIN)/python bench/store.py --out results/bench_store.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from vmerpo.cli import main
+
+sys.exit(main())
