@@ -164,6 +164,9 @@ def _chunk_rows(trailing: tuple[int, ...], itemsize: int) -> int:
     return LOWDIM_CHUNK_ROWS
 
 
+_MISSING = {"bool": False, "int64": -1, "float64": np.nan, "category": -1}
+
+
 def _encode_provenance(value: Any) -> tuple[Any, str]:
     if isinstance(value, (bool, np.bool_)):
         return bool(value), "bool"
@@ -256,8 +259,14 @@ class EpisodeWriter:
         """Truncate whatever a killed writer left beyond the last committed episode."""
         ends = np.asarray(self.root["meta/episode_ends"][:], dtype=np.int64)
         n_data = min((a.shape[0] for _, a in self.root["data"].arrays()), default=0)
-        valid = _committed_prefix(ends, n_data)
+        valid = _committed_prefix(ends)
+        if valid < len(ends) - 1:
+            raise StoreError(f"{self.path}: meta/episode_ends is not strictly increasing at "
+                             f"episode {valid}; the store is damaged")
         committed_rows = int(ends[valid - 1]) if valid else 0
+        if committed_rows > n_data:
+            raise StoreError(f"{self.path}: meta/episode_ends commits {committed_rows} rows but a "
+                             f"data array has only {n_data}; the store is damaged")
         dropped_rows = 0
         for key in list(self._array_names("data")):
             arr = self.root[f"data/{key}"]
@@ -355,13 +364,22 @@ class EpisodeWriter:
             if arr.shape[0] != start:
                 raise StoreError(f"data/{key} has {arr.shape[0]} rows, expected {start}")
             arr.append(value)
-        # 2. per-episode meta, 3. the commit
+        return self._commit(task_id, success, provenance, start + length)
+
+    def _commit(self, task_id: int, success: bool, provenance: Mapping[str, Any] | None,
+                end: int) -> int:
+        """Per-episode meta first, then the commit point: appending to meta/episode_ends."""
         self._append_meta("episode_task", np.int32(task_id))
         self._append_meta("episode_success", np.bool_(success))
-        for name, value in (provenance or {}).items():
+        provenance = dict(provenance or {})
+        for key in [k for k in self._handles if k.startswith("meta/episode_")]:
+            name = key[len("meta/episode_"):]
+            if f"episode_{name}" not in META_KEYS and name not in provenance:
+                provenance[name] = None  # this episode does not say: a missing marker
+        for name, value in provenance.items():
             self._append_provenance(name, value)
-        self._append_meta("episode_ends", np.int64(start + length))
-        self._ends.append(start + length)
+        self._append_meta("episode_ends", np.int64(end))
+        self._ends.append(end)
         return len(self._ends) - 1
 
     def _append_meta(self, key: str, value: Any) -> None:
@@ -374,6 +392,10 @@ class EpisodeWriter:
         key = f"episode_{name}"
         if key in META_KEYS:
             raise StoreError(f"provenance name {name!r} is reserved")
+        if value is None:
+            kind = self._handles[f"meta/{key}"].attrs.get("kind")
+            self._append_meta(key, _MISSING[kind])
+            return
         value, kind = _encode_provenance(value)
         if f"meta/{key}" not in self._handles:
             dtype = np.dtype({"bool": np.bool_, "int64": np.int64, "float64": np.float64,
@@ -384,7 +406,7 @@ class EpisodeWriter:
                 arr.attrs["categories"] = []
             # episodes written before this key existed get a missing marker
             if self.n_episodes:
-                fill = {"bool": False, "int64": -1, "float64": np.nan, "category": -1}[kind]
+                fill = _MISSING[kind]
                 arr.append(np.full(self.n_episodes, fill, dtype=dtype))
         arr = self._array(f"meta/{key}")
         if arr.attrs.get("kind") == "category":
@@ -458,15 +480,8 @@ class EpisodeStream:
         self._flush()
         if self.length == 0:
             raise StoreError("cannot commit an episode with no frames")
-        w = self.writer
-        w._append_meta("episode_task", np.int32(self.task_id))
-        w._append_meta("episode_success", np.bool_(success))
-        for name, value in self.provenance.items():
-            w._append_provenance(name, value)
-        w._append_meta("episode_ends", np.int64(self.start + self.length))
-        w._ends.append(self.start + self.length)
         self._done = True
-        return w.n_episodes - 1
+        return self.writer._commit(self.task_id, success, self.provenance, self.start + self.length)
 
     def discard(self) -> None:
         """Drop the rows written so far (e.g. an episode aborted by the operator)."""
@@ -478,11 +493,14 @@ class EpisodeStream:
         self._done = True
 
 
-def _committed_prefix(ends: np.ndarray, n_rows: int) -> int:
-    """Number of leading episode_ends entries that are strictly increasing and backed by rows."""
+def _committed_prefix(ends: np.ndarray) -> int:
+    """Number of leading episode_ends entries that are strictly increasing.
+
+    A writer killed inside the append of the commit entry leaves one trailing fill value (0),
+    never a value beyond the data rows (data is written before the commit)."""
     prev = 0
     for i, e in enumerate(ends):
-        if e <= prev or e > n_rows:
+        if e <= prev:
             return i
         prev = int(e)
     return len(ends)
@@ -591,13 +609,12 @@ class EpisodeStore:
             if f"meta/{key}" not in self.root:
                 raise StoreError(f"{self.path}: missing array meta/{key}")
         ends = np.asarray(self._read_array("meta/episode_ends"), dtype=np.int64)
-        n_rows = min((a.shape[0] for _, a in self.root["data"].arrays()), default=0)
-        valid = _committed_prefix(ends, n_rows)
+        valid = _committed_prefix(ends)
         # A killed writer can leave exactly one half-appended entry at the end; anything
         # else out of order is damage.
         if valid < len(ends) - 1:
             raise StoreError(f"{self.path}: meta/episode_ends is not strictly increasing at "
-                             f"episode {valid} (or exceeds the data rows)")
+                             f"episode {valid}")
         ends = ends[:valid]
         self.episode_ends = ends
         n_frames = int(ends[-1]) if len(ends) else 0

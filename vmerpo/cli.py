@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     try:
         return int(args._run(args) or 0)
+    except BrokenPipeError:  # output piped into `head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"vmerpo {args.verb}: interrupted", file=sys.stderr)
         return 130
