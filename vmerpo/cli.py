@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 # verb -> (module under vmerpo.commands, one-line help)
@@ -28,6 +29,7 @@ VERBS: dict[str, tuple[str, str]] = {
 
 
 def _load(verb: str):
+    """The verb's module, or None if this version does not have it yet."""
     module, _ = VERBS[verb]
     try:
         return importlib.import_module(f"vmerpo.commands.{module}")
@@ -35,6 +37,10 @@ def _load(verb: str):
         if e.name == f"vmerpo.commands.{module}":
             return None
         raise
+
+
+def available(verb: str) -> bool:
+    return importlib.util.find_spec(f"vmerpo.commands.{VERBS[verb][0]}") is not None
 
 
 def build_parser(verbs: list[str] | None = None) -> argparse.ArgumentParser:
