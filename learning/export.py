@@ -122,3 +122,32 @@ def make_test_policy(path: str | os.PathLike, spec: PolicySpec, seed: int = 0,
                      overwrite: bool = True) -> tuple[Path, TinyRecurrentPolicy]:
     module = TinyRecurrentPolicy(spec, seed=seed)
     return export_policy(module, spec, path, overwrite=overwrite), module
+
+
+class DeployedPolicy(nn.Module):
+    """The graph that runs on the robot: the world model's deterministic filter step
+    (posterior mean) followed by the actor's mean action, squashed and scaled to the limits.
+
+    `actor_mean` maps features s = [z, h] to the pre-tanh mean action [B, A].
+    """
+
+    def __init__(self, world_model: nn.Module, actor_mean: nn.Module) -> None:
+        super().__init__()
+        self.world_model = world_model
+        self.actor_mean = actor_mean
+        self.uses_state = bool(world_model.cfg.state_dim)
+
+    def forward(self, image, prev_action, h, z, state=None):
+        wm = self.world_model
+        h_next, z_next = wm.step(image, prev_action, h, z, state if self.uses_state else None)
+        unit = torch.tanh(self.actor_mean(torch.cat([z_next, h_next], -1)))
+        return scale_to_limits(unit, wm.action_low, wm.action_high), h_next, z_next
+
+
+def mlp(inp: int, hidden: int, layers: int, out: int) -> nn.Sequential:
+    """ELU MLP with `layers` hidden layers of width `hidden` (LOMPO/MerPO actors and critics)."""
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        mods += [nn.Linear(inp if i == 0 else hidden, hidden), nn.ELU()]
+    mods.append(nn.Linear(hidden if layers else inp, out))
+    return nn.Sequential(*mods)
