@@ -174,3 +174,19 @@ def test_damaged_store_is_refused_naming_the_array(tmp_path, how):
         store.verify()
     assert "\n" not in str(info.value)
 
+
+
+def test_fsspec_url_store(tmp_path):
+    """Object-storage style URLs go through fsspec (memory:// stands in for s3:// / gs://)."""
+    url = f"memory://vmerpo-test/{tmp_path.name}/logs.zarr"
+    with EpisodeWriter(url, spec(), mode="w") as w:
+        for k in range(3):
+            w.add_episode(episode(k), task_id=k % 3, success=True)
+    with EpisodeWriter(url, mode="a") as w:
+        w.add_episode(episode(3), task_id=0, success=False)
+    store = EpisodeStore.open(url, load="lazy")
+    assert store.n_episodes == 4
+    for k in range(4):
+        check_episode(store.episode(k), k)
+    with pytest.raises(FileExistsError):
+        EpisodeWriter(url, spec(), mode="w")
