@@ -143,11 +143,3 @@ class DeployedPolicy(nn.Module):
         unit = torch.tanh(self.actor_mean(torch.cat([z_next, h_next], -1)))
         return scale_to_limits(unit, wm.action_low, wm.action_high), h_next, z_next
 
-
-def mlp(inp: int, hidden: int, layers: int, out: int) -> nn.Sequential:
-    """ELU MLP with `layers` hidden layers of width `hidden` (LOMPO/MerPO actors and critics)."""
-    mods: list[nn.Module] = []
-    for i in range(layers):
-        mods += [nn.Linear(inp if i == 0 else hidden, hidden), nn.ELU()]
-    mods.append(nn.Linear(hidden if layers else inp, out))
-    return nn.Sequential(*mods)

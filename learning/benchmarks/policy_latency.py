@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from learning.export import DeployedPolicy, export_policy, mlp
+from learning.export import DeployedPolicy, export_policy
+from learning.rac import mlp
 from learning.runtime.policy_runtime import PolicyRuntime, choose_providers
 from learning.runtime.spec import PolicySpec
 from learning.world_model_train import preset
