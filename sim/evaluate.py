@@ -1,0 +1,197 @@
+"""The one closed-loop evaluation harness (issue 3, part 5), and the episode loop it shares
+with data collection.
+
+`policy` is anything with `reset()` and `act(observation) -> action`: scripted policies, a
+trained run, the ONNX runtime. Every action goes through the project's one safety limiter
+(`learning.runtime.safety.SafetyLimiter`) before it is applied, and the applied action is
+what the policy is told it did (`policy.set_applied_action(applied)` when it has that
+method): the same code path as the ROS policy node.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+def episode_seed(seed: int, task_id: int, episode_index: int) -> int:
+    """Seed of one episode: a function of (seed, task, episode index), never of the worker."""
+    return int(np.random.SeedSequence([int(seed), int(task_id), int(episode_index)]).generate_state(1)[0])
+
+
+@dataclass
+class EpisodeResult:
+    task_id: int
+    episode_index: int
+    seed: int
+    success: bool
+    episode_return: float
+    length: int
+    steps_to_success: int | None
+    data: dict[str, np.ndarray] | None = None  # contract-1 arrays when recorded
+    frames: list[np.ndarray] = field(default_factory=list)  # for videos
+    limiter: dict[str, int] = field(default_factory=dict)
+
+
+def run_episode(
+    env: Any,
+    policy: Any,
+    limiter: Any,
+    task_id: int,
+    seed: int,
+    episode_index: int = 0,
+    record: bool = False,
+    keep_frames: bool = False,
+) -> EpisodeResult:
+    """One episode: reset, then act -> limit -> apply until the episode cap."""
+    env.set_task(task_id)
+    if hasattr(policy, "seed"):
+        policy.seed(seed)
+    obs = env.reset()
+    policy.reset()
+    limiter.reset()
+    stats0 = limiter.stats.as_dict()
+    rows: dict[str, list] = {k: [] for k in ("image", "state", "action", "reward", "terminal",
+                                             "timestamp")}
+    total, success, first_success, t = 0.0, False, None, 0
+    frames = [obs["image"]] if keep_frames else []
+    while True:
+        proposed = policy.act(obs)
+        applied = limiter.limit(proposed, env.ee_position() if limiter.needs_ee_position else None)
+        if hasattr(policy, "set_applied_action"):
+            policy.set_applied_action(applied)
+        if record:
+            rows["image"].append(obs["image"])
+            rows["state"].append(obs["state"])
+            rows["action"].append(applied)
+            rows["timestamp"].append(t * env.control_dt)
+        obs, reward, terminated, truncated, info = env.step(applied)
+        t += 1
+        total += reward
+        if info.get("success") and not success:
+            success, first_success = True, t
+        if record:
+            rows["reward"].append(reward)
+            rows["terminal"].append(terminated)
+        if keep_frames:
+            frames.append(obs["image"])
+        if terminated or truncated:
+            break
+    data = None
+    if record:
+        data = {
+            "image": np.stack(rows["image"]).astype(np.uint8),
+            "state": np.stack(rows["state"]).astype(np.float32),
+            "action": np.stack(rows["action"]).astype(np.float32),
+            "reward": np.asarray(rows["reward"], dtype=np.float32),
+            "terminal": np.asarray(rows["terminal"], dtype=bool),
+            "timestamp": np.asarray(rows["timestamp"], dtype=np.float64),
+        }
+    stats = {k: v - stats0[k] for k, v in limiter.stats.as_dict().items()}
+    return EpisodeResult(task_id, episode_index, seed, success, total, t, first_success, data,
+                         frames, stats)
+
+
+def evaluate(
+    policy: Any,
+    env: Any,
+    tasks: Sequence[int],
+    episodes: int,
+    seed: int = 0,
+    video: str | None = None,
+    video_episodes: int = 4,
+    limiter: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Closed-loop evaluation: `episodes` episodes on each task in `tasks`.
+
+    Returns success rate, mean return and mean episode length per task and overall (plus
+    mean steps to first success and how often the safety limiter acted). With `video`, the
+    first `video_episodes` episodes are written side by side in time to that path (.mp4/.gif).
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be at least 1, got {episodes}")
+    tasks = [int(t) for t in tasks]
+    if not tasks:
+        raise ValueError("no tasks to evaluate")
+    for t in tasks:
+        env.tasks.check_id(t)
+    limiter = limiter if limiter is not None else env.safety_limiter()
+    results: list[EpisodeResult] = []
+    clips: list[list[np.ndarray]] = []
+    start = time.perf_counter()
+    total = len(tasks) * episodes
+    for task_id in tasks:
+        for k in range(episodes):
+            keep = video is not None and len(clips) < video_episodes
+            r = run_episode(env, policy, limiter, task_id, episode_seed(seed, task_id, k), k,
+                            keep_frames=keep)
+            if keep:
+                clips.append(r.frames)
+                r.frames = []
+            results.append(r)
+            if progress is not None:
+                progress(len(results), total)
+    out = summarize(results)
+    out.update({"env": env.family, "tasks": tasks, "episodes_per_task": episodes, "seed": seed,
+                "image_size": env.image_size, "max_episode_steps": env.max_episode_steps,
+                "action_repeat": env.action_repeat,
+                "wall_s": round(time.perf_counter() - start, 3)})
+    if video is not None:
+        write_video(video, clips, fps=min(30.0, env.control_hz))
+        out["video"] = video
+    return out
+
+
+def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
+    def stats(rs: Sequence[EpisodeResult]) -> dict[str, Any]:
+        to_success = [r.steps_to_success for r in rs if r.steps_to_success is not None]
+        return {
+            "episodes": len(rs),
+            "success_rate": float(np.mean([r.success for r in rs])),
+            "mean_return": float(np.mean([r.episode_return for r in rs])),
+            "mean_length": float(np.mean([r.length for r in rs])),
+            "mean_steps_to_success": float(np.mean(to_success)) if to_success else None,
+        }
+
+    per_task: dict[str, Any] = {}
+    for task_id in dict.fromkeys(r.task_id for r in results):
+        per_task[str(task_id)] = stats([r for r in results if r.task_id == task_id])
+    limiter = {k: int(sum(r.limiter.get(k, 0) for r in results))
+               for k in ("actions", "invalid", "clipped", "rate_limited", "workspace_limited")}
+    return {**stats(results), "per_task": per_task, "limiter": limiter}
+
+
+def write_video(path: str, clips: Sequence[Sequence[np.ndarray]], fps: float = 30.0) -> None:
+    """Episodes side by side (shorter ones hold their last frame); mp4 or gif by suffix."""
+    import imageio.v2 as imageio
+
+    if not clips:
+        raise ValueError("no frames to write")
+    n = max(len(c) for c in clips)
+    frames = []
+    for t in range(n):
+        frames.append(np.concatenate([c[min(t, len(c) - 1)] for c in clips], axis=1))
+    if str(path).endswith(".gif"):
+        imageio.mimsave(path, frames, duration=1.0 / fps)
+        return
+    try:
+        writer = imageio.get_writer(path, fps=fps, macro_block_size=1)
+    except Exception as e:  # imageio-ffmpeg missing: fall back to OpenCV
+        import cv2
+
+        h, w = frames[0].shape[:2]
+        vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+        if not vw.isOpened():
+            raise OSError(f"cannot write video {path}: {e}") from None
+        for f in frames:
+            vw.write(f[:, :, ::-1])
+        vw.release()
+        return
+    with writer:
+        for f in frames:
+            writer.append_data(f)

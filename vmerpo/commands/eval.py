@@ -1,0 +1,112 @@
+"""`vmerpo eval`: closed-loop evaluation in MuJoCo through the one safety limiter."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", required=True,
+                        help="expert | medium | random | RUN_DIR | PATH.onnx")
+    parser.add_argument("--env", required=True, help="task family, e.g. reach-v3")
+    parser.add_argument("--tasks", default="test",
+                        help="test (default), train, all, a count N or ids like 40,41")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes per task")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--max-episode-steps", type=int, default=150)
+    parser.add_argument("--action-repeat", type=int, default=1)
+    parser.add_argument("--video", default=None, help="write the first episodes to this .mp4/.gif")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def load_policy(spec: str, env):
+    """A policy for `sim.evaluate.evaluate` from the --policy argument."""
+    from sim.policies import make_behavior_policy
+
+    if spec in ("expert", "medium", "random"):
+        return make_behavior_policy(spec, env)
+    if spec.endswith(".onnx"):
+        if not os.path.isfile(spec):
+            raise FileNotFoundError(f"--policy {spec}: no such ONNX file")
+        if importlib.util.find_spec("learning.runtime.policy_runtime") is None:
+            raise ValueError(f"--policy {spec}: the ONNX policy runtime is not yet available")
+        return OnnxPolicy(spec, env)
+    if os.path.isdir(spec):
+        raise ValueError(f"--policy {spec}: evaluating a training run directory is not yet "
+                         "available; export it to ONNX and pass the .onnx file")
+    raise ValueError(f"--policy {spec!r}: expected expert, medium, random, a run directory "
+                     "or a .onnx file")
+
+
+class OnnxPolicy:
+    """An exported policy (contract 2) behind `evaluate`'s policy interface. Refuses a model
+    whose spec does not match the environment, naming what differs."""
+
+    def __init__(self, path: str, env) -> None:
+        from learning.runtime.policy_runtime import PolicyRuntime
+
+        self.rt = PolicyRuntime(path, providers="cpu", intra_op_threads=1)
+        self.rt.check_compatible(
+            image_size=env.image_size, action_names=env.action_names,
+            action_dim=len(env.action_names), action_type="ee_delta",
+            action_low=env.action_low.tolist(), action_high=env.action_high.tolist(),
+            control_hz=env.control_hz,
+            state_names=env.state_names if self.rt.spec.uses_state else None,
+        )
+
+    def reset(self) -> None:
+        self.rt.reset()
+
+    def act(self, observation):
+        state = observation["state"] if self.rt.spec.uses_state else None
+        return self.rt.act(observation["image"], state)
+
+    def set_applied_action(self, applied) -> None:
+        self.rt.set_applied_action(applied)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sim.envs import check_family, check_image_size, make_env, task_set
+    from sim.evaluate import evaluate
+
+    check_family(args.env)
+    check_image_size(args.image_size)
+    if args.episodes < 1:
+        raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
+    tasks = task_set(args.env).select(args.tasks)
+    env = make_env(args.env, args.image_size, args.max_episode_steps, args.action_repeat)
+    try:
+        policy = load_policy(args.policy, env)
+        bar = None
+        if not args.no_progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(tasks) * args.episodes, unit="episode", file=sys.stderr,
+                       desc=f"eval {args.policy} on {args.env}", dynamic_ncols=True)
+        try:
+            result = evaluate(policy, env, tasks, args.episodes, seed=args.seed,
+                              video=args.video,
+                              progress=(lambda done, total: bar.update(1)) if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
+    finally:
+        env.close()
+    result["policy"] = args.policy
+    if args.json:
+        print(json.dumps(result))
+    else:
+        steps = result["mean_steps_to_success"]
+        print(f"{args.policy} on {args.env} tasks {args.tasks}: success {result['success_rate']:.3f}, "
+              f"mean return {result['mean_return']:.1f}, mean length {result['mean_length']:.0f}"
+              + (f", mean steps to success {steps:.1f}" if steps is not None else "")
+              + f" ({result['episodes']} episodes)")
+        if args.video:
+            print(f"video: {args.video}")
+    return 0
