@@ -29,6 +29,10 @@ setup(
     entry_points={
         "console_scripts": [
             "vmerpo = vmerpo.cli:main",
+            "policy_node = robot_nodes.policy_node:main",
+            "sim_node = robot_nodes.sim_node:main",
+            "recorder_node = robot_nodes.recorder_node:main",
+            "relay_node = robot_nodes.relay_node:main",
         ],
     },
 )

@@ -1,0 +1,429 @@
+"""rosbag2 (sqlite3 or MCAP) -> contract-1 episode store, with the `rosbags` library.
+
+Torch-free and ROS-free: runs wherever the store does. Alignment is the recorder node's
+(contract 1): ticks follow the camera, thinned to `control_hz`; a tick's state is the newest
+joint state logged at or before its image; its action is the first command logged after the
+image (or the command that names the frame, `frame_stamp_ns=` in a Float64MultiArray's
+layout label, as vmerpo's policy node writes); trailing ticks with no command are dropped.
+Times are the bag's log times (one clock for every topic); the stored timestamp is the
+image's header stamp when it has one.
+
+Episodes split where the camera pauses longer than `episode_gap_s`, or at each message on a
+marker topic. Images are resized by the one preprocessing function (centre crop, recorded in
+the store attrs). Rewards: a reward topic (the sum of rewards logged during the transition
+t -> t+1), `sparse-success` (1 on the last row of a successful episode; success from the
+command line or a success topic), or a user function `module:function` called as
+`fn(episode: dict[str, np.ndarray], success: bool | None) -> rewards [T]`.
+
+Two passes over the bag: the first reads times and the small topics, the second decodes only
+the images that become rows and streams them into the store, so large bags never sit in RAM.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from learning.store import EpisodeWriter, StoreSpec
+from perception.preprocess import preprocess_spec, to_model_image
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+COMMAND_TYPES = ("std_msgs/msg/Float64MultiArray", "geometry_msgs/msg/TwistStamped", "geometry_msgs/msg/Twist")
+REWARD_TYPES = ("std_msgs/msg/Float64", "std_msgs/msg/Float32")
+FRAME_STAMP_LABEL = "frame_stamp_ns="
+_CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1, "rgba8": 4, "bgra8": 4}
+
+
+@dataclass
+class BagImportConfig:
+    bag: str
+    out: str
+    image_topic: str
+    command_topic: str
+    joint_states_topic: str | None = None
+    task_id: int = 0
+    task_name: str = ""
+    episode_gap_s: float = 1.0  # a camera pause longer than this ends an episode
+    marker_topic: str | None = None  # every message on it starts a new episode
+    control_hz: float = 0.0  # 0: every camera frame is a tick
+    image_size: int = 64
+    crop: str = "center"
+    state_names: list[str] | None = None  # default: the first joint state's names
+    action_names: list[str] | None = None  # default: a0..a{A-1}
+    action_low: list[float] | None = None  # default: the observed range
+    action_high: list[float] | None = None
+    action_type: str | None = None  # default: twist for Twist commands, joint_position otherwise
+    robot: str = "robot"
+    reward: str = "topic"  # topic | sparse-success | fn
+    reward_topic: str | None = None
+    success: list[bool] | None = None  # per-episode success, for sparse-success
+    success_topic: str | None = None  # std_msgs/Bool; an episode succeeded if any True
+    reward_fn: str | None = None  # module:function
+    min_episode_length: int = 2
+    overwrite: bool = False
+    zarr_format: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Tick:
+    time: int  # log time, ns
+    stamp: int  # image header stamp, ns (log time if the header has none)
+    state: np.ndarray
+    action: np.ndarray | None = None
+    reward: float = 0.0
+
+
+def _typestore():
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.LATEST)
+
+
+def _open(bag: str):
+    from rosbags.rosbag2 import Reader
+
+    if not Path(bag).exists():
+        raise FileNotFoundError(f"bag {bag} not found")
+    try:
+        reader = Reader(bag)
+        reader.open()
+    except Exception as e:  # rosbags raises several types for a non-bag path
+        raise ValueError(f"{bag}: not a readable rosbag2 ({type(e).__name__}: {e})") from None
+    return reader
+
+
+def _connection(reader, topic: str | None, allowed: Sequence[str], what: str, bag: str):
+    if topic is None:
+        return None
+    conns = [c for c in reader.connections if c.topic == topic]
+    if not conns:
+        topics = sorted({c.topic for c in reader.connections})
+        raise ValueError(f"{bag}: no topic {topic} ({what}); the bag has {', '.join(topics)}")
+    if conns[0].msgtype not in allowed:
+        raise ValueError(f"{bag}: {what} topic {topic} has type {conns[0].msgtype}; expected one of {allowed}")
+    return conns
+
+
+def _ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def decode_image(msg, msgtype: str) -> tuple[np.ndarray, str]:
+    """A deserialised Image/CompressedImage -> (uint8 array, encoding); ValueError if invalid."""
+    if msgtype.endswith("CompressedImage"):
+        import cv2
+
+        arr = cv2.imdecode(np.asarray(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if arr is None:
+            raise ValueError(f"compressed image ({msg.format}) does not decode")
+        return arr, "bgr8"
+    enc = msg.encoding.lower()
+    if enc not in _CHANNELS:
+        raise ValueError(f"image encoding {msg.encoding!r} not supported ({', '.join(_CHANNELS)})")
+    h, w, step, ch = int(msg.height), int(msg.width), int(msg.step), _CHANNELS[enc]
+    if h <= 0 or w <= 0 or step < w * ch or len(msg.data) != step * h:
+        raise ValueError(f"image {h}x{w} step {step} with {len(msg.data)} bytes is inconsistent")
+    arr = np.asarray(msg.data, dtype=np.uint8).reshape(h, step)[:, : w * ch]
+    return (arr if ch == 1 else arr.reshape(h, w, ch)), enc
+
+
+def _command_values(msg, msgtype: str) -> tuple[np.ndarray, int | None]:
+    if msgtype == "std_msgs/msg/Float64MultiArray":
+        frame = None
+        for d in msg.layout.dim:
+            if d.label.startswith(FRAME_STAMP_LABEL):
+                try:
+                    frame = int(d.label[len(FRAME_STAMP_LABEL):]) or None
+                except ValueError:
+                    pass
+        return np.asarray(msg.data, dtype=np.float64), frame
+    t = msg.twist if msgtype.endswith("TwistStamped") else msg
+    return np.array([t.linear.x, t.linear.y, t.linear.z, t.angular.x, t.angular.y, t.angular.z]), None
+
+
+def load_reward_fn(spec: str) -> Callable[..., Any]:
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"--reward-fn {spec!r}: expected module:function")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"--reward-fn {spec!r}: cannot load ({e})") from None
+    if not callable(fn):
+        raise ValueError(f"--reward-fn {spec!r} is not callable")
+    return fn
+
+
+def import_bag(cfg: BagImportConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Import one bag into a (new or existing) store. Returns a summary dict."""
+    log = log or (lambda m: print(m, file=sys.stderr))
+    if cfg.reward not in ("topic", "sparse-success", "fn"):
+        raise ValueError(f"reward source {cfg.reward!r}: use topic, sparse-success or fn")
+    if cfg.reward == "topic" and not cfg.reward_topic:
+        raise ValueError("reward source `topic` needs --reward-topic")
+    if cfg.reward == "sparse-success" and cfg.success is None and not cfg.success_topic:
+        raise ValueError("--reward sparse-success needs --success (per episode) or --success-topic")
+    reward_fn = load_reward_fn(cfg.reward_fn) if cfg.reward == "fn" else None
+    typestore = _typestore()
+    reader = _open(cfg.bag)
+    try:
+        image_conns = _connection(reader, cfg.image_topic, IMAGE_TYPES, "image", cfg.bag)
+        cmd_conns = _connection(reader, cfg.command_topic, COMMAND_TYPES, "command", cfg.bag)
+        js_conns = _connection(reader, cfg.joint_states_topic, ("sensor_msgs/msg/JointState",), "joint states", cfg.bag)
+        rw_conns = _connection(reader, cfg.reward_topic if cfg.reward == "topic" else None, REWARD_TYPES,
+                               "reward", cfg.bag)
+        sc_conns = _connection(reader, cfg.success_topic, ("std_msgs/msg/Bool",), "success", cfg.bag)
+        mk_conns = [c for c in reader.connections if cfg.marker_topic and c.topic == cfg.marker_topic]
+        if cfg.marker_topic and not mk_conns:
+            raise ValueError(f"{cfg.bag}: no marker topic {cfg.marker_topic}")
+        plan = _plan(reader, typestore, cfg, image_conns, cmd_conns, js_conns, rw_conns, sc_conns, mk_conns, log)
+        return _write(reader, typestore, cfg, image_conns, plan, reward_fn, log)
+    finally:
+        reader.close()
+
+
+def _plan(reader, typestore, cfg, image_conns, cmd_conns, js_conns, rw_conns, sc_conns, mk_conns, log):
+    """Pass 1: tick times, episodes, states, actions, rewards (images not decoded)."""
+    small = [c for group in (cmd_conns, js_conns, rw_conns, sc_conns, mk_conns) if group for c in group]
+    image_ids = {c.id for c in image_conns}
+    image_times: list[int] = []
+    commands: list[tuple[int, np.ndarray, int | None]] = []
+    joints: list[tuple[int, Any]] = []
+    rewards: list[tuple[int, float]] = []
+    successes: list[tuple[int, bool]] = []
+    markers: list[int] = []
+    for conn, t, raw in reader.messages(connections=list(image_conns) + small):
+        if conn.id in image_ids:
+            image_times.append(t)
+            continue
+        msg = typestore.deserialize_cdr(raw, conn.msgtype)
+        if cmd_conns and conn in cmd_conns:
+            values, frame = _command_values(msg, conn.msgtype)
+            commands.append((t, values, frame))
+        elif js_conns and conn in js_conns:
+            joints.append((t, msg))
+        elif rw_conns and conn in rw_conns:
+            rewards.append((t, float(msg.data)))
+        elif sc_conns and conn in sc_conns:
+            successes.append((t, bool(msg.data)))
+        else:
+            markers.append(t)
+    if not image_times:
+        raise ValueError(f"{cfg.bag}: no messages on {cfg.image_topic}")
+    if not commands:
+        raise ValueError(f"{cfg.bag}: no messages on {cfg.command_topic}")
+    dims = {len(v) for _, v, _ in commands}
+    if len(dims) != 1:
+        raise ValueError(f"{cfg.bag}: commands on {cfg.command_topic} have varying lengths {sorted(dims)}")
+    state_names = cfg.state_names
+    if state_names is None:
+        state_names = list(joints[0][1].name) if joints else []
+    if not state_names:
+        raise ValueError("no state: give --joint-states-topic (or --state-names)")
+
+    # Episode boundaries: camera gaps and markers.
+    gap = int(cfg.episode_gap_s * 1e9)
+    episodes: list[list[int]] = [[]]
+    markers_left = sorted(markers)
+    last_tick = None
+    period = int(0.75e9 / cfg.control_hz) if cfg.control_hz else 0
+    for i, t in enumerate(image_times):
+        new = False
+        if episodes[-1] and t - image_times[i - 1] > gap:
+            new = True
+        while markers_left and markers_left[0] <= t:
+            markers_left.pop(0)
+            new = new or bool(episodes[-1])
+        if new:
+            episodes.append([])
+            last_tick = None
+        if last_tick is not None and t - last_tick < period:
+            continue  # thinned to the control rate
+        episodes[-1].append(i)
+        last_tick = t
+
+    cmd_times = np.array([t for t, _, _ in commands], dtype=np.int64)
+    by_frame = {f: v for _, v, f in commands if f is not None}
+    js_times = np.array([t for t, _ in joints], dtype=np.int64)
+    plan = []
+    dropped = 0
+    for ep_index, frames in enumerate(episodes):
+        ticks: list[tuple[int, _Tick]] = []
+        end_t = image_times[frames[-1]] if frames else 0
+        for i in frames:
+            t = image_times[i]
+            j = int(np.searchsorted(js_times, t, side="right")) - 1
+            if j < 0:
+                dropped += 1
+                continue
+            try:
+                state = _joint_values(joints[j][1], state_names)
+            except ValueError as e:
+                log(f"tick at {t * 1e-9:.3f}s skipped: {e}")
+                dropped += 1
+                continue
+            c = int(np.searchsorted(cmd_times, t, side="right"))  # first command after the image
+            action = commands[c][1] if c < len(commands) and commands[c][0] <= end_t + gap else None
+            ticks.append((i, _Tick(time=t, stamp=t, state=state, action=action)))
+        # Frame-stamped commands answer exactly their frame (stamps checked in pass 2).
+        ticks = [(i, tk) for i, tk in ticks if tk.action is not None]
+        for n, (_, tk) in enumerate(ticks):
+            t_next = ticks[n + 1][1].time if n + 1 < len(ticks) else tk.time + gap
+            c_t = cmd_times[int(np.searchsorted(cmd_times, tk.time, side="right"))] \
+                if np.any(cmd_times > tk.time) else tk.time
+            tk.reward = float(sum(r for rt, r in rewards if c_t <= rt < max(t_next, c_t + 1)))
+        success = None
+        if cfg.success is not None:
+            if ep_index < len(cfg.success):
+                success = bool(cfg.success[ep_index])
+        elif successes and frames:
+            start_t = image_times[frames[0]]
+            success = any(v for st, v in successes if start_t <= st <= end_t + gap)
+        if len(ticks) < cfg.min_episode_length:
+            dropped += len(ticks)
+            continue
+        plan.append({"ticks": ticks, "success": success, "index": ep_index})
+    if cfg.success is not None and len(cfg.success) != len(episodes):
+        raise ValueError(f"--success has {len(cfg.success)} values but the bag splits into "
+                         f"{len(episodes)} episodes (gap {cfg.episode_gap_s}s)")
+    if not plan:
+        raise ValueError(f"{cfg.bag}: no episode with at least {cfg.min_episode_length} aligned ticks")
+    A = dims.pop()
+    all_actions = np.stack([tk.action for ep in plan for _, tk in ep["ticks"]])
+    return {"episodes": plan, "state_names": state_names, "action_dim": A, "by_frame": by_frame,
+            "actions": all_actions, "dropped": dropped, "n_split": len(episodes)}
+
+
+def _joint_values(msg, names: Sequence[str]) -> np.ndarray:
+    index = {n: i for i, n in enumerate(msg.name)}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise ValueError(f"joint state lacks {', '.join(missing)}")
+    pos = np.asarray(msg.position, dtype=np.float64)
+    if len(pos) != len(msg.name):
+        raise ValueError("joint state has mismatched name/position lengths")
+    out = pos[[index[n] for n in names]].astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        raise ValueError("joint state has a non-finite position")
+    return out
+
+
+def _spec(cfg: BagImportConfig, plan: dict, camera: dict) -> StoreSpec:
+    A = plan["action_dim"]
+    names = cfg.action_names or [f"a{i}" for i in range(A)]
+    if len(names) != A:
+        raise ValueError(f"--action-names has {len(names)} names but commands have {A} values")
+    acts = plan["actions"]
+    low = cfg.action_low or [float(x) - 1e-6 for x in acts.min(0)]
+    high = cfg.action_high or [float(x) + 1e-6 for x in acts.max(0)]
+    if cfg.action_type:
+        action_type = cfg.action_type
+    else:
+        action_type = "twist" if "Twist" in camera.get("command_type", "") else "joint_position"
+    reward_source: dict[str, Any] = {"type": cfg.reward}
+    if cfg.reward == "topic":
+        reward_source["topic"] = cfg.reward_topic
+    elif cfg.reward == "sparse-success":
+        reward_source["success_from"] = "command line" if cfg.success is not None else cfg.success_topic
+    else:
+        reward_source["function"] = cfg.reward_fn
+    return StoreSpec(
+        robot=cfg.robot, control_hz=float(cfg.control_hz) or camera["measured_hz"],
+        image_size=int(cfg.image_size), state_names=list(plan["state_names"]), action_names=list(names),
+        action_low=list(low), action_high=list(high), action_type=action_type,
+        camera={k: v for k, v in camera.items() if k != "command_type"}, reward_source=reward_source,
+        tasks=[{"id": int(cfg.task_id), "name": cfg.task_name or f"task {cfg.task_id}", "params": {},
+                "split": "train"}],
+        env={"source": "rosbag2 import", "bag": str(cfg.bag), **cfg.extra},
+    )
+
+
+def _write(reader, typestore, cfg, image_conns, plan, reward_fn, log) -> dict[str, Any]:
+    """Pass 2: decode the images that are rows, preprocess, stream episodes into the store."""
+    want: dict[int, tuple[int, int]] = {}  # image index -> (episode, row)
+    for e, ep in enumerate(plan["episodes"]):
+        for r, (i, _) in enumerate(ep["ticks"]):
+            want[i] = (e, r)
+    images: dict[tuple[int, int], np.ndarray] = {}
+    stamps: dict[tuple[int, int], int] = {}
+    source_shape = None
+    writer = None
+    committed = []
+    next_episode = 0
+    msgtype = image_conns[0].msgtype
+    index = -1
+    for conn, t, raw in reader.messages(connections=list(image_conns)):
+        index += 1
+        if index not in want:
+            continue
+        e, r = want[index]
+        msg = typestore.deserialize_cdr(raw, conn.msgtype)
+        arr, enc = decode_image(msg, msgtype)
+        source_shape = source_shape or list(arr.shape)
+        images[(e, r)] = to_model_image(arr, int(cfg.image_size), enc, crop=cfg.crop)
+        stamp = _ns(msg.header.stamp)
+        stamps[(e, r)] = stamp if stamp > 0 else t
+        if writer is None:
+            times = [tk.time for ep in plan["episodes"] for _, tk in ep["ticks"]]
+            hz = (len(times) - 1) / ((times[-1] - times[0]) * 1e-9) if len(times) > 1 and times[-1] > times[0] else 30.0
+            camera = {"topic": cfg.image_topic, "encoding": "rgb8", "source_encoding": enc,
+                      "source_size": source_shape[:2], "crop": cfg.crop, "intrinsics": None,
+                      "preprocess": preprocess_spec(int(cfg.image_size), cfg.crop),
+                      "measured_hz": round(hz, 3), "command_type": reader.connections and
+                      next(c.msgtype for c in reader.connections if c.topic == cfg.command_topic)}
+            spec = _spec(cfg, plan, camera)
+            writer = EpisodeWriter(cfg.out, spec, mode="w" if cfg.overwrite else "a",
+                                   overwrite=cfg.overwrite, zarr_format=cfg.zarr_format, log=log)
+        # Episodes are contiguous in time: write each one as soon as all its images are in.
+        while next_episode < len(plan["episodes"]) and all(
+                (next_episode, rr) in images for rr in range(len(plan["episodes"][next_episode]["ticks"]))):
+            committed.append(_write_episode(writer, cfg, plan, next_episode, images, stamps, reward_fn))
+            for rr in range(len(plan["episodes"][next_episode]["ticks"])):
+                images.pop((next_episode, rr), None)
+            next_episode += 1
+    if writer is None:
+        raise ValueError(f"{cfg.bag}: no image could be decoded")
+    n_episodes = writer.n_episodes
+    writer.close()
+    return {"bag": str(cfg.bag), "out": str(cfg.out), "episodes_imported": len(committed),
+            "rows": int(sum(committed)), "episodes_in_store": n_episodes,
+            "ticks_dropped": plan["dropped"], "episodes_split": plan["n_split"]}
+
+
+def _write_episode(writer, cfg, plan, e, images, stamps, reward_fn) -> int:
+    ep = plan["episodes"][e]
+    ticks = [tk for _, tk in ep["ticks"]]
+    by_frame = plan["by_frame"]
+    actions = []
+    for r, tk in enumerate(ticks):
+        # A command that names its frame wins over "first command after the image".
+        actions.append(by_frame.get(stamps[(e, r)], tk.action))
+    data = {
+        "image": np.stack([images[(e, r)] for r in range(len(ticks))]),
+        "state": np.stack([tk.state for tk in ticks]).astype(np.float32),
+        "action": np.stack(actions).astype(np.float32),
+        "terminal": np.zeros(len(ticks), bool),
+        "timestamp": np.array([stamps[(e, r)] * 1e-9 for r in range(len(ticks))]),
+    }
+    success = ep["success"]
+    if cfg.reward == "topic":
+        data["reward"] = np.array([tk.reward for tk in ticks], np.float32)
+    elif cfg.reward == "sparse-success":
+        data["reward"] = np.zeros(len(ticks), np.float32)
+        data["reward"][-1] = 1.0 if success else 0.0
+    else:
+        rewards = np.asarray(reward_fn({k: v for k, v in data.items()}, success), dtype=np.float32).reshape(-1)
+        if rewards.shape != (len(ticks),) or not np.all(np.isfinite(rewards)):
+            raise ValueError(f"--reward-fn {cfg.reward_fn} returned shape {rewards.shape} (or NaN) "
+                             f"for an episode of {len(ticks)} rows")
+        data["reward"] = rewards
+    writer.add_episode(data, task_id=int(cfg.task_id), success=bool(success),
+                       provenance={"behavior": "rosbag2", "bag_episode": int(ep["index"])})
+    return len(ticks)

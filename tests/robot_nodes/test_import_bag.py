@@ -1,0 +1,165 @@
+"""`vmerpo import-bag`: rosbag2 (sqlite3 and MCAP) -> episode store, alignment, episode
+splitting and the three reward sources."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rosbags")
+ROOT = Path(__file__).resolve().parents[2]
+T0 = 1_700_000_000_000_000_000
+CAM_DT = 33_000_000
+
+
+def write_bag(path: Path, storage: str, episodes=(12, 9), gap_s=2.0, frame_stamped=False) -> None:
+    """Camera 30 Hz (80x60 bgr8, pixel = frame index), joint states 100 Hz, a command 5 ms
+    after each image (value = frame index / 100), a reward after each command, success."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.LATEST)
+    T = ts.types
+    Header, Time = T["std_msgs/msg/Header"], T["builtin_interfaces/msg/Time"]
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+
+    def stamp(ns):
+        return Header(stamp=Time(sec=ns // 10**9, nanosec=ns % 10**9), frame_id="cam")
+
+    msgs = []  # (t, topic, type, msg)
+    frame, t_ep = 0, T0
+    for n in episodes:
+        for k in range(n):
+            t = t_ep + k * CAM_DT
+            for j in range(4):
+                jt = t - 10_000_000 + j * 10_000_000
+                msgs.append((jt, "/joint_states", "sensor_msgs/msg/JointState", T["sensor_msgs/msg/JointState"](
+                    header=stamp(jt), name=["a", "b"], position=np.array([jt * 1e-9 - T0 * 1e-9, 1.0]),
+                    velocity=np.zeros(0), effort=np.zeros(0))))
+            img = np.full((60, 80, 3), frame % 256, np.uint8)
+            msgs.append((t, "/cam/image", "sensor_msgs/msg/Image", T["sensor_msgs/msg/Image"](
+                header=stamp(t), height=60, width=80, encoding="bgr8", is_bigendian=0, step=240,
+                data=img.reshape(-1))))
+            label = f"frame_stamp_ns={t}" if frame_stamped else "action"
+            layout = T["std_msgs/msg/MultiArrayLayout"](dim=[T["std_msgs/msg/MultiArrayDimension"](
+                label=label, size=2, stride=2)], data_offset=0)
+            msgs.append((t + 5_000_000, "/cmd", "std_msgs/msg/Float64MultiArray", T["std_msgs/msg/Float64MultiArray"](
+                layout=layout, data=np.array([frame / 100.0, -frame / 100.0]))))
+            msgs.append((t + 6_000_000, "/reward", "std_msgs/msg/Float64", T["std_msgs/msg/Float64"](data=float(frame))))
+            frame += 1
+        msgs.append((t + 7_000_000, "/success", "std_msgs/msg/Bool", T["std_msgs/msg/Bool"](data=n % 2 == 0)))
+        t_ep = t + int(gap_s * 1e9)
+    msgs.sort(key=lambda m: m[0])
+    with Writer(path, version=9, storage_plugin=plugin) as w:
+        conns = {}
+        for t, topic, typ, msg in msgs:
+            if topic not in conns:
+                conns[topic] = w.add_connection(topic, typ, typestore=ts)
+            w.write(conns[topic], t, ts.serialize_cdr(msg, typ))
+
+
+def vmerpo(*args):
+    return subprocess.run([sys.executable, "-m", "vmerpo", "import-bag", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_import_aligns_splits_and_takes_the_reward_topic(tmp_path, storage):
+    from learning.store import EpisodeStore
+
+    bag = tmp_path / f"bag_{storage}"
+    write_bag(bag, storage)
+    out = tmp_path / "logs.zarr"
+    r = vmerpo(bag, "--out", out, "--image-topic", "/cam/image", "--command-topic", "/cmd",
+               "--joint-states-topic", "/joint_states", "--task-id", "3", "--reward-topic", "/reward",
+               "--action-names", "vx,vy", "--action-low=-1,-1", "--action-high", "1,1", "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["episodes_imported"] == 2 and summary["rows"] == 21
+    s = EpisodeStore.open(out)
+    assert list(s.episode_lengths) == [12, 9] and list(s.episode_task) == [3, 3]
+    frames = np.arange(21)
+    img = np.concatenate([s.episode(i)["image"] for i in range(2)])
+    act = np.concatenate([s.episode(i)["action"] for i in range(2)])
+    rew = np.concatenate([s.episode(i)["reward"] for i in range(2)])
+    assert img.shape[1:] == (64, 64, 3) and np.all(img[:, 0, 0, 0] == frames)
+    assert np.allclose(act[:, 0], frames / 100.0) and np.allclose(act[:, 1], -frames / 100.0)
+    assert np.allclose(rew, frames)
+    st = s.episode(0)["state"]
+    # Newest joint state at or before the image: logged exactly at the image time.
+    assert np.allclose(st[:, 0], np.arange(12) * CAM_DT * 1e-9, atol=1e-5)
+    assert s.spec.camera["crop"] == "center" and s.spec.camera["source_size"] == [60, 80]
+    assert s.spec.reward_source == {"type": "topic", "topic": "/reward"}
+
+
+def test_sparse_success_from_command_line_and_topic(tmp_path):
+    from learning.store import EpisodeStore
+
+    bag = tmp_path / "bag"
+    write_bag(bag, "mcap", frame_stamped=True)
+    common = ["--image-topic", "/cam/image", "--command-topic", "/cmd", "--joint-states-topic", "/joint_states"]
+    r = vmerpo(bag, "--out", tmp_path / "a.zarr", *common, "--reward", "sparse-success", "--success", "0,1")
+    assert r.returncode == 0, r.stderr
+    s = EpisodeStore.open(tmp_path / "a.zarr")
+    assert list(s.episode_success) == [False, True]
+    assert s.episode(1)["reward"][-1] == 1.0 and s.episode(0)["reward"].sum() == 0
+    r = vmerpo(bag, "--out", tmp_path / "b.zarr", *common, "--reward", "sparse-success", "--success-topic", "/success")
+    assert r.returncode == 0, r.stderr
+    assert list(EpisodeStore.open(tmp_path / "b.zarr").episode_success) == [True, False]
+    r = vmerpo(bag, "--out", tmp_path / "c.zarr", *common, "--reward", "sparse-success", "--success", "1")
+    assert r.returncode == 2 and "splits into 2 episodes" in r.stderr
+
+
+def test_reward_function_and_bad_input(tmp_path):
+    from learning.store import EpisodeStore
+
+    bag = tmp_path / "bag"
+    write_bag(bag, "sqlite3")
+    (tmp_path / "my_reward.py").write_text(
+        "import numpy as np\ndef r(ep, success):\n    return -np.abs(ep['action'][:, 0])\n")
+    common = ["--image-topic", "/cam/image", "--command-topic", "/cmd", "--joint-states-topic", "/joint_states"]
+    env_path = f"{tmp_path}"
+    r = subprocess.run([sys.executable, "-m", "vmerpo", "import-bag", str(bag), "--out", str(tmp_path / "f.zarr"),
+                        *common, "--reward-fn", "my_reward:r"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env={**__import__("os").environ, "PYTHONPATH": env_path})
+    assert r.returncode == 0, r.stderr
+    s = EpisodeStore.open(tmp_path / "f.zarr")
+    assert np.allclose(s.episode(0)["reward"], -np.arange(12) / 100.0)
+    r = vmerpo(bag, "--out", tmp_path / "g.zarr", "--image-topic", "/nope", "--command-topic", "/cmd",
+               "--joint-states-topic", "/joint_states", "--reward-topic", "/reward")
+    assert r.returncode == 2 and "no topic /nope" in r.stderr
+    r = vmerpo(bag, "--out", tmp_path / "f.zarr", *common, "--reward-topic", "/reward")
+    assert r.returncode == 2 and "exists" in r.stderr
+
+
+def test_marker_topic_splits_episodes(tmp_path):
+    """Markers split a bag with no camera pause: each marker starts a new episode."""
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from learning.store import EpisodeStore
+
+    src = tmp_path / "src"
+    write_bag(src, "sqlite3", episodes=(20,))
+    ts = get_typestore(Stores.LATEST)
+    bag = tmp_path / "marked"
+    with Reader(src) as r, Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        conns = {c.id: w.add_connection(c.topic, c.msgtype, typestore=ts) for c in r.connections}
+        marker = w.add_connection("/episode_start", "std_msgs/msg/Empty", typestore=ts)
+        empty = ts.serialize_cdr(ts.types["std_msgs/msg/Empty"](), "std_msgs/msg/Empty")
+        marked = False
+        for c, t, raw in r.messages():
+            if not marked and t >= T0 + 8 * CAM_DT - 1_000_000:
+                w.write(marker, t, empty)
+                marked = True
+            w.write(conns[c.id], t, raw)
+    r = vmerpo(bag, "--out", tmp_path / "m.zarr", "--image-topic", "/cam/image", "--command-topic", "/cmd",
+               "--joint-states-topic", "/joint_states", "--reward-topic", "/reward",
+               "--episode-marker-topic", "/episode_start")
+    assert r.returncode == 0, r.stderr
+    assert list(EpisodeStore.open(tmp_path / "m.zarr").episode_lengths) == [8, 12]

@@ -1,0 +1,248 @@
+"""policy_node in-process: lifecycle, enable/disable, watchdog, hold actions, interfaces,
+spec checks, diagnostics. Every test asserts the process holds no IP socket."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+from robot_nodes.netsafe import assert_no_inet_sockets
+from tests.robot_nodes.conftest import call
+from tests.rosutil import wait_for
+
+pytestmark = pytest.mark.ros
+rclpy = pytest.importorskip("rclpy")
+
+
+@contextmanager
+def policy_setup(policy, command_type=None, **params):
+    """A PolicyNode and a client node in one context; `rec` collects (time, msg) commands."""
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Float64MultiArray
+
+    from robot_nodes.policy_node import PolicyNode
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    overrides = [Parameter("policy", value=str(policy))] + [Parameter(k, value=v) for k, v in params.items()]
+    node = client = None
+    executor = MultiThreadedExecutor(context=ctx)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    try:
+        node = PolicyNode(context=ctx, parameter_overrides=overrides)
+        client = rclpy.create_node("policy_client", context=ctx)
+        rec: list = []
+        client.create_subscription(command_type or Float64MultiArray, "command",
+                                   lambda m: rec.append((time.monotonic(), m)), 100)
+        pubs = {"image": client.create_publisher(Image, "image", qos_profile_sensor_data),
+                "joint_states": client.create_publisher(JointState, "joint_states", qos_profile_sensor_data)}
+        executor.add_node(node)
+        executor.add_node(client)
+        thread.start()
+        assert wait_for(lambda: pubs["image"].get_subscription_count() > 0, 10)
+        yield node, client, pubs, rec
+        assert_no_inet_sockets()
+    finally:
+        for n in (node, client):
+            if n is not None:
+                executor.remove_node(n)
+                n.destroy_node()
+        executor.shutdown(timeout_sec=2.0)
+        thread.join(timeout=2.0)
+        rclpy.try_shutdown(context=ctx)
+
+
+def image_msg(client, h=64, w=64, value=None, encoding="rgb8"):
+    from sensor_msgs.msg import Image
+
+    from robot_nodes.conversions import array_to_image
+
+    rng = np.random.default_rng(h * w)
+    arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8) if value is None else np.full((h, w, 3), value, np.uint8)
+    msg = Image()
+    array_to_image(arr if encoding != "mono8" else arr[:, :, 0], msg, encoding)
+    msg.header.stamp = client.get_clock().now().to_msg()
+    return msg
+
+
+def stream(client, pub, n, hz=30.0, **kw):
+    for _ in range(n):
+        pub.publish(image_msg(client, **kw))
+        time.sleep(1.0 / hz)
+
+
+def enable(client, on=True):
+    from std_srvs.srv import SetBool
+
+    return call(client, SetBool, "policy_node/enable", SetBool.Request(data=on))
+
+
+def test_starts_disabled_then_acts_once_per_frame(ee_policy):
+    with policy_setup(ee_policy) as (node, client, pubs, rec):
+        stream(client, pubs["image"], 5)
+        time.sleep(0.2)
+        assert rec == [], "a disabled node must publish nothing"
+        assert enable(client).success
+        time.sleep(0.15)  # the watchdog holds until the first frame arrives
+        n0 = len(rec)
+        stream(client, pubs["image"], 10, h=480, w=640)
+        assert wait_for(lambda: node.ticks == 10, 5)
+        acts = [m for _, m in rec[n0:] if any(m.data)]  # holds (zeros) may still be in flight
+        assert len(acts) == 10 and all(np.all(np.abs(m.data) <= 1.0) for m in acts)
+        assert node.runtime.steps == 10
+
+
+def test_enable_false_stops_commands_within_one_tick(ee_policy):
+    with policy_setup(ee_policy) as (node, client, pubs, rec):
+        enable(client)
+        stop = threading.Event()
+        t = threading.Thread(target=lambda: [stream(client, pubs["image"], 1) for _ in iter(stop.is_set, True)])
+        t.start()
+        try:
+            assert wait_for(lambda: node.ticks >= 5, 5)
+            assert enable(client, False).success
+            t_off = time.monotonic()
+            time.sleep(0.5)  # frames keep coming at 30 Hz
+        finally:
+            stop.set()
+            t.join(5)
+        after = [m for ts, m in rec if ts > t_off]
+        # At most the hold itself (in flight when the response arrived); no policy action.
+        assert all(not any(m.data) for m in after), [list(m.data) for m in after]
+        assert not node.enabled
+
+
+def test_watchdog_holds_within_one_period_after_obs_timeout(ee_policy):
+    with policy_setup(ee_policy, obs_timeout_s=0.3, watchdog_period_s=0.05) as (node, client, pubs, rec):
+        enable(client)
+        stream(client, pubs["image"], 9)
+        pubs["image"].publish(image_msg(client))
+        last = time.monotonic()
+        assert wait_for(lambda: any(ts > last + 0.2 and not any(m.data) for ts, m in rec), 3)
+        hold_t = next(ts for ts, m in rec if ts > last + 0.2 and not any(m.data))
+        assert 0.29 <= hold_t - last <= 0.3 + 0.05 + 0.05, hold_t - last
+        assert node.stale >= 1
+
+
+def test_reset_zeroes_the_latent_state(ee_policy):
+    from std_srvs.srv import Trigger
+
+    with policy_setup(ee_policy) as (node, client, pubs, rec):
+        enable(client)
+        stream(client, pubs["image"], 3)
+        assert wait_for(lambda: node.runtime.steps == 3, 3)
+        assert call(client, Trigger, "policy_node/reset").success
+        assert node.runtime.steps == 0 and not np.any(node.runtime.latent_state["h"])
+
+
+def test_deactivate_publishes_hold_and_stops(ee_policy):
+    with policy_setup(ee_policy) as (node, client, pubs, rec):
+        enable(client)
+        stream(client, pubs["image"], 3)
+        assert wait_for(lambda: node.ticks == 3, 3)
+        n0 = len(rec)
+        node.trigger_deactivate()
+        assert wait_for(lambda: len(rec) > n0, 2)
+        assert not any(rec[-1][1].data)
+        stream(client, pubs["image"], 3)
+        time.sleep(0.2)
+        assert len(rec) == n0 + 1
+
+
+def test_twist_interface_converts_ee_delta(ee_policy):
+    from geometry_msgs.msg import TwistStamped
+
+    with policy_setup(ee_policy, TwistStamped, command_interface="twist_stamped",
+                      twist_frame_id="tool0", obs_timeout_s=5.0) as (node, client, pubs, rec):
+        enable(client)
+        stream(client, pubs["image"], 3)
+        assert wait_for(lambda: node.ticks == 3, 3)
+        m = rec[-1][1]
+        a = node.runtime.latent_state["prev_action"]  # the applied action
+        assert m.header.frame_id == "tool0"
+        assert np.allclose([m.twist.linear.x, m.twist.linear.y, m.twist.linear.z], a[:3] * 0.01 * 80.0, atol=1e-6)
+
+
+def test_position_interface_holds_the_current_joint_positions(position_policy):
+    from sensor_msgs.msg import JointState
+
+    with policy_setup(position_policy, obs_timeout_s=0.3) as (node, client, pubs, rec):
+        def joints(values):
+            js = JointState(name=["j0", "j1"], position=values)
+            js.header.stamp = client.get_clock().now().to_msg()
+            pubs["joint_states"].publish(js)
+
+        joints([0.5, -0.25])
+        time.sleep(0.1)
+        enable(client)
+        for _ in range(5):
+            joints([0.5, -0.25])
+            pubs["image"].publish(image_msg(client))
+            time.sleep(0.03)
+        assert wait_for(lambda: node.ticks == 5, 3)
+        last = time.monotonic()
+        assert wait_for(lambda: any(ts > last + 0.25 for ts, _ in rec), 3)
+        hold = next(m for ts, m in rec if ts > last + 0.25)
+        assert list(hold.data) == [0.5, -0.25]
+        # NaN joint states: the frame is rejected and the (latched) hold is published.
+        n0 = len(rec)
+        joints([float("nan"), 0.0])
+        pubs["image"].publish(image_msg(client))
+        assert wait_for(lambda: len(rec) > n0, 2)
+        assert all(np.all(np.isfinite(m.data)) for _, m in rec) and node.rejected >= 1
+
+
+def test_configure_refuses_a_policy_that_does_not_match(ee_policy):
+    from rclpy.parameter import Parameter
+
+    from robot_nodes.policy_node import PolicyNode
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    try:
+        node = PolicyNode(context=ctx, parameter_overrides=[
+            Parameter("policy", value=str(ee_policy)), Parameter("autostart", value=False),
+            Parameter("action_names", value=["j0", "j1", "j2", "j3"]), Parameter("image_size", value=84)])
+        from rclpy.lifecycle import TransitionCallbackReturn
+
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node.runtime is None
+        node.destroy_node()
+        assert_no_inet_sockets()
+    finally:
+        rclpy.try_shutdown(context=ctx)
+
+
+def test_limits_are_intersected_with_parameters_and_rate_limited(ee_policy):
+    with policy_setup(ee_policy, action_low=[-0.1, -0.1, -0.1, -0.1], action_high=[0.1, 0.1, 0.1, 0.1],
+                      max_delta=[0.05], obs_timeout_s=5.0) as (node, client, pubs, rec):
+        enable(client)
+        stream(client, pubs["image"], 8)
+        assert wait_for(lambda: node.ticks == 8, 3)
+        acts = np.array([m.data for _, m in rec])
+        assert np.all(np.abs(acts) <= 0.1 + 1e-7), acts
+        assert np.all(np.abs(np.diff(acts, axis=0)) <= 0.05 + 1e-6)
+
+
+def test_diagnostics_report_latency_and_counts(ee_policy):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    with policy_setup(ee_policy, diagnostics_period_s=0.2) as (node, client, pubs, rec):
+        diags = []
+        client.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+        enable(client)
+        stream(client, pubs["image"], 5)
+        bad = image_msg(client)
+        bad.encoding = "32FC1"
+        pubs["image"].publish(bad)
+        assert wait_for(lambda: any(
+            {kv.key: kv.value for kv in d.status[0].values}.get("rejected_count") == "1" for d in diags), 3)
+        keys = {kv.key for kv in diags[-1].status[0].values}
+        assert {"inference_latency_p50_ms", "tick_rate_hz", "stale_count", "rejected_count"} <= keys
