@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -34,24 +33,24 @@ def load_policy(spec: str, env):
     if spec.endswith(".onnx"):
         if not os.path.isfile(spec):
             raise FileNotFoundError(f"--policy {spec}: no such ONNX file")
-        if importlib.util.find_spec("learning.runtime.policy_runtime") is None:
-            raise ValueError(f"--policy {spec}: the ONNX policy runtime is not yet available")
-        return OnnxPolicy(spec, env)
+        from learning.runtime.policy_runtime import PolicyRuntime
+
+        return LatentPolicy(PolicyRuntime(spec, providers="cpu", intra_op_threads=1), env)
     if os.path.isdir(spec):
-        raise ValueError(f"--policy {spec}: evaluating a training run directory is not yet "
-                         "available; export it to ONNX and pass the .onnx file")
+        from learning.merpo_train import TorchPolicy
+
+        return LatentPolicy(TorchPolicy(spec), env)
     raise ValueError(f"--policy {spec!r}: expected expert, medium, random, a run directory "
                      "or a .onnx file")
 
 
-class OnnxPolicy:
-    """An exported policy (contract 2) behind `evaluate`'s policy interface. Refuses a model
-    whose spec does not match the environment, naming what differs."""
+class LatentPolicy:
+    """A trained recurrent latent policy behind `evaluate`'s policy interface: the exported
+    ONNX file (PolicyRuntime) or a run directory's torch module (TorchPolicy), which share
+    one interface. Refuses a policy whose spec does not match the environment."""
 
-    def __init__(self, path: str, env) -> None:
-        from learning.runtime.policy_runtime import PolicyRuntime
-
-        self.rt = PolicyRuntime(path, providers="cpu", intra_op_threads=1)
+    def __init__(self, runtime, env) -> None:
+        self.rt = runtime
         self.rt.check_compatible(
             image_size=env.image_size, action_names=env.action_names,
             action_dim=len(env.action_names), action_type="ee_delta",

@@ -1,0 +1,263 @@
+"""World-model benchmark (issue 4): does the latent uncertainty mean something, does the
+meta-model help, how fast does training run. JSON out; one entry per task family.
+
+Per family: train (or load, `--run`) the meta-model on the training store (training tasks),
+then
+- on held-out episodes of the training tasks: imagine H steps from every posterior state
+  under the logged actions; Spearman(u of each imagined step, its error ||z_imagined -
+  z_post||, z_post = posterior mean of the real frame) -> `uncertainty_error_spearman`;
+  H-step rollouts under the dataset actions vs uniform random actions, AUROC of the mean u
+  of each rollout -> `ood_action_auroc` (`ood_action_auroc_first_step`: first step only).
+- on held-out tasks (test store): theta_j adapted from phi with 5 episodes vs phi itself vs
+  heads trained from scratch with the same steps (on the same shared encoder), and vs a whole
+  world model trained from scratch on the 5 episodes with the same steps; prediction loss on
+  the task's other episodes: H-step open-loop reward NLL (the ratio keys) and image NLL
+  (`*_image_*` keys).
+- training steps/s, frames/s and the share of each step spent waiting for data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from learning.latents import encode_store, filter_episodes
+from learning.meta_model import adapt, task_model
+from learning.store import EpisodeStore
+from learning.world_model_train import load_config, load_world_model, train
+from perception.world_model import WorldModel, latent_uncertainty
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def auroc(neg: np.ndarray, pos: np.ndarray) -> float:
+    """P(score of a positive > score of a negative) (Mann-Whitney)."""
+    scores = np.concatenate([neg, pos])
+    ranks = np.argsort(np.argsort(scores)) + 1
+    r_pos = ranks[len(neg):].sum()
+    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def _episodes(store: EpisodeStore, eps: list[int]) -> list[dict[str, np.ndarray]]:
+    return [store.episode(e) for e in eps]
+
+
+@torch.no_grad()
+def uncertainty_checks(model: WorldModel, slots: list[int], episodes: list[dict[str, np.ndarray]],
+                       horizon: int, seed: int, stride: int = 2) -> dict[str, float]:
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    lo, hi = model.action_low.cpu().numpy(), model.action_high.cpu().numpy()
+    post = filter_episodes(model, [e["image"] for e in episodes], [e["action"] for e in episodes])
+    u_all, err_all, err_mean_all, u_data, u_ood, uh_data, uh_ood = [], [], [], [], [], [], []
+    step_of = []
+    ood_kind: dict[str, dict[str, list]] = {k: {"data": [], "ood": []} for k in ("max_var", "mean_dis")}
+    per_kind: dict[str, list[np.ndarray]] = {"max_var": [], "mean_dis": []}
+    K = model.cfg.ensemble
+    for ep, p, slot in zip(episodes, post, slots, strict=True):
+        T = len(ep["action"])
+        starts = np.arange(0, T - horizon, stride)
+        h = torch.from_numpy(p["h"][starts])
+        z = torch.from_numpy(p["z"][starts])
+        sl = torch.full((len(starts),), slot, dtype=torch.long)
+        # dataset vs uniform random actions: one step, and the mean over an H-step rollout
+        a_data = torch.from_numpy(np.stack([ep["action"][s:s + horizon] for s in starts]))
+        a_rand = torch.from_numpy(rng.uniform(lo, hi, a_data.shape).astype(np.float32))
+        for a, bucket, bucket_h, name in ((a_data, u_data, uh_data, "data"), (a_rand, u_ood, uh_ood, "ood")):
+            out = model.imagine(h, z, lambda f, t, a=a: a[:, t], horizon, sl, gen)
+            bucket.append(out["uncertainty"][:, 0].numpy())
+            bucket_h.append(out["uncertainty"].mean(1).numpy())
+            for kind in ood_kind:
+                o = model.imagine(h, z, lambda f, t, a=a: a[:, t], horizon, sl, gen, kind)
+                ood_kind[kind][name].append(o["uncertainty"].mean(1).numpy())
+        # H-step open loop under the logged actions
+        acts = torch.from_numpy(np.stack([ep["action"][s:s + horizon] for s in starts]))
+        hh, zz = h, z
+        for t in range(horizon):
+            hh = model.transition(hh, zz, acts[:, t])
+            mu, std = model.heads.prior(hh, sl)
+            k = torch.randint(K, (len(starts),), generator=gen)
+            pick = torch.arange(len(starts))
+            zz = mu[pick, k] + std[pick, k] * torch.randn(mu[:, 0].shape, generator=gen)
+            target = torch.from_numpy(p["z"][starts + t + 1])
+            u_all.append(latent_uncertainty(zz, mu, std, "log_prob").numpy())
+            for kind in per_kind:
+                per_kind[kind].append(latent_uncertainty(zz, mu, std, kind).numpy())
+            err_all.append((zz - target).norm(dim=-1).numpy())
+            step_of.append(np.full(len(starts), t + 1))
+            err_mean_all.append((mu[pick, k] - target).norm(dim=-1).numpy())
+    u, err, err_mean, step = map(np.concatenate, (u_all, err_all, err_mean_all, step_of))
+    res = {"uncertainty_error_spearman": spearman(u, err),
+           "uncertainty_error_spearman_member_mean": spearman(u, err_mean),
+           "uncertainty_error_spearman_by_step": [spearman(u[step == t], err[step == t])
+                                                  for t in range(1, horizon + 1)],
+           "ood_action_auroc": auroc(np.concatenate(uh_data), np.concatenate(uh_ood)),
+           "ood_action_auroc_first_step": auroc(np.concatenate(u_data), np.concatenate(u_ood)),
+           "uncertainty_steps": int(len(u))}
+    for kind, vals in per_kind.items():
+        res[f"uncertainty_error_spearman_{kind}"] = spearman(np.concatenate(vals), err)
+        res[f"ood_action_auroc_{kind}"] = auroc(np.concatenate(ood_kind[kind]["data"]),
+                                                np.concatenate(ood_kind[kind]["ood"]))
+    return res
+
+
+@torch.no_grad()
+def prediction_losses(model: WorldModel, episodes: list[dict[str, np.ndarray]], horizon: int,
+                      stride: int = 5, slot: int = 0) -> dict[str, float]:
+    """H-step open-loop prediction from posterior states under the logged actions with the
+    ensemble-mean prior: reward NLL (Normal(., 1), no constant) and image NLL per frame."""
+    post = filter_episodes(model, [e["image"] for e in episodes], [e["action"] for e in episodes])
+    r_loss, i_loss = [], []
+    for ep, p in zip(episodes, post, strict=True):
+        T = len(ep["action"])
+        starts = np.arange(0, T - horizon, stride)
+        h, z = torch.from_numpy(p["h"][starts]), torch.from_numpy(p["z"][starts])
+        sl = torch.full((len(starts),), slot, dtype=torch.long)
+        for t in range(horizon):
+            h = model.transition(h, z, torch.from_numpy(ep["action"][starts + t]))
+            mu, _ = model.heads.prior(h, sl)
+            z = mu.mean(1)
+            feat = torch.cat([z, h], -1)
+            r_hat = model.heads.reward(feat[:, None], sl)[:, 0].numpy()
+            r_loss.append(0.5 * (r_hat - ep["reward"][starts + t]) ** 2)
+            x = model.images_in(torch.from_numpy(ep["image"][starts + t + 1]))
+            i_loss.append(0.5 * ((model.decoder(feat) - x) ** 2).sum((1, 2, 3)).numpy())
+    return {"reward_nll": float(np.concatenate(r_loss).mean()), "image_nll": float(np.concatenate(i_loss).mean())}
+
+
+def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, adapt_steps: int,
+                eta: float, seed: int, n_adapt: int = 5, full_scratch: bool = True,
+                workdir: Path | None = None, max_tasks: int | None = None,
+                eta_sweep: list[float] | None = None, log=print) -> dict:
+    per_task = []
+    for task in sorted(set(test_store.episode_task.tolist()))[:max_tasks]:
+        eps = [int(e) for e in np.flatnonzero(test_store.episode_task == task)]
+        if len(eps) <= n_adapt:
+            continue
+        fit, held = eps[:n_adapt], eps[n_adapt:]
+        held_eps = _episodes(test_store, held)
+        cache = encode_store(model, test_store, fit)
+        phi = task_model(model, 0)
+        adapted = adapt(model, cache, steps=adapt_steps, eta=eta, seed=seed)
+        scratch = adapt(model, cache, steps=adapt_steps, init="scratch", seed=seed)
+        row = {"task": task, "phi": prediction_losses(phi, held_eps, horizon),
+               "adapted": prediction_losses(adapted, held_eps, horizon),
+               "scratch_heads": prediction_losses(scratch, held_eps, horizon)}
+        log(f"task {task}: phi/adapted/scratch heads evaluated")
+        for e in eta_sweep or []:
+            m = adapt(model, cache, steps=adapt_steps, eta=e, seed=seed)
+            row[f"adapted_eta_{e:g}"] = prediction_losses(m, held_eps, horizon)
+        if full_scratch and workdir is not None:
+            scfg = dataclasses.replace(cfg, steps=adapt_steps, meta=False, holdout_every=0,
+                                       split="", image_every=10**9, seed=seed)
+            run = workdir / f"scratch_task{task}"
+            train(test_store.path, scfg, run, overwrite=True, progress=False, episodes=fit, log=log)
+            full, _ = load_world_model(run)
+            row["scratch_model"] = prediction_losses(full, held_eps, horizon)
+        per_task.append(row)
+        log(f"task {task}: " + json.dumps({k: v for k, v in row.items() if k != "task"}))
+
+    def ratio(a: str, b: str, key: str) -> float:
+        return float(np.mean([r[a][key] for r in per_task]) / np.mean([r[b][key] for r in per_task]))
+
+    out = {"meta_tasks": per_task, "adapt_steps": adapt_steps, "eta": eta, "adapt_episodes": n_adapt}
+    for e in eta_sweep or []:
+        out[f"eta_sweep_{e:g}_over_meta_loss_ratio"] = ratio(f"adapted_eta_{e:g}", "phi", "reward_nll")
+    for key, suffix in (("reward_nll", ""), ("image_nll", "_image")):
+        out[f"adapted_over_meta{suffix}_loss_ratio"] = ratio("adapted", "phi", key)
+        out[f"adapted_over_scratch_heads{suffix}_loss_ratio"] = ratio("adapted", "scratch_heads", key)
+        if per_task and "scratch_model" in per_task[0]:
+            out[f"adapted_over_scratch{suffix}_loss_ratio"] = ratio("adapted", "scratch_model", key)
+    return out
+
+
+def run_family(train_store: str, test_store: str, config: str, out_dir: Path, steps: int | None,
+               run_dir: str | None, horizon: int, adapt_steps: int, eta: float | None, seed: int,
+               full_scratch: bool, max_tasks: int | None = None, eta_sweep: list[float] | None = None,
+               log=print) -> dict:
+    res: dict = {"train_store": train_store, "test_store": test_store}
+    if run_dir is None:
+        cfg = load_config(config)
+        cfg = dataclasses.replace(cfg, seed=seed, **({"steps": steps} if steps else {}),
+                                  **({"eta": eta} if eta is not None else {}))
+        run_dir = str(out_dir / (Path(train_store).stem + "_run"))
+        summary = train(train_store, cfg, run_dir, overwrite=True, progress=sys.stderr.isatty(), log=log)
+    elif (Path(run_dir) / "metrics.json").exists():
+        summary = json.loads((Path(run_dir) / "metrics.json").read_text())
+    else:  # a run still in progress: its last logged line
+        last = json.loads((Path(run_dir) / "metrics.jsonl").read_text().splitlines()[-1])
+        summary = {**last, "final": last}
+    model, meta = load_world_model(run_dir)
+    cfg = meta["config"]
+    res.update({"run": run_dir, "train_steps": summary["step"], "train_seconds": summary.get("seconds"),
+                "train_steps_per_s": summary["steps_per_s"], "train_frames_per_s": summary["frames_per_s"],
+                "data_wait_share": summary["data_wait_share"], "final_train": summary.get("final")})
+    store = EpisodeStore.open(train_store)
+    val = json.loads((Path(run_dir) / "config.json").read_text())["val_episodes"]
+    if not val:
+        raise ValueError(f"{run_dir}: the run held out no episodes (holdout_every=0)")
+    slots = [meta["task_slots"].get(int(store.episode_task[e]), 0) for e in val]
+    t0 = time.perf_counter()
+    res.update(uncertainty_checks(model, slots, _episodes(store, val), horizon, seed))
+    res.update(meta_checks(model, cfg, EpisodeStore.open(test_store), horizon, adapt_steps,
+                           cfg.eta if eta is None else eta, seed, full_scratch=full_scratch,
+                           workdir=out_dir, max_tasks=max_tasks, eta_sweep=eta_sweep, log=log))
+    res["eval_seconds"] = time.perf_counter() - t0
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", action="append", nargs=3, metavar=("NAME", "TRAIN_STORE", "TEST_STORE"),
+                    required=True, help="a task family: name, training-task store, held-out-task store")
+    ap.add_argument("--config", default="cpu", help="training preset or config file")
+    ap.add_argument("--steps", type=int, default=None, help="override the preset's training steps")
+    ap.add_argument("--run", action="append", default=None,
+                    help="use an already trained run per family (same order) instead of training")
+    ap.add_argument("--horizon", type=int, default=5, help="imagined steps (LOMPO H=5)")
+    ap.add_argument("--adapt-steps", type=int, default=300)
+    ap.add_argument("--eta", type=float, default=None, help="proximal weight (default: the run's)")
+    ap.add_argument("--no-full-scratch", action="store_true", help="skip the whole-model scratch baseline")
+    ap.add_argument("--max-test-tasks", type=int, default=None, help="held-out tasks evaluated")
+    ap.add_argument("--eta-sweep", default="", help="also adapt with these etas, e.g. 0,1e-4,1e-3,1e-2")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads for evaluation (2 threads collapse on shared cores)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", default="results/wm_bench", help="runs and scratch models go here")
+    ap.add_argument("--out", default=None, help="write the JSON here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out_dir = Path(args.workdir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for i, (name, tr, te) in enumerate(args.family):
+        run = args.run[i] if args.run else None
+        results[name] = run_family(tr, te, args.config, out_dir / name, args.steps, run, args.horizon,
+                                   args.adapt_steps, args.eta, args.seed, not args.no_full_scratch,
+                                   args.max_test_tasks,
+                                   [float(x) for x in args.eta_sweep.split(",") if x.strip()],
+                                   log=lambda m: print(m, file=sys.stderr))
+    keys = ("uncertainty_error_spearman", "ood_action_auroc", "adapted_over_meta_loss_ratio",
+            "adapted_over_scratch_loss_ratio", "data_wait_share")
+    results["summary"] = {k: {n: results[n].get(k) for n, _, _ in args.family} for k in keys}
+    text = json.dumps(results, indent=1)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""MerPO: model-based offline meta-RL with regularization (Lin et al., ICLR 2022; ALGORITHMS.md
+2c), on cached latents of the shared world model.
+
+    for it in iterations:
+        for step in steps_per_iteration:
+            tasks = sample meta_batch
+            for n in tasks:
+                refresh model rollouts for task n from theta_n       (world-model slot of task n)
+                repeat inner_steps: RAC step on task n (Q_n, pi_n), regularized towards pi_c
+            pi_c <- pi_c - lr grad_{pi_c} mean_n lambda (1-omega) KL(pi_n || pi_c)   (first order)
+            Q_meta <- (1 - 1e-3) Q_meta + 1e-3 mean_n Q_n                          (polyak)
+    meta-test task j: theta_j adapted from phi; pi_j <- pi_c, Q_j <- Q_meta; RAC steps on D_j
+
+Everything here works on latent transitions (s_t, a_t, r_t, s_{t+1}, d_t) made from a
+`LatentCache`: actions scaled to [-1, 1] by the store's limits, rewards normalized by the
+meta-training data's statistics, the model's uncertainty divided by its std on real data.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from learning.latents import LatentCache, rollout
+from learning.rac import RAC, RACConfig, TanhGaussianActor, TwinCritic, gaussian_kl
+
+
+@dataclass
+class MerPOConfig:
+    rac: RACConfig = field(default_factory=RACConfig)
+    iterations: int = 500  # MerPO (a GPU budget; CPU presets are smaller and say so)
+    steps_per_iteration: int = 100  # MerPO
+    meta_batch: int = 4  # MerPO: tasks per meta-step
+    inner_steps: int = 10  # MerPO: RAC steps per task and meta-step
+    meta_actor_lr: float = 1e-3  # first-order pi_c step (MerPO lr)
+    meta_q_polyak: float = 1e-3  # MerPO
+    adapt_steps: int = 300  # MerPO: 100-500 RAC steps on the new task
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MerPOConfig:
+        d = dict(d)
+        rac = RACConfig(**d.pop("rac", {}))
+        return cls(rac=rac, **d)
+
+
+# -- data --------------------------------------------------------------------------------------
+@dataclass
+class Normalizer:
+    """Scales shared by every task and method: reward mean/std (meta-train data), action
+    limits, and the std of the model's uncertainty on real data."""
+
+    action_low: np.ndarray
+    action_high: np.ndarray
+    reward_mean: float = 0.0
+    reward_std: float = 1.0
+    uncertainty_std: float = 1.0
+
+    def to_unit(self, action):
+        low, high = self._lh(action)
+        return 2 * (action - low) / (high - low) - 1
+
+    def to_robot(self, unit):
+        low, high = self._lh(unit)
+        return low + (unit + 1) * 0.5 * (high - low)
+
+    def _lh(self, like):
+        if torch.is_tensor(like):
+            return (torch.as_tensor(self.action_low, dtype=like.dtype, device=like.device),
+                    torch.as_tensor(self.action_high, dtype=like.dtype, device=like.device))
+        return self.action_low, self.action_high
+
+    def to_dict(self) -> dict:
+        return {"action_low": [float(x) for x in self.action_low],
+                "action_high": [float(x) for x in self.action_high],
+                "reward_mean": self.reward_mean, "reward_std": self.reward_std,
+                "uncertainty_std": self.uncertainty_std}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normalizer:
+        return cls(np.asarray(d["action_low"], np.float32), np.asarray(d["action_high"], np.float32),
+                   d["reward_mean"], d["reward_std"], d["uncertainty_std"])
+
+
+def fit_normalizer(cache: LatentCache, action_low, action_high) -> Normalizer:
+    r = cache.arrays["reward"]
+    return Normalizer(np.asarray(action_low, np.float32), np.asarray(action_high, np.float32),
+                      float(r.mean()), float(max(r.std(), 1e-6)))
+
+
+def transitions(cache: LatentCache, norm: Normalizer, task: int | None = None,
+                device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """(s_t, a_t, r_t, s_{t+1}, d_t) for every row that has a successor in its episode."""
+    ends = cache.episode_ends
+    starts = np.concatenate([[0], ends[:-1]])
+    rows = []
+    for e, (s, t_end) in enumerate(zip(starts, ends, strict=True)):
+        if task is None or cache.episode_task[e] == task:
+            rows.append(np.arange(s, t_end - 1))
+    if not rows or not sum(len(r) for r in rows):
+        raise ValueError(f"no transitions for task {task} in the latent cache")
+    idx = np.concatenate(rows)
+    a = cache.arrays
+    act = np.clip(norm.to_unit(a["action"][idx]), -1.0, 1.0)
+    out = {
+        "obs": a["feat"][idx], "act": act,
+        "rew": (a["reward"][idx] - norm.reward_mean) / norm.reward_std,
+        "next_obs": a["feat"][idx + 1], "done": a["terminal"][idx].astype(np.float32),
+    }
+    return {k: torch.as_tensor(np.asarray(v, np.float32), device=device) for k, v in out.items()}
+
+
+def sample(data: dict[str, torch.Tensor], n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    idx = torch.randint(len(data["obs"]), (n,), generator=generator).to(data["obs"].device)
+    return {k: v[idx] for k, v in data.items()}
+
+
+def model_rollout_fn(world_model, slot: int, horizon: int, norm: Normalizer,
+                     generator: torch.Generator) -> Callable:
+    """RAC's rollout interface on the world model's task slot: unit actions in and out,
+    normalized reward and uncertainty."""
+
+    def fn(start_obs: torch.Tensor, policy_unit: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+        out = rollout(world_model, start_obs, lambda feat, t: norm.to_robot(policy_unit(feat)),
+                      horizon, generator, slot)
+        return {"feat": out["feat"], "action": norm.to_unit(out["action"]).clamp(-1, 1),
+                "reward": (out["reward"] - norm.reward_mean) / norm.reward_std,
+                "uncertainty": out["uncertainty"] / norm.uncertainty_std}
+
+    return fn
+
+
+@torch.no_grad()
+def uncertainty_std(world_model, data: dict[str, torch.Tensor], norm: Normalizer, slot: int,
+                    generator: torch.Generator, n: int = 1024) -> float:
+    """Std of the model's uncertainty for dataset actions on real states (the penalty's unit)."""
+    b = sample(data, n, generator)
+    out = rollout(world_model, b["obs"], lambda feat, t: norm.to_robot(b["act"]), 1, generator, slot)
+    return float(max(out["uncertainty"].std(), 1e-6))
+
+
+# -- MerPO -------------------------------------------------------------------------------------
+class MerPO:
+    """Meta-policy pi_c and meta-critic Q_meta over per-task RAC learners."""
+
+    def __init__(self, obs_dim: int, act_dim: int, tasks: list[int], cfg: MerPOConfig,
+                 device: str | torch.device = "cpu") -> None:
+        self.cfg = cfg
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.device = torch.device(device)
+        torch.manual_seed(cfg.seed)
+        r = cfg.rac
+        self.meta_actor = TanhGaussianActor(obs_dim, act_dim, r.hidden, r.layers).to(self.device)
+        self.meta_critic = TwinCritic(obs_dim, act_dim, r.hidden, r.layers).to(self.device)
+        self.meta_opt = torch.optim.Adam(self.meta_actor.parameters(), lr=cfg.meta_actor_lr)
+        self.tasks = list(tasks)
+        self.learners: dict[int, RAC] = {}
+        for n in self.tasks:
+            rac = RAC(obs_dim, act_dim, r, self.device, seed=cfg.seed * 1000 + n + 1)
+            rac.load_from(self.meta_actor, self.meta_critic)
+            self.learners[n] = rac
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+
+    def meta_step(self, data: dict[int, dict[str, torch.Tensor]],
+                  rollout_fns: dict[int, Callable] | None) -> dict[str, float]:
+        cfg, r = self.cfg, self.cfg.rac
+        pick = torch.randperm(len(self.tasks), generator=self.generator)[: cfg.meta_batch].tolist()
+        batch_tasks = [self.tasks[i] for i in pick]
+        stats: dict[str, list[float]] = {}
+        for n in batch_tasks:
+            rac = self.learners[n]
+            for _ in range(cfg.inner_steps):
+                if rollout_fns is not None and rac.steps % r.rollout_every == 0:
+                    starts = sample(data[n], r.rollout_batch, self.generator)["obs"]
+                    for k, v in rac.refresh_rollouts(starts, rollout_fns[n]).items():
+                        stats.setdefault(k, []).append(v)
+                for k, v in rac.update(sample(data[n], r.batch_real, self.generator), self.meta_actor).items():
+                    stats.setdefault(k, []).append(v)
+        # first-order meta-policy step: pi_c towards the task policies on their own states
+        kl = []
+        for n in batch_tasks:
+            obs = sample(data[n], r.batch_real, self.generator)["obs"]
+            with torch.no_grad():
+                mu_n, sd_n = self.learners[n].actor.dist_params(obs)
+            mu_c, sd_c = self.meta_actor.dist_params(obs)
+            kl.append(gaussian_kl(mu_n, sd_n, mu_c, sd_c).mean())
+        meta_loss = r.lam * (1 - r.omega) * torch.stack(kl).mean()
+        if r.omega < 1.0:
+            self.meta_opt.zero_grad(set_to_none=True)
+            meta_loss.backward()
+            self.meta_opt.step()
+        # Q_meta <- polyak towards the mean of the task critics
+        with torch.no_grad():
+            critics = [self.learners[n].critic.state_dict() for n in batch_tasks]
+            for name, p in self.meta_critic.state_dict().items():
+                mean = torch.stack([c[name] for c in critics]).mean(0)
+                p.lerp_(mean, cfg.meta_q_polyak)
+        self.step += 1
+        out = {k: float(np.mean(v)) for k, v in stats.items()}
+        out["meta_kl"] = float(torch.stack(kl).mean().detach())
+        return out
+
+    def adapt(self, data: dict[str, torch.Tensor], rollout_fn: Callable | None, steps: int | None = None,
+              seed: int = 0, progress: Callable[[int, dict], None] | None = None) -> RAC:
+        """Meta-test: pi_j <- pi_c, Q_j <- Q_meta, then RAC steps on the new task's data,
+        still regularized towards pi_c."""
+        return adapt_rac(self.meta_actor, self.meta_critic, data, rollout_fn, self.cfg.rac,
+                         self.cfg.adapt_steps if steps is None else steps, seed, progress)
+
+    def state_dict(self) -> dict:
+        return {"meta_actor": self.meta_actor.state_dict(), "meta_critic": self.meta_critic.state_dict(),
+                "meta_opt": self.meta_opt.state_dict(), "generator": self.generator.get_state(),
+                "step": torch.tensor(self.step),
+                "learners": {str(n): rac.state_dict() for n, rac in self.learners.items()},
+                "model_buffers": {str(n): dict(rac.model_buffer.data) for n, rac in self.learners.items()}}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.meta_actor.load_state_dict(sd["meta_actor"])
+        self.meta_critic.load_state_dict(sd["meta_critic"])
+        self.meta_opt.load_state_dict(sd["meta_opt"])
+        self.generator.set_state(sd["generator"])
+        self.step = int(sd["step"])
+        for n, rac in self.learners.items():
+            rac.load_state_dict(sd["learners"][str(n)])
+            rac.model_buffer.data = dict(sd["model_buffers"][str(n)])
+
+
+def adapt_rac(init_actor: TanhGaussianActor | None, init_critic: TwinCritic | None,
+              data: dict[str, torch.Tensor], rollout_fn: Callable | None, cfg: RACConfig, steps: int,
+              seed: int = 0, progress: Callable[[int, dict], None] | None = None,
+              meta_actor: TanhGaussianActor | None = None) -> RAC:
+    """RAC on one task's data, initialised from (init_actor, init_critic) when given and
+    regularized towards `meta_actor` (default: init_actor, frozen)."""
+    obs_dim, act_dim = data["obs"].shape[1], data["act"].shape[1]
+    rac = RAC(obs_dim, act_dim, cfg, data["obs"].device, seed=seed)
+    if init_actor is not None and init_critic is not None:
+        rac.load_from(init_actor, init_critic)
+    anchor = meta_actor if meta_actor is not None else (
+        copy.deepcopy(init_actor).requires_grad_(False) if init_actor is not None else None)
+    g = torch.Generator().manual_seed(seed)
+    for i in range(steps):
+        if rollout_fn is not None and i % cfg.rollout_every == 0:
+            rac.refresh_rollouts(sample(data, cfg.rollout_batch, g)["obs"], rollout_fn)
+        stats = rac.update(sample(data, cfg.batch_real, g), anchor)
+        if progress is not None:
+            progress(i, stats)
+    return rac

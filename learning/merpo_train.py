@@ -1,0 +1,466 @@
+"""Run directories for `vmerpo train` and `vmerpo adapt`: world model -> cached latents ->
+MerPO meta-training -> meta-test adaptation -> a policy that exports to ONNX.
+
+    RUN/                      `vmerpo train`
+      config.json             format/version, the resolved config, data path + hash, task slots
+      world_model/            the world-model run (or a link to the one given with --world-model)
+      latents.npz             posterior latents of the meta-train episodes (encoded once)
+      normalizer.json         reward mean/std, action limits, uncertainty std
+      checkpoints/merpo.pt    MerPO state (atomic; `--resume` continues from it)
+      tb/ metrics.jsonl       TensorBoard scalars and the same numbers as JSON lines
+    RUN2/                     `vmerpo adapt --run RUN --data new_task.zarr`
+      config.json             kind "adapted", parent run, task id, data hash
+      task_model.pt           world model with theta_j (the task-adapted heads)
+      policy.pt               the task policy (actor) + normalizer
+
+Periodic sim evaluation is injected by the caller (`evaluate` callback): `learning` never
+imports `sim`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from learning import world_model_train as wmt
+from learning.export import DeployedPolicy
+from learning.latents import LatentCache, encode_store
+from learning.merpo import (
+    MerPO,
+    MerPOConfig,
+    Normalizer,
+    adapt_rac,
+    fit_normalizer,
+    model_rollout_fn,
+    transitions,
+    uncertainty_std,
+)
+from learning.meta_model import adapt as adapt_model
+from learning.meta_model import task_model
+from learning.rac import RACConfig, TanhGaussianActor
+from learning.runtime.spec import PolicySpec
+from learning.store import EpisodeStore, StoreSpec
+
+RUN_FORMAT = "vmerpo.run"
+RUN_VERSION = 1  # bump when the run-directory layout or config schema changes
+
+
+@dataclass
+class RunConfig:
+    world_model: wmt.TrainConfig = field(default_factory=wmt.TrainConfig)
+    merpo: MerPOConfig = field(default_factory=MerPOConfig)
+    adapt_model_steps: int = 500  # theta_j steps on the new task's latents [ours]
+    checkpoint_every: int = 50  # meta-steps between MerPO checkpoints
+    log_every: int = 10  # meta-steps between scalar logs
+    eval_every: int = 0  # meta-steps between sim evaluations of pi_c (0 = off)
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"world_model": self.world_model.to_dict(), "merpo": self.merpo.to_dict(),
+                **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if f.name not in ("world_model", "merpo")}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        d = dict(d)
+        wm = wmt.TrainConfig.from_dict(d.pop("world_model"))
+        mp = MerPOConfig.from_dict(d.pop("merpo"))
+        return cls(world_model=wm, merpo=mp, **d)
+
+
+def preset(name: str) -> RunConfig:
+    """tiny: seconds (tests). cpu: the 2-core CPU budget (smaller than the paper, says so).
+    paper: MerPO's published loop on LOMPO's model (GPU)."""
+    if name == "paper":
+        return RunConfig()
+    if name == "cpu":
+        rac = RACConfig(hidden=256, layers=3, batch_real=256, batch_model=256, cql_n_actions=10)
+        return RunConfig(world_model=wmt.preset("cpu"),
+                         merpo=MerPOConfig(rac=rac, iterations=10, steps_per_iteration=20, meta_batch=4,
+                                           inner_steps=5, adapt_steps=300),
+                         adapt_model_steps=500, checkpoint_every=20, log_every=5)
+    if name == "tiny":
+        rac = RACConfig(hidden=32, layers=2, batch_real=32, batch_model=32, cql_n_actions=2,
+                        rollout_batch=32, rollout_every=2)
+        return RunConfig(world_model=wmt.preset("tiny"),
+                         merpo=MerPOConfig(rac=rac, iterations=2, steps_per_iteration=3, meta_batch=2,
+                                           inner_steps=2, adapt_steps=10),
+                         adapt_model_steps=20, checkpoint_every=2, log_every=1)
+    raise ValueError(f"unknown config {name!r}; expected tiny, cpu, paper or a JSON/YAML file")
+
+
+def load_config(spec: str) -> RunConfig:
+    """A preset, or a JSON/YAML file {"preset": "cpu", "merpo": {...}, "world_model": {...}}."""
+    if spec in ("tiny", "cpu", "paper"):
+        return preset(spec)
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"{spec}: no such config file (or preset tiny|cpu|paper)")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        d = yaml.safe_load(path.read_text()) or {}
+    else:
+        d = json.loads(path.read_text())
+    base = preset(d.pop("preset", "paper")).to_dict()
+    for key in ("world_model", "merpo"):
+        sub = d.pop(key, {})
+        for k, v in sub.items():
+            if isinstance(v, dict) and isinstance(base[key].get(k), dict):
+                base[key][k].update(v)
+            else:
+                base[key][k] = v
+    unknown = set(d) - set(base)
+    if unknown:
+        raise ValueError(f"{spec}: unknown config keys {sorted(unknown)}")
+    base.update(d)
+    return RunConfig.from_dict(base)
+
+
+def data_hash(store: EpisodeStore) -> str:
+    """Identifies the training data: spec, episode structure, tasks and rewards."""
+    h = hashlib.sha256(json.dumps(store.spec.to_attrs(), sort_keys=True).encode())
+    for arr in (store.episode_ends, store.episode_task, store.read("reward", 0, store.n_frames)):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _read_run(run: Path) -> dict[str, Any]:
+    path = run / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{run}: not a vmerpo run directory (no config.json)")
+    info = json.loads(path.read_text())
+    if info.get("format") != RUN_FORMAT:
+        raise ValueError(f"{run}: config.json is not a vmerpo run (format {info.get('format')!r})")
+    if info.get("version") != RUN_VERSION:
+        raise ValueError(f"{run}: run format version {info.get('version')} differs from this vmerpo's "
+                         f"{RUN_VERSION}; retrain or use the matching vmerpo version")
+    return info
+
+
+def _prepare_dir(run: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not (run / "config.json").exists():
+            raise FileNotFoundError(f"{run}: nothing to resume (no config.json)")
+    elif run.exists() and any(run.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{run}: run directory exists (use --resume or --overwrite)")
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# -- vmerpo train ------------------------------------------------------------------------------
+def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = False, overwrite: bool = False,
+          world_model: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
+          evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None) -> dict[str, Any]:
+    """World model (unless `world_model` names a trained one) + MerPO meta-training."""
+    run = Path(out)
+    store = EpisodeStore.open(data)
+    if store.n_episodes == 0:
+        raise ValueError(f"{data}: the store has no episodes")
+    train_tasks = store.spec.task_ids("train")
+    if not train_tasks:
+        raise ValueError(f"{data}: the store's task table marks no task as split 'train' "
+                         "(MerPO needs task ids and a meta-train split)")
+    present = sorted(set(store.episode_task.tolist()) & set(train_tasks))
+    if not present:
+        raise ValueError(f"{data}: no episodes of the meta-train tasks {train_tasks}")
+    dhash = data_hash(store)
+    if resume:
+        info = _read_run(run)
+        saved = RunConfig.from_dict(info["config"])
+        if saved != cfg:
+            diff = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v]
+            raise ValueError(f"{run}: the config differs from the run's config.json in {diff}")
+        if info["data_hash"] != dhash:
+            raise ValueError(f"{run}: the data differs from the run's ({info['data']}); resume with the same store")
+    _prepare_dir(run, resume, overwrite)
+    info = {"format": RUN_FORMAT, "version": RUN_VERSION, "kind": "meta", "config": cfg.to_dict(),
+            "data": str(data), "data_hash": dhash, "meta_train_tasks": present,
+            "world_model": world_model or str(run / "world_model")}
+    (run / "config.json").write_text(json.dumps(info, indent=1))
+    t0 = time.perf_counter()
+
+    # 1. the world model, trained once per task family and shared by every method
+    if world_model is None:
+        wm_dir = run / "world_model"
+        wm_resume = resume and (wm_dir / "config.json").exists()
+        if not (wm_dir / "model.pt").exists():
+            log("[1/3] training the world model")
+            wmt.train(data, cfg.world_model, wm_dir, resume=wm_resume, overwrite=not wm_resume,
+                      progress=progress, log=log)
+        wm_path: str = str(wm_dir)
+    else:
+        wm_path = world_model
+    device = wmt.pick_device(cfg.device)
+    model, wm_info = wmt.load_world_model(wm_path, str(device))
+    slots = wm_info["task_slots"]
+
+    # 2. latents of every meta-train episode, encoded once
+    latents_path = run / "latents.npz"
+    if latents_path.exists():
+        cache = LatentCache.load(latents_path)
+    else:
+        log("[2/3] encoding the logs into latents")
+        eps = [i for i in range(store.n_episodes) if int(store.episode_task[i]) in present]
+        cache = encode_store(model, store, eps, device=str(device))
+        cache.save(latents_path)
+    norm = fit_normalizer(cache, store.spec.action_low, store.spec.action_high)
+    task_data = {n: transitions(cache, norm, n, device) for n in present}
+    gen = torch.Generator().manual_seed(cfg.merpo.seed)
+    norm.uncertainty_std = float(np.mean([uncertainty_std(model, task_data[n], norm, slots.get(n, 0), gen)
+                                          for n in present]))
+    (run / "normalizer.json").write_text(json.dumps(norm.to_dict(), indent=1))
+
+    # 3. MerPO meta-training
+    mc = cfg.merpo
+    merpo = MerPO(cache.arrays["feat"].shape[1], len(store.spec.action_names), present, mc, device)
+    ckpt = run / "checkpoints" / "merpo.pt"
+    if resume and ckpt.exists():
+        merpo.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
+        log(f"resuming MerPO from meta-step {merpo.step}")
+    rollout_gen = torch.Generator().manual_seed(mc.seed + 1)
+    if resume and ckpt.exists():
+        rollout_gen.manual_seed(mc.seed + 1 + merpo.step)
+    rollouts = {n: model_rollout_fn(model, slots.get(n, 0), mc.rac.horizon, norm, rollout_gen) for n in present}
+    total = mc.iterations * mc.steps_per_iteration
+    metrics_path = run / "metrics.jsonl"
+    if metrics_path.exists():  # lines past the checkpoint are recomputed
+        keep = [ln for ln in metrics_path.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["step"] <= merpo.step]
+        metrics_path.write_text("".join(ln + "\n" for ln in keep))
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    writer = SummaryWriter(str(run / "tb"), purge_step=merpo.step or None)
+    bar = tqdm(total=total, initial=merpo.step, disable=not progress, desc="merpo", unit="meta-step",
+               dynamic_ncols=True)
+    log("[3/3] MerPO meta-training" + (f" from meta-step {merpo.step}" if merpo.step else ""))
+    agg: dict[str, list[float]] = {}
+    while merpo.step < total:
+        rollout_gen.manual_seed(mc.seed + 1 + merpo.step)  # per-step seeds: resume is exact
+        stats = merpo.meta_step(task_data, rollouts)
+        for k, v in stats.items():
+            agg.setdefault(k, []).append(v)
+        bar.update(1)
+        step = merpo.step
+        if step % cfg.log_every == 0 or step == total:
+            row = {k: float(np.mean(v)) for k, v in agg.items()}
+            agg = {}
+            for k, v in row.items():
+                writer.add_scalar(f"merpo/{k}", v, step)
+            if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
+                for k, v in evaluate(meta_policy_module(model, merpo.meta_actor), step).items():
+                    writer.add_scalar(f"eval/{k}", v, step)
+                    row[f"eval_{k}"] = v
+            with metrics_path.open("a") as f:
+                f.write(json.dumps({"step": step, **row}) + "\n")
+            bar.set_postfix(q=f"{row.get('q', 0):.2f}", gap=f"{row.get('conservative_gap', 0):.2f}",
+                            kl=f"{row.get('meta_kl', 0):.3f}")
+        if step % cfg.checkpoint_every == 0 or step == total:
+            writer.flush()
+            _atomic_save(merpo.state_dict(), ckpt)
+    bar.close()
+    writer.close()
+    summary = {"meta_steps": merpo.step, "seconds": time.perf_counter() - t0, "tasks": present,
+               "world_model": wm_path}
+    (run / "metrics.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def meta_policy_module(model, actor: TanhGaussianActor) -> DeployedPolicy:
+    return DeployedPolicy(task_model(model, 0), ActorMean(actor)).eval()
+
+
+class ActorMean(nn.Module):
+    """The deployed action of a tanh-Gaussian actor: its pre-tanh mean (tanh in the graph)."""
+
+    def __init__(self, actor: TanhGaussianActor) -> None:
+        super().__init__()
+        self.actor = actor
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.actor.pre_tanh_mean(feat)
+
+
+# -- vmerpo adapt ------------------------------------------------------------------------------
+def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwrite: bool = False,
+          task: int | None = None, steps: int | None = None, log: Callable[[str], None] = print,
+          progress: bool = True) -> dict[str, Any]:
+    """Meta-test: theta_j from phi on the new task's log, then RAC from pi_c and Q_meta."""
+    run = Path(run_dir)
+    info = _read_run(run)
+    if info["kind"] != "meta":
+        raise ValueError(f"{run}: adapt needs a meta-trained run (this one is {info['kind']!r})")
+    cfg = RunConfig.from_dict(info["config"])
+    store = EpisodeStore.open(data)
+    tasks = sorted(set(store.episode_task.tolist()))
+    if task is None:
+        if len(tasks) != 1:
+            raise ValueError(f"{data}: holds tasks {tasks}; choose one with --task")
+        task = tasks[0]
+    elif task not in tasks:
+        raise ValueError(f"{data}: no episodes of task {task} (tasks present: {tasks})")
+    if task in info["meta_train_tasks"]:
+        raise ValueError(f"task {task} was a meta-training task of {run}; adapt to a held-out task")
+    out = Path(out)
+    _prepare_dir(out, False, overwrite)
+    device = wmt.pick_device(cfg.device)
+    model, _ = wmt.load_world_model(info["world_model"], str(device))
+    train_store_spec = EpisodeStore.open(info["data"], load="lazy").spec
+    diff = train_store_spec.compatibility_errors(store.spec)
+    if diff:
+        raise ValueError(f"{data} does not match the training data of {run}: {diff[0]}")
+    norm = Normalizer.from_dict(json.loads((run / "normalizer.json").read_text()))
+    mc = cfg.merpo
+    merpo = MerPO(model.cfg.feat_dim, len(store.spec.action_names), info["meta_train_tasks"], mc, device)
+    merpo.load_state_dict(torch.load(run / "checkpoints" / "merpo.pt", map_location=device, weights_only=True))
+
+    eps = [i for i in range(store.n_episodes) if int(store.episode_task[i]) == task]
+    log(f"adapting to task {task} from {len(eps)} episodes")
+    cache = encode_store(model, store, eps, device=str(device))
+    theta = adapt_model(model, cache, steps=cfg.adapt_model_steps, eta=cfg.world_model.eta, seed=mc.seed)
+    data_j = transitions(cache, norm, task, device)
+    gen = torch.Generator().manual_seed(mc.seed + 7)
+    rollout = model_rollout_fn(theta, 0, mc.rac.horizon, norm, gen)
+    from tqdm import tqdm
+
+    n_steps = mc.adapt_steps if steps is None else steps
+    bar = tqdm(total=n_steps, disable=not progress, desc="adapt", unit="step", dynamic_ncols=True)
+    rac = adapt_rac(merpo.meta_actor, merpo.meta_critic, data_j, rollout, mc.rac, n_steps, seed=mc.seed,
+                    progress=lambda i, s: bar.update(1))
+    bar.close()
+    wmt.save_checkpoint(out / "task_model.pt", theta, None, 0,
+                        dataclasses.replace(cfg.world_model, model=theta.cfg), {task: 0})
+    _atomic_save({"actor": rac.actor.state_dict(), "rac": mc.rac.to_dict(), "obs_dim": model.cfg.feat_dim,
+                  "act_dim": len(store.spec.action_names)}, out / "policy.pt")
+    (out / "normalizer.json").write_text(json.dumps(norm.to_dict(), indent=1))
+    (out / "config.json").write_text(json.dumps({
+        "format": RUN_FORMAT, "version": RUN_VERSION, "kind": "adapted", "parent": str(run), "task": task,
+        "data": str(data), "data_hash": data_hash(store), "config": cfg.to_dict(),
+        "store_spec": store.spec.to_attrs(), "episodes": eps}, indent=1))
+    return {"task": task, "episodes": len(eps), "adapt_steps": n_steps, "out": str(out)}
+
+
+# -- the deployed policy of a run --------------------------------------------------------------
+def load_policy(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[DeployedPolicy, PolicySpec]:
+    """An adapted run (or a meta run: pi_c on phi) -> the deployed torch module and its spec."""
+    run = Path(run_dir)
+    info = _read_run(run)
+    if info["kind"] == "adapted":
+        theta, _ = wmt.load_world_model(run / "task_model.pt", device)
+        blob = torch.load(run / "policy.pt", map_location=device, weights_only=True)
+        rc = RACConfig(**blob["rac"])
+        actor = TanhGaussianActor(blob["obs_dim"], blob["act_dim"], rc.hidden, rc.layers).to(device)
+        actor.load_state_dict(blob["actor"])
+        store_spec = StoreSpec.from_attrs(info["store_spec"])
+        module = DeployedPolicy(theta, ActorMean(actor)).eval()
+        task = info["task"]
+    else:
+        cfg = RunConfig.from_dict(info["config"])
+        model, _ = wmt.load_world_model(info["world_model"], device)
+        merpo = MerPO(model.cfg.feat_dim, model.cfg.action_dim, info["meta_train_tasks"], cfg.merpo, device)
+        merpo.load_state_dict(torch.load(run / "checkpoints" / "merpo.pt", map_location=device, weights_only=True))
+        module = meta_policy_module(model, merpo.meta_actor)
+        store_spec = EpisodeStore.open(info["data"], load="lazy").spec
+        task = None
+    wm_cfg = module.world_model.cfg
+    spec = PolicySpec(
+        image_size=store_spec.image_size, action_names=store_spec.action_names,
+        action_low=store_spec.action_low, action_high=store_spec.action_high,
+        deter_size=wm_cfg.deter, stoch_size=wm_cfg.stoch, action_type=store_spec.action_type,
+        action_units=store_spec.action_units, action_frame=store_spec.action_frame,
+        gripper_channel=store_spec.gripper_channel, hold_action=store_spec.hold_action,
+        state_names=store_spec.state_names if wm_cfg.state_dim else [], uses_state=bool(wm_cfg.state_dim),
+        camera=store_spec.camera, control_hz=store_spec.control_hz, run_id=run.name,
+        data_hash=info["data_hash"], env={**store_spec.env, "task": task},
+        vmerpo_version=_version())
+    return module, spec
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vmerpo")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class TorchPolicy:
+    """A run's deployed module in torch, with PolicyRuntime's interface: `vmerpo eval
+    --policy RUN_DIR` runs the same graph that `vmerpo export` writes."""
+
+    def __init__(self, run_dir: str | os.PathLike, device: str = "cpu") -> None:
+        self.module, self.spec = load_policy(run_dir, device)
+        self.device = torch.device(device)
+        s = self.spec
+        self._low = torch.tensor(s.action_low)
+        self._high = torch.tensor(s.action_high)
+        self.reset()
+
+    def check_compatible(self, **expected: Any) -> None:
+        diff = self.spec.mismatches(**expected)
+        if diff:
+            raise ValueError("policy run does not match this configuration: " + "; ".join(diff))
+
+    def reset(self) -> None:
+        s = self.spec
+        self.h = torch.zeros(1, s.deter_size, device=self.device)
+        self.z = torch.zeros(1, s.stoch_size, device=self.device)
+        self.prev = torch.zeros(1, s.action_dim, device=self.device)
+
+    @torch.no_grad()
+    def act(self, image: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
+        s = self.spec
+        if image.dtype != np.uint8 or image.shape != (s.image_size, s.image_size, 3):
+            raise ValueError(f"image must be uint8 {(s.image_size, s.image_size, 3)}, got {image.dtype} {image.shape}")
+        st = torch.as_tensor(np.asarray(state, np.float32))[None] if s.uses_state else None
+        a, self.h, self.z = self.module(torch.from_numpy(image)[None].to(self.device), self.prev, self.h, self.z, st)
+        out = torch.minimum(torch.maximum(a[0].cpu(), self._low), self._high).numpy().astype(np.float32)
+        self.prev = torch.from_numpy(out)[None].to(self.device)
+        return out
+
+    def set_applied_action(self, applied: np.ndarray) -> None:
+        self.prev = torch.as_tensor(np.asarray(applied, np.float32).reshape(1, -1), device=self.device)
+
+
+def parity_check(run_dir: str | os.PathLike, onnx_path: str | os.PathLike, steps: int = 100) -> float:
+    """Max |onnxruntime - torch| action over a closed-loop pass over recorded frames of the
+    run's data (both fed the same applied actions)."""
+    from learning.runtime.policy_runtime import PolicyRuntime
+
+    info = _read_run(Path(run_dir))
+    store = EpisodeStore.open(info["data"], load="lazy")
+    images = store.read("image", 0, min(steps, store.n_frames))
+    states = store.read("state", 0, min(steps, store.n_frames))
+    torch_policy = TorchPolicy(run_dir)
+    rt = PolicyRuntime(onnx_path, providers="cpu")
+    worst = 0.0
+    for img, st in zip(images, states, strict=True):
+        a_rt = rt.act(img, st if rt.spec.uses_state else None)
+        a_t = torch_policy.act(img, st if rt.spec.uses_state else None)
+        worst = max(worst, float(np.abs(a_rt - a_t).max()))
+        applied = a_rt  # both filters are conditioned on the same applied action
+        rt.set_applied_action(applied)
+        torch_policy.set_applied_action(applied)
+    return worst

@@ -1,0 +1,119 @@
+"""The run-directory pipeline on a tiny synthetic store: train (world model + MerPO), resume,
+adapt to a held-out task, export, and ONNX/torch parity; bad input gives one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from learning.benchmarks.store import synthetic_episode
+from learning.store import EpisodeWriter, StoreSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def family_spec(size=32) -> StoreSpec:
+    return StoreSpec(
+        robot="synthetic", control_hz=12.5, image_size=size,
+        state_names=[f"q{i}" for i in range(8)], action_names=["dx", "dy", "dz", "grip"],
+        action_low=[-1.0] * 4, action_high=[1.0] * 4, hold_action=[0.0] * 4,
+        tasks=[{"id": i, "name": f"t{i}", "split": "train" if i < 3 else "test"} for i in range(5)],
+    )
+
+
+def make_family_store(path, tasks, episodes_per_task=3, length=24, seed=0):
+    rng = np.random.default_rng(seed)
+    with EpisodeWriter(path, family_spec(), mode="w") as w:
+        for t in tasks:
+            for _ in range(episodes_per_task):
+                ep = synthetic_episode(rng, length, 32)
+                ep["reward"] = (ep["action"][:, 0] * (1 if t % 2 else -1)).astype(np.float32)
+                w.add_episode(ep, task_id=t, success=False)
+    return path
+
+
+def vmerpo(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "vmerpo", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    d = tmp_path_factory.mktemp("family")
+    return (make_family_store(d / "train.zarr", [0, 1, 2]),
+            make_family_store(d / "heldout.zarr", [3], episodes_per_task=2, seed=1), d)
+
+
+@pytest.fixture(scope="module")
+def trained(family):
+    train_store, _, d = family
+    proc = vmerpo("train", "--data", str(train_store), "--config", "tiny", "--out", str(d / "run"),
+                  "--no-progress", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return d / "run"
+
+
+def test_train_writes_a_complete_run(trained):
+    info = json.loads((trained / "config.json").read_text())
+    assert info["format"] == "vmerpo.run" and info["kind"] == "meta"
+    assert info["meta_train_tasks"] == [0, 1, 2]
+    assert (trained / "world_model" / "model.pt").exists()
+    assert (trained / "latents.npz").exists() and (trained / "checkpoints" / "merpo.pt").exists()
+    lines = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 6 and np.isfinite(lines[-1]["q"])
+    assert list((trained / "tb").iterdir())
+
+
+def test_resume_of_a_finished_run_changes_nothing(trained, family):
+    train_store, _, _ = family
+    before = (trained / "checkpoints" / "merpo.pt").read_bytes()
+    proc = vmerpo("train", "--data", str(train_store), "--config", "tiny", "--out", str(trained),
+                  "--resume", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (trained / "checkpoints" / "merpo.pt").read_bytes() == before
+
+
+def test_adapt_export_and_parity(trained, family, tmp_path):
+    _, heldout, _ = family
+    adapted = tmp_path / "adapted"
+    proc = vmerpo("adapt", "--run", str(trained), "--data", str(heldout), "--out", str(adapted), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((adapted / "config.json").read_text())["task"] == 3
+    onnx_path = tmp_path / "policy.onnx"
+    proc = vmerpo("export", "--run", str(adapted), "--out", str(onnx_path), "--check", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["parity_ok"] and result["parity_max_abs_diff"] <= 1e-4
+    assert result["spec"]["env"]["task"] == 3 and result["spec"]["image_size"] == 32
+    assert not Path(str(onnx_path) + ".data").exists()
+    proc = vmerpo("export", "--run", str(adapted), "--out", str(onnx_path))
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+
+
+def test_bad_input_gives_one_line_errors(trained, family, tmp_path):
+    train_store, heldout, d = family
+    # a held-out task that also appears in meta-training
+    proc = vmerpo("adapt", "--run", str(trained), "--data", str(train_store), "--task", "1",
+                  "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "meta-training task" in proc.stderr
+    # a run directory from a different config version
+    bad = tmp_path / "oldrun"
+    bad.mkdir()
+    info = json.loads((trained / "config.json").read_text())
+    info["version"] = 0
+    (bad / "config.json").write_text(json.dumps(info))
+    proc = vmerpo("adapt", "--run", str(bad), "--data", str(heldout), "--out", str(tmp_path / "y"))
+    assert proc.returncode == 2 and "version" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    # a store without a meta-train split (no task table)
+    plain = tmp_path / "plain.zarr"
+    spec = family_spec()
+    spec.tasks = []
+    with EpisodeWriter(plain, spec, mode="w") as w:
+        w.add_episode(synthetic_episode(np.random.default_rng(0), 20, 32), task_id=0, success=False)
+    proc = vmerpo("train", "--data", str(plain), "--config", "tiny", "--out", str(tmp_path / "z"))
+    assert proc.returncode == 2 and "task" in proc.stderr

@@ -1,0 +1,106 @@
+"""World-model training: the run directory, and exact resume after SIGKILL (tiny preset)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from learning.benchmarks.store import bench_spec, synthetic_episode
+from learning.store import EpisodeWriter
+from learning.world_model_train import (
+    load_config,
+    load_world_model,
+    parameters_equal,
+    preset,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_store(path: Path, episodes: int = 6, length: int = 30, size: int = 32) -> Path:
+    rng = np.random.default_rng(0)
+    with EpisodeWriter(path, bench_spec(size), mode="w", log=lambda m: None) as w:
+        for i in range(episodes):
+            w.add_episode(synthetic_episode(rng, length, size), task_id=i % 2, success=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return make_store(tmp_path_factory.mktemp("wm") / "s.zarr")
+
+
+def test_run_directory_holds_config_metrics_checkpoints_and_grids(store, tmp_path):
+    cfg = dataclasses.replace(preset("tiny"), steps=20)
+    summary = train(str(store), cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert summary["step"] == 20 and summary["n_slots"] == 3  # phi + two task heads
+    assert (run / "config.json").exists() and (run / "model.pt").exists()
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [5, 10, 15, 20]
+    assert all(np.isfinite(x["reward_nll"]) and np.isfinite(x["image_nll"]) for x in lines)
+    assert (run / "images" / "recon_000020.png").stat().st_size > 100
+    assert (run / "images" / "openloop_000020.png").exists()
+    model, meta = load_world_model(run)
+    assert meta["step"] == 20 and meta["task_slots"] == {0: 1, 1: 2}
+    assert model.cfg.input_size == 32 and model.cfg.action_dim == 4
+    with pytest.raises(FileExistsError):
+        train(str(store), cfg, run, progress=False)
+    with pytest.raises(ValueError, match="differs"):
+        train(str(store), dataclasses.replace(cfg, lr=1.0), run, resume=True, progress=False)
+
+
+def test_config_file_overrides_a_preset(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"preset": "tiny", "steps": 7, "model": {"deter": 24}}))
+    cfg = load_config(str(tmp_path / "c.json"))
+    assert cfg.steps == 7 and cfg.model.deter == 24 and cfg.batch_size == preset("tiny").batch_size
+    (tmp_path / "bad.json").write_text(json.dumps({"stpes": 7}))
+    with pytest.raises(ValueError, match="stpes"):
+        load_config(str(tmp_path / "bad.json"))
+
+
+def test_killed_training_resumes_exactly(store, tmp_path):
+    steps = 200
+    cmd = [sys.executable, "-m", "vmerpo", "train-model", "--data", str(store), "--config", "tiny",
+           "--steps", str(steps), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # Reference: the same run, never interrupted (in-process).
+    ref = train(str(store), dataclasses.replace(preset("tiny"), steps=steps), tmp_path / "ref", progress=False)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--out", str(killed)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = killed / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "training ended before it could be killed"
+    at_kill = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < at_kill < steps and not (killed / "model.pt").exists()
+    out = subprocess.run([*cmd, "--out", str(killed), "--resume", "--json"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["step"] == ref["step"] == steps
+    assert summary["steps_this_run"] == steps - at_kill
+    a, _ = load_world_model(tmp_path / "ref")
+    b, meta = load_world_model(killed)
+    assert meta["config"] == dataclasses.replace(preset("tiny"), steps=steps).__class__.from_dict(
+        json.loads((tmp_path / "ref" / "config.json").read_text())["train"])
+    assert parameters_equal(a, b), "resumed run differs from the uninterrupted one"
+    ref_lines = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
+    got_lines = (killed / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in got_lines] == [json.loads(x)["step"] for x in ref_lines]
+    assert json.loads(got_lines[-1])["loss"] == json.loads(ref_lines[-1])["loss"]
