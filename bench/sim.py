@@ -14,7 +14,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="results/bench_sim.json")
     p.add_argument("--env", default="push-v3")
-    p.add_argument("--episodes", type=int, default=8, help="episodes per worker count")
+    p.add_argument("--episodes", type=int, default=16, help="episodes per worker count")
     p.add_argument("--image-size", type=int, default=64)
     args = p.parse_args()
     from sim.benchmarks import bench_collect
