@@ -91,6 +91,12 @@ def preset(name: str) -> RunConfig:
                          merpo=MerPOConfig(rac=rac, iterations=10, steps_per_iteration=20, meta_batch=4,
                                            inner_steps=5, adapt_steps=300),
                          adapt_model_steps=500, checkpoint_every=20, log_every=5)
+    if name == "demo":  # `make demo`: the cpu sizes on a shorter world-model budget (~9 min)
+        cfg = preset("cpu")
+        cfg.world_model = dataclasses.replace(cfg.world_model, steps=1200, image_every=300,
+                                              checkpoint_every=200)
+        cfg.merpo = dataclasses.replace(cfg.merpo, iterations=5)
+        return cfg
     if name == "tiny":
         rac = RACConfig(hidden=32, layers=2, batch_real=32, batch_model=32, cql_n_actions=2,
                         rollout_batch=32, rollout_every=2)
@@ -98,16 +104,16 @@ def preset(name: str) -> RunConfig:
                          merpo=MerPOConfig(rac=rac, iterations=2, steps_per_iteration=3, meta_batch=2,
                                            inner_steps=2, adapt_steps=10),
                          adapt_model_steps=20, checkpoint_every=2, log_every=1)
-    raise ValueError(f"unknown config {name!r}; expected tiny, cpu, paper or a JSON/YAML file")
+    raise ValueError(f"unknown config {name!r}; expected tiny, demo, cpu, paper or a JSON/YAML file")
 
 
 def load_config(spec: str) -> RunConfig:
     """A preset, or a JSON/YAML file {"preset": "cpu", "merpo": {...}, "world_model": {...}}."""
-    if spec in ("tiny", "cpu", "paper"):
+    if spec in ("tiny", "demo", "cpu", "paper"):
         return preset(spec)
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"{spec}: no such config file (or preset tiny|cpu|paper)")
+        raise FileNotFoundError(f"{spec}: no such config file (or preset tiny|demo|cpu|paper)")
     if path.suffix in (".yaml", ".yml"):
         import yaml
 

@@ -127,7 +127,9 @@ def test_watchdog_holds_within_one_period_after_obs_timeout(ee_policy):
         last = time.monotonic()
         assert wait_for(lambda: any(ts > last + 0.2 and not any(m.data) for ts, m in rec), 3)
         hold_t = next(ts for ts, m in rec if ts > last + 0.2 and not any(m.data))
-        assert 0.29 <= hold_t - last <= 0.3 + 0.05 + 0.05, hold_t - last
+        # obs_timeout_s + one watchdog period, plus 0.1 s for delivery and scheduling of the test
+        # process's own threads on a loaded 2-core machine (measured up to 0.07 s in CI)
+        assert 0.29 <= hold_t - last <= 0.3 + 0.05 + 0.1, hold_t - last
         assert node.stale >= 1
 
 

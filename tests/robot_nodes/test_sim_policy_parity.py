@@ -46,8 +46,7 @@ def ros_evaluation(policy, family, tasks, episodes, max_steps, node_process, tim
     from rcl_interfaces.msg import Parameter as ParamMsg
     from rcl_interfaces.msg import ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
-    from rclpy.qos import qos_profile_sensor_data
-    from sensor_msgs.msg import Image
+    from std_msgs.msg import Float64
     from std_srvs.srv import Trigger
 
     sim = node_process("robot_nodes.sim_node", "--params-file", "config/sim_node.yaml",
@@ -57,25 +56,26 @@ def ros_evaluation(policy, family, tasks, episodes, max_steps, node_process, tim
                        "--params-file", "config/policy_node_sim.yaml", "-p", f"policy:={policy}")
     results = []
     with ros_context("parity_driver") as (_, _, (node,)):
-        frames = [0]
-        node.create_subscription(Image, "image", lambda _: frames.__setitem__(0, frames[0] + 1),
-                                 qos_profile_sensor_data)
-        assert wait_for(lambda: node.count_publishers("image") > 0 and node.count_publishers("command") > 0,
-                        60), sim.output() + pol.output()
+        # Count steps by the reliable `reward` topic (one message per sim step): the best-effort
+        # images may be dropped on the way to this driver even when the nodes got them.
+        steps = [0]
+        node.create_subscription(Float64, "reward", lambda _: steps.__setitem__(0, steps[0] + 1), 50)
+        assert wait_for(lambda: node.count_publishers("reward") > 0 and node.count_publishers("command") > 0
+                        and node.count_subscribers("reward") > 0, 60), sim.output() + pol.output()
         for task in tasks:
             for _ in range(episodes):
                 req = SetParameters.Request(parameters=[ParamMsg(name="task_id", value=ParameterValue(
                     type=ParameterType.PARAMETER_INTEGER, integer_value=int(task)))])
                 assert call(node, SetParameters, "sim_node/set_parameters", req, timeout=30).results[0].successful
                 assert call(node, Trigger, "policy_node/reset", timeout=30).success, pol.output()
-                frames[0] = 0
+                steps[0] = 0
                 res = call(node, Trigger, "sim_node/reset", timeout=30)
                 assert res.success, res.message
                 finished = json.loads(res.message)["finished"]
                 if finished is not None:
                     results.append(finished)
-                assert wait_for(lambda: frames[0] >= max_steps + 1, timeout_s), (
-                    f"episode stalled at {frames[0]} frames\n" + sim.output()[-2000:] + pol.output()[-2000:])
+                assert wait_for(lambda: steps[0] >= max_steps, timeout_s), (
+                    f"episode stalled at {steps[0]} steps\n" + sim.output()[-2000:] + pol.output()[-2000:])
                 time.sleep(0.05)
         results.append(json.loads(call(node, Trigger, "sim_node/reset").message)["finished"])
         assert_no_inet_sockets()

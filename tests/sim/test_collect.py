@@ -158,7 +158,7 @@ def test_eval_cli_json_and_errors(tmp_path):
     assert res["mean_return"] > 0
     for args, message in [
         (["--policy", "random", "--env", "reach-v3", "--tasks", "50"], "--tasks 50"),
-        (["--policy", str(tmp_path), "--env", "reach-v3"], "not yet available"),
+        (["--policy", str(tmp_path), "--env", "reach-v3"], "not a vmerpo run directory"),
         (["--policy", "nope", "--env", "reach-v3"], "expected expert, medium, random"),
     ]:
         p = _cli("eval", *args, "--no-progress")

@@ -29,35 +29,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+HELDOUT_TASK = 40  # the first held-out goal of the family
+
+
 def steps(out: Path, env: str, seed: int) -> list[tuple[str, list[str]]]:
-    logs = str(out / "logs.zarr")
-    heldout = str(out / "heldout.zarr")
+    logs, heldout = str(out / "logs.zarr"), str(out / "heldout.zarr")
+    task = f"{HELDOUT_TASK},"
     return [
-        ("collect meta-train logs", ["collect", "--env", env, "--tasks", "train", "--episodes-per-task", "4",
-                                     "--quality", "mixed", "--image-size", "64", "--workers", "2",
-                                     "--seed", str(seed), "--out", logs, "--overwrite"]),
-        ("collect a small held-out log", ["collect", "--env", env, "--tasks", "test", "--episodes-per-task", "5",
-                                          "--quality", "medium", "--image-size", "64", "--workers", "2",
-                                          "--seed", str(seed + 1), "--out", heldout, "--overwrite"]),
+        ("collect meta-train logs (10 tasks x 8 episodes, mixed quality)",
+         ["collect", "--env", env, "--tasks", "10", "--episodes-per-task", "8", "--quality", "mixed",
+          "--image-size", "64", "--workers", "2", "--seed", str(seed), "--out", logs, "--overwrite"]),
+        (f"collect a small log of held-out task {HELDOUT_TASK} (5 episodes, medium quality)",
+         ["collect", "--env", env, "--tasks", task, "--episodes-per-task", "5", "--quality", "medium",
+          "--image-size", "64", "--workers", "2", "--seed", str(seed + 1), "--out", heldout, "--overwrite"]),
         ("inspect the logs", ["inspect", logs, "--plot", str(out / "data.png"),
                               "--video", str(out / "data.mp4"), "--overwrite"]),
-        ("evaluate the scripted expert", ["eval", "--policy", "expert", "--env", env, "--tasks", "test",
-                                          "--episodes", "3", "--seed", str(seed), "--json"]),
-        ("train world model + MerPO", ["train", "--config", "cpu", "--data", logs, "--out",
-                                       str(out / "run"), "--overwrite"]),
-        ("adapt to the held-out task", ["adapt", "--run", str(out / "run"), "--data", heldout,
-                                        "--out", str(out / "adapted"), "--overwrite"]),
-        ("export ONNX", ["export", "--run", str(out / "adapted"), "--out", str(out / "policy.onnx"),
-                         "--check", "--overwrite"]),
-        ("evaluate the ONNX policy in MuJoCo", ["eval", "--policy", str(out / "policy.onnx"), "--env", env,
-                                                "--tasks", "test", "--episodes", "10", "--seed", str(seed),
-                                                "--video", str(out / "rollout.mp4"), "--json"]),
-        ("evaluate through ROS 2 (sim_node + policy_node)",
-         ["launch", "launch/sim_policy.launch.yaml", f"policy:={out / 'policy.onnx'}", "episodes:=10"]),
+        ("inspect the held-out log", ["inspect", heldout, "--json"]),
+        ("evaluate the scripted expert on the held-out task",
+         ["eval", "--policy", "expert", "--env", env, "--tasks", task, "--episodes", "3",
+          "--seed", str(seed), "--json", "--no-progress"]),
+        ("train the world model + MerPO (demo preset)",
+         ["train", "--config", "demo", "--data", logs, "--out", str(out / "run"), "--overwrite"]),
+        (f"adapt to held-out task {HELDOUT_TASK} from its small log",
+         ["adapt", "--run", str(out / "run"), "--data", heldout, "--out", str(out / "adapted"), "--overwrite"]),
+        ("export ONNX (+ parity check against torch)",
+         ["export", "--run", str(out / "adapted"), "--out", str(out / "policy.onnx"), "--check", "--overwrite"]),
+        ("evaluate the ONNX policy in MuJoCo",
+         ["eval", "--policy", str(out / "policy.onnx"), "--env", env, "--tasks", task, "--episodes", "10",
+          "--seed", str(seed), "--video", str(out / "rollout.mp4"), "--json", "--no-progress"]),
+        ("evaluate through ROS 2 (sim_node + policy_node, lockstep)", ["ros-eval"]),
     ]
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+    import io
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = []
@@ -67,15 +74,25 @@ def run(args: argparse.Namespace) -> int:
         verb = argv[0]
         command = "vmerpo " + shlex.join(argv)
         print(f"\n[{i}/{len(plan)}] {title}\n    $ {command}", flush=True)
-        if not cli.available(verb):
-            print(f"    not yet available in this version (verb `{verb}`)", flush=True)
+        if verb not in cli.VERBS or not cli.available(verb):
+            print(f"    not yet available in this version (`{verb}`)", flush=True)
             report.append({"step": title, "command": command, "status": "not yet available"})
             continue
         t0 = time.perf_counter()
-        rc = cli.main(argv)
-        seconds = time.perf_counter() - t0
-        report.append({"step": title, "command": command, "status": "ok" if rc == 0 else f"exit {rc}",
-                       "seconds": round(seconds, 1)})
+        buf = io.StringIO()
+        if "--json" in argv:  # keep the machine-readable result for the report
+            with contextlib.redirect_stdout(buf):
+                rc = cli.main(argv)
+            print(buf.getvalue()[-2000:], flush=True)
+        else:
+            rc = cli.main(argv)
+        entry = {"step": title, "command": command, "status": "ok" if rc == 0 else f"exit {rc}",
+                 "seconds": round(time.perf_counter() - t0, 1)}
+        try:
+            entry["result"] = json.loads(buf.getvalue()) if buf.getvalue().strip() else None
+        except json.JSONDecodeError:
+            entry["result"] = None
+        report.append(entry)
         if rc != 0:
             print(f"    step failed with exit code {rc}", flush=True)
             break
@@ -89,11 +106,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_report(out: Path, report: list[dict], total: float) -> None:
+    """report.md: every number comes from this run's step results."""
     lines = ["# vmerpo demo report", "", f"Total time: {total / 60:.1f} min", "",
              "| step | status | seconds | command |", "|---|---|---|---|"]
     for r in report:
         lines.append(f"| {r['step']} | {r['status']} | {r.get('seconds', '')} | `{r['command']}` |")
-    if (out / "data.png").exists():
-        lines += ["", "## Data", "", "![contact sheet and returns](data.png)"]
+    results = {r["step"]: r.get("result") for r in report if r.get("result")}
+    rows = []
+    for step, res in results.items():
+        if "success_rate" in res and "per_task" in res:
+            rows.append(f"| {step} | {res['success_rate']:.2f} | {res.get('episodes', '')} |")
+        elif step.startswith("inspect the held-out"):
+            rows.append(f"| behaviour data of the held-out log | {res['success_rate']:.2f} | {res['episodes']} |")
+    if rows:
+        lines += ["", "## Held-out task success", "", "| what | success | episodes |", "|---|---|---|", *rows]
+    for name, title in (("data.png", "Data: frames and returns"), ("rollout.mp4", "Rollout video")):
+        if (out / name).exists():
+            lines += ["", f"## {title}", "", f"![{title}]({name})" if name.endswith(".png") else f"[{name}]({name})"]
+    for png in sorted((out / "run" / "world_model" / "images").glob("*.png"))[-2:]:
+        lines += ["", f"![{png.stem}]({png.relative_to(out)})"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "report.json").write_text(json.dumps({"steps": report, "total_s": total}, indent=2))
