@@ -15,12 +15,7 @@ from learning.rac import RACConfig, gaussian_kl
 F_DIM, A_DIM = 6, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy_cache(tasks=(0, 1, 2), episodes_per_task=3, length=20, seed=0) -> LatentCache:

@@ -12,13 +12,7 @@ from learning.rac import RAC, RACConfig, TanhGaussianActor
 OBS, ACT = 6, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: thread start-up costs more than the matmuls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy_data(n: int = 512, seed: int = 0, noise: float = 0.0):
