@@ -106,7 +106,9 @@ def test_policy_node_survives_bad_input_from_another_process(position_policy, no
             stop.set()
             jt.join(2)
         assert node.alive(), node.output()
-        assert first_hold - last <= OBS_TIMEOUT + PERIOD + 0.05, first_hold - last
+        # obs_timeout_s + one watchdog period, plus 0.1 s for the delivery of the last frame and
+        # of the hold between two processes on a loaded 2-core machine (measured up to 0.08 s)
+        assert first_hold - last <= OBS_TIMEOUT + PERIOD + 0.1, first_hold - last
         held = [m for t, m in rec if t > last + OBS_TIMEOUT]
         assert held and all(list(m.data) == [0.5, -0.25] for m in held)  # current joint positions
         acts = np.array([m.data for _, m in rec])
