@@ -15,7 +15,6 @@ import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -71,12 +70,6 @@ def export_policy(module: nn.Module, spec: PolicySpec, path: str | os.PathLike,
     for leftover in (Path(str(tmp) + ".data"),):
         leftover.unlink(missing_ok=True)
     return path
-
-
-def torch_reference_step(module: nn.Module, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    with torch.no_grad():
-        out = module(*[torch.from_numpy(np.asarray(feeds[k])) for k in feeds])
-    return [o.numpy() for o in out]
 
 
 class TinyRecurrentPolicy(nn.Module):

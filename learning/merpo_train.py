@@ -180,7 +180,7 @@ def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = Fals
           evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None) -> dict[str, Any]:
     """World model (unless `world_model` names a trained one) + MerPO meta-training."""
     run = Path(out)
-    store = EpisodeStore.open(data)
+    store = EpisodeStore.open(data, load="lazy")  # low-dim arrays only; images read on demand
     if store.n_episodes == 0:
         raise ValueError(f"{data}: the store has no episodes")
     train_tasks = store.spec.task_ids("train")
@@ -438,8 +438,7 @@ class TorchPolicy:
     @torch.no_grad()
     def act(self, image: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
         s = self.spec
-        if image.dtype != np.uint8 or image.shape != (s.image_size, s.image_size, 3):
-            raise ValueError(f"image must be uint8 {(s.image_size, s.image_size, 3)}, got {image.dtype} {image.shape}")
+        s.check_observation(image, state)
         st = torch.as_tensor(np.asarray(state, np.float32))[None] if s.uses_state else None
         a, self.h, self.z = self.module(torch.from_numpy(image)[None].to(self.device), self.prev, self.h, self.z, st)
         out = torch.minimum(torch.maximum(a[0].cpu(), self._low), self._high).numpy().astype(np.float32)

@@ -146,20 +146,7 @@ class PolicyRuntime:
         self.steps = 0
 
     def validate_observation(self, image: np.ndarray, state: np.ndarray | None = None) -> None:
-        s = self.spec
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-            raise ValueError(f"image must be a uint8 array, got {getattr(image, 'dtype', type(image).__name__)}")
-        if image.shape != (s.image_size, s.image_size, 3):
-            raise ValueError(f"image has shape {image.shape}, the policy expects "
-                             f"{(s.image_size, s.image_size, 3)} (use perception.preprocess.to_model_image)")
-        if s.uses_state:
-            if state is None:
-                raise ValueError(f"the policy needs a state of {len(s.state_names)} values ({s.state_names})")
-            state = np.asarray(state)
-            if state.shape != (len(s.state_names),):
-                raise ValueError(f"state has shape {state.shape}, the policy expects ({len(s.state_names)},)")
-            if not np.all(np.isfinite(state)):
-                raise ValueError("state has a non-finite value (NaN or inf)")
+        self.spec.check_observation(image, state)
 
     def act(self, image: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
         """One filter step and the policy's action for this camera frame (robot units,

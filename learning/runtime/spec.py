@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 SPEC_KEY = "vmerpo.spec"
 SPEC_FORMAT = "vmerpo.policy"
 SPEC_VERSION = 1
@@ -75,6 +77,23 @@ class PolicySpec:
         if isinstance(self.hold_action, list):
             return [float(x) for x in self.hold_action]
         return [0.0] * self.action_dim
+
+    def check_observation(self, image: Any, state: Any = None) -> None:
+        """Raise ValueError unless (image, state) is what the policy takes: uint8
+        [size, size, 3] and, when the policy uses proprioception, a finite state vector."""
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+            raise ValueError(f"image must be a uint8 array, got {getattr(image, 'dtype', type(image).__name__)}")
+        if image.shape != (self.image_size, self.image_size, 3):
+            raise ValueError(f"image has shape {image.shape}, the policy expects "
+                             f"{(self.image_size, self.image_size, 3)} (use perception.preprocess.to_model_image)")
+        if self.uses_state:
+            if state is None:
+                raise ValueError(f"the policy needs a state of {len(self.state_names)} values ({self.state_names})")
+            state = np.asarray(state)
+            if state.shape != (len(self.state_names),):
+                raise ValueError(f"state has shape {state.shape}, the policy expects ({len(self.state_names)},)")
+            if not np.all(np.isfinite(state)):
+                raise ValueError("state has a non-finite value (NaN or inf)")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
