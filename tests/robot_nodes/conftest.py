@@ -1,15 +1,14 @@
 """Fixtures for node tests: small exported policies (random weights, contract-2 graph) and
-node processes that are always stopped."""
+node processes that are always stopped (`robot_nodes.testing.NodeProcess`)."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from robot_nodes.testing import NodeProcess, call  # noqa: F401 - shared with the node tests
 
 ROOT = Path(__file__).resolve().parents[2]
 META_ACTIONS = ["ee_dx", "ee_dy", "ee_dz", "gripper_effort"]
@@ -52,37 +51,6 @@ def position_policy(policy_dir) -> Path:
     return policy_dir / "joint_position.onnx"
 
 
-class NodeProcess:
-    """A node run as `python -m robot_nodes.X --ros-args ...`; output goes to a log file."""
-
-    def __init__(self, module: str, ros_args: list[str], log: Path) -> None:
-        self.log = log
-        self._f = open(log, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", module, "--ros-args", *ros_args],
-                                     cwd=ROOT, env=dict(os.environ), stdout=self._f,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def output(self) -> str:
-        if not self._f.closed:
-            self._f.flush()
-        return self.log.read_text()
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, sig=signal.SIGINT, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if not self._f.closed:
-            self._f.close()
-        return self.proc.returncode
-
-
 @pytest.fixture
 def node_process(tmp_path):
     started: list[NodeProcess] = []
@@ -95,19 +63,3 @@ def node_process(tmp_path):
     yield start
     for n in started:
         n.stop(signal.SIGINT, timeout=5)
-
-
-def call(node, srv_type, name: str, request=None, timeout: float = 10.0):
-    """Call a service from a node spun by another thread; the response or an AssertionError."""
-    import threading
-
-    client = node.create_client(srv_type, name)
-    try:
-        assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
-        done = threading.Event()
-        future = client.call_async(request if request is not None else srv_type.Request())
-        future.add_done_callback(lambda _: done.set())
-        assert done.wait(timeout), f"service {name} did not answer in {timeout}s"
-        return future.result()
-    finally:
-        node.destroy_client(client)

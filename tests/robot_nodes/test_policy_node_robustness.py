@@ -1,34 +1,24 @@
 """policy_node in its own process, attacked by a real rclpy client in this one: bad images
 (encoding, step, truncated data, zero and huge size), NaN joint states, a 1 kHz burst, and a
 camera that stops. The node stays alive, never publishes a non-finite or out-of-limit
-command, and holds within one watchdog period after obs_timeout_s."""
+command, and holds within one watchdog period after obs_timeout_s. The attack itself is
+`robot_nodes.testing.send_malformed_inputs`, which `bench/faults.py` repeats."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 import pytest
 
 from robot_nodes.netsafe import assert_no_inet_sockets
-from tests.robot_nodes.conftest import call
-from tests.rosutil import ros_context, wait_for
+from robot_nodes.testing import JointStateStream, call, ros_context, send_malformed_inputs, wait_for
 
 pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip("rclpy")
 
 OBS_TIMEOUT, PERIOD = 0.3, 0.05
 LOW, HIGH = np.array([-2.0, -1.0]), np.array([2.0, 1.0])
-
-
-def _image(client, h, w, encoding="rgb8", channels=3):
-    from sensor_msgs.msg import Image
-
-    msg = Image(height=h, width=w, encoding=encoding, step=w * channels)
-    msg.data = np.random.default_rng(h).integers(0, 256, h * w * channels, dtype=np.uint8).tobytes()
-    msg.header.stamp = client.get_clock().now().to_msg()
-    return msg
 
 
 def test_policy_node_survives_bad_input_from_another_process(position_policy, node_process):
@@ -49,62 +39,13 @@ def test_policy_node_survives_bad_input_from_another_process(position_policy, no
         img_pub = client.create_publisher(Image, "image", qos_profile_sensor_data)
         js_pub = client.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
         assert wait_for(lambda: img_pub.get_subscription_count() > 0, 30), node.output()
-        joint_value = [[0.5, -0.25]]
-        stop = threading.Event()
-
-        def joint_states():
-            while not stop.is_set():
-                js = JointState(name=["j0", "j1"], position=list(joint_value[0]))
-                js.header.stamp = client.get_clock().now().to_msg()
-                js_pub.publish(js)
-                time.sleep(0.01)
-
-        jt = threading.Thread(target=joint_states, daemon=True)
-        jt.start()
-        try:
+        with JointStateStream(client, js_pub, ["j0", "j1"], [0.5, -0.25]) as joints:
             assert call(client, SetBool, "policy_node/enable", SetBool.Request(data=True), timeout=20).success
-            for _ in range(5):
-                img_pub.publish(_image(client, 84, 84))
-                time.sleep(0.03)
-            def broken(h=84, w=84, encoding="rgb8", channels=3, **fields):
-                m = _image(client, h, w, encoding, channels)
-                for k, v in fields.items():
-                    setattr(m, k, v)
-                return m
-
-            bad = [
-                broken(encoding="16UC1"),                                   # wrong encoding
-                broken(step=10),                                            # step shorter than a row
-                broken(data=bytes(84 * 84 * 3 // 2)),                       # truncated data
-                broken(height=0, width=0, step=0, data=b""),                # zero size
-                broken(8, 8, height=60000, width=60000, step=180000),       # huge size
-                broken(encoding="mono8", channels=1, step=84 * 3),          # step vs encoding
-            ]
-            for m in bad:
-                img_pub.publish(m)
-                time.sleep(0.05)
-            img_pub.publish(_image(client, 1080, 1920, "bgr8"))  # large but valid
-            time.sleep(0.1)
-            joint_value[0] = [float("nan"), 0.0]  # NaN joint states
-            time.sleep(0.05)
-            for _ in range(3):
-                img_pub.publish(_image(client, 84, 84))
-                time.sleep(0.03)
-            joint_value[0] = [0.5, -0.25]
-            time.sleep(0.05)
-            for _ in range(1000):  # a 1 kHz burst
-                img_pub.publish(_image(client, 84, 84))
-                time.sleep(0.001)
-            for _ in range(5):
-                img_pub.publish(_image(client, 84, 84))
-                time.sleep(0.03)
+            n_reject = send_malformed_inputs(client, img_pub, joints)
             last = time.monotonic()  # the camera stops
             assert wait_for(lambda: any(t > last + OBS_TIMEOUT - 0.02 for t, _ in rec), 3)
             first_hold = min(t for t, _ in rec if t > last + OBS_TIMEOUT - 0.02)
             time.sleep(0.3)
-        finally:
-            stop.set()
-            jt.join(2)
         assert node.alive(), node.output()
         # obs_timeout_s + one watchdog period, plus 0.1 s for the delivery of the last frame and
         # of the hold between two processes on a loaded 2-core machine (measured up to 0.08 s)
@@ -115,7 +56,7 @@ def test_policy_node_survives_bad_input_from_another_process(position_policy, no
         assert np.all(np.isfinite(acts)), "non-finite command published"
         assert np.all(acts >= LOW - 1e-6) and np.all(acts <= HIGH + 1e-6), "out-of-limit command"
         assert wait_for(lambda: diags and int({kv.key: kv.value for kv in diags[-1].status[0].values}
-                                              ["rejected_count"]) >= len(bad) + 1, 3)
+                                              ["rejected_count"]) >= n_reject, 3)
         ticks = int({kv.key: kv.value for kv in diags[-1].status[0].values}["ticks"])
         assert ticks > 100, ticks  # the burst was acted upon (best-effort QoS may drop some)
         assert_no_inet_sockets()
