@@ -229,7 +229,7 @@ class PolicyNode(LifecycleNode):
     def _set_enabled(self, on: bool) -> None:
         if on and not self.enabled:
             self._new_episode()
-            self._last_frame = None  # a frame from before the enable is not acted upon
+            self._last_frame = self._pending = None  # a frame from before the enable is not acted upon
             self.enabled = True
         elif not on and self.enabled:
             self.enabled = False  # first: no policy command after this point
@@ -249,6 +249,7 @@ class PolicyNode(LifecycleNode):
         current = self._current_position()
         self.limiter.reset(current if self.position_interface and current is not None else None)
         self.episode_ticks = 0
+        self._answered = None
 
     # -- observations ----------------------------------------------------------------------------
     def _on_joint_states(self, msg: JointState) -> None:
@@ -271,6 +272,12 @@ class PolicyNode(LifecycleNode):
         if not self.active or self.runtime is None:
             return
         stamp = self._last_stamp = stamp_to_ns(msg.header.stamp)
+        answered = self._answered
+        if self.enabled and answered is not None and stamp and stamp == answered[0]:
+            # The same frame again (a lockstep simulator resends a frame whose command it did
+            # not get): one action per frame, so repeat the one computed for it.
+            self._publish(answered[1], stamp)
+            return
         t0 = time.perf_counter()
         try:
             raw, encoding = image_to_array(msg, int(self.p_max_pixels))
@@ -320,6 +327,7 @@ class PolicyNode(LifecycleNode):
             return
         self.runtime.set_applied_action(applied)
         self._publish(applied, stamp)
+        self._answered = (stamp, applied)
         self.ticks += 1
         self.episode_ticks += 1
         self.tick_times.append(received)
@@ -377,6 +385,7 @@ class PolicyNode(LifecycleNode):
         else:
             hold = self.limiter.hold()
         self.runtime.set_applied_action(hold)
+        self._answered = None
         # Stamped with the newest frame seen (0: none), so a lockstep simulator applies a hold
         # only as the answer to its current frame, never a stale one to a new episode.
         self._publish(hold, self._last_stamp)
@@ -404,6 +413,7 @@ class PolicyNode(LifecycleNode):
         self._joints: deque[tuple[int, float, JointState]] = deque(maxlen=64)
         self._last_stamp = 0
         self._pending: tuple[np.ndarray, int, float] | None = None
+        self._answered: tuple[int, np.ndarray] | None = None  # (frame stamp, its command)
         self._needs_joints = False
         self._holding: np.ndarray | None = None
         self.position_interface = False

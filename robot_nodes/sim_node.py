@@ -5,8 +5,8 @@ Publishes `image` (sensor_msgs/Image rgb8, the env's camera at the model size),
 position under `ee_position_names` for the policy node's workspace box), `reward`
 (std_msgs/Float64, the transition's reward) and `success` (std_msgs/Bool); applies
 `command` (std_msgs/Float64MultiArray, the env's action units); `~/reset` (std_srvs/Trigger)
-starts a new episode of the task in parameter `task_id`, and answers with the finished
-episode's result as JSON.
+starts a new episode of the task in parameter `task_id` (with the seed in parameter `seed`),
+and answers with the finished episode's result as JSON.
 
 lockstep: true  -> the sim advances one control step per command, so runs are reproducible
                    and equal direct evaluation (`sim.evaluate`); a command that names the
@@ -46,6 +46,8 @@ class SimNode(Node):
         max_steps = d("max_episode_steps", 150, "control steps per episode")
         action_repeat = d("action_repeat", 1, "simulator steps per control step")
         d("task_id", 0, "task of the next episode started by ~/reset")
+        d("seed", 0, "seed of the next episode (sim.evaluate.episode_seed), recorded in its result; "
+          "Meta-World's reset is deterministic given the task, so it changes nothing yet")
         self.lockstep = d("lockstep", True, "advance one control step per command")
         self.command_timeout_s = d("command_timeout_s", 0.25, "real time: hold after this long without a command")
         self.ee_names = d("ee_position_names", ["endeff_x", "endeff_y", "endeff_z"],
@@ -84,7 +86,8 @@ class SimNode(Node):
         task_id = int(self.get_parameter("task_id").value)
         self.env.set_task(task_id)
         obs = self.env.reset()
-        self.episode = {"task_id": task_id, "t": 0, "return": 0.0, "success": False,
+        self.episode = {"task_id": task_id, "seed": int(self.get_parameter("seed").value),
+                        "t": 0, "return": 0.0, "success": False,
                         "steps_to_success": None, "done": False,
                         "start_ns": self.get_clock().now().nanoseconds}
         self._command = None
@@ -94,7 +97,7 @@ class SimNode(Node):
         e = self.episode
         if e is None:
             return None
-        return {"task_id": e["task_id"], "success": e["success"], "return": e["return"],
+        return {"task_id": e["task_id"], "seed": e["seed"], "success": e["success"], "return": e["return"],
                 "length": e["t"], "steps_to_success": e["steps_to_success"], "done": e["done"]}
 
     def _on_reset(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:

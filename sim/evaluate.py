@@ -110,7 +110,8 @@ def evaluate(
     """Closed-loop evaluation: `episodes` episodes on each task in `tasks`.
 
     Returns success rate, mean return and mean episode length per task and overall (plus
-    mean steps to first success and how often the safety limiter acted). With `video`, the
+    mean steps to first success, how often the safety limiter acted, and each episode's
+    result under `episode_results` for per-episode comparisons). With `video`, the
     first `video_episodes` episodes are written side by side in time to that path (.mp4/.gif).
     """
     if episodes < 1:
@@ -163,7 +164,10 @@ def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
         per_task[str(task_id)] = stats([r for r in results if r.task_id == task_id])
     limiter = {k: int(sum(r.limiter.get(k, 0) for r in results))
                for k in ("actions", "invalid", "clipped", "rate_limited", "workspace_limited")}
-    return {**stats(results), "per_task": per_task, "limiter": limiter}
+    episodes = [{"task_id": r.task_id, "episode_index": r.episode_index, "seed": r.seed,
+                 "success": bool(r.success), "return": float(r.episode_return), "length": r.length,
+                 "steps_to_success": r.steps_to_success} for r in results]
+    return {**stats(results), "per_task": per_task, "limiter": limiter, "episode_results": episodes}
 
 
 def write_video(path: str, clips: Sequence[Sequence[np.ndarray]], fps: float = 30.0) -> None:

@@ -23,6 +23,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("export", "export a trained policy to a single-file ONNX model"),
     "eval": ("eval", "closed-loop evaluation in MuJoCo (expert|random|RUN_DIR|PATH.onnx)"),
     "launch": ("launch", "start a launch file's nodes where only the ROS 2 wheels are installed"),
+    "ros-eval": ("ros_eval", "closed-loop evaluation through ROS 2 (sim_node + policy_node, lockstep)"),
     "bench": ("bench", "benchmarks that print numbers and write JSON"),
     "demo": ("demo", "the whole pipeline end to end on an embedded default"),
 }

@@ -100,6 +100,26 @@ def test_starts_disabled_then_acts_once_per_frame(ee_policy):
         assert node.runtime.steps == 10
 
 
+def test_a_resent_frame_gets_the_same_command_without_a_second_step(ee_policy):
+    """A lockstep simulator resends a frame whose command it did not get: the node answers
+    with the command it computed for that frame; the policy steps once per frame."""
+    from robot_nodes.conversions import frame_stamp_of
+
+    with policy_setup(ee_policy, obs_timeout_s=5.0) as (node, client, pubs, rec):
+        assert enable(client).success
+        frame = image_msg(client)
+        for _ in range(3):
+            pubs["image"].publish(frame)
+            time.sleep(0.1)
+        pubs["image"].publish(image_msg(client))  # a new frame: a new step
+        assert wait_for(lambda: len(rec) >= 4, 5)
+        time.sleep(0.1)
+        assert node.runtime.steps == 2 and node.ticks == 2
+        stamp = frame_stamp_of(rec[0][1])
+        same = [m for _, m in rec if frame_stamp_of(m) == stamp]
+        assert len(same) == 3 and all(list(m.data) == list(same[0].data) for m in same)
+
+
 def test_enable_false_stops_commands_within_one_tick(ee_policy):
     with policy_setup(ee_policy) as (node, client, pubs, rec):
         enable(client)

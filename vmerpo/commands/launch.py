@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the node commands and exit")
 
 
-def _resolve(name: str) -> Path:
+def resolve_launch_file(name: str) -> Path:
     path = Path(name)
     if path.is_file():
         return path
@@ -35,7 +35,7 @@ def _resolve(name: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from robot_nodes.launcher import Launcher, load_launch_file, parse_launch_args
 
-    nodes = load_launch_file(_resolve(args.launch_file), parse_launch_args(args.launch_args))
+    nodes = load_launch_file(resolve_launch_file(args.launch_file), parse_launch_args(args.launch_args))
     if args.dry_run:
         for n in nodes:
             print(" ".join(n.command()))
