@@ -46,6 +46,11 @@ _DTYPES = {
 ACTION_TYPES = ("ee_delta", "twist", "joint_position", "joint_velocity")
 IMAGE_CHUNK_BYTES = 1 << 20  # ~1 MiB raw per image chunk: 85 frames of 64x64x3
 LOWDIM_CHUNK_ROWS = 4096
+# zarr skips chunks that hold only the fill value, and reads an absent chunk as fill values:
+# a chunk lost in a copy would silently become zeros. Stores created by this writer write
+# every chunk and say so in this attr; their readers then refuse a missing chunk.
+COMPLETE_CHUNKS_ATTR = "complete_chunks"
+_WRITE_ALL = {"write_empty_chunks": True}
 
 
 class StoreError(ValueError):
@@ -223,13 +228,15 @@ class EpisodeWriter:
             self._recover()
         self.spec = StoreSpec.from_attrs(self.root.attrs["spec"])
         # Array handles, cached: a group lookup re-reads metadata from the store each time.
-        self._handles = {f"{g}/{n}": a for g in ("data", "meta") for n, a in self.root[g].arrays()}
+        self._handles = {f"{g}/{n}": a.with_config(_WRITE_ALL) for g in ("data", "meta")
+                         for n, a in self.root[g].arrays()}
         self._ends = [int(x) for x in self._handles["meta/episode_ends"][:]]
 
     # -- creation and recovery --------------------------------------------------------------
     def _create(self, spec: StoreSpec, zarr_format: int) -> None:
         self.root.attrs.update(
-            {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "spec": spec.to_attrs()}
+            {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "spec": spec.to_attrs(),
+             COMPLETE_CHUNKS_ATTR: True}
         )
         for key in DATA_KEYS:
             trailing = spec.trailing_shape(key)
@@ -246,7 +253,7 @@ class EpisodeWriter:
         fmt = zarr_format or self.root.metadata.zarr_format
         arr = self.root.create_array(
             f"meta/{key}", shape=(0,), dtype=dtype, chunks=(LOWDIM_CHUNK_ROWS,),
-            compressors=_compressor(fmt, False),
+            compressors=_compressor(fmt, False), config=_WRITE_ALL,
         )
         if hasattr(self, "_handles"):
             self._handles[f"meta/{key}"] = arr
@@ -359,6 +366,7 @@ class EpisodeWriter:
                     f"data/{key}", shape=(0, *value.shape[1:]), dtype=value.dtype,
                     chunks=(_chunk_rows(value.shape[1:], value.dtype.itemsize), *value.shape[1:]),
                     compressors=_compressor(self.root.metadata.zarr_format, value.ndim >= 3),
+                    config=_WRITE_ALL,
                 )
             arr = self._array(f"data/{key}")
             if arr.shape[0] != start:
@@ -506,6 +514,25 @@ def _committed_prefix(ends: np.ndarray) -> int:
     return len(ends)
 
 
+def _missing_chunks(arr: Any, rows: int) -> list[tuple[tuple[int, ...], slice]]:
+    """(chunk coordinates, row range) of the chunks covering rows [0, rows) that the store
+    lacks; one listing of the array's keys (cheap on object stores too)."""
+    from zarr.core.sync import sync
+
+    sp = arr.store_path
+    prefix = f"{sp.path}/" if sp.path else ""
+
+    async def keys() -> set[str]:
+        return {k async for k in sp.store.list_prefix(prefix)}
+
+    present = sync(keys())
+    out = []
+    for coords, region in zip(arr._iter_chunk_coords(), arr._iter_chunk_regions(), strict=True):
+        if region[0].start < rows and prefix + arr.metadata.encode_chunk_key(coords) not in present:
+            out.append((coords, region[0]))
+    return out
+
+
 def _exists(path: str, storage_options: dict | None = None) -> bool:
     if not _is_url(path):
         p = Path(path)
@@ -604,9 +631,34 @@ class EpisodeStore:
         return store
 
     # -- validation ---------------------------------------------------------------------------
+    def _has(self, name: str) -> bool:
+        try:
+            return name in self.root
+        except Exception as e:  # garbled .zarray / zarr.json
+            raise StoreError(f"{self.path}: cannot read the metadata of {name} ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+
+    def _members(self, group: str) -> list[tuple[str, Any]]:
+        try:
+            return list(self.root[group].arrays())
+        except Exception as e:
+            raise StoreError(f"{self.path}: cannot read the array metadata under {group}/ "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+
+    def _check_chunks(self, name: str, arr: Any, rows: int) -> None:
+        """Every chunk holding committed rows must exist (stores that write all chunks)."""
+        if not rows or not self.root.attrs.get(COMPLETE_CHUNKS_ATTR, False):
+            return
+        missing = _missing_chunks(arr, rows)
+        if missing:
+            coords, region = missing[0]
+            raise StoreError(f"{self.path}: {name} lacks chunk {'.'.join(map(str, coords))} (rows "
+                             f"{region.start}-{min(region.stop, rows) - 1}); the store is damaged or "
+                             "incompletely copied")
+
     def _validate_layout(self) -> None:
         for key in META_KEYS:
-            if f"meta/{key}" not in self.root:
+            if not self._has(f"meta/{key}"):
                 raise StoreError(f"{self.path}: missing array meta/{key}")
         ends = np.asarray(self._read_array("meta/episode_ends"), dtype=np.int64)
         valid = _committed_prefix(ends)
@@ -619,11 +671,12 @@ class EpisodeStore:
         self.episode_ends = ends
         n_frames = int(ends[-1]) if len(ends) else 0
         n_eps = len(ends)
+        self._check_chunks("meta/episode_ends", self.root["meta/episode_ends"], n_eps)
         for key in DATA_KEYS:
             name = f"data/{key}"
-            if name not in self.root:
+            if not self._has(name):
                 raise StoreError(f"{self.path}: missing array {name}")
-        for name, arr in self.root["data"].arrays():
+        for name, arr in self._members("data"):
             self._arrays[name] = arr
             # rows beyond the last commit are an interrupted episode: ignored by readers
             if arr.shape[0] < n_frames:
@@ -639,10 +692,12 @@ class EpisodeStore:
             if name in DATA_KEYS and tuple(arr.shape[1:]) != expected:
                 raise StoreError(f"{self.path}: data/{name} has rows of shape {tuple(arr.shape[1:])}, "
                                  f"the store attrs say {expected}")
-        for name, arr in self.root["meta"].arrays():
+            self._check_chunks(f"data/{name}", arr, n_frames)
+        for name, arr in self._members("meta"):
             if arr.shape[0] < n_eps:
                 raise StoreError(f"{self.path}: meta/{name} has {arr.shape[0]} entries for "
                                  f"{n_eps} episodes")
+            self._check_chunks(f"meta/{name}", arr, n_eps)
 
     def _read_array(self, name: str, sl: slice = slice(None)) -> np.ndarray:
         try:

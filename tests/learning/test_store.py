@@ -95,9 +95,10 @@ def test_discarded_stream_leaves_no_rows(tmp_path):
 def test_append_recovers_an_uncommitted_tail(tmp_path, capsys):
     path = make_store(tmp_path / "s.zarr", n=3)
     root = zarr.open_group(str(path), mode="r+")
+    write_all = {"write_empty_chunks": True}  # as EpisodeWriter writes (complete chunks)
     for key, value in episode(7).items():  # a writer died after the data, before the commit
-        root[f"data/{key}"].append(value)
-    root["meta/episode_task"].append(np.array([1], np.int32))
+        root[f"data/{key}"].with_config(write_all).append(value)
+    root["meta/episode_task"].with_config(write_all).append(np.array([1], np.int32))
     assert EpisodeStore.open(path).n_episodes == 3  # readers ignore the tail
     messages = []
     with EpisodeWriter(path, mode="a", log=messages.append) as w:
@@ -162,10 +163,17 @@ def _damage(path: Path, how: str) -> str:
         chunk = sorted((path / "data" / "image").glob("[0-9]*"))[0]
         chunk.write_bytes(chunk.read_bytes()[:40])
         return "data/image"
+    if how == "missing_chunk":  # zarr would read it as zeros: refused by the chunk check
+        sorted((path / "data" / "terminal").glob("[0-9]*"))[0].unlink()
+        return "data/terminal"
+    if how == "garbled_metadata":
+        (path / "data" / "state" / ".zarray").write_text("{not json")
+        return "data/state"
     raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["lengths", "nan", "missing", "truncated"])
+@pytest.mark.parametrize("how", ["lengths", "nan", "missing", "truncated", "missing_chunk",
+                                 "garbled_metadata"])
 def test_damaged_store_is_refused_naming_the_array(tmp_path, how):
     path = make_store(tmp_path / "s.zarr", n=5)
     name = _damage(path, how)
