@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 
 from robot_nodes.netsafe import assert_no_inet_sockets
@@ -42,12 +41,9 @@ def vmerpo_eval(policy, family, tasks, episodes, max_steps, seed=0):
 
 
 def assert_same_episodes(ros, direct):
-    """Episode by episode: same task, seed, success, length, steps to success; returns to
-    float precision (the two processes sum the same rewards in the same order)."""
-    assert len(ros["episode_results"]) == len(direct["episode_results"])
-    for r, d in zip(ros["episode_results"], direct["episode_results"], strict=True):
-        assert {k: v for k, v in r.items() if k != "return"} == {k: v for k, v in d.items() if k != "return"}, (r, d)
-        assert np.isclose(r["return"], d["return"], rtol=1e-9, atol=1e-9), (r, d)
+    """Episode by episode and bit for bit: same task, seed, success, length, steps to success
+    and return (both paths sum the same float64 rewards in the same order)."""
+    assert ros["episode_results"] == direct["episode_results"]
 
 
 def test_lockstep_ros_path_equals_vmerpo_eval(ee_policy, tmp_path):

@@ -1,42 +1,23 @@
 """A policy trained on MuJoCo logs, end to end (issue 6): the exported ONNX file and the run's
 torch policy act alike in closed loop (max |diff| <= 1e-4 over 100 steps), `vmerpo eval` gives
-the same results for both on the same seeds, and a mismatched spec is refused."""
+the same results for both on the same seeds, and a mismatched spec is refused. The trained
+run is the session fixture `exported` (tests/vmerpo/conftest.py), shared with test_ros_eval.py."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sim.collect import CollectConfig, collect
-
-ROOT = Path(__file__).resolve().parents[2]
-ENV = "reach-v3"
+from tests.vmerpo.conftest import ENV, ROOT
 
 
 def vmerpo(*args, timeout=900):
     return subprocess.run([sys.executable, "-m", "vmerpo", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    d = tmp_path_factory.mktemp("e2e")
-    common = dict(family=ENV, quality="mixed", max_episode_steps=40, workers=0, seed=0)
-    collect(CollectConfig(out=str(d / "train.zarr"), tasks=[0, 1, 2], episodes_per_task=2, **common),
-            progress=False, log=lambda m: None)
-    collect(CollectConfig(out=str(d / "heldout.zarr"), tasks=[41], episodes_per_task=2, **common),
-            progress=False, log=lambda m: None)
-    for args in (["train", "--data", str(d / "train.zarr"), "--config", "tiny", "--out", str(d / "run")],
-                 ["adapt", "--run", str(d / "run"), "--data", str(d / "heldout.zarr"), "--out", str(d / "adapted")],
-                 ["export", "--run", str(d / "adapted"), "--out", str(d / "policy.onnx"), "--check"]):
-        proc = vmerpo(*args, "--no-progress") if args[0] != "export" else vmerpo(*args)
-        assert proc.returncode == 0, f"{args[0]}: {proc.stderr[-3000:]}"
-    return d
 
 
 def test_onnx_and_torch_policies_act_alike_in_closed_loop(exported):
