@@ -281,7 +281,8 @@ def ros_evaluate(
     ensure_safe_before_rclpy()  # the children inherit this process's domain id
     log_path = Path(log) if log is not None else Path(tempfile.mkdtemp(prefix="vmerpo-ros-eval-")) / "nodes.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_file = open(log_path, "w")  # noqa: SIM115 (closed in finally, after the pumps stop)
+    log_file = open(log_path, "a")  # noqa: SIM115 (closed in finally); appends: never overwrites
+    log_file.write(f"# ros-eval {time.strftime('%Y-%m-%d %H:%M:%S')}: {policy} on {family} tasks {tasks}\n")
     write_lock = threading.Lock()
 
     def out(line: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import time
 from pathlib import Path
@@ -30,11 +31,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 HELDOUT_TASK = 40  # the first held-out goal of the family
+DIRECT_EVAL = "evaluate the ONNX policy in MuJoCo"
+ROS_EVAL = "evaluate the ONNX policy through ROS 2 (sim_node + policy_node, lockstep)"
 
 
 def steps(out: Path, env: str, seed: int) -> list[tuple[str, list[str]]]:
     logs, heldout = str(out / "logs.zarr"), str(out / "heldout.zarr")
     task = f"{HELDOUT_TASK},"
+    # The direct and the ROS 2 evaluation see the same policy, task, episodes and seeds.
+    onnx_eval = ["--policy", str(out / "policy.onnx"), "--env", env, "--tasks", task, "--episodes", "10",
+                 "--seed", str(seed)]
     return [
         ("collect meta-train logs (10 tasks x 8 episodes, mixed quality)",
          ["collect", "--env", env, "--tasks", "10", "--episodes-per-task", "8", "--quality", "mixed",
@@ -54,10 +60,10 @@ def steps(out: Path, env: str, seed: int) -> list[tuple[str, list[str]]]:
          ["adapt", "--run", str(out / "run"), "--data", heldout, "--out", str(out / "adapted"), "--overwrite"]),
         ("export ONNX (+ parity check against torch)",
          ["export", "--run", str(out / "adapted"), "--out", str(out / "policy.onnx"), "--check", "--overwrite"]),
-        ("evaluate the ONNX policy in MuJoCo",
-         ["eval", "--policy", str(out / "policy.onnx"), "--env", env, "--tasks", task, "--episodes", "10",
-          "--seed", str(seed), "--video", str(out / "rollout.mp4"), "--json", "--no-progress"]),
-        ("evaluate through ROS 2 (sim_node + policy_node, lockstep)", ["ros-eval"]),
+        (DIRECT_EVAL,
+         ["eval", *onnx_eval, "--video", str(out / "rollout.mp4"), "--json", "--no-progress"]),
+        (ROS_EVAL,
+         ["ros-eval", *onnx_eval, "--log", str(out / "ros_nodes.log"), "--json", "--no-progress"]),
     ]
 
 
@@ -120,6 +126,8 @@ def _write_report(out: Path, report: list[dict], total: float) -> None:
             rows.append(f"| behaviour data of the held-out log | {res['success_rate']:.2f} | {res['episodes']} |")
     if rows:
         lines += ["", "## Held-out task success", "", "| what | success | episodes |", "|---|---|---|", *rows]
+    if DIRECT_EVAL in results and ROS_EVAL in results:
+        lines += ["", *_direct_vs_ros(results[DIRECT_EVAL], results[ROS_EVAL])]
     for name, title in (("data.png", "Data: frames and returns"), ("rollout.mp4", "Rollout video")):
         if (out / name).exists():
             lines += ["", f"## {title}", "", f"![{title}]({name})" if name.endswith(".png") else f"[{name}]({name})"]
@@ -127,3 +135,31 @@ def _write_report(out: Path, report: list[dict], total: float) -> None:
         lines += ["", f"![{png.stem}]({png.relative_to(out)})"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "report.json").write_text(json.dumps({"steps": report, "total_s": total}, indent=2))
+
+
+def agree_within_binomial_noise(k1: int, n1: int, k2: int, n2: int, z: float = 1.96) -> bool:
+    """Two-sided two-proportion z-test at the 5 % level with the pooled rate p:
+    |k1/n1 - k2/n2| <= z * sqrt(p (1 - p) (1/n1 + 1/n2)). Equal rates always agree."""
+    p1, p2 = k1 / n1, k2 / n2
+    if p1 == p2:
+        return True
+    p = (k1 + k2) / (n1 + n2)
+    return abs(p1 - p2) <= z * math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
+
+
+def _direct_vs_ros(direct: dict, ros: dict) -> list[str]:
+    """Report lines: do the direct and the ROS 2 evaluation agree?"""
+    n1, n2 = direct["episodes"], ros["episodes"]
+    k1, k2 = round(direct["success_rate"] * n1), round(ros["success_rate"] * n2)
+    agree = agree_within_binomial_noise(k1, n1, k2, n2)
+    pairs = zip(direct.get("episode_results", []), ros.get("episode_results", []), strict=False)
+    same = sum(a == b for a, b in pairs)
+    return [
+        f"Direct vs ROS 2 evaluation: {k1}/{n1} vs {k2}/{n2} successes: "
+        f"**{'agree' if agree else 'do not agree'} within binomial noise** (rule: two-sided "
+        "two-proportion z-test at the 5 % level, |p1 - p2| <= 1.96 sqrt(p(1-p)(1/n1 + 1/n2)) "
+        "with the pooled success rate p; equal rates agree).",
+        "",
+        f"Episode by episode (task, seed, success, length, return): {same}/{max(n1, n2)} identical; "
+        "lockstep makes the ROS 2 path deterministic, so all should be.",
+    ]

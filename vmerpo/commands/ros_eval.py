@@ -42,8 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "each command, so a frame's age measures this computer's load, not the robot's; "
                    "a hold injected by a slow machine would make the run differ from `vmerpo eval`. "
                    "Default 10 (the launch file's 0.5 is for real time)")
-    p.add_argument("--log", default=None, help="write the nodes' output here (default: a temp file, "
-                   "named in error messages)")
+    p.add_argument("--log", default=None, help="append the nodes' output to this file (default: a "
+                   "temp file; named in error messages)")
     p.add_argument("--json", action="store_true", help="print the results as JSON (one line)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
