@@ -9,6 +9,7 @@ reward and terminal flag, in the store's episode structure (`ArraySource`), so t
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +40,14 @@ class LatentCache:
         return ArraySource(self.arrays, self.episode_ends, self.episode_task)
 
     def save(self, path: str | Path) -> None:
-        np.savez(path, episode_ends=self.episode_ends, episode_task=self.episode_task,
-                 episodes=self.episodes, info=np.array(json.dumps(self.info)), **self.arrays)
+        """Atomic (temp file + rename): a run killed while saving resumes from no cache rather
+        than from a truncated one."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+            np.savez(f, episode_ends=self.episode_ends, episode_task=self.episode_task,
+                     episodes=self.episodes, info=np.array(json.dumps(self.info)), **self.arrays)
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | Path) -> LatentCache:
