@@ -12,6 +12,9 @@ checkpoint holds model, optimizer, step and config.
 
 Run directory: config.json, checkpoints/last.pt, model.pt (final), tb/ (TensorBoard),
 metrics.jsonl (one line per logged step), metrics.json (summary), images/*.png.
+
+Under torchrun the model trains data-parallel (`learning/distributed.py`): the batch is drawn
+as world_size x grad_accum shards, DDP averages the gradients, rank 0 alone writes the run.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from learning import distributed
 from learning.sampler import SequenceSampler
 from learning.store import EpisodeStore
 from perception.networks import float_to_image
@@ -61,6 +66,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     channels_last: bool = False  # CPU only; measured slower than NCHW at cpu-preset widths
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    grad_accum: int = 1  # micro-batches per step and process: the batch is drawn as processes x grad_accum shards [ours]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -128,8 +134,8 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def step_seed(seed: int, step: int) -> int:
-    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+def step_seed(seed: int, step: int, shard: int | None = None) -> int:
+    return distributed.shard_seed(seed, step, shard)
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -189,13 +195,21 @@ def to_torch(batch: dict[str, np.ndarray], device: torch.device, slots: dict[int
 
 
 def batch_stream(sampler: SequenceSampler, seed: int, start: int, stop: int, prefetch: int,
-                 wait: list[float]) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of steps start..stop-1, batch i drawn with an rng seeded by (seed, i), read ahead
-    by one background thread; `wait` accumulates the seconds the consumer waited."""
+                 wait: list[float], shards: tuple[int, ...] = (0,), n_shards: int = 1
+                 ) -> Iterator[list[dict[str, np.ndarray]]]:
+    """Batches of steps start..stop-1, read ahead by one background thread; `wait` accumulates
+    the seconds the consumer waited. Step i's batch is drawn with an rng seeded by (seed, i), or,
+    split into `n_shards`, shard g with (seed, i, g); each item lists this process's `shards`."""
 
-    def draw(i: int) -> dict[str, np.ndarray]:
-        sampler.rng = np.random.default_rng([seed, i])
-        return sampler.sample()
+    def draw(i: int) -> list[dict[str, np.ndarray]]:
+        if n_shards == 1:
+            sampler.rng = np.random.default_rng([seed, i])
+            return [sampler.sample()]
+        out = []
+        for g in shards:
+            sampler.rng = np.random.default_rng([seed, i, g])
+            out.append(sampler.sample(batch_size=sampler.batch_size // n_shards))
+        return out
 
     q: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
     stop_flag = threading.Event()
@@ -294,23 +308,50 @@ def image_grids(model: WorldModel, batch: dict[str, torch.Tensor], out_dir: Path
 
 
 # -- the loop ---------------------------------------------------------------------------------
+class StepLoss(torch.nn.Module):
+    """One micro-batch's loss as a forward (DistributedDataParallel hooks forward): LOMPO's
+    loss, plus MerPO's proximal term eta * ||theta_n - phi||^2 over the slots in the batch."""
+
+    def __init__(self, model: WorldModel, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def forward(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        out = self.model.losses(batch["image"], batch["action"], batch["reward"], batch["slot"], gen,
+                                batch.get("state"), cfg.shift_pad, cfg.decode_fraction)
+        if cfg.model.n_slots > 1:
+            used = torch.unique(batch["slot"])
+            prox = self.model.heads.proximal(used) / len(used)
+            out["loss"] = out["loss"] + cfg.eta * prox
+            out["proximal"] = prox.detach()
+        return out
+
+
 def train(store_path: str, cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
           overwrite: bool = False, progress: bool = True, episodes: list[int] | None = None,
           log: Callable[[str], None] = print) -> dict[str, Any]:
     run = Path(run_dir)
-    if resume:
-        if not (run / "config.json").exists():
-            raise FileNotFoundError(f"{run}: nothing to resume (no config.json)")
-        saved = json.loads((run / "config.json").read_text())
-        requested = TrainConfig.from_dict(saved["requested"]).to_dict()
-        # where it runs may change on resume; what it computes may not
-        diff = [k for k, v in cfg.to_dict().items() if requested[k] != v and k not in RUNTIME_KEYS]
-        if diff:
-            raise ValueError(f"{run}: the config differs from the run's config.json in {diff}")
-    elif run.exists() and any(run.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{run}: run directory exists (use --resume or --overwrite)")
-        shutil.rmtree(run)
+    ctx, _ = distributed.init(pick_device(cfg.device))  # no-op outside torchrun
+
+    def prepare() -> None:
+        if resume:
+            if not (run / "config.json").exists():
+                raise FileNotFoundError(f"{run}: nothing to resume (no config.json)")
+            saved = json.loads((run / "config.json").read_text())
+            requested = TrainConfig.from_dict(saved["requested"]).to_dict()
+            # where it runs may change on resume; what it computes may not
+            diff = [k for k, v in cfg.to_dict().items() if requested[k] != v and k not in RUNTIME_KEYS]
+            if diff:
+                raise ValueError(f"{run}: the config differs from the run's config.json in {diff}")
+        elif run.exists() and any(run.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"{run}: run directory exists (use --resume or --overwrite)")
+            shutil.rmtree(run)
+
+    distributed.on_main(prepare)  # rank 0 checks and clears; every rank raises its error
+    if not ctx.is_main:
+        progress, log = False, (lambda m: None)
 
     threads = torch.get_num_threads()
     if cfg.threads:
@@ -328,7 +369,12 @@ def _train(store_path: str, cfg: TrainConfig, run: Path, resume: bool, progress:
     if resume:
         saved = json.loads((run / "config.json").read_text())
         episodes = saved.get("episodes")
-    device = pick_device(cfg.device)
+    ctx, device = distributed.init(pick_device(cfg.device))
+    n_shards = ctx.world_size * cfg.grad_accum
+    if cfg.batch_size % n_shards:
+        raise ValueError(f"batch_size {cfg.batch_size} must split into {ctx.world_size} processes x "
+                         f"grad_accum {cfg.grad_accum} equal shards")
+    shards = tuple(ctx.rank * cfg.grad_accum + m for m in range(cfg.grad_accum))
     data = open_data(store_path, cfg, episodes)
     cfg = resolve_model_config(cfg, data)
     torch.manual_seed(cfg.seed)  # parameter init only; all training noise is per-step below
@@ -345,6 +391,12 @@ def _train(store_path: str, cfg: TrainConfig, run: Path, resume: bool, progress:
         opt.load_state_dict(blob["optimizer"])
         step = int(blob["step"])
         log(f"resuming {run} from step {step}")
+    loss_fn: torch.nn.Module = StepLoss(model, cfg)
+    if ctx.enabled:
+        loss_fn = torch.nn.parallel.DistributedDataParallel(
+            loss_fn, device_ids=[device.index] if device.type == "cuda" else None)
+    if not ctx.is_main:
+        return _follow(cfg, data, device, loss_fn, model, opt, step, shards, n_shards)
     run.mkdir(parents=True, exist_ok=True)
     if not resume:
         (run / "config.json").write_text(json.dumps({
@@ -368,29 +420,17 @@ def _train(store_path: str, cfg: TrainConfig, run: Path, resume: bool, progress:
 
     wait = [0.0]
     t_start, step_start, totals = time.perf_counter(), step, {}
-    stream = batch_stream(data.sampler, cfg.seed, step, cfg.steps, cfg.prefetch, wait)
+    stream = batch_stream(data.sampler, cfg.seed, step, cfg.steps, cfg.prefetch, wait, shards, n_shards)
     from tqdm import tqdm
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train-model", unit="step",
                dynamic_ncols=True)
     model.train()
     last: dict[str, float] = {}
-    for batch_np in stream:
+    for micro in stream:
         step += 1
-        gen = torch.Generator().manual_seed(step_seed(cfg.seed, step))
-        batch = to_torch(batch_np, device, data.task_slots)
-        with autocast:
-            out = model.losses(batch["image"], batch["action"], batch["reward"], batch["slot"], gen,
-                               batch.get("state"), cfg.shift_pad, cfg.decode_fraction)
-            loss = out["loss"]
-            if cfg.model.n_slots > 1:
-                used = torch.unique(batch["slot"])
-                prox = model.heads.proximal(used) / len(used)
-                loss = loss + cfg.eta * prox
-                out["proximal"] = prox.detach()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        batch, out, gnorm = _step(cfg, loss_fn, model, opt, micro, device, data.task_slots, step, shards,
+                                  n_shards, autocast)
+        loss = out.pop("loss")
         for k, v in out.items():
             if k != "loss":
                 totals[k] = totals.get(k, 0.0) + float(v)
@@ -400,7 +440,7 @@ def _train(store_path: str, cfg: TrainConfig, run: Path, resume: bool, progress:
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             n = totals.pop("n")
-            last = {k: v / n for k, v in totals.items()}
+            last = distributed.mean_over_ranks({k: v / n for k, v in totals.items()})
             elapsed = time.perf_counter() - t_start
             last["steps_per_s"] = (step - step_start) / elapsed
             last["frames_per_s"] = last["steps_per_s"] * cfg.batch_size * cfg.seq_len
@@ -436,7 +476,56 @@ def _train(store_path: str, cfg: TrainConfig, run: Path, resume: bool, progress:
                "data_wait_share": wait[0] / max(elapsed, 1e-9), "final": last,
                "n_slots": cfg.model.n_slots, "device": str(device)}
     (run / "metrics.json").write_text(json.dumps(summary, indent=1))
+    distributed.barrier()  # the other ranks return once model.pt is there
     return summary
+
+
+def _step(cfg: TrainConfig, loss_fn: torch.nn.Module, model: WorldModel, opt: torch.optim.Optimizer,
+          micro: list[dict[str, np.ndarray]], device: torch.device, slots: dict[int, int], step: int,
+          shards: tuple[int, ...], n_shards: int, autocast: Any
+          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    """One optimizer step over this process's micro-batches (shards of the step's batch):
+    gradients accumulate locally and DDP averages them over processes on the last one."""
+    opt.zero_grad(set_to_none=True)
+    outs = []
+    for m, batch_np in enumerate(micro):
+        gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, None if n_shards == 1 else shards[m]))
+        batch = to_torch(batch_np, device, slots)
+        last = m == len(micro) - 1
+        no_sync = loss_fn.no_sync() if (not last and hasattr(loss_fn, "no_sync")) else nullcontext()
+        with no_sync:
+            with autocast:
+                out = loss_fn(batch, gen)
+            (out["loss"] if len(micro) == 1 else out["loss"] / len(micro)).backward()
+        outs.append({k: v.detach() for k, v in out.items()})
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    mean = outs[0] if len(outs) == 1 else {k: torch.stack([o[k] for o in outs]).mean() for k in outs[0]}
+    return batch, mean, gnorm
+
+
+def _follow(cfg: TrainConfig, data: Data, device: torch.device, loss_fn: torch.nn.Module, model: WorldModel,
+            opt: torch.optim.Optimizer, step: int, shards: tuple[int, ...], n_shards: int) -> dict[str, Any]:
+    """A rank other than 0: the same steps on its own shards, nothing written."""
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    wait = [0.0]
+    totals: dict[str, float] = {}
+    model.train()
+    for micro in batch_stream(data.sampler, cfg.seed, step, cfg.steps, cfg.prefetch, wait, shards, n_shards):
+        step += 1
+        _, out, gnorm = _step(cfg, loss_fn, model, opt, micro, device, data.task_slots, step, shards, n_shards,
+                              autocast)
+        for k, v in out.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+        totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(gnorm)
+        totals["n"] = totals.get("n", 0) + 1
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            n = totals.pop("n")
+            distributed.mean_over_ranks({k: v / n for k, v in totals.items()})  # rank 0 logs the mean
+            totals = {}
+    distributed.barrier()
+    return {"step": step, "rank": distributed.current().rank}
 
 
 def parameters_equal(a: WorldModel, b: WorldModel) -> bool:

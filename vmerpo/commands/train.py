@@ -33,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
         cfg.world_model.device = args.device
     summary = train(args.data, cfg, args.out, resume=args.resume, overwrite=args.overwrite,
                     world_model=args.world_model, progress=not args.no_progress)
+    from learning import distributed
+
+    if not distributed.current().is_main:
+        return 0  # under torchrun, rank 0 reports
     print(json.dumps(summary, indent=1) if args.json else
           f"trained {summary['meta_steps']} meta-steps on tasks {summary['tasks']} in "
           f"{summary['seconds'] / 60:.1f} min -> {args.out}")

@@ -32,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, **overrides)
     summary = train(args.data, cfg, args.out, resume=args.resume, overwrite=args.overwrite,
                     progress=not args.no_progress)
+    from learning import distributed
+
+    if not distributed.current().is_main:
+        return 0  # under torchrun, rank 0 reports
     if args.json:
         print(json.dumps(summary))
     else:
