@@ -12,6 +12,12 @@ answer is a dropped tick. The policy's own inference time comes from its /diagno
 Target: policy p50 - relay p50 <= inference p50 + 1 ms, and zero dropped ticks; reported also
 with the preprocessing time added to the inference time (resizing 640x480 to the model size
 with INTER_AREA alone takes ~1 ms on these CPUs).
+
+Stalls are attributed per run (`stalls`: runs of frames answered after 250 ms or never, with
+the longest publish() call and the longest gap between two sends meanwhile): a long send gap
+is a pause of this (publishing and measuring) process, not of the transport or the node. The
+publisher skips ticks it missed, as a camera does (`publisher_skipped_ticks`), rather than
+sending a backlog.
 """
 
 from __future__ import annotations
@@ -41,6 +47,30 @@ def _percentiles(x: list[float]) -> dict[str, float | None]:
     a = np.asarray(x) * 1e3
     return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3),
             "max_ms": round(float(a.max()), 3)}
+
+
+def _stalls(times: list[float], latency: list[float | None], publish_s: list[float],
+            threshold_s: float = 0.25) -> list[dict[str, Any]]:
+    """Runs of consecutive frames answered later than `threshold_s` or not at all, with what
+    the publisher did meanwhile: a long publish() or a late loop points at the writer's
+    process, a fast publish with late answers at the transport or the receiver."""
+    out: list[dict[str, Any]] = []
+    run: list[int] = []
+    for i in range(len(times) + 1):
+        bad = i < len(times) and (latency[i] is None or latency[i] > threshold_s)
+        if bad:
+            run.append(i)
+            continue
+        if run:
+            lats = [latency[j] for j in run if latency[j] is not None]
+            gaps = [times[j + 1] - times[j] for j in run if j + 1 < len(times)]
+            out.append({"at_s": round(times[run[0]], 3), "frames": len(run),
+                        "unanswered": len(run) - len(lats),
+                        "max_latency_ms": round(max(lats) * 1e3, 1) if lats else None,
+                        "max_publish_ms": round(max(publish_s[j] for j in run) * 1e3, 1),
+                        "max_send_gap_ms": round(max(gaps) * 1e3, 1) if gaps else None})
+            run = []
+    return out[:20]
 
 
 def _make_policy(path: Path, size: int) -> Path:
@@ -99,7 +129,9 @@ class _Probe:
         array_to_image(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8), msg)
         period = 1.0 / hz
         n_warm, n = int(warmup * hz), int(duration * hz)
-        late = 0
+        late = skipped = 0
+        load_before = round(os.getloadavg()[0], 2)
+        publish_s: list[float] = []  # time inside publish(): the writer side of a stall
         t_next = time.perf_counter()
         with self._lock:
             self.sent.clear()
@@ -113,17 +145,31 @@ class _Probe:
                 with self._lock:
                     self.sent[stamp] = t
             self.pub.publish(msg)
+            if i >= n_warm:
+                publish_s.append(time.perf_counter() - t)
             sleep = t_next - time.perf_counter()
             if sleep > 0:
                 time.sleep(sleep)
             else:
                 late += 1
+                # Like a camera, skip the ticks that passed instead of sending them back to back:
+                # a backlog burst overruns the subscriber's depth-5 queue and turns a pause of
+                # this process into dropped ticks and queueing latency charged to the node.
+                missed = int(-sleep // period)
+                t_next += missed * period
+                skipped += missed
         time.sleep(0.5)  # the last answers
         with self._lock:
-            lat = [self.latency[s] for s in self.sent if s in self.latency]
-            dropped = len(self.sent) - len(lat)
-        return {"frames": len(self.sent), "answered": len(lat), "dropped_ticks": dropped,
-                "publisher_late": late, **_percentiles(lat)}
+            sent = sorted(self.sent.items(), key=lambda kv: kv[1])
+            lat = [self.latency[s] for s, _ in sent if s in self.latency]
+            per_frame = [self.latency.get(s) for s, _ in sent]
+            t0 = sent[0][1] if sent else 0.0
+            times = [t - t0 for _, t in sent]
+        pub = _percentiles(publish_s)
+        return {"frames": len(sent), "answered": len(lat), "dropped_ticks": len(sent) - len(lat),
+                "publisher_late": late, "publisher_skipped_ticks": skipped, **_percentiles(lat),
+                "publish_p50_ms": pub["p50_ms"], "publish_max_ms": pub["max_ms"],
+                "stalls": _stalls(times, per_frame, publish_s), "load_avg_1min_before": load_before}
 
 
 def _start(module: str, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
