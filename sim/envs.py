@@ -41,6 +41,10 @@ TASK_SEED = 0  # seeds ML1's goal sampling: the task table never changes
 N_TRAIN_TASKS = 40  # ids 0..39: ML1 train goals 0..39 (meta-train)
 N_TEST_TASKS = 10  # ids 40..49: ML1 test goals 0..9 (held out)
 ACTION_SCALE_M = 0.01  # Meta-World moves the mocap by action * 1 cm per control step
+# The image is the only place the goal appears: a sphere of 3.5 cm radius in bright green covers
+# ~4x4 px at 64 px, seen by the world model's encoder (a site: no physics, rendering only).
+GOAL_MARKER_RADIUS_M = 0.035
+GOAL_MARKER_RGBA = (0.1, 1.0, 0.1, 1.0)
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class FamilySpec:
     rand_vec_meaning: str  # what ML1's per-task random vector holds
     max_rate: float | None = 1.0  # safety limiter rate limit per control step, action units
     notes: str = ""
+    goal_marker: bool = False  # draw the goal site as a GOAL_MARKER sphere (the goal is the task)
 
 
 # A three-quarter view from the far right corner of the table sees the robot, the table and
@@ -72,10 +77,11 @@ class FamilySpec:
 _TABLE_VIEW = CameraSpec(lookat=(0.0, 0.7, 0.15), distance=1.1, azimuth=-145.0, elevation=-40.0)
 FAMILIES: dict[str, FamilySpec] = {
     "reach-v3": FamilySpec(
-        "reach-v3", _TABLE_VIEW, "object xyz (3), goal xyz (3)",
-        notes="the goal is a 2 cm site: barely a pixel at 64 px; tasks differ by object position",
+        "reach-v3", _TABLE_VIEW, "object xyz (3), goal xyz (3)", goal_marker=True,
+        notes="tasks differ by goal position; Meta-World's 2 cm dark-red goal site is about one "
+              "pixel at 64 px, so it is drawn as a bright 3.5 cm sphere (rendering only)",
     ),
-    "push-v3": FamilySpec("push-v3", _TABLE_VIEW, "puck xyz (3), goal xyz (3)"),
+    "push-v3": FamilySpec("push-v3", _TABLE_VIEW, "puck xyz (3), goal xyz (3)", goal_marker=True),
     "drawer-close-v3": FamilySpec("drawer-close-v3", _TABLE_VIEW, "drawer xyz (3)"),
     "door-open-v3": FamilySpec(
         "door-open-v3",
@@ -189,6 +195,13 @@ def _fast_render_settings(model: mujoco.MjModel) -> None:
     _simplify_render_meshes(model, RENDER_MESH_CELL_M)
 
 
+def _draw_goal_marker(model: mujoco.MjModel) -> None:
+    gid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
+    if gid >= 0:
+        model.site_size[gid, 0] = GOAL_MARKER_RADIUS_M
+        model.site_rgba[gid] = GOAL_MARKER_RGBA
+
+
 def _simplify_render_meshes(model: mujoco.MjModel, cell: float) -> tuple[int, int]:
     """Vertex-cluster the Sawyer's meshes (67k triangles) for drawing: what remains of the
     render time after the quality settings is vertex work on them. Only the triangle lists
@@ -253,6 +266,8 @@ class MetaWorldImageEnv:
         self._mw = ALL_V3_ENVIRONMENTS[family]()
         self._mw.max_path_length = self.max_episode_steps * self.action_repeat + 1
         _fast_render_settings(self._mw.model)
+        if self.family_spec.goal_marker:
+            _draw_goal_marker(self._mw.model)
         self._renderer: mujoco.Renderer | None = None
         cam = self.family_spec.camera
         self.camera = mujoco.MjvCamera()
@@ -332,7 +347,9 @@ class MetaWorldImageEnv:
             "workspace_high": self.workspace_high.tolist(),
             "safety": {"max_delta": self.family_spec.max_rate,
                        "position_scale": ACTION_SCALE_M * self.action_repeat},
-            "render": {"shadows": False, "multisampling": False, "reflections": False},
+            "render": {"shadows": False, "multisampling": False, "reflections": False,
+                       "goal_marker": ({"radius_m": GOAL_MARKER_RADIUS_M, "rgba": list(GOAL_MARKER_RGBA)}
+                                       if self.family_spec.goal_marker else None)},
             "notes": self.family_spec.notes,
         }
 

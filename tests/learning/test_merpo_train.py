@@ -117,3 +117,61 @@ def test_bad_input_gives_one_line_errors(trained, family, tmp_path):
         w.add_episode(synthetic_episode(np.random.default_rng(0), 20, 32), task_id=0, success=False)
     proc = vmerpo("train", "--data", str(plain), "--config", "tiny", "--out", str(tmp_path / "z"))
     assert proc.returncode == 2 and "task" in proc.stderr
+
+
+@pytest.mark.parametrize("method", ["bc", "rac", "lompo"])
+def test_baselines_adapt_from_their_pooled_pretraining(trained, family, tmp_path, method):
+    """Each baseline is pretrained once on the run's pooled latents (cached in RUN/baselines)
+    and adapted on the held-out log into a run that `vmerpo eval`/`export` load like MerPO's."""
+    import torch
+
+    from learning.merpo_train import TorchPolicy
+
+    _, heldout, _ = family
+    adapted = tmp_path / method
+    proc = vmerpo("adapt", "--run", str(trained), "--data", str(heldout), "--out", str(adapted),
+                  "--method", method, "--steps", "5", "--no-progress", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["method"] == method
+    assert json.loads((adapted / "config.json").read_text())["method"] == method
+    cached = trained / "baselines" / f"{method}.pt"
+    blob = torch.load(cached, weights_only=True)
+    assert (blob["critic"] is None) == (method == "bc")
+    # adaptation moved the actor away from its pretrained weights
+    after = torch.load(adapted / "policy.pt", weights_only=True)["actor"]
+    assert any(not torch.equal(after[k], v) for k, v in blob["actor"].items())
+    policy = TorchPolicy(adapted)
+    a = policy.act(np.zeros((32, 32, 3), np.uint8))
+    assert a.shape == (4,) and np.all(np.isfinite(a)) and np.all(np.abs(a) <= 1.0)
+
+
+def test_bc_fits_the_logged_actions():
+    """BC raises the likelihood of the data actions and its mean action tracks them."""
+    import torch
+
+    from learning.baselines import train_bc
+    from learning.rac import TanhGaussianActor
+
+    torch.manual_seed(0)
+    obs = torch.randn(512, 6)
+    act = torch.tanh(obs[:, :2] @ torch.tensor([[1.0, -0.5], [0.3, 1.0]]))
+    data = {"obs": obs, "act": act}
+    actor = TanhGaussianActor(6, 2, 64, 2)
+    before = -actor.log_prob(obs, act).mean().item()
+    after = train_bc(actor, data, steps=400, batch=128, lr=3e-3)["behaviour_nll"]
+    assert after < before - 1.0
+    err = (actor.mean_unit(obs) - act).abs().mean().item()
+    assert err < 0.1, err
+
+
+def test_method_configs():
+    from learning.baselines import method_config
+    from learning.rac import RACConfig
+
+    base = RACConfig()
+    assert method_config("merpo", base).omega == 0.4
+    assert method_config("rac", base).omega == 1.0 and method_config("rac", base).cql_beta == base.cql_beta
+    lompo = method_config("lompo", base)
+    assert (lompo.cql_beta, lompo.lam, lompo.uncertainty_penalty, lompo.horizon) == (0.0, 0.0, 5.0, 5)
+    with pytest.raises(ValueError, match="unknown method"):
+        method_config("sac", base)

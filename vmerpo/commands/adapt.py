@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Meta-test adaptation (MerPO): fit the task-adapted world-model heads theta_j from phi "
         "on the new task's log (proximal term eta), then initialise the task policy from pi_c "
-        "and Q_meta and run RAC steps on that log. The new task must not be a meta-training task."
+        "and Q_meta and run RAC steps on that log. The new task must not be a meta-training task. "
+        "--method picks a baseline on the same world model and latents instead (bc: behaviour "
+        "cloning; rac: single-task RAC, omega = 1; lompo: uncertainty-penalized actor-critic), "
+        "each pretrained once on the run's pooled meta-train logs (kept in RUN/baselines/) and "
+        "then trained on the new task's log."
     )
     p.add_argument("--run", required=True, help="meta-trained run directory (from vmerpo train)")
     p.add_argument("--data", required=True, help="episode store with the new task's small log")
     p.add_argument("--out", required=True, help="output run directory for the adapted policy")
     p.add_argument("--task", type=int, help="task id in --data when it holds several")
     p.add_argument("--steps", type=int, help="RAC steps (default: the run's config)")
+    p.add_argument("--method", default="merpo", choices=["merpo", "rac", "lompo", "bc"],
+                   help="learner to adapt (default merpo)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -26,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from learning.merpo_train import adapt
 
     summary = adapt(args.run, args.data, args.out, overwrite=args.overwrite, task=args.task,
-                    steps=args.steps, progress=not args.no_progress)
+                    steps=args.steps, progress=not args.no_progress, method=args.method,
+                    log=lambda msg: print(msg, file=sys.stderr))
     print(json.dumps(summary, indent=1) if args.json else
-          f"adapted to task {summary['task']} from {summary['episodes']} episodes -> {args.out}")
+          f"adapted {summary['method']} to task {summary['task']} from {summary['episodes']} episodes -> {args.out}")
     return 0

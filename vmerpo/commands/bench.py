@@ -13,7 +13,7 @@ BENCHMARKS = {
     "store": ("learning.benchmarks.store", "episode store write + sampler frames/s vs a memmap"),
     "policy-latency": ("learning.benchmarks.policy_latency", "onnxruntime vs torch eager per-step latency"),
     "world-model": ("learning.benchmarks.world_model", "world-model uncertainty, meta-model and speed"),
-    "learning": ("learning.benchmarks.learning", "MerPO vs baselines on held-out tasks"),
+    "learning": ("vmerpo.bench_learning", "MerPO vs baselines on held-out tasks"),
     "sim": ("sim.benchmarks", "MuJoCo collection frames/s with 1 and 2 workers"),
     "ros-latency": ("robot_nodes.benchmarks", "policy_node latency vs a bare relay over ROS 2"),
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.device = args.device
         cfg.world_model.device = args.device
     summary = train(args.data, cfg, args.out, resume=args.resume, overwrite=args.overwrite,
-                    world_model=args.world_model, progress=not args.no_progress)
+                    world_model=args.world_model, progress=not args.no_progress,
+                    log=lambda msg: print(msg, file=sys.stderr))
     from learning import distributed
 
     if not distributed.current().is_main:

@@ -1,0 +1,50 @@
+"""The learning benchmark's aggregation: the table and JSON come from the evaluations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from vmerpo.bench_learning import _subset, bar_plot, markdown_table, summarize
+
+
+def rows():
+    out = []
+    for q, base in (("medium", 0.5), ("mixed", 0.3)):
+        for task, off in ((40, 0.1), (41, -0.1)):
+            out.append({"quality": q, "seed": 0, "task": task, "method": "merpo",
+                        "success_rate": base + off, "episodes": 10})
+            out.append({"quality": q, "seed": 0, "task": task, "method": "bc",
+                        "success_rate": base - 0.2, "episodes": 10})
+    return out
+
+
+def test_summary_mean_stderr_and_counts():
+    res = summarize(rows(), ["merpo", "bc"], ["medium", "mixed"])
+    m = res["merpo"]["medium"]
+    assert m["success_mean"] == pytest.approx(0.5)
+    # two units 0.6 and 0.4: sd 0.1414, se 0.1
+    assert m["success_stderr"] == pytest.approx(0.1)
+    assert m["n_episodes"] == 20 and m["n_units"] == 2
+    assert res["bc"]["mixed"]["success_mean"] == pytest.approx(0.1)
+    assert res["bc"]["mixed"]["success_stderr"] == 0.0
+    empty = summarize([], ["merpo"], ["expert"])["merpo"]["expert"]
+    assert math.isnan(empty["success_mean"]) and empty["n_episodes"] == 0
+
+
+def test_table_and_plot(tmp_path):
+    res = summarize(rows(), ["merpo", "bc"], ["medium", "mixed"])
+    table = markdown_table(res, {"medium": 0.2, "mixed": 0.25}, ["merpo", "bc"], ["medium", "mixed"])
+    lines = table.splitlines()
+    assert lines[0] == "| method | medium | mixed |"
+    assert lines[2].startswith("| merpo | 0.50 ± 0.10 (n=20) | 0.30 ± 0.10 (n=20)")
+    assert lines[-1] == "| behaviour (held-out logs) | 0.20 | 0.25 |"
+    bar_plot(res, {"medium": 0.2, "mixed": 0.25}, ["merpo", "bc"], ["medium", "mixed"], tmp_path / "p.png", "t")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_bad_subsets_are_refused():
+    assert _subset("bc, merpo", ("merpo", "bc"), "--methods") == ["bc", "merpo"]
+    with pytest.raises(ValueError, match="--methods: unknown"):
+        _subset("bc,sac", ("merpo", "bc"), "--methods")
