@@ -14,6 +14,12 @@
 Everything here works on latent transitions (s_t, a_t, r_t, s_{t+1}, d_t) made from a
 `LatentCache`: actions scaled to [-1, 1] by the store's limits, rewards normalized by the
 meta-training data's statistics, the model's uncertainty divided by its std on real data.
+
+Under torchrun (`learning/distributed.py`) task n's learner lives on one rank and the tasks
+of a meta-batch are run by their ranks; the pi_c gradient and Q_meta's mean of the task
+critics are summed over ranks. Each task's samples in a meta-step come from a generator of
+its own (seeded from the meta-batch draw and the task id), so the result does not depend on
+the number of processes.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from learning import distributed
 from learning.latents import LatentCache, rollout
 from learning.rac import RAC, RACConfig, TanhGaussianActor, TwinCritic, gaussian_kl
 
@@ -166,46 +173,65 @@ class MerPO:
             rac = RAC(obs_dim, act_dim, r, self.device, seed=cfg.seed * 1000 + n + 1)
             rac.load_from(self.meta_actor, self.meta_critic)
             self.learners[n] = rac
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # draws the meta-batches only
         self.step = 0
+
+    def owns(self, task: int) -> bool:
+        """Whether this process runs task `task`'s learner (always, outside torchrun)."""
+        ctx = distributed.current()
+        return distributed.owner(self.tasks.index(task), ctx.world_size) == ctx.rank
 
     def meta_step(self, data: dict[int, dict[str, torch.Tensor]],
                   rollout_fns: dict[int, Callable] | None) -> dict[str, float]:
         cfg, r = self.cfg, self.cfg.rac
         pick = torch.randperm(len(self.tasks), generator=self.generator)[: cfg.meta_batch].tolist()
         batch_tasks = [self.tasks[i] for i in pick]
+        mine = [n for n in batch_tasks if self.owns(n)]  # all of them in one process
+        key = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))  # same on every rank
+        gens = {n: torch.Generator().manual_seed(distributed.shard_seed(key, n)) for n in mine}
         stats: dict[str, list[float]] = {}
-        for n in batch_tasks:
-            rac = self.learners[n]
+        for n in mine:
+            rac, g = self.learners[n], gens[n]
             for _ in range(cfg.inner_steps):
                 if rollout_fns is not None and rac.steps % r.rollout_every == 0:
-                    starts = sample(data[n], r.rollout_batch, self.generator)["obs"]
+                    starts = sample(data[n], r.rollout_batch, g)["obs"]
                     for k, v in rac.refresh_rollouts(starts, rollout_fns[n]).items():
                         stats.setdefault(k, []).append(v)
-                for k, v in rac.update(sample(data[n], r.batch_real, self.generator), self.meta_actor).items():
+                for k, v in rac.update(sample(data[n], r.batch_real, g), self.meta_actor).items():
                     stats.setdefault(k, []).append(v)
         # first-order meta-policy step: pi_c towards the task policies on their own states
         kl = []
-        for n in batch_tasks:
-            obs = sample(data[n], r.batch_real, self.generator)["obs"]
+        for n in mine:
+            obs = sample(data[n], r.batch_real, gens[n])["obs"]
             with torch.no_grad():
                 mu_n, sd_n = self.learners[n].actor.dist_params(obs)
             mu_c, sd_c = self.meta_actor.dist_params(obs)
             kl.append(gaussian_kl(mu_n, sd_n, mu_c, sd_c).mean())
-        meta_loss = r.lam * (1 - r.omega) * torch.stack(kl).mean()
+        kl_sum = torch.stack(kl).sum() if kl else torch.zeros((), device=self.device)
+        meta_loss = r.lam * (1 - r.omega) * kl_sum / len(batch_tasks)
         if r.omega < 1.0:
             self.meta_opt.zero_grad(set_to_none=True)
-            meta_loss.backward()
+            if kl:
+                meta_loss.backward()
+            distributed.all_reduce_grads_(self.meta_actor.parameters())  # sum over ranks' tasks
             self.meta_opt.step()
-        # Q_meta <- polyak towards the mean of the task critics
+        # Q_meta <- polyak towards the mean of the task critics (summed over ranks)
         with torch.no_grad():
-            critics = [self.learners[n].critic.state_dict() for n in batch_tasks]
-            for name, p in self.meta_critic.state_dict().items():
-                mean = torch.stack([c[name] for c in critics]).mean(0)
-                p.lerp_(mean, cfg.meta_q_polyak)
+            params = list(self.meta_critic.parameters())
+            total = torch.zeros(sum(p.numel() for p in params), device=self.device)
+            for n in mine:
+                total += torch.nn.utils.parameters_to_vector(self.learners[n].critic.parameters())
+            distributed.all_reduce_(total)
+            meta = torch.nn.utils.parameters_to_vector(params).lerp_(total / len(batch_tasks), cfg.meta_q_polyak)
+            torch.nn.utils.vector_to_parameters(meta, params)
+            kl_total = distributed.all_reduce_(kl_sum.detach().clone())
         self.step += 1
-        out = {k: float(np.mean(v)) for k, v in stats.items()}
-        out["meta_kl"] = float(torch.stack(kl).mean().detach())
+        merged: dict[str, list[float]] = {}
+        for part in distributed.all_gather_objects(stats):
+            for k, v in part.items():
+                merged.setdefault(k, []).extend(v)
+        out = {k: float(np.mean(v)) for k, v in merged.items()}
+        out["meta_kl"] = float(kl_total) / len(batch_tasks)
         return out
 
     def adapt(self, data: dict[str, torch.Tensor], rollout_fn: Callable | None, steps: int | None = None,
@@ -221,6 +247,21 @@ class MerPO:
                 "step": torch.tensor(self.step),
                 "learners": {str(n): rac.state_dict() for n, rac in self.learners.items()},
                 "model_buffers": {str(n): dict(rac.model_buffer.data) for n, rac in self.learners.items()}}
+
+    def gathered_state_dict(self) -> dict | None:
+        """`state_dict()` with every learner as its owner has it, on rank 0 (None on the
+        others); a collective: every rank calls it."""
+        if not distributed.current().enabled:
+            return self.state_dict()
+        mine = [str(n) for n in self.tasks if self.owns(n)]
+        sd = self.state_dict()
+        parts = distributed.gather_to_main({k: {n: sd[k][n] for n in mine} for k in ("learners", "model_buffers")})
+        if parts is None:
+            return None
+        for part in parts:
+            for k, learners in part.items():
+                sd[k].update(learners)
+        return sd
 
     def load_state_dict(self, sd: dict) -> None:
         self.meta_actor.load_state_dict(sd["meta_actor"])

@@ -178,8 +178,16 @@ def _atomic_save(obj: Any, path: Path) -> None:
 def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = False, overwrite: bool = False,
           world_model: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
           evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None) -> dict[str, Any]:
-    """World model (unless `world_model` names a trained one) + MerPO meta-training."""
+    """World model (unless `world_model` names a trained one) + MerPO meta-training. Under
+    torchrun every rank runs it: the world model data-parallel, MerPO's tasks spread over the
+    ranks (`learning/distributed.py`); rank 0 writes the run directory."""
+    from learning import distributed
+
     run = Path(out)
+    ctx, _ = distributed.init(wmt.pick_device(cfg.device))  # no-op outside torchrun
+    main = ctx.is_main
+    if not main:
+        progress, log = False, (lambda m: None)
     store = EpisodeStore.open(data, load="lazy")  # low-dim arrays only; images read on demand
     if store.n_episodes == 0:
         raise ValueError(f"{data}: the store has no episodes")
@@ -199,11 +207,17 @@ def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = Fals
             raise ValueError(f"{run}: the config differs from the run's config.json in {diff}")
         if info["data_hash"] != dhash:
             raise ValueError(f"{run}: the data differs from the run's ({info['data']}); resume with the same store")
-    _prepare_dir(run, resume, overwrite)
     info = {"format": RUN_FORMAT, "version": RUN_VERSION, "kind": "meta", "config": cfg.to_dict(),
             "data": str(data), "data_hash": dhash, "meta_train_tasks": present,
             "world_model": world_model or str(run / "world_model")}
-    (run / "config.json").write_text(json.dumps(info, indent=1))
+
+    def start() -> None:
+        _prepare_dir(run, resume, overwrite)
+        tmp = run / "config.json.tmp"  # atomic: a kill here must not leave a truncated config
+        tmp.write_text(json.dumps(info, indent=1))
+        os.replace(tmp, run / "config.json")
+
+    distributed.on_main(start)
     t0 = time.perf_counter()
 
     # 1. the world model, trained once per task family and shared by every method
@@ -217,25 +231,28 @@ def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = Fals
         wm_path: str = str(wm_dir)
     else:
         wm_path = world_model
-    device = wmt.pick_device(cfg.device)
+    _, device = distributed.init(wmt.pick_device(cfg.device))
     model, wm_info = wmt.load_world_model(wm_path, str(device))
     slots = wm_info["task_slots"]
 
     # 2. latents of every meta-train episode, encoded once
     latents_path = run / "latents.npz"
-    if latents_path.exists():
-        cache = LatentCache.load(latents_path)
-    else:
-        log("[2/3] encoding the logs into latents")
-        eps = [i for i in range(store.n_episodes) if int(store.episode_task[i]) in present]
-        cache = encode_store(model, store, eps, device=str(device))
-        cache.save(latents_path)
+
+    def encode() -> None:
+        if not latents_path.exists():
+            log("[2/3] encoding the logs into latents")
+            eps = [i for i in range(store.n_episodes) if int(store.episode_task[i]) in present]
+            encode_store(model, store, eps, device=str(device)).save(latents_path)
+
+    distributed.on_main(encode)
+    cache = LatentCache.load(latents_path)
     norm = fit_normalizer(cache, store.spec.action_low, store.spec.action_high)
     task_data = {n: transitions(cache, norm, n, device) for n in present}
     gen = torch.Generator().manual_seed(cfg.merpo.seed)
     norm.uncertainty_std = float(np.mean([uncertainty_std(model, task_data[n], norm, slots.get(n, 0), gen)
                                           for n in present]))
-    (run / "normalizer.json").write_text(json.dumps(norm.to_dict(), indent=1))
+    if main:
+        (run / "normalizer.json").write_text(json.dumps(norm.to_dict(), indent=1))
 
     # 3. MerPO meta-training
     mc = cfg.merpo
@@ -244,26 +261,27 @@ def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = Fals
     if resume and ckpt.exists():
         merpo.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
         log(f"resuming MerPO from meta-step {merpo.step}")
-    rollout_gen = torch.Generator().manual_seed(mc.seed + 1)
-    if resume and ckpt.exists():
-        rollout_gen.manual_seed(mc.seed + 1 + merpo.step)
-    rollouts = {n: model_rollout_fn(model, slots.get(n, 0), mc.rac.horizon, norm, rollout_gen) for n in present}
+    # one generator per task, seeded per (meta-step, task): exact resume, any number of ranks
+    rollout_gens = {n: torch.Generator() for n in present}
+    rollouts = {n: model_rollout_fn(model, slots.get(n, 0), mc.rac.horizon, norm, rollout_gens[n])
+                for n in present}
     total = mc.iterations * mc.steps_per_iteration
     metrics_path = run / "metrics.jsonl"
-    if metrics_path.exists():  # lines past the checkpoint are recomputed
+    if main and metrics_path.exists():  # lines past the checkpoint are recomputed
         keep = [ln for ln in metrics_path.read_text().splitlines()
                 if ln.strip() and json.loads(ln)["step"] <= merpo.step]
         metrics_path.write_text("".join(ln + "\n" for ln in keep))
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    writer = SummaryWriter(str(run / "tb"), purge_step=merpo.step or None)
+    writer = SummaryWriter(str(run / "tb"), purge_step=merpo.step or None) if main else _NoWriter()
     bar = tqdm(total=total, initial=merpo.step, disable=not progress, desc="merpo", unit="meta-step",
                dynamic_ncols=True)
     log("[3/3] MerPO meta-training" + (f" from meta-step {merpo.step}" if merpo.step else ""))
     agg: dict[str, list[float]] = {}
     while merpo.step < total:
-        rollout_gen.manual_seed(mc.seed + 1 + merpo.step)  # per-step seeds: resume is exact
+        for n, g in rollout_gens.items():
+            g.manual_seed(distributed.shard_seed(mc.seed + 1, merpo.step, n))
         stats = merpo.meta_step(task_data, rollouts)
         for k, v in stats.items():
             agg.setdefault(k, []).append(v)
@@ -274,23 +292,35 @@ def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = Fals
             agg = {}
             for k, v in row.items():
                 writer.add_scalar(f"merpo/{k}", v, step)
-            if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
+            if main and evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
                 for k, v in evaluate(meta_policy_module(model, merpo.meta_actor), step).items():
                     writer.add_scalar(f"eval/{k}", v, step)
                     row[f"eval_{k}"] = v
-            with metrics_path.open("a") as f:
-                f.write(json.dumps({"step": step, **row}) + "\n")
+            if main:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps({"step": step, **row}) + "\n")
             bar.set_postfix(q=f"{row.get('q', 0):.2f}", gap=f"{row.get('conservative_gap', 0):.2f}",
                             kl=f"{row.get('meta_kl', 0):.3f}")
         if step % cfg.checkpoint_every == 0 or step == total:
-            writer.flush()
-            _atomic_save(merpo.state_dict(), ckpt)
+            state = merpo.gathered_state_dict()  # every rank's task learners, on rank 0
+            if main:
+                writer.flush()
+                _atomic_save(state, ckpt)
     bar.close()
     writer.close()
     summary = {"meta_steps": merpo.step, "seconds": time.perf_counter() - t0, "tasks": present,
                "world_model": wm_path}
-    (run / "metrics.json").write_text(json.dumps(summary, indent=1))
+    if main:
+        (run / "metrics.json").write_text(json.dumps(summary, indent=1))
+    distributed.barrier()
     return summary
+
+
+class _NoWriter:
+    """TensorBoard on ranks other than 0: nothing is written."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
 
 
 def meta_policy_module(model, actor: TanhGaussianActor) -> DeployedPolicy:
