@@ -19,6 +19,7 @@ imports `sim`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from learning import world_model_train as wmt
+from learning.baselines import method_config, pretrain, train_bc
 from learning.export import DeployedPolicy
 from learning.latents import LatentCache, encode_store
 from learning.merpo import (
@@ -49,7 +51,7 @@ from learning.merpo import (
 )
 from learning.meta_model import adapt as adapt_model
 from learning.meta_model import task_model
-from learning.rac import RACConfig, TanhGaussianActor
+from learning.rac import RACConfig, TanhGaussianActor, TwinCritic
 from learning.runtime.spec import PolicySpec
 from learning.store import EpisodeStore, StoreSpec
 
@@ -62,6 +64,7 @@ class RunConfig:
     world_model: wmt.TrainConfig = field(default_factory=wmt.TrainConfig)
     merpo: MerPOConfig = field(default_factory=MerPOConfig)
     adapt_model_steps: int = 500  # theta_j steps on the new task's latents [ours]
+    baseline_steps: int = 0  # pooled pretraining updates of the baselines (0: MerPO's total RAC updates)
     checkpoint_every: int = 50  # meta-steps between MerPO checkpoints
     log_every: int = 10  # meta-steps between scalar logs
     eval_every: int = 0  # meta-steps between sim evaluations of pi_c (0 = off)
@@ -86,7 +89,9 @@ def preset(name: str) -> RunConfig:
     if name == "paper":
         return RunConfig()
     if name == "cpu":
-        rac = RACConfig(hidden=256, layers=3, batch_real=256, batch_model=256, cql_n_actions=10)
+        # RAC at MerPO's sizes (3x256, 256+256, 10 CQL actions per source) costs ~7x more per
+        # update on one core than 3x128, 128+128 and 4 CQL actions (`python bench/rac_speed.py`).
+        rac = RACConfig(hidden=128, layers=3, batch_real=128, batch_model=128, cql_n_actions=4)
         return RunConfig(world_model=wmt.preset("cpu"),
                          merpo=MerPOConfig(rac=rac, iterations=10, steps_per_iteration=20, meta_batch=4,
                                            inner_steps=5, adapt_steps=300),
@@ -95,7 +100,7 @@ def preset(name: str) -> RunConfig:
         cfg = preset("cpu")
         cfg.world_model = dataclasses.replace(cfg.world_model, steps=1200, image_every=300,
                                               checkpoint_every=200)
-        cfg.merpo = dataclasses.replace(cfg.merpo, iterations=5)
+        cfg.merpo = dataclasses.replace(cfg.merpo, iterations=5)  # 100 meta-steps, ~2-3 min
         return cfg
     if name == "tiny":
         rac = RACConfig(hidden=32, layers=2, batch_real=32, batch_model=32, cql_n_actions=2,
@@ -167,6 +172,13 @@ def _prepare_dir(run: Path, resume: bool, overwrite: bool) -> None:
     run.mkdir(parents=True, exist_ok=True)
 
 
+def _set_threads(cfg: RunConfig) -> None:
+    """The world model's thread count for the whole run: on a shared 2-core machine two torch
+    threads per process ran several times slower than one (world_model_train's presets)."""
+    if cfg.world_model.threads:
+        torch.set_num_threads(cfg.world_model.threads)
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -184,6 +196,7 @@ def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = Fals
     from learning import distributed
 
     run = Path(out)
+    _set_threads(cfg)
     ctx, _ = distributed.init(wmt.pick_device(cfg.device))  # no-op outside torchrun
     main = ctx.is_main
     if not main:
@@ -341,13 +354,15 @@ class ActorMean(nn.Module):
 # -- vmerpo adapt ------------------------------------------------------------------------------
 def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwrite: bool = False,
           task: int | None = None, steps: int | None = None, log: Callable[[str], None] = print,
-          progress: bool = True) -> dict[str, Any]:
-    """Meta-test: theta_j from phi on the new task's log, then RAC from pi_c and Q_meta."""
+          progress: bool = True, method: str = "merpo") -> dict[str, Any]:
+    """Meta-test: theta_j from phi on the new task's log, then RAC from pi_c and Q_meta
+    (MerPO), or a baseline (`learning.baselines`) from its pooled pretraining, on that log."""
     run = Path(run_dir)
     info = _read_run(run)
     if info["kind"] != "meta":
         raise ValueError(f"{run}: adapt needs a meta-trained run (this one is {info['kind']!r})")
     cfg = RunConfig.from_dict(info["config"])
+    _set_threads(cfg)
     store = EpisodeStore.open(data)
     tasks = sorted(set(store.episode_task.tolist()))
     if task is None:
@@ -368,33 +383,84 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         raise ValueError(f"{data} does not match the training data of {run}: {diff[0]}")
     norm = Normalizer.from_dict(json.loads((run / "normalizer.json").read_text()))
     mc = cfg.merpo
-    merpo = MerPO(model.cfg.feat_dim, len(store.spec.action_names), info["meta_train_tasks"], mc, device)
-    merpo.load_state_dict(torch.load(run / "checkpoints" / "merpo.pt", map_location=device, weights_only=True))
+    rc = method_config(method, mc.rac)
+    if method == "merpo":
+        merpo = MerPO(model.cfg.feat_dim, len(store.spec.action_names), info["meta_train_tasks"], mc, device)
+        merpo.load_state_dict(torch.load(run / "checkpoints" / "merpo.pt", map_location=device,
+                                         weights_only=True))
+        init_actor, init_critic = merpo.meta_actor, merpo.meta_critic
+    else:
+        init_actor, init_critic = pretrained_baseline(run, method, log=log, progress=progress)
 
     eps = [i for i in range(store.n_episodes) if int(store.episode_task[i]) == task]
-    log(f"adapting to task {task} from {len(eps)} episodes")
+    log(f"adapting {method} to task {task} from {len(eps)} episodes")
     cache = encode_store(model, store, eps, device=str(device))
     theta = adapt_model(model, cache, steps=cfg.adapt_model_steps, eta=cfg.world_model.eta, seed=mc.seed)
     data_j = transitions(cache, norm, task, device)
     gen = torch.Generator().manual_seed(mc.seed + 7)
-    rollout = model_rollout_fn(theta, 0, mc.rac.horizon, norm, gen)
+    rollout = model_rollout_fn(theta, 0, rc.horizon, norm, gen)
     from tqdm import tqdm
 
     n_steps = mc.adapt_steps if steps is None else steps
-    bar = tqdm(total=n_steps, disable=not progress, desc="adapt", unit="step", dynamic_ncols=True)
-    rac = adapt_rac(merpo.meta_actor, merpo.meta_critic, data_j, rollout, mc.rac, n_steps, seed=mc.seed,
-                    progress=lambda i, s: bar.update(1))
+    bar = tqdm(total=n_steps, disable=not progress, desc=f"adapt {method}", unit="step", dynamic_ncols=True)
+    if method == "bc":
+        actor = copy.deepcopy(init_actor)
+        train_bc(actor, data_j, n_steps, rc.batch_real, rc.actor_lr, seed=mc.seed,
+                 progress=lambda i, s: bar.update(1))
+    else:
+        actor = adapt_rac(init_actor, init_critic, data_j, rollout, rc, n_steps, seed=mc.seed,
+                          progress=lambda i, s: bar.update(1)).actor
     bar.close()
     wmt.save_checkpoint(out / "task_model.pt", theta, None, 0,
                         dataclasses.replace(cfg.world_model, model=theta.cfg), {task: 0})
-    _atomic_save({"actor": rac.actor.state_dict(), "rac": mc.rac.to_dict(), "obs_dim": model.cfg.feat_dim,
+    _atomic_save({"actor": actor.state_dict(), "rac": rc.to_dict(), "obs_dim": model.cfg.feat_dim,
                   "act_dim": len(store.spec.action_names)}, out / "policy.pt")
     (out / "normalizer.json").write_text(json.dumps(norm.to_dict(), indent=1))
     (out / "config.json").write_text(json.dumps({
-        "format": RUN_FORMAT, "version": RUN_VERSION, "kind": "adapted", "parent": str(run), "task": task,
+        "format": RUN_FORMAT, "version": RUN_VERSION, "kind": "adapted", "parent": str(run), "task": task, "method": method,
         "data": str(data), "data_hash": data_hash(store), "config": cfg.to_dict(),
         "store_spec": store.spec.to_attrs(), "episodes": eps}, indent=1))
-    return {"task": task, "episodes": len(eps), "adapt_steps": n_steps, "out": str(out)}
+    return {"task": task, "method": method, "episodes": len(eps), "adapt_steps": n_steps, "out": str(out)}
+
+
+def pretrained_baseline(run_dir: str | os.PathLike, method: str, log: Callable[[str], None] = print,
+                        progress: bool = True) -> tuple[TanhGaussianActor, TwinCritic | None]:
+    """A baseline's learner pretrained on the run's pooled meta-train latents, with phi's
+    heads for model rollouts; trained on first use and kept in RUN/baselines/METHOD.pt."""
+    run = Path(run_dir)
+    info = _read_run(run)
+    cfg = RunConfig.from_dict(info["config"])
+    mc = cfg.merpo
+    rc = method_config(method, mc.rac)
+    path = run / "baselines" / f"{method}.pt"
+    device = wmt.pick_device(cfg.device)
+    cache = LatentCache.load(run / "latents.npz")
+    obs_dim, act_dim = cache.arrays["feat"].shape[1], cache.arrays["action"].shape[1]
+    actor = TanhGaussianActor(obs_dim, act_dim, rc.hidden, rc.layers).to(device)
+    critic = None if method == "bc" else TwinCritic(obs_dim, act_dim, rc.hidden, rc.layers).to(device)
+    if path.exists():
+        blob = torch.load(path, map_location=device, weights_only=True)
+        actor.load_state_dict(blob["actor"])
+        if critic is not None:
+            critic.load_state_dict(blob["critic"])
+        return actor, critic
+    norm = Normalizer.from_dict(json.loads((run / "normalizer.json").read_text()))
+    pooled = transitions(cache, norm, None, device)
+    model, _ = wmt.load_world_model(info["world_model"], str(device))
+    rollout = model_rollout_fn(model, 0, rc.horizon, norm, torch.Generator().manual_seed(mc.seed + 3))
+    n = cfg.baseline_steps or mc.iterations * mc.steps_per_iteration * mc.meta_batch * mc.inner_steps
+    log(f"pretraining the {method} baseline on the pooled meta-train logs ({n} updates)")
+    from tqdm import tqdm
+
+    bar = tqdm(total=n, disable=not progress, desc=f"pretrain {method}", unit="step", dynamic_ncols=True)
+    a, c = pretrain(method, pooled, rollout, mc.rac, n, seed=mc.seed, progress=lambda i, s: bar.update(1))
+    bar.close()
+    actor.load_state_dict(a.state_dict())
+    if critic is not None and c is not None:
+        critic.load_state_dict(c.state_dict())
+    _atomic_save({"actor": actor.state_dict(), "critic": None if critic is None else critic.state_dict(),
+                  "method": method, "steps": n}, path)
+    return actor, critic
 
 
 # -- the deployed policy of a run --------------------------------------------------------------
@@ -419,18 +485,23 @@ def load_policy(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[Deploy
         module = meta_policy_module(model, merpo.meta_actor)
         store_spec = EpisodeStore.open(info["data"], load="lazy").spec
         task = None
+    return module, policy_spec(module, store_spec, run.name, info["data_hash"], task)
+
+
+def policy_spec(module: DeployedPolicy, store_spec: StoreSpec, run_id: str, data_hash: str,
+                task: int | None) -> PolicySpec:
+    """The ONNX contract's spec of a deployed module trained on a store with `store_spec`."""
     wm_cfg = module.world_model.cfg
-    spec = PolicySpec(
+    return PolicySpec(
         image_size=store_spec.image_size, action_names=store_spec.action_names,
         action_low=store_spec.action_low, action_high=store_spec.action_high,
         deter_size=wm_cfg.deter, stoch_size=wm_cfg.stoch, action_type=store_spec.action_type,
         action_units=store_spec.action_units, action_frame=store_spec.action_frame,
         gripper_channel=store_spec.gripper_channel, hold_action=store_spec.hold_action,
         state_names=store_spec.state_names if wm_cfg.state_dim else [], uses_state=bool(wm_cfg.state_dim),
-        camera=store_spec.camera, control_hz=store_spec.control_hz, run_id=run.name,
-        data_hash=info["data_hash"], env={**store_spec.env, "task": task},
+        camera=store_spec.camera, control_hz=store_spec.control_hz, run_id=run_id,
+        data_hash=data_hash, env={**store_spec.env, "task": task},
         vmerpo_version=_version())
-    return module, spec
 
 
 def _version() -> str:
@@ -446,8 +517,13 @@ class TorchPolicy:
     """A run's deployed module in torch, with PolicyRuntime's interface: `vmerpo eval
     --policy RUN_DIR` runs the same graph that `vmerpo export` writes."""
 
-    def __init__(self, run_dir: str | os.PathLike, device: str = "cpu") -> None:
-        self.module, self.spec = load_policy(run_dir, device)
+    def __init__(self, run_dir: str | os.PathLike | None, device: str = "cpu",
+                 module: DeployedPolicy | None = None, spec: PolicySpec | None = None) -> None:
+        """From a run directory, or from a module and its spec (periodic evaluations)."""
+        if module is not None and spec is not None:
+            self.module, self.spec = module, spec
+        else:
+            self.module, self.spec = load_policy(run_dir, device)
         self.device = torch.device(device)
         s = self.spec
         self._low = torch.tensor(s.action_low)

@@ -42,8 +42,8 @@ def steps(out: Path, env: str, seed: int) -> list[tuple[str, list[str]]]:
     onnx_eval = ["--policy", str(out / "policy.onnx"), "--env", env, "--tasks", task, "--episodes", "10",
                  "--seed", str(seed)]
     return [
-        ("collect meta-train logs (10 tasks x 8 episodes, mixed quality)",
-         ["collect", "--env", env, "--tasks", "10", "--episodes-per-task", "8", "--quality", "mixed",
+        ("collect meta-train logs (20 tasks x 5 episodes, mixed quality)",
+         ["collect", "--env", env, "--tasks", "20", "--episodes-per-task", "5", "--quality", "mixed",
           "--image-size", "64", "--workers", "2", "--seed", str(seed), "--out", logs, "--overwrite"]),
         (f"collect a small log of held-out task {HELDOUT_TASK} (5 episodes, medium quality)",
          ["collect", "--env", env, "--tasks", task, "--episodes-per-task", "5", "--quality", "medium",
@@ -55,7 +55,8 @@ def steps(out: Path, env: str, seed: int) -> list[tuple[str, list[str]]]:
          ["eval", "--policy", "expert", "--env", env, "--tasks", task, "--episodes", "3",
           "--seed", str(seed), "--json", "--no-progress"]),
         ("train the world model + MerPO (demo preset)",
-         ["train", "--config", "demo", "--data", logs, "--out", str(out / "run"), "--overwrite"]),
+         ["train", "--config", "demo", "--data", logs, "--out", str(out / "run"), "--overwrite",
+          "--eval-every", "25", "--eval-tasks", "2", "--eval-episodes", "1"]),
         (f"adapt to held-out task {HELDOUT_TASK} from its small log",
          ["adapt", "--run", str(out / "run"), "--data", heldout, "--out", str(out / "adapted"), "--overwrite"]),
         ("export ONNX (+ parity check against torch)",

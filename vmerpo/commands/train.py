@@ -21,6 +21,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--device", help="auto|cpu|cuda (default: the config's, auto)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="meta-steps between closed-loop MuJoCo evaluations of the meta-policy pi_c "
+                        "(success and return in TensorBoard under eval/; default: the config's "
+                        "eval_every; needs a store recorded by `vmerpo collect`)")
+    p.add_argument("--eval-tasks", default="2", help="tasks for those evaluations: a count of the first "
+                   "meta-train tasks or ids like 0,3 (default 2)")
+    p.add_argument("--eval-episodes", type=int, default=2, help="episodes per task and evaluation (default 2)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -32,8 +39,15 @@ def run(args: argparse.Namespace) -> int:
     if args.device:
         cfg.device = args.device
         cfg.world_model.device = args.device
+    if args.eval_every is not None:
+        cfg.eval_every = args.eval_every
+    evaluate = None
+    if cfg.eval_every:
+        from vmerpo.train_eval import sim_evaluator
+
+        evaluate = sim_evaluator(args.data, args.out, args.eval_tasks, args.eval_episodes)
     summary = train(args.data, cfg, args.out, resume=args.resume, overwrite=args.overwrite,
-                    world_model=args.world_model, progress=not args.no_progress,
+                    world_model=args.world_model, progress=not args.no_progress, evaluate=evaluate,
                     log=lambda msg: print(msg, file=sys.stderr))
     from learning import distributed
 
