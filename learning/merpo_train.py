@@ -394,8 +394,18 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
 
     eps = [i for i in range(store.n_episodes) if int(store.episode_task[i]) == task]
     log(f"adapting {method} to task {task} from {len(eps)} episodes")
-    cache = encode_store(model, store, eps, device=str(device))
-    theta = adapt_model(model, cache, steps=cfg.adapt_model_steps, eta=cfg.world_model.eta, seed=mc.seed)
+    # theta_j and the log's latents depend on (run, data, task) only: every method shares them
+    shared = run / "task_models" / f"{data_hash(store)}_t{task}"
+    if (shared / "task_model.pt").exists() and (shared / "latents.npz").exists():
+        theta, _ = wmt.load_world_model(shared / "task_model.pt", str(device))
+        cache = LatentCache.load(shared / "latents.npz")
+    else:
+        cache = encode_store(model, store, eps, device=str(device))
+        theta = adapt_model(model, cache, steps=cfg.adapt_model_steps, eta=cfg.world_model.eta, seed=mc.seed)
+        shared.mkdir(parents=True, exist_ok=True)
+        cache.save(shared / "latents.npz")
+        wmt.save_checkpoint(shared / "task_model.pt", theta, None, 0,
+                            dataclasses.replace(cfg.world_model, model=theta.cfg), {task: 0})
     data_j = transitions(cache, norm, task, device)
     gen = torch.Generator().manual_seed(mc.seed + 7)
     rollout = model_rollout_fn(theta, 0, rc.horizon, norm, gen)

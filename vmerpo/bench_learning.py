@@ -46,7 +46,7 @@ class Budget:
 
 BUDGETS = {
     # ~30 min on the 2-core CPU machine (README has the measured time)
-    "smoke": Budget(train_tasks=10, episodes_per_task=8, heldout_tasks=3, heldout_episodes=5, seeds=1,
+    "smoke": Budget(train_tasks=10, episodes_per_task=6, heldout_tasks=3, heldout_episodes=5, seeds=1,
                     eval_episodes=10, config="demo", wm_steps=0),
     # ~150 min on the 2-core CPU machine
     "full": Budget(train_tasks=20, episodes_per_task=8, heldout_tasks=3, heldout_episodes=5, seeds=3,
