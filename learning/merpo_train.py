@@ -283,7 +283,7 @@ def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = Fals
     if main and metrics_path.exists():  # lines past the checkpoint are recomputed
         keep = [ln for ln in metrics_path.read_text().splitlines()
                 if ln.strip() and json.loads(ln)["step"] <= merpo.step]
-        metrics_path.write_text("".join(ln + "\n" for ln in keep))
+        wmt.write_text_atomic(metrics_path, "".join(ln + "\n" for ln in keep))
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 

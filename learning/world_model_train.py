@@ -262,6 +262,13 @@ def save_checkpoint(path: Path, model: WorldModel, opt: torch.optim.Optimizer | 
     os.replace(tmp, path)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Temp file + rename: a process killed while rewriting a run file leaves the old one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def load_world_model(path: str | os.PathLike, device: str = "cpu") -> tuple[WorldModel, dict[str, Any]]:
     """A run directory (its model.pt, else checkpoints/last.pt) or a checkpoint file ->
     (model in eval mode, {"config": TrainConfig, "task_slots": {task: slot}, "step": int})."""
@@ -402,14 +409,14 @@ def _train(store_path: str, cfg: TrainConfig, run: Path, resume: bool, progress:
         return _follow(cfg, data, device, loss_fn, model, opt, step, shards, n_shards)
     run.mkdir(parents=True, exist_ok=True)
     if not resume:
-        (run / "config.json").write_text(json.dumps({
+        write_text_atomic(run / "config.json", json.dumps({
             "requested": requested.to_dict(), "train": cfg.to_dict(), "store": str(store_path), "episodes": episodes,
             "task_slots": {str(t): s for t, s in data.task_slots.items()},
             "train_episodes": data.train_episodes, "val_episodes": data.val_episodes}, indent=1))
     metrics_path = run / "metrics.jsonl"
     if metrics_path.exists():  # drop lines past the checkpoint: they are recomputed
         lines = [ln for ln in metrics_path.read_text().splitlines() if ln.strip()]
-        metrics_path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= step))
+        write_text_atomic(metrics_path, "".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= step))
 
     from torch.utils.tensorboard import SummaryWriter
     writer = SummaryWriter(str(run / "tb"), purge_step=step if resume else None)
