@@ -1,5 +1,5 @@
 """The fault-injection suite (bench/faults.py): its summary logic and store-damage cases run
-in the default suite; the whole suite with --quick counts is a slow test (~4 min here)."""
+in the default suite; the whole suite with --quick counts is a slow test (~2.5 min here)."""
 
 from __future__ import annotations
 
