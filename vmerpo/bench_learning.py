@@ -42,12 +42,13 @@ class Budget:
     eval_episodes: int  # per held-out task and seed
     config: str  # `vmerpo train` preset
     wm_steps: int  # world-model steps (0: the preset's)
+    adapt_steps: int = 0  # RAC/BC steps on each small log (0: the preset's)
 
 
 BUDGETS = {
     # ~30 min on the 2-core CPU machine (README has the measured time)
     "smoke": Budget(train_tasks=10, episodes_per_task=6, heldout_tasks=3, heldout_episodes=5, seeds=1,
-                    eval_episodes=10, config="demo", wm_steps=0),
+                    eval_episodes=10, config="demo", wm_steps=0, adapt_steps=1000),
     # ~150 min on the 2-core CPU machine
     "full": Budget(train_tasks=20, episodes_per_task=8, heldout_tasks=3, heldout_episodes=5, seeds=3,
                    eval_episodes=20, config="cpu", wm_steps=0),
@@ -106,11 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     timings["meta_train_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    jobs = []
-    for (q, seed), run in runs.items():
-        for task in heldout:
-            for m in methods:
-                jobs.append((q, seed, task, m, _adapt(out, run, stores[q][1], q, seed, task, m, progress)))
+    jobs = _adapt_all(out, runs, stores, heldout, methods, budget, args.workers, progress)
     timings["adapt_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -197,13 +194,49 @@ def _meta_train(out: Path, q: str, seed: int, data: str, wm_dir: str, budget: Bu
     return str(run)
 
 
-def _adapt(out: Path, run: str, data: str, q: str, seed: int, task: int, method: str, progress: bool) -> str:
+def _adapt(args: tuple) -> str:
+    run, data, dst, task, method, steps, progress = args
+    import torch
+
+    torch.set_num_threads(1)
     from learning.merpo_train import adapt
 
-    dst = out / "adapted" / f"{q}_s{seed}_t{task}_{method}"
-    if not (dst / "policy.pt").exists():
-        adapt(run, data, dst, overwrite=True, task=task, method=method, progress=progress)
+    if not (Path(dst) / "policy.pt").exists():
+        adapt(run, data, dst, overwrite=True, task=task, method=method, progress=progress,
+              steps=steps or None, log=lambda msg: print(msg, file=sys.stderr))
     return str(dst)
+
+
+def _adapt_all(out: Path, runs: dict, stores: dict, heldout: list[int], methods: list[str], budget: Budget,
+               workers: int, progress: bool) -> list[tuple]:
+    """Every method on every held-out task. The files shared by a run's adaptations (each
+    baseline's pooled pretraining, theta_j per task) are made by one process first; the
+    remaining adaptations then run in `workers` processes."""
+    import multiprocessing as mp
+
+    from learning.merpo_train import pretrained_baseline
+
+    jobs, first, rest = [], [], []
+    for (q, seed), run in runs.items():
+        for m in methods:
+            if m != "merpo":
+                pretrained_baseline(run, m, log=lambda msg: print(msg, file=sys.stderr), progress=progress)
+        for task in heldout:
+            for i, m in enumerate(methods):
+                dst = str(out / "adapted" / f"{q}_s{seed}_t{task}_{m}")
+                (first if i == 0 else rest).append((run, stores[q][1], dst, task, m, budget.adapt_steps, False))
+                jobs.append((q, seed, task, m, dst))
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(first) + len(rest), disable=not progress, desc="adapt", unit="policy", dynamic_ncols=True)
+    for a in first:
+        _adapt(a)
+        bar.update(1)
+    with ProcessPoolExecutor(max(1, workers), mp_context=mp.get_context("spawn")) as pool:
+        for _ in pool.map(_adapt, rest):
+            bar.update(1)
+    bar.close()
+    return jobs
 
 
 def _eval_one(job: tuple[str, str, int, int, int]) -> dict[str, Any]:
