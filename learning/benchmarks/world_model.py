@@ -52,18 +52,62 @@ def _episodes(store: EpisodeStore, eps: list[int]) -> list[dict[str, np.ndarray]
     return [store.episode(e) for e in eps]
 
 
+def _posteriors(model: WorldModel, episodes: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The mode filter over whole episodes (with the state for a model that takes it)."""
+    states = [e["state"] for e in episodes] if model.cfg.state_dim else None
+    return filter_episodes(model, [e["image"] for e in episodes], [e["action"] for e in episodes], states)
+
+
+def _open_loop(model: WorldModel, ep: dict[str, np.ndarray], p: dict[str, np.ndarray], starts: np.ndarray,
+               slot: int, horizon: int, gen: torch.Generator) -> dict[str, np.ndarray]:
+    """H-step open loop from the posterior states at `starts` under the logged actions, one
+    ensemble member sampled per step. Per imagined step: its uncertainty `u` (log_prob;
+    `max_var`, `mean_dis`), its error ||z_imagined - z_post|| (`err`; `err_mean`: of the
+    member's mean) against the posterior mean of the real frame, and its `step` (1..H)."""
+    K = model.cfg.ensemble
+    h, z = torch.from_numpy(p["h"][starts]), torch.from_numpy(p["z"][starts])
+    sl = torch.full((len(starts),), slot, dtype=torch.long)
+    acts = torch.from_numpy(np.stack([ep["action"][s:s + horizon] for s in starts]))
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("u", "max_var", "mean_dis", "err", "err_mean", "step")}
+    pick = torch.arange(len(starts))
+    for t in range(horizon):
+        h = model.transition(h, z, acts[:, t])
+        mu, std = model.heads.prior(h, sl)
+        k = torch.randint(K, (len(starts),), generator=gen)
+        z = mu[pick, k] + std[pick, k] * torch.randn(mu[:, 0].shape, generator=gen)
+        target = torch.from_numpy(p["z"][starts + t + 1])
+        out["u"].append(latent_uncertainty(z, mu, std, "log_prob").numpy())
+        for kind in ("max_var", "mean_dis"):
+            out[kind].append(latent_uncertainty(z, mu, std, kind).numpy())
+        out["err"].append((z - target).norm(dim=-1).numpy())
+        out["err_mean"].append((mu[pick, k] - target).norm(dim=-1).numpy())
+        out["step"].append(np.full(len(starts), t + 1))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+@torch.no_grad()
+def uncertainty_vs_error(model: WorldModel, slots: list[int], episodes: list[dict[str, np.ndarray]],
+                         horizon: int, seed: int, stride: int = 2) -> dict[str, np.ndarray]:
+    """The open-loop part of `uncertainty_checks` alone, for plots: per imagined step of an
+    H-step rollout from every `stride`-th posterior state, u, err, err_mean and step (see
+    `_open_loop`); spearman(u, err) is `uncertainty_error_spearman`'s statistic."""
+    gen = torch.Generator().manual_seed(seed)
+    parts = [_open_loop(model, ep, p, np.arange(0, len(ep["action"]) - horizon, stride), slot, horizon, gen)
+             for ep, p, slot in zip(episodes, _posteriors(model, episodes), slots, strict=True)]
+    return {k: np.concatenate([q[k] for q in parts]) for k in parts[0]}
+
+
 @torch.no_grad()
 def uncertainty_checks(model: WorldModel, slots: list[int], episodes: list[dict[str, np.ndarray]],
                        horizon: int, seed: int, stride: int = 2) -> dict[str, float]:
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     lo, hi = model.action_low.cpu().numpy(), model.action_high.cpu().numpy()
-    post = filter_episodes(model, [e["image"] for e in episodes], [e["action"] for e in episodes])
+    post = _posteriors(model, episodes)
     u_all, err_all, err_mean_all, u_data, u_ood, uh_data, uh_ood = [], [], [], [], [], [], []
     step_of = []
     ood_kind: dict[str, dict[str, list]] = {k: {"data": [], "ood": []} for k in ("max_var", "mean_dis")}
     per_kind: dict[str, list[np.ndarray]] = {"max_var": [], "mean_dis": []}
-    K = model.cfg.ensemble
     for ep, p, slot in zip(episodes, post, slots, strict=True):
         T = len(ep["action"])
         starts = np.arange(0, T - horizon, stride)
@@ -80,22 +124,13 @@ def uncertainty_checks(model: WorldModel, slots: list[int], episodes: list[dict[
             for kind in ood_kind:
                 o = model.imagine(h, z, lambda f, t, a=a: a[:, t], horizon, sl, gen, kind)
                 ood_kind[kind][name].append(o["uncertainty"].mean(1).numpy())
-        # H-step open loop under the logged actions
-        acts = torch.from_numpy(np.stack([ep["action"][s:s + horizon] for s in starts]))
-        hh, zz = h, z
-        for t in range(horizon):
-            hh = model.transition(hh, zz, acts[:, t])
-            mu, std = model.heads.prior(hh, sl)
-            k = torch.randint(K, (len(starts),), generator=gen)
-            pick = torch.arange(len(starts))
-            zz = mu[pick, k] + std[pick, k] * torch.randn(mu[:, 0].shape, generator=gen)
-            target = torch.from_numpy(p["z"][starts + t + 1])
-            u_all.append(latent_uncertainty(zz, mu, std, "log_prob").numpy())
-            for kind in per_kind:
-                per_kind[kind].append(latent_uncertainty(zz, mu, std, kind).numpy())
-            err_all.append((zz - target).norm(dim=-1).numpy())
-            step_of.append(np.full(len(starts), t + 1))
-            err_mean_all.append((mu[pick, k] - target).norm(dim=-1).numpy())
+        ol = _open_loop(model, ep, p, starts, slot, horizon, gen)
+        u_all.append(ol["u"])
+        err_all.append(ol["err"])
+        err_mean_all.append(ol["err_mean"])
+        step_of.append(ol["step"])
+        for kind in per_kind:
+            per_kind[kind].append(ol[kind])
     u, err, err_mean, step = map(np.concatenate, (u_all, err_all, err_mean_all, step_of))
     res = {"uncertainty_error_spearman": spearman(u, err),
            "uncertainty_error_spearman_member_mean": spearman(u, err_mean),
@@ -116,7 +151,7 @@ def prediction_losses(model: WorldModel, episodes: list[dict[str, np.ndarray]], 
                       stride: int = 5, slot: int = 0) -> dict[str, float]:
     """H-step open-loop prediction from posterior states under the logged actions with the
     ensemble-mean prior: reward NLL (Normal(., 1), no constant) and image NLL per frame."""
-    post = filter_episodes(model, [e["image"] for e in episodes], [e["action"] for e in episodes])
+    post = _posteriors(model, episodes)
     r_loss, i_loss = [], []
     for ep, p in zip(episodes, post, strict=True):
         T = len(ep["action"])
