@@ -3,6 +3,8 @@
 Each step is an ordinary `vmerpo` verb, run in this process with the arguments printed, so a
 user can redo any step on their own logs. Steps whose verb this version does not have yet
 are reported as "not yet available" and skipped; the run stops at the first failing step.
+The report (report.html, one file, and report.md) is built by `vmerpo.demo_report` from
+OUT/report.json and the artefacts in OUT; `--report-only` rebuilds it without running a step.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory's results")
     p.add_argument("--env", default="reach-v3", help="Meta-World family (default reach-v3)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report-only", action="store_true",
+                   help="run no step: rebuild OUT/report.html and report.md from OUT/report.json")
 
 
 HELDOUT_TASK = 40  # the first held-out goal of the family
@@ -73,6 +77,14 @@ def run(args: argparse.Namespace) -> int:
     import io
 
     out = Path(args.out)
+    if args.report_only:
+        from vmerpo import demo_report
+
+        if not (out / "report.json").exists():
+            raise FileNotFoundError(f"{out / 'report.json'}: no demo results to report (run `vmerpo demo` first)")
+        paths = demo_report.build(out)
+        print(f"report: {paths['html']} (single file) and {paths['md']}")
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     report = []
     t_all = time.perf_counter()
@@ -102,40 +114,29 @@ def run(args: argparse.Namespace) -> int:
         report.append(entry)
         if rc != 0:
             print(f"    step failed with exit code {rc}", flush=True)
+            report += [{"step": t, "command": "vmerpo " + shlex.join(a), "status": "not run (an earlier step failed)"}
+                       for t, a in plan[i:]]
             break
     total = time.perf_counter() - t_all
-    _write_report(out, report, total)
+    print("\nwriting the report", flush=True)
+    try:
+        paths = _write_report(out, report, total)
+        where = f"{paths['html']} (single file) and {paths['md']}"
+    except Exception as e:  # the steps' results stay in report.json; `--report-only` retries
+        where = f"not written ({type(e).__name__}: {e}); results in {out / 'report.json'}"
     failed = [r for r in report if r["status"].startswith("exit")]
     print(f"\ndemo: {sum(r['status'] == 'ok' for r in report)} steps ran, "
           f"{sum(r['status'] == 'not yet available' for r in report)} not yet available, "
-          f"{len(failed)} failed, {total / 60:.1f} min; report: {out / 'report.md'}")
+          f"{len(failed)} failed, {total / 60:.1f} min; report: {where}")
     return 1 if failed else 0
 
 
-def _write_report(out: Path, report: list[dict], total: float) -> None:
-    """report.md: every number comes from this run's step results."""
-    lines = ["# vmerpo demo report", "", f"Total time: {total / 60:.1f} min", "",
-             "| step | status | seconds | command |", "|---|---|---|---|"]
-    for r in report:
-        lines.append(f"| {r['step']} | {r['status']} | {r.get('seconds', '')} | `{r['command']}` |")
-    results = {r["step"]: r.get("result") for r in report if r.get("result")}
-    rows = []
-    for step, res in results.items():
-        if "success_rate" in res and "per_task" in res:
-            rows.append(f"| {step} | {res['success_rate']:.2f} | {res.get('episodes', '')} |")
-        elif step.startswith("inspect the held-out"):
-            rows.append(f"| behaviour data of the held-out log | {res['success_rate']:.2f} | {res['episodes']} |")
-    if rows:
-        lines += ["", "## Held-out task success", "", "| what | success | episodes |", "|---|---|---|", *rows]
-    if DIRECT_EVAL in results and ROS_EVAL in results:
-        lines += ["", *_direct_vs_ros(results[DIRECT_EVAL], results[ROS_EVAL])]
-    for name, title in (("data.png", "Data: frames and returns"), ("rollout.mp4", "Rollout video")):
-        if (out / name).exists():
-            lines += ["", f"## {title}", "", f"![{title}]({name})" if name.endswith(".png") else f"[{name}]({name})"]
-    for png in sorted((out / "run" / "world_model" / "images").glob("*.png"))[-2:]:
-        lines += ["", f"![{png.stem}]({png.relative_to(out)})"]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    (out / "report.json").write_text(json.dumps({"steps": report, "total_s": total}, indent=2))
+def _write_report(out: Path, report: list[dict], total: float) -> dict[str, Path]:
+    """report.json, then report.html + report.md rebuilt from it (vmerpo/demo_report.py)."""
+    from vmerpo import demo_report
+
+    demo_report.save_steps(out, report, total)
+    return demo_report.build(out)
 
 
 def agree_within_binomial_noise(k1: int, n1: int, k2: int, n2: int, z: float = 1.96) -> bool:
@@ -146,21 +147,3 @@ def agree_within_binomial_noise(k1: int, n1: int, k2: int, n2: int, z: float = 1
         return True
     p = (k1 + k2) / (n1 + n2)
     return abs(p1 - p2) <= z * math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
-
-
-def _direct_vs_ros(direct: dict, ros: dict) -> list[str]:
-    """Report lines: do the direct and the ROS 2 evaluation agree?"""
-    n1, n2 = direct["episodes"], ros["episodes"]
-    k1, k2 = round(direct["success_rate"] * n1), round(ros["success_rate"] * n2)
-    agree = agree_within_binomial_noise(k1, n1, k2, n2)
-    pairs = zip(direct.get("episode_results", []), ros.get("episode_results", []), strict=False)
-    same = sum(a == b for a, b in pairs)
-    return [
-        f"Direct vs ROS 2 evaluation: {k1}/{n1} vs {k2}/{n2} successes: "
-        f"**{'agree' if agree else 'do not agree'} within binomial noise** (rule: two-sided "
-        "two-proportion z-test at the 5 % level, |p1 - p2| <= 1.96 sqrt(p(1-p)(1/n1 + 1/n2)) "
-        "with the pooled success rate p; equal rates agree).",
-        "",
-        f"Episode by episode (task, seed, success, length, return): {same}/{max(n1, n2)} identical; "
-        "lockstep makes the ROS 2 path deterministic, so all should be.",
-    ]
