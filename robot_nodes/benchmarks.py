@@ -265,7 +265,8 @@ def run_benchmark(policy: str | None, sizes: list[tuple[int, int]], hz: float, d
         "benchmark": "ros-latency",
         "what": "image publish -> command received (same process clock), per frame",
         "config": {"hz": hz, "duration_s": duration, "warmup_s": warmup, "policy": policy,
-                   "transport": "Fast DDS shared memory only", "executor": "SingleThreadedExecutor (nodes)"},
+                   "transport": "Fast DDS shared memory only", "executor": ("SingleThreadedExecutor" if os.environ.get("VMERPO_ROS_EXECUTOR", "events") == "single"
+                                else "EventsExecutor") + " (nodes)"},
         "results": results,
         "ip_sockets_in_probe": [list(s) for s in sockets],
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
