@@ -87,6 +87,9 @@ class PolicyNode(LifecycleNode):
                               "wait up to this long for the joint state stamped with a frame "
                               "(lockstep simulation: exact pairing); 0: use the newest")
         self.p_obs_timeout = d("obs_timeout_s", 0.5, "hold when the newest frame is older than this")
+        self.p_max_age = d("max_frame_age_s", 0.0,
+                           "reject a frame whose header stamp is older than this on the node's clock "
+                           "(needs camera and node clocks in sync); 0: off, only arrival time counts")
         self.p_watchdog = d("watchdog_period_s", 0.05, "watchdog timer period")
         self.p_max_pixels = d("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS, "larger images are rejected")
         self.p_enable_on_activate = d("enable_on_activate", False,
@@ -278,6 +281,12 @@ class PolicyNode(LifecycleNode):
             # not get): one action per frame, so repeat the one computed for it.
             self._publish(answered[1], stamp)
             return
+        max_age = float(self.p_max_age)
+        if max_age > 0 and stamp:
+            age = (self.get_clock().now().nanoseconds - stamp) * 1e-9
+            if age > max_age:
+                self._reject(MessageError(f"frame stamped {age:.3f} s ago exceeds max_frame_age_s={max_age}"))
+                return
         t0 = time.perf_counter()
         try:
             raw, encoding = image_to_array(msg, int(self.p_max_pixels))

@@ -270,3 +270,24 @@ def test_diagnostics_report_latency_and_counts(ee_policy):
             {kv.key: kv.value for kv in d.status[0].values}.get("rejected_count") == "1" for d in diags), 3)
         keys = {kv.key for kv in diags[-1].status[0].values}
         assert {"inference_latency_p50_ms", "tick_rate_hz", "stale_count", "rejected_count"} <= keys
+
+
+def test_frames_older_than_max_frame_age_are_rejected_with_a_hold(ee_policy):
+    """With max_frame_age_s set, a frame whose stamp is too old (a transport that delivered it
+    late) is not acted upon: the node holds and counts it as rejected."""
+    from builtin_interfaces.msg import Time
+
+    with policy_setup(ee_policy, max_frame_age_s=0.5, obs_timeout_s=5.0) as (node, client, pubs, rec):
+        assert enable(client).success
+        fresh = image_msg(client)
+        pubs["image"].publish(fresh)
+        assert wait_for(lambda: node.ticks == 1, 5)
+        old = image_msg(client)
+        now_ns = client.get_clock().now().nanoseconds - 2_000_000_000
+        old.header.stamp = Time(sec=now_ns // 1_000_000_000, nanosec=now_ns % 1_000_000_000)
+        n0 = len(rec)
+        pubs["image"].publish(old)
+        assert wait_for(lambda: node.rejected == 1, 5)
+        assert wait_for(lambda: len(rec) > n0, 5)
+        assert node.ticks == 1 and node.runtime.steps == 1
+        assert all(not any(m.data) for _, m in rec[n0:])  # only the hold

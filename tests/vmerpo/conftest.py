@@ -29,7 +29,8 @@ def exported(tmp_path_factory) -> Path:
             progress=False, log=lambda m: None)
     collect(CollectConfig(out=str(d / "heldout.zarr"), tasks=[41], episodes_per_task=2, **common),
             progress=False, log=lambda m: None)
-    for args in (["train", "--data", str(d / "train.zarr"), "--config", "tiny", "--out", str(d / "run")],
+    for args in (["train", "--data", str(d / "train.zarr"), "--config", "tiny", "--out", str(d / "run"),
+                  "--eval-every", "3", "--eval-tasks", "2", "--eval-episodes", "1"],
                  ["adapt", "--run", str(d / "run"), "--data", str(d / "heldout.zarr"), "--out", str(d / "adapted")],
                  ["export", "--run", str(d / "adapted"), "--out", str(d / "policy.onnx"), "--check"]):
         proc = _vmerpo(*args, "--no-progress") if args[0] != "export" else _vmerpo(*args)

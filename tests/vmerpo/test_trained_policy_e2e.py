@@ -68,3 +68,21 @@ def test_mismatched_policy_spec_is_refused_before_acting(exported):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "image_size: policy has 64, configuration has 84" in lines[0], proc.stderr
+
+
+def test_training_evaluates_the_meta_policy_in_mujoco(exported):
+    """`vmerpo train --eval-every 3`: pi_c's closed-loop success and return at meta-steps 3
+    and 6 (the tiny preset's last) land in metrics.jsonl and TensorBoard."""
+    import json
+
+    rows = [json.loads(x) for x in (exported / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r for r in rows if "eval_success" in r}
+    assert sorted(evals) == [3, 6]
+    for r in evals.values():
+        assert 0.0 <= r["eval_success"] <= 1.0
+        assert r["eval_return"] == r["eval_return"] and r["eval_return"] > -1e6  # finite
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(exported / "run" / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("eval/success")] == [3, 6]
