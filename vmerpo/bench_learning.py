@@ -43,12 +43,13 @@ class Budget:
     config: str  # `vmerpo train` preset
     wm_steps: int  # world-model steps (0: the preset's)
     adapt_steps: int = 0  # RAC/BC steps on each small log (0: the preset's)
+    meta_iterations: int = 0  # MerPO iterations (0: the preset's); baselines pretrain as many updates
 
 
 BUDGETS = {
     # ~30 min on the 2-core CPU machine (README has the measured time)
     "smoke": Budget(train_tasks=10, episodes_per_task=6, heldout_tasks=3, heldout_episodes=5, seeds=1,
-                    eval_episodes=10, config="demo", wm_steps=0, adapt_steps=1000),
+                    eval_episodes=10, config="demo", wm_steps=1000, adapt_steps=500, meta_iterations=3),
     # ~150 min on the 2-core CPU machine
     "full": Budget(train_tasks=20, episodes_per_task=8, heldout_tasks=3, heldout_episodes=5, seeds=3,
                    eval_episodes=20, config="cpu", wm_steps=0),
@@ -100,10 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     timings["world_model_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    runs = {}
-    for q in qualities:
-        for seed in range(budget.seeds):
-            runs[q, seed] = _meta_train(out, q, seed, stores[q][0], wm_dir, budget, args.device, progress)
+    keys = [(q, seed) for q in qualities for seed in range(budget.seeds)]
+    todo = [(str(out), q, seed, stores[q][0], wm_dir, budget, args.device) for q, seed in keys]
+    runs = dict(zip(keys, _pool_map(_meta_train, todo, args.workers, "meta-train", progress), strict=True))
     timings["meta_train_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -179,19 +179,44 @@ def _world_model(out: Path, data: str, budget: Budget, device: str, progress: bo
     return str(wm_dir)
 
 
-def _meta_train(out: Path, q: str, seed: int, data: str, wm_dir: str, budget: Budget, device: str,
-                progress: bool) -> str:
+def _pool_map(fn, jobs: list, workers: int, desc: str, progress: bool) -> list:
+    """fn over jobs in `workers` fresh processes (spawn: no inherited torch/MuJoCo state)."""
+    import multiprocessing as mp
+
+    from tqdm import tqdm
+
+    out = []
+    bar = tqdm(total=len(jobs), disable=not progress, desc=desc, unit="job", dynamic_ncols=True)
+    with ProcessPoolExecutor(max(1, workers), mp_context=mp.get_context("spawn")) as pool:
+        for r in pool.map(fn, jobs):
+            out.append(r)
+            bar.update(1)
+    bar.close()
+    return out
+
+
+def _meta_train(job: tuple) -> str:
+    out, q, seed, data, wm_dir, budget, device = job
     from learning.merpo_train import preset, train
 
-    run = out / "runs" / f"{q}_s{seed}"
+    run = Path(out) / "runs" / f"{q}_s{seed}"
     if (run / "metrics.json").exists():
         return str(run)
     cfg = preset(budget.config)
     cfg.device = device
     cfg.merpo.seed = seed
+    if budget.meta_iterations:
+        cfg.merpo.iterations = budget.meta_iterations
     train(data, cfg, run, resume=(run / "config.json").exists(), overwrite=True, world_model=wm_dir,
-          progress=progress)
+          progress=False, log=lambda msg: print(f"[{q} seed {seed}] {msg}", file=sys.stderr))
     return str(run)
+
+
+def _pretrain(job: tuple) -> None:
+    run, method = job
+    from learning.merpo_train import pretrained_baseline
+
+    pretrained_baseline(run, method, log=lambda msg: print(msg, file=sys.stderr), progress=False)
 
 
 def _adapt(args: tuple) -> str:
@@ -209,33 +234,23 @@ def _adapt(args: tuple) -> str:
 
 def _adapt_all(out: Path, runs: dict, stores: dict, heldout: list[int], methods: list[str], budget: Budget,
                workers: int, progress: bool) -> list[tuple]:
-    """Every method on every held-out task. The files shared by a run's adaptations (each
-    baseline's pooled pretraining, theta_j per task) are made by one process first; the
-    remaining adaptations then run in `workers` processes."""
-    import multiprocessing as mp
-
-    from learning.merpo_train import pretrained_baseline
-
+    """Every method on every held-out task, in three phases that keep `workers` processes
+    busy without two of them writing one file: (1) the baselines' pooled pretraining, one job
+    per (run, method), in parallel; (2) per (run, task) one cheap adaptation first (BC when
+    asked for), which also makes the shared theta_j and latents; (3) the rest in parallel."""
+    pre = [(run, m) for run in runs.values() for m in methods if m not in ("merpo", "bc")]
+    _pool_map(_pretrain, pre, workers, "pretrain baselines", progress)
+    order = sorted(methods, key=lambda m: m != "bc")  # bc first: cheapest
     jobs, first, rest = [], [], []
     for (q, seed), run in runs.items():
-        for m in methods:
-            if m != "merpo":
-                pretrained_baseline(run, m, log=lambda msg: print(msg, file=sys.stderr), progress=progress)
         for task in heldout:
-            for i, m in enumerate(methods):
+            for i, m in enumerate(order):
                 dst = str(out / "adapted" / f"{q}_s{seed}_t{task}_{m}")
                 (first if i == 0 else rest).append((run, stores[q][1], dst, task, m, budget.adapt_steps, False))
                 jobs.append((q, seed, task, m, dst))
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(first) + len(rest), disable=not progress, desc="adapt", unit="policy", dynamic_ncols=True)
     for a in first:
         _adapt(a)
-        bar.update(1)
-    with ProcessPoolExecutor(max(1, workers), mp_context=mp.get_context("spawn")) as pool:
-        for _ in pool.map(_adapt, rest):
-            bar.update(1)
-    bar.close()
+    _pool_map(_adapt, rest, workers, "adapt", progress)
     return jobs
 
 
