@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 import torch
 
-from learning.merpo import sample
-from learning.rac import RAC, RACConfig, TanhGaussianActor, TwinCritic
+from learning.merpo import adapt_rac, sample
+from learning.rac import RACConfig, TanhGaussianActor, TwinCritic
 
 METHODS = ("merpo", "rac", "lompo", "bc")
 
@@ -79,12 +79,5 @@ def pretrain(method: str, data: dict[str, torch.Tensor], rollout_fn: Callable | 
         actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden, cfg.layers).to(data["obs"].device)
         train_bc(actor, data, steps, cfg.batch_real, cfg.actor_lr, seed, progress)
         return actor, None
-    rac = RAC(obs_dim, act_dim, cfg, data["obs"].device, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    for i in range(steps):
-        if rollout_fn is not None and i % cfg.rollout_every == 0:
-            rac.refresh_rollouts(sample(data, cfg.rollout_batch, g)["obs"], rollout_fn)
-        stats = rac.update(sample(data, cfg.batch_real, g), None)
-        if progress is not None:
-            progress(i, stats)
+    rac = adapt_rac(None, None, data, rollout_fn, cfg, steps, seed, progress)  # from scratch, no anchor
     return rac.actor, rac.critic

@@ -389,8 +389,8 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
     rc = method_config(method, mc.rac)
     if method == "merpo":
         merpo = MerPO(model.cfg.feat_dim, len(store.spec.action_names), info["meta_train_tasks"], mc, device)
-        merpo.load_state_dict(torch.load(run / "checkpoints" / "merpo.pt", map_location=device,
-                                         weights_only=True))
+        ckpt = run / "checkpoints" / "merpo.pt"
+        merpo.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
         init_actor, init_critic = merpo.meta_actor, merpo.meta_critic
     else:
         init_actor, init_critic = pretrained_baseline(run, method, log=log, progress=progress)
