@@ -70,6 +70,15 @@ class LatentPolicy:
         self.rt.set_applied_action(applied)
 
 
+def summary_line(result: dict) -> str:
+    """`success ..., mean return ..., mean length ...[, mean steps to success ...]` of an
+    evaluation result (shared by `vmerpo eval` and `vmerpo ros-eval`)."""
+    steps = result["mean_steps_to_success"]
+    return (f"success {result['success_rate']:.3f}, mean return {result['mean_return']:.1f}, "
+            f"mean length {result['mean_length']:.0f}"
+            + (f", mean steps to success {steps:.1f}" if steps is not None else ""))
+
+
 def run(args: argparse.Namespace) -> int:
     from sim.envs import check_family, check_image_size, make_env, task_set
     from sim.evaluate import evaluate
@@ -101,10 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        steps = result["mean_steps_to_success"]
-        print(f"{args.policy} on {args.env} tasks {args.tasks}: success {result['success_rate']:.3f}, "
-              f"mean return {result['mean_return']:.1f}, mean length {result['mean_length']:.0f}"
-              + (f", mean steps to success {steps:.1f}" if steps is not None else "")
+        print(f"{args.policy} on {args.env} tasks {args.tasks}: {summary_line(result)}"
               + f" ({result['episodes']} episodes)")
         if args.video:
             print(f"video: {args.video}")

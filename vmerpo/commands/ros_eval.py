@@ -105,9 +105,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        steps = result["mean_steps_to_success"]
-        print(f"{args.policy} on {args.env} tasks {args.tasks} through ROS 2: success "
-              f"{result['success_rate']:.3f}, mean return {result['mean_return']:.1f}, mean length "
-              f"{result['mean_length']:.0f}" + (f", mean steps to success {steps:.1f}" if steps is not None else "")
-              + f" ({result['episodes']} episodes, {result['wall_s']:.0f} s)")
+        from vmerpo.commands.eval import summary_line
+
+        print(f"{args.policy} on {args.env} tasks {args.tasks} through ROS 2: {summary_line(result)}"
+              f" ({result['episodes']} episodes, {result['wall_s']:.0f} s)")
     return 0
