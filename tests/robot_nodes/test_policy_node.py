@@ -281,7 +281,8 @@ def test_frames_older_than_max_frame_age_are_rejected_with_a_hold(ee_policy):
         assert enable(client).success
         fresh = image_msg(client)
         pubs["image"].publish(fresh)
-        assert wait_for(lambda: node.ticks == 1, 5)
+        # The fresh frame's command must have reached the recorder before counting from here.
+        assert wait_for(lambda: node.ticks == 1 and len(rec) >= 1, 5)
         old = image_msg(client)
         now_ns = client.get_clock().now().nanoseconds - 2_000_000_000
         old.header.stamp = Time(sec=now_ns // 1_000_000_000, nanosec=now_ns % 1_000_000_000)
