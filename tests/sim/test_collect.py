@@ -109,10 +109,11 @@ def _wait_for_episodes(out, n, proc, timeout=120):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupt_keeps_committed_episodes_and_resume_finishes(tmp_path, sig):
     out = tmp_path / "k.zarr"
-    # 12 episodes of 80 steps: seconds of work left after the first 2 are committed, so the
-    # signal lands mid-collection even when a loaded machine is slow to notice them
-    args = ["collect", "--env", "reach-v3", "--tasks", "0,1,2", "--episodes-per-task", "4",
-            "--quality", "medium", "--max-episode-steps", "80", "--workers", "2", "--seed", "1",
+    # 24 episodes of 100 steps: ~2,200 steps (>= 7 s) of work left after the first 2 are
+    # committed, so the signal lands mid-collection even when a loaded machine is slow to
+    # notice them (12 x 80 once finished before a SIGINT arrived on a loaded CI machine)
+    args = ["collect", "--env", "reach-v3", "--tasks", "0,1,2", "--episodes-per-task", "8",
+            "--quality", "medium", "--max-episode-steps", "100", "--workers", "2", "--seed", "1",
             "--out", str(out), "--no-progress"]
     proc = _cli(*args, start_new_session=True)
     _wait_for_episodes(out, 2, proc)
@@ -123,16 +124,16 @@ def test_interrupt_keeps_committed_episodes_and_resume_finishes(tmp_path, sig):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == (130 if sig == signal.SIGINT else -9), err
     kept = EpisodeStore.open(out).n_episodes  # opens: nothing committed was lost
-    assert 2 <= kept < 12
+    assert 2 <= kept < 24
     time.sleep(1.0)  # orphaned workers notice their writer is gone and stop
     done = _cli(*args, "--resume", "--json")
     stdout, err = done.communicate(timeout=180)
     assert done.returncode == 0, err
     summary = json.loads(stdout)
-    assert summary["episodes_skipped"] == kept and summary["episodes_written"] == 12 - kept
+    assert summary["episodes_skipped"] == kept and summary["episodes_written"] == 24 - kept
     store = EpisodeStore.open(out)
     assert sorted(zip(store.episode_task.tolist(), store.provenance("episode_index").tolist(),
-                      strict=True)) == [(t, k) for t in range(3) for k in range(4)]
+                      strict=True)) == [(t, k) for t in range(3) for k in range(8)]
 
 
 @pytest.mark.parametrize("args,message", [
