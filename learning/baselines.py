@@ -27,10 +27,11 @@ from collections.abc import Callable
 
 import torch
 
-from learning.merpo import adapt_rac, sample
+from learning.merpo import adapt_rac, train_bc
 from learning.rac import RACConfig, TanhGaussianActor, TwinCritic
 
 METHODS = ("merpo", "rac", "lompo", "bc")
+__all__ = ["METHODS", "method_config", "pretrain", "train_bc"]
 
 
 def method_config(method: str, base: RACConfig) -> RACConfig:
@@ -47,23 +48,6 @@ def method_config(method: str, base: RACConfig) -> RACConfig:
     if method == "bc":
         return base
     raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-
-
-def train_bc(actor: TanhGaussianActor, data: dict[str, torch.Tensor], steps: int, batch: int, lr: float,
-             seed: int = 0, progress: Callable[[int, dict], None] | None = None) -> dict[str, float]:
-    """Maximum likelihood of the logged (unit) actions under the tanh-Gaussian actor."""
-    opt = torch.optim.Adam(actor.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    nll = torch.zeros(())
-    for i in range(steps):
-        b = sample(data, batch, g)
-        nll = -actor.log_prob(b["obs"], b["act"]).mean()
-        opt.zero_grad(set_to_none=True)
-        nll.backward()
-        opt.step()
-        if progress is not None:
-            progress(i, {"behaviour_nll": float(nll.detach())})
-    return {"behaviour_nll": float(nll.detach())}
 
 
 def pretrain(method: str, data: dict[str, torch.Tensor], rollout_fn: Callable | None, base: RACConfig,

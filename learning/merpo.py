@@ -1,6 +1,7 @@
 """MerPO: model-based offline meta-RL with regularization (Lin et al., ICLR 2022; ALGORITHMS.md
 2c), on cached latents of the shared world model.
 
+    [pi_c, pi_n <- behaviour cloning on the pooled logs       (warm_start_steps; 0 in MerPO)]
     for it in iterations:
         for step in steps_per_iteration:
             tasks = sample meta_batch
@@ -46,6 +47,11 @@ class MerPOConfig:
     meta_actor_lr: float = 1e-3  # first-order pi_c step (MerPO lr)
     meta_q_polyak: float = 1e-3  # MerPO
     adapt_steps: int = 300  # MerPO: 100-500 RAC steps on the new task
+    # Behaviour-cloning steps that start pi_c (and every task policy) as the pooled meta-train
+    # logs' behaviour policy: 0 in MerPO (pi_c from scratch, 50k meta-steps); the CPU presets'
+    # few hundred meta-steps leave a from-scratch pi_c near random, and the KL to it then pulls
+    # every adapted policy away from the data [ours, measured: README learning benchmark]
+    warm_start_steps: int = 0
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -129,6 +135,23 @@ def sample(data: dict[str, torch.Tensor], n: int, generator: torch.Generator) ->
     return {k: v[idx] for k, v in data.items()}
 
 
+def train_bc(actor: TanhGaussianActor, data: dict[str, torch.Tensor], steps: int, batch: int, lr: float,
+             seed: int = 0, progress: Callable[[int, dict], None] | None = None) -> dict[str, float]:
+    """Behaviour cloning: maximum likelihood of the logged (unit) actions under the actor."""
+    opt = torch.optim.Adam(actor.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    nll = torch.zeros(())
+    for i in range(steps):
+        b = sample(data, batch, g)
+        nll = -actor.log_prob(b["obs"], b["act"]).mean()
+        opt.zero_grad(set_to_none=True)
+        nll.backward()
+        opt.step()
+        if progress is not None:
+            progress(i, {"behaviour_nll": float(nll.detach())})
+    return {"behaviour_nll": float(nll.detach())}
+
+
 def model_rollout_fn(world_model, slot: int, horizon: int, norm: Normalizer,
                      generator: torch.Generator) -> Callable:
     """RAC's rollout interface on the world model's task slot: unit actions in and out,
@@ -175,6 +198,17 @@ class MerPO:
             self.learners[n] = rac
         self.generator = torch.Generator().manual_seed(cfg.seed)  # draws the meta-batches only
         self.step = 0
+
+    def warm_start(self, pooled: dict[str, torch.Tensor], steps: int | None = None) -> dict[str, float]:
+        """pi_c <- behaviour cloning on the pooled meta-train transitions; every task policy
+        starts from it (`warm_start_steps`; before the first meta-step, identically on every
+        rank)."""
+        r = self.cfg.rac
+        n = self.cfg.warm_start_steps if steps is None else steps
+        stats = train_bc(self.meta_actor, pooled, n, r.batch_real, r.actor_lr, seed=self.cfg.seed + 11)
+        for rac in self.learners.values():
+            rac.actor.load_state_dict(self.meta_actor.state_dict())
+        return stats
 
     def owns(self, task: int) -> bool:
         """Whether this process runs task `task`'s learner (always, outside torchrun)."""

@@ -89,15 +89,16 @@ def preset(name: str) -> RunConfig:
     if name == "paper":
         return RunConfig()
     if name == "cpu":
-        # RAC at MerPO's sizes (3x256, 256+256, 10 CQL actions per source) costs ~7x more per
-        # update on one core than 3x128, 128+128 and 4 CQL actions (`python bench/rac_speed.py`).
-        rac = RACConfig(hidden=128, layers=3, batch_real=128, batch_model=128, cql_n_actions=4)
+        # RAC at MerPO's sizes (3x256, 256+256, 10 CQL actions per source on 256 states) costs
+        # ~10x more per update on one core than 3x128, 128+128 and 4 CQL actions on 64 states
+        # (`python bench/rac_speed.py`).
+        rac = RACConfig(hidden=128, layers=3, batch_real=128, batch_model=128, cql_n_actions=4, cql_states=64)
         return RunConfig(world_model=wmt.preset("cpu"),
                          merpo=MerPOConfig(rac=rac, iterations=10, steps_per_iteration=20, meta_batch=4,
                                            # 2000 RAC steps at batch 128 on the new task (MerPO: 100-500 at
                                            # 256): on held-out reach task 40 the closest approach was
                                            # 7.1 / 5.4 / 4.1 cm after 300 / 1000 / 2000 (success: 5 cm)
-                                           inner_steps=5, adapt_steps=2000),
+                                           inner_steps=5, adapt_steps=2000, warm_start_steps=2000),
                          adapt_model_steps=500, checkpoint_every=20, log_every=5)
     if name == "demo":  # `make demo`: the cpu sizes on a shorter world-model budget (~9 min)
         cfg = preset("cpu")
@@ -277,6 +278,9 @@ def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = Fals
     if resume and ckpt.exists():
         merpo.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
         log(f"resuming MerPO from meta-step {merpo.step}")
+    if merpo.step == 0 and mc.warm_start_steps:
+        log(f"warm start: pi_c by behaviour cloning on the pooled logs ({mc.warm_start_steps} steps)")
+        merpo.warm_start(transitions(cache, norm, None, device))
     # one generator per task, seeded per (meta-step, task): exact resume, any number of ranks
     rollout_gens = {n: torch.Generator() for n in present}
     rollouts = {n: model_rollout_fn(model, slots.get(n, 0), mc.rac.horizon, norm, rollout_gens[n])

@@ -54,6 +54,7 @@ class RACConfig:
     cql_beta: float = 1.0  # beta (MerPO)
     cql_target: float = 5.0  # tau_L, target gap for the dual ascent on alpha' (MerPO)
     cql_n_actions: int = 10  # actions per source in the logsumexp (COMBO)
+    cql_states: int = 0  # model states in the conservative term: 0 all of batch_model (COMBO) [ours: CPU]
     cql_alpha_init: float = 1.0  # alpha' initial value [ours]
     cql_alpha_lr: float = 3e-4  # dual ascent step [ours]
     omega: float = 0.4  # behaviour vs meta-policy weight (MerPO's best)
@@ -240,6 +241,8 @@ class RAC:
         # conservative term: push Q down on (model states, policy/uniform actions), up on data
         s_model = (model or real)["obs"]
         s_next = (model or real)["next_obs"]
+        if cfg.cql_states:  # the batch is already random: its first rows are a random subset
+            s_model, s_next = s_model[: cfg.cql_states], s_next[: cfg.cql_states]
         n, A = cfg.cql_n_actions, self.act_dim
         B = s_model.shape[0]
         rep = lambda x: x.repeat_interleave(n, 0)  # noqa: E731

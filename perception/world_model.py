@@ -87,6 +87,12 @@ def gaussian_kl(mu1: torch.Tensor, std1: torch.Tensor, mu2: torch.Tensor, std2: 
     return (torch.log(std2 / std1) + (std1**2 + (mu1 - mu2) ** 2) / (2 * std2**2) - 0.5).sum(-1)
 
 
+def _single_slot(slot: torch.Tensor) -> int | None:
+    """The slot when every sequence of the batch uses the same one (None otherwise)."""
+    first = int(slot[0])
+    return first if bool((slot == first).all()) else None
+
+
 class TaskHeads(nn.Module):
     """The task-adapted parameters theta: K prior heads h' -> (mu, std) and the reward MLP,
     with a leading slot dimension. Every call takes `slot` [B]: the slot of each sequence."""
@@ -116,8 +122,13 @@ class TaskHeads(nn.Module):
         """h [B, ..., D] -> mu, std [B, ..., K, Z] of every prior head."""
         B, lead = h.shape[0], h.shape[1:-1]
         x = h.reshape(B, -1, h.shape[-1])
-        x = F.elu(torch.einsum("bnd,bkdh->bnkh", x, self.prior_w1[slot]) + self.prior_b1[slot][:, None])
-        x = torch.einsum("bnkh,bkho->bnko", x, self.prior_w2[slot]) + self.prior_b2[slot][:, None]
+        one = _single_slot(slot)
+        if one is not None:  # rollouts of one task: the heads' weights once, not copied per sequence
+            x = F.elu(torch.einsum("bnd,kdh->bnkh", x, self.prior_w1[one]) + self.prior_b1[one])
+            x = torch.einsum("bnkh,kho->bnko", x, self.prior_w2[one]) + self.prior_b2[one]
+        else:
+            x = F.elu(torch.einsum("bnd,bkdh->bnkh", x, self.prior_w1[slot]) + self.prior_b1[slot][:, None])
+            x = torch.einsum("bnkh,bkho->bnko", x, self.prior_w2[slot]) + self.prior_b2[slot][:, None]
         mu, raw = x.float().reshape(B, *lead, *x.shape[-2:]).chunk(2, -1)  # fp32 under bf16 autocast
         return mu, _std(raw, self.cfg.min_std)
 
@@ -126,8 +137,9 @@ class TaskHeads(nn.Module):
         B, lead = feat.shape[0], feat.shape[1:-1]
         x = feat.reshape(B, -1, feat.shape[-1])
         n = len(self.reward_w)
+        one = _single_slot(slot)
         for i, (w, b) in enumerate(zip(self.reward_w, self.reward_b, strict=True)):
-            x = torch.bmm(x, w[slot]) + b[slot][:, None]
+            x = x @ w[one] + b[one] if one is not None else torch.bmm(x, w[slot]) + b[slot][:, None]
             if i < n - 1:
                 x = F.elu(x)
         return x.float().reshape(B, *lead)

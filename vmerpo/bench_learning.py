@@ -151,7 +151,8 @@ def _collect(data: Path, family: str, qualities: list[str], budget: Budget, held
     train_ids = task_set(family).select(str(budget.train_tasks))
     need = set(qualities) | {"mixed"}  # the world model trains on the mixed logs
     stores = {}
-    for i, q in enumerate(sorted(need)):
+    for q in sorted(need):
+        i = QUALITIES.index(q)  # seeds independent of the --qualities subset
         meta = data / f"{q}.zarr"
         small = data / f"{q}_heldout.zarr"
         for path, tasks, eps, seed in ((meta, train_ids, budget.episodes_per_task, 100 + i),
@@ -235,10 +236,11 @@ def _adapt(args: tuple) -> str:
 def _adapt_all(out: Path, runs: dict, stores: dict, heldout: list[int], methods: list[str], budget: Budget,
                workers: int, progress: bool) -> list[tuple]:
     """Every method on every held-out task, in three phases that keep `workers` processes
-    busy without two of them writing one file: (1) the baselines' pooled pretraining, one job
-    per (run, method), in parallel; (2) per (run, task) one cheap adaptation first (BC when
-    asked for), which also makes the shared theta_j and latents; (3) the rest in parallel."""
-    pre = [(run, m) for run in runs.values() for m in methods if m not in ("merpo", "bc")]
+    busy without two of them writing one file: (1) the baselines' pooled pretraining (BC's
+    too), one job per (run, method), in parallel; (2) per (run, task) one cheap adaptation first (BC when
+    asked for), which also makes the shared theta_j and latents, in parallel over (run, task);
+    (3) the rest in parallel."""
+    pre = [(run, m) for run in runs.values() for m in methods if m != "merpo"]
     _pool_map(_pretrain, pre, workers, "pretrain baselines", progress)
     order = sorted(methods, key=lambda m: m != "bc")  # bc first: cheapest
     jobs, first, rest = [], [], []
@@ -248,8 +250,7 @@ def _adapt_all(out: Path, runs: dict, stores: dict, heldout: list[int], methods:
                 dst = str(out / "adapted" / f"{q}_s{seed}_t{task}_{m}")
                 (first if i == 0 else rest).append((run, stores[q][1], dst, task, m, budget.adapt_steps, False))
                 jobs.append((q, seed, task, m, dst))
-    for a in first:
-        _adapt(a)
+    _pool_map(_adapt, first, workers, "adapt (first per task)", progress)  # one job per (run, task)
     _pool_map(_adapt, rest, workers, "adapt", progress)
     return jobs
 

@@ -113,3 +113,21 @@ def test_checkpoint_round_trip():
     b.load_state_dict(copy.deepcopy(a.state_dict()))  # as after torch.save + load: no shared tensors
     sa, sb = a.meta_step(data, None), b.meta_step(data, None)
     assert sa == sb
+
+
+def test_warm_start_clones_the_pooled_behaviour_into_pi_c_and_every_task_policy():
+    """warm_start_steps: pi_c learns the pooled logs' actions (its NLL drops) and every task
+    learner starts from it."""
+    cache = toy_cache()
+    norm = fit_normalizer(cache, [-2, -2], [2, 2])
+    pooled = transitions(cache, norm)
+    # actions that depend on the state, so there is something to clone
+    pooled["act"] = torch.tanh(pooled["obs"][:, :A_DIM])
+    merpo = MerPO(F_DIM, A_DIM, [0, 1, 2], small_cfg(warm_start_steps=300))
+    before = float(-merpo.meta_actor.log_prob(pooled["obs"], pooled["act"]).mean())
+    merpo.warm_start(pooled)
+    after = float(-merpo.meta_actor.log_prob(pooled["obs"], pooled["act"]).mean())
+    assert after < before - 1.0, (before, after)
+    for rac in merpo.learners.values():
+        for p, q in zip(rac.actor.parameters(), merpo.meta_actor.parameters(), strict=True):
+            assert torch.equal(p, q)
