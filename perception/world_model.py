@@ -51,12 +51,18 @@ class WorldModelConfig:
     image_scale: float = 1.0  # LOMPO: image NLL weight 1
     reward_scale: float = 1.0  # LOMPO: 1; CPU preset raises it, ALGORITHMS 2a [ours]
     uncertainty: str = "log_prob"  # LOMPO default; also max_var, mean_dis
+    # Bootstrapped ensemble [ours]: probability that prior member k trains on an episode (a fixed
+    # per-episode mask, Osband et al. 2016 use 0.5); every window trains the KL of all its members.
+    # 0 = LOMPO: one random member per (sequence, step), so every member sees all the data.
+    ensemble_bootstrap: float = 0.0
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size)
         if self.input_size % self.image_size:
             raise ValueError(f"store image size {self.input_size} is not a multiple of the model "
                              f"image size {self.image_size}")
+        if not 0.0 <= self.ensemble_bootstrap <= 1.0:
+            raise ValueError(f"ensemble_bootstrap {self.ensemble_bootstrap} is not a probability")
         if self.uncertainty not in UNCERTAINTIES:
             raise ValueError(f"uncertainty {self.uncertainty!r} not one of {UNCERTAINTIES}")
 
@@ -259,10 +265,13 @@ class WorldModel(nn.Module):
     # -- training objective --------------------------------------------------------------------
     def losses(self, image_u8: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
                slot: torch.Tensor, generator: torch.Generator, state: torch.Tensor | None = None,
-               shift_pad: int = 0, decode_fraction: float = 1.0) -> dict[str, torch.Tensor]:
+               shift_pad: int = 0, decode_fraction: float = 1.0,
+               member_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """LOMPO loss on windows [B, L]: KL(post || prior_k) - log p(o|s) - log p(r|s).
 
-        KL with a random member k per step, DreamerV2 balancing and per-step free nats;
+        KL with a random member k per step, DreamerV2 balancing and per-step free nats; with
+        `member_mask` [B, K] (the bootstrap: which members train on each window's episode) the
+        prior side trains every masked-in member instead (the posterior side keeps member k);
         random shift of encoder inputs (the decoder target stays unshifted); the image NLL
         on a random `decode_fraction` of the frames. Returns the weighted "loss" and its parts.
         """
@@ -280,8 +289,12 @@ class WorldModel(nn.Module):
         qm, qs = post["post_mu"], post["post_std"]
         kl_prior = gaussian_kl(qm.detach(), qs.detach(), pm, ps)  # trains the prior
         kl_post = gaussian_kl(qm, qs, pm.detach(), ps.detach())  # regularises the posterior
-        kl = cfg.kl_balance * kl_prior.clamp(min=cfg.free_nats) + (1 - cfg.kl_balance) * kl_post.clamp(
-            min=cfg.free_nats)
+        kl_prior_term = kl_prior.clamp(min=cfg.free_nats)
+        if member_mask is not None:  # bootstrap: each member on its own episodes
+            kl_all = gaussian_kl(qm.detach()[:, :, None], qs.detach()[:, :, None], prior_mu, prior_std)
+            w = member_mask.to(kl_all.dtype)[:, None, :]  # [B, 1, K]
+            kl_prior_term = (kl_all.clamp(min=cfg.free_nats) * w).sum(-1) / w.sum(-1).clamp(min=1.0)
+        kl = cfg.kl_balance * kl_prior_term + (1 - cfg.kl_balance) * kl_post.clamp(min=cfg.free_nats)
         feat = torch.cat([post["z"], post["h"]], -1)
         r_hat = self.heads.reward(feat[:, 1:], slot)  # s_{t+1} predicts the reward of row t
         reward_nll = 0.5 * ((r_hat - reward[:, :-1]) ** 2).mean()

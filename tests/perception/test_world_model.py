@@ -180,3 +180,25 @@ def test_filter_step_exports_to_onnx_with_parity(tmp_path):
         ref = Step(m)(*args)
     for o, r in zip(out, ref, strict=True):
         np.testing.assert_allclose(o, r.numpy(), atol=1e-5)
+
+
+def test_bootstrap_mask_trains_only_the_masked_in_prior_members():
+    torch.manual_seed(0)
+    cfg = small(ensemble=3, ensemble_bootstrap=0.5, free_nats=0.0)  # no clamp: every KL has a gradient
+    m = WorldModel(cfg)
+    img = torch.randint(0, 255, (2, 4, 64, 64, 3), dtype=torch.uint8)
+    act, rew, slot = torch.rand(2, 4, 2), torch.randn(2, 4), torch.zeros(2, dtype=torch.long)
+    mask = torch.tensor([[True, False, False], [True, False, True]])
+    m.losses(img, act, rew, slot, torch.Generator().manual_seed(0), member_mask=mask)["loss"].backward()
+    g = m.heads.prior_w1.grad[0].abs().flatten(1).sum(1)  # per member
+    assert g[0] > 0 and g[2] > 0 and g[1] == 0  # member 1 is masked out of both windows
+    m.zero_grad()
+    # without a mask: LOMPO's random member per step (every member drawn over 8 steps here)
+    m.losses(img.repeat(1, 2, 1, 1, 1), act.repeat(1, 2, 1), rew.repeat(1, 2), slot,
+             torch.Generator().manual_seed(0))["loss"].backward()
+    assert (m.heads.prior_w1.grad[0].abs().flatten(1).sum(1) > 0).all()
+
+
+def test_bootstrap_probability_is_validated():
+    with pytest.raises(ValueError, match="probability"):
+        small(ensemble_bootstrap=1.5)
