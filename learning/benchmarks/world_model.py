@@ -99,30 +99,35 @@ def uncertainty_vs_error(model: WorldModel, slots: list[int], episodes: list[dic
 
 @torch.no_grad()
 def uncertainty_checks(model: WorldModel, slots: list[int], episodes: list[dict[str, np.ndarray]],
-                       horizon: int, seed: int, stride: int = 2) -> dict[str, float]:
+                       horizon: int, seed: int, stride: int = 2, ood_horizon: int | None = None) -> dict[str, float]:
+    """`ood_horizon`: length of the dataset-vs-random-action rollouts (default `horizon`)."""
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     lo, hi = model.action_low.cpu().numpy(), model.action_high.cpu().numpy()
     post = _posteriors(model, episodes)
+    Ho = ood_horizon or horizon
     u_all, err_all, err_mean_all, u_data, u_ood, uh_data, uh_ood = [], [], [], [], [], [], []
+    umax_data, umax_ood = [], []
     step_of = []
     ood_kind: dict[str, dict[str, list]] = {k: {"data": [], "ood": []} for k in ("max_var", "mean_dis")}
     per_kind: dict[str, list[np.ndarray]] = {"max_var": [], "mean_dis": []}
     for ep, p, slot in zip(episodes, post, slots, strict=True):
         T = len(ep["action"])
-        starts = np.arange(0, T - horizon, stride)
+        starts = np.arange(0, T - max(horizon, Ho), stride)
         h = torch.from_numpy(p["h"][starts])
         z = torch.from_numpy(p["z"][starts])
         sl = torch.full((len(starts),), slot, dtype=torch.long)
-        # dataset vs uniform random actions: one step, and the mean over an H-step rollout
-        a_data = torch.from_numpy(np.stack([ep["action"][s:s + horizon] for s in starts]))
+        # dataset vs uniform random actions: one step, and the mean (max) over an Ho-step rollout
+        a_data = torch.from_numpy(np.stack([ep["action"][s:s + Ho] for s in starts]))
         a_rand = torch.from_numpy(rng.uniform(lo, hi, a_data.shape).astype(np.float32))
-        for a, bucket, bucket_h, name in ((a_data, u_data, uh_data, "data"), (a_rand, u_ood, uh_ood, "ood")):
-            out = model.imagine(h, z, lambda f, t, a=a: a[:, t], horizon, sl, gen)
+        for a, bucket, bucket_h, bucket_m, name in ((a_data, u_data, uh_data, umax_data, "data"),
+                                                    (a_rand, u_ood, uh_ood, umax_ood, "ood")):
+            out = model.imagine(h, z, lambda f, t, a=a: a[:, t], Ho, sl, gen)
             bucket.append(out["uncertainty"][:, 0].numpy())
             bucket_h.append(out["uncertainty"].mean(1).numpy())
+            bucket_m.append(out["uncertainty"].amax(1).numpy())
             for kind in ood_kind:
-                o = model.imagine(h, z, lambda f, t, a=a: a[:, t], horizon, sl, gen, kind)
+                o = model.imagine(h, z, lambda f, t, a=a: a[:, t], Ho, sl, gen, kind)
                 ood_kind[kind][name].append(o["uncertainty"].mean(1).numpy())
         ol = _open_loop(model, ep, p, starts, slot, horizon, gen)
         u_all.append(ol["u"])
@@ -138,12 +143,50 @@ def uncertainty_checks(model: WorldModel, slots: list[int], episodes: list[dict[
                                                   for t in range(1, horizon + 1)],
            "ood_action_auroc": auroc(np.concatenate(uh_data), np.concatenate(uh_ood)),
            "ood_action_auroc_first_step": auroc(np.concatenate(u_data), np.concatenate(u_ood)),
+           "ood_action_auroc_max_over_rollout": auroc(np.concatenate(umax_data), np.concatenate(umax_ood)),
+           "ood_horizon": Ho,
            "uncertainty_steps": int(len(u))}
     for kind, vals in per_kind.items():
         res[f"uncertainty_error_spearman_{kind}"] = spearman(np.concatenate(vals), err)
         res[f"ood_action_auroc_{kind}"] = auroc(np.concatenate(ood_kind[kind]["data"]),
                                                 np.concatenate(ood_kind[kind]["ood"]))
     return res
+
+
+def action_separability(train_eps: list[dict[str, np.ndarray]], test_eps: list[dict[str, np.ndarray]],
+                        low: np.ndarray, high: np.ndarray, seed: int, steps: int = 2000) -> float:
+    """How out-of-distribution uniform random actions are in the data itself: AUROC of an MLP
+    classifier of (proprioceptive state, action) -> dataset vs uniform, trained on the training
+    episodes and scored on the held-out ones. A ceiling for `ood_action_auroc` that no world
+    model can beat by knowing the data better: near 0.5 the data already cover uniform actions
+    (e.g. medium data, whose noise and detours spread the actions over the whole box)."""
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+
+    def xy(eps: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        st = np.concatenate([e["state"] for e in eps]).astype(np.float32)
+        a = np.concatenate([e["action"] for e in eps]).astype(np.float32)
+        u = rng.uniform(low, high, a.shape).astype(np.float32)
+        x = np.concatenate([np.concatenate([st, a], 1), np.concatenate([st, u], 1)])
+        return torch.from_numpy(x), torch.from_numpy(np.r_[np.zeros(len(a)), np.ones(len(a))].astype(np.float32)), len(a)
+
+    xtr, ytr, _ = xy(train_eps)
+    mean, std = xtr.mean(0), xtr.std(0) + 1e-3
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Linear(xtr.shape[1], 128), torch.nn.ReLU(), torch.nn.Linear(128, 128),
+                                  torch.nn.ReLU(), torch.nn.Linear(128, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(steps):
+        i = torch.randint(len(xtr), (256,), generator=g)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net((xtr[i] - mean) / std)[:, 0], ytr[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    xte, _, n = xy(test_eps)
+    with torch.no_grad():
+        score = net((xte - mean) / std)[:, 0].numpy()
+    return auroc(score[:n], score[n:])
 
 
 @torch.no_grad()
@@ -170,10 +213,29 @@ def prediction_losses(model: WorldModel, episodes: list[dict[str, np.ndarray]], 
     return {"reward_nll": float(np.concatenate(r_loss).mean()), "image_nll": float(np.concatenate(i_loss).mean())}
 
 
+def select_eta(model: WorldModel, store: EpisodeStore, fit: list[int], grid: list[float], horizon: int,
+               adapt_steps: int, seed: int) -> tuple[float, dict[str, float]]:
+    """eta by leave-one-episode-out validation inside the adaptation episodes (MerPO gives no
+    value, ALGORITHMS 2a: "choose it by validation"): for each eta, adapt on all but one of the
+    `fit` episodes and score the H-step reward NLL on the one left out. The task's other
+    episodes, on which the benchmark scores, are never seen. Returns (best eta, eta -> score)."""
+    eps = _episodes(store, fit)
+    caches = [encode_store(model, store, fit[:i] + fit[i + 1:]) for i in range(len(fit))]
+    scores = {}
+    for e in grid:
+        losses = [prediction_losses(adapt(model, c, steps=adapt_steps, eta=e, seed=seed), [ep], horizon)["reward_nll"]
+                  for c, ep in zip(caches, eps, strict=True)]
+        scores[f"{e:g}"] = float(np.mean(losses))
+    best = min(grid, key=lambda e: scores[f"{e:g}"])
+    return best, scores
+
+
 def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, adapt_steps: int,
                 eta: float, seed: int, n_adapt: int = 5, full_scratch: bool = True,
                 workdir: Path | None = None, max_tasks: int | None = None,
-                eta_sweep: list[float] | None = None, log=print) -> dict:
+                eta_sweep: list[float] | None = None, eta_grid: list[float] | None = None,
+                log=print) -> dict:
+    """`eta_grid`: choose eta per task by `select_eta` (else the fixed `eta`)."""
     per_task = []
     for task in sorted(set(test_store.episode_task.tolist()))[:max_tasks]:
         eps = [int(e) for e in np.flatnonzero(test_store.episode_task == task)]
@@ -183,11 +245,17 @@ def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, 
         held_eps = _episodes(test_store, held)
         cache = encode_store(model, test_store, fit)
         phi = task_model(model, 0)
-        adapted = adapt(model, cache, steps=adapt_steps, eta=eta, seed=seed)
+        eta_task, eta_scores = eta, None
+        if eta_grid:
+            eta_task, eta_scores = select_eta(model, test_store, fit, eta_grid, horizon, adapt_steps, seed)
+            log(f"task {task}: eta {eta_task:g} by leave-one-episode-out {eta_scores}")
+        adapted = adapt(model, cache, steps=adapt_steps, eta=eta_task, seed=seed)
         scratch = adapt(model, cache, steps=adapt_steps, init="scratch", seed=seed)
-        row = {"task": task, "phi": prediction_losses(phi, held_eps, horizon),
+        row = {"task": task, "eta": eta_task, "phi": prediction_losses(phi, held_eps, horizon),
                "adapted": prediction_losses(adapted, held_eps, horizon),
                "scratch_heads": prediction_losses(scratch, held_eps, horizon)}
+        if eta_scores is not None:
+            row["eta_validation"] = eta_scores
         log(f"task {task}: phi/adapted/scratch heads evaluated")
         for e in eta_sweep or []:
             m = adapt(model, cache, steps=adapt_steps, eta=e, seed=seed)
@@ -205,7 +273,8 @@ def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, 
     def ratio(a: str, b: str, key: str) -> float:
         return float(np.mean([r[a][key] for r in per_task]) / np.mean([r[b][key] for r in per_task]))
 
-    out = {"meta_tasks": per_task, "adapt_steps": adapt_steps, "eta": eta, "adapt_episodes": n_adapt}
+    out = {"meta_tasks": per_task, "adapt_steps": adapt_steps, "eta": eta if not eta_grid else "selected",
+           "eta_grid": eta_grid or None, "adapt_episodes": n_adapt}
     for e in eta_sweep or []:
         out[f"eta_sweep_{e:g}_over_meta_loss_ratio"] = ratio(f"adapted_eta_{e:g}", "phi", "reward_nll")
     for key, suffix in (("reward_nll", ""), ("image_nll", "_image")):
@@ -219,7 +288,7 @@ def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, 
 def run_family(train_store: str, test_store: str, config: str, out_dir: Path, steps: int | None,
                run_dir: str | None, horizon: int, adapt_steps: int, eta: float | None, seed: int,
                full_scratch: bool, max_tasks: int | None = None, eta_sweep: list[float] | None = None,
-               log=print) -> dict:
+               eta_grid: list[float] | None = None, ood_horizon: int | None = None, log=print) -> dict:
     res: dict = {"train_store": train_store, "test_store": test_store}
     if run_dir is None:
         cfg = load_config(config)
@@ -243,10 +312,16 @@ def run_family(train_store: str, test_store: str, config: str, out_dir: Path, st
         raise ValueError(f"{run_dir}: the run held out no episodes (holdout_every=0)")
     slots = [meta["task_slots"].get(int(store.episode_task[e]), 0) for e in val]
     t0 = time.perf_counter()
-    res.update(uncertainty_checks(model, slots, _episodes(store, val), horizon, seed))
+    val_eps = _episodes(store, val)
+    res.update(uncertainty_checks(model, slots, val_eps, horizon, seed, ood_horizon=ood_horizon))
+    if "state" in val_eps[0]:
+        train_eps = json.loads((Path(run_dir) / "config.json").read_text())["train_episodes"]
+        res["ood_action_separability"] = action_separability(
+            _episodes(store, train_eps), val_eps, model.action_low.cpu().numpy(), model.action_high.cpu().numpy(), seed)
     res.update(meta_checks(model, cfg, EpisodeStore.open(test_store), horizon, adapt_steps,
                            cfg.eta if eta is None else eta, seed, full_scratch=full_scratch,
-                           workdir=out_dir, max_tasks=max_tasks, eta_sweep=eta_sweep, log=log))
+                           workdir=out_dir, max_tasks=max_tasks, eta_sweep=eta_sweep, eta_grid=eta_grid,
+                           log=log))
     res["eval_seconds"] = time.perf_counter() - t0
     return res
 
@@ -260,11 +335,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", action="append", default=None,
                     help="use an already trained run per family (same order) instead of training")
     ap.add_argument("--horizon", type=int, default=5, help="imagined steps (LOMPO H=5)")
+    ap.add_argument("--ood-horizon", type=int, default=None,
+                    help="steps of the dataset-vs-uniform-action rollouts (default: --horizon)")
     ap.add_argument("--adapt-steps", type=int, default=300)
     ap.add_argument("--eta", type=float, default=None, help="proximal weight (default: the run's)")
     ap.add_argument("--no-full-scratch", action="store_true", help="skip the whole-model scratch baseline")
     ap.add_argument("--max-test-tasks", type=int, default=None, help="held-out tasks evaluated")
     ap.add_argument("--eta-sweep", default="", help="also adapt with these etas, e.g. 0,1e-4,1e-3,1e-2")
+    ap.add_argument("--eta-select", default="",
+                    help="choose eta per held-out task from this grid by leave-one-episode-out validation "
+                         "on its adaptation episodes, e.g. 1e-3,1e-2,0.1,1,10 (overrides --eta)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads for evaluation (2 threads collapse on shared cores)")
     ap.add_argument("--seed", type=int, default=0)
@@ -282,9 +362,10 @@ def main(argv: list[str] | None = None) -> int:
                                    args.adapt_steps, args.eta, args.seed, not args.no_full_scratch,
                                    args.max_test_tasks,
                                    [float(x) for x in args.eta_sweep.split(",") if x.strip()],
-                                   log=lambda m: print(m, file=sys.stderr))
+                                   [float(x) for x in args.eta_select.split(",") if x.strip()],
+                                   args.ood_horizon, log=lambda m: print(m, file=sys.stderr))
     keys = ("uncertainty_error_spearman", "ood_action_auroc", "adapted_over_meta_loss_ratio",
-            "adapted_over_scratch_loss_ratio", "data_wait_share")
+            "adapted_over_scratch_loss_ratio", "ood_action_separability", "data_wait_share")
     results["summary"] = {k: {n: results[n].get(k) for n, _, _ in args.family} for k in keys}
     text = json.dumps(results, indent=1)
     if args.out:

@@ -31,6 +31,7 @@ def test_benchmark_runs_end_to_end_on_tiny(tmp_path):
     out = tmp_path / "b.json"
     assert main(["--family", "syn", str(tmp_path / "train.zarr"), str(tmp_path / "test.zarr"),
                  "--config", str(tmp_path / "c.json"), "--adapt-steps", "4", "--horizon", "3",
+                 "--ood-horizon", "5", "--eta-select", "0,1e-2",
                  "--workdir", str(tmp_path / "w"), "--out", str(out)]) == 0
     res = json.loads(out.read_text())["syn"]
     for key in ("uncertainty_error_spearman", "ood_action_auroc", "adapted_over_meta_loss_ratio",
@@ -38,3 +39,42 @@ def test_benchmark_runs_end_to_end_on_tiny(tmp_path):
                 "train_steps_per_s", "data_wait_share"):
         assert np.isfinite(res[key]), key
     assert 0 <= res["ood_action_auroc"] <= 1
+    assert res["ood_horizon"] == 5 and res["eta"] == "selected"
+    assert all(r["eta"] in (0.0, 1e-2) and set(r["eta_validation"]) == {"0", "0.01"} for r in res["meta_tasks"])
+
+
+def test_action_separability_is_high_for_narrow_actions_and_chance_for_uniform_ones():
+    from learning.benchmarks.world_model import action_separability
+    rng = np.random.default_rng(0)
+    lo, hi = -np.ones(2), np.ones(2)
+
+    def eps(narrow: bool, n: int = 4) -> list[dict[str, np.ndarray]]:
+        out = []
+        for _ in range(n):
+            s = rng.normal(size=(100, 3)).astype(np.float32)
+            a = (np.tanh(s[:, :2]) * 0.5 + 0.05 * rng.normal(size=(100, 2)) if narrow
+                 else rng.uniform(-1, 1, (100, 2))).astype(np.float32)
+            out.append({"state": s, "action": a})
+        return out
+
+    assert action_separability(eps(True), eps(True), lo, hi, 0, steps=400) > 0.8
+    assert abs(action_separability(eps(False), eps(False), lo, hi, 0, steps=400) - 0.5) < 0.1
+
+
+def test_eta_is_selected_by_leave_one_episode_out_on_the_adaptation_episodes(tmp_path):
+    import dataclasses
+
+    from learning.benchmarks.world_model import select_eta
+    from learning.store import EpisodeStore
+    from learning.world_model_train import load_world_model, preset, train
+    rng = np.random.default_rng(0)
+    with EpisodeWriter(tmp_path / "s.zarr", bench_spec(32), mode="w", log=lambda m: None) as w:
+        for _ in range(3):
+            w.add_episode(synthetic_episode(rng, 16, 32), task_id=0, success=False)
+    train(str(tmp_path / "s.zarr"), dataclasses.replace(preset("tiny"), steps=2), tmp_path / "r", progress=False)
+    model, _ = load_world_model(tmp_path / "r")
+    best, scores = select_eta(model, EpisodeStore.open(str(tmp_path / "s.zarr")), [0, 1, 2], [0.0, 1e6],
+                              horizon=2, adapt_steps=3, seed=0)
+    assert best in (0.0, 1e6) and set(scores) == {"0", "1e+06"}
+    assert all(np.isfinite(v) for v in scores.values())
+    assert scores[f"{best:g}"] == min(scores.values())
