@@ -67,12 +67,14 @@ def q_gap(rac: RAC, data) -> float:
     return float(q_data - q_model)
 
 
-def test_conservative_penalty_pushes_q_down_on_model_actions():
+@pytest.mark.parametrize("cql_states", [0, 32])  # 0: every model state (COMBO); 32: half (CPU preset)
+def test_conservative_penalty_pushes_q_down_on_model_actions(cql_states):
     data, W = toy_data()
     # rewards say nothing about actions (all zero): only the penalty separates them
     flat = dict(data, rew=torch.zeros_like(data["rew"]))
     plain = train(RAC(OBS, ACT, small(cql_beta=0.0, lam=0.0), seed=0), flat, W, 300)
-    conservative = train(RAC(OBS, ACT, small(cql_beta=5.0, lam=0.0, cql_target=-10.0), seed=0), flat, W, 300)
+    conservative = train(RAC(OBS, ACT, small(cql_beta=5.0, lam=0.0, cql_target=-10.0, cql_states=cql_states),
+                             seed=0), flat, W, 300)
     assert q_gap(conservative, data) > q_gap(plain, data) + 0.4, (q_gap(conservative, data), q_gap(plain, data))
 
 
