@@ -42,13 +42,14 @@ def task_model(model: WorldModel, slot: int = 0) -> WorldModel:
 
 
 def head_losses(model: WorldModel, feat: torch.Tensor, z_std: torch.Tensor, reward: torch.Tensor,
-                generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The theta terms of the model loss on cached latent pairs feat [B, 2, F] (rows t, t+1)."""
+                generator: torch.Generator, action: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The theta terms of the model loss on cached latent pairs feat [B, 2, F] (rows t, t+1);
+    `action` [B, 2, A] (row t's action led to s_{t+1}) for heads that read it."""
     cfg = model.cfg
     Z = cfg.stoch
     slot = torch.zeros(feat.shape[0], dtype=torch.long, device=feat.device)
     nxt = feat[:, 1:2]  # s_{t+1}
-    mu, std = model.heads.prior(nxt[..., Z:], slot)  # [B, 1, K, Z]
+    mu, std = model.prior(nxt[..., Z:], slot, None if action is None else action[:, 0:1])  # [B, 1, K, Z]
     k = torch.randint(cfg.ensemble, (feat.shape[0], 1, 1, 1), generator=generator).to(feat.device)
     k = k.expand(-1, 1, 1, Z)
     pm, ps = mu.gather(2, k)[:, :, 0], std.gather(2, k)[:, :, 0]
@@ -60,33 +61,41 @@ def head_losses(model: WorldModel, feat: torch.Tensor, z_std: torch.Tensor, rewa
 
 def adapt(model: WorldModel, cache: LatentCache, steps: int = 500, eta: float = 1e-3,
           lr: float = 1e-3, batch_size: int = 64, seed: int = 0, init: str = "phi",
-          slot: int = 0) -> WorldModel:
+          slot: int = 0, heads: str = "all") -> WorldModel:
     """theta_j = argmin L(theta; D_j) + eta ||theta - phi||^2, from phi (slot `slot` of
     `model`), on a new task's cached latents. init="scratch": fresh heads and no proximal
-    term (the baseline). Returns a single-slot model whose heads are theta_j."""
+    term (the baseline). heads="reward": only the reward head adapts, the prior heads stay
+    phi's (for families whose tasks share the dynamics and differ in the reward alone).
+    Returns a single-slot model whose heads are theta_j."""
     if init not in ("phi", "scratch"):
         raise ValueError(f"init must be phi or scratch, got {init!r}")
+    if heads not in ("all", "reward"):
+        raise ValueError(f"heads must be all or reward, got {heads!r}")
     m = task_model(model, slot)
     device = next(m.parameters()).device
     if init == "scratch":
         torch.manual_seed(seed)
         m.heads = TaskHeads(m.cfg).to(device)
         eta = 0.0
-    phi = [p.detach().clone() for p in m.heads.parameters()]
+    chosen = [(n, p) for n, p in m.heads.named_parameters() if heads == "all" or n.startswith("reward_")]
+    phi = [p.detach().clone() for _, p in chosen]
     for p in m.parameters():
         p.requires_grad_(False)
-    params = list(m.heads.parameters())
+    params = [p for _, p in chosen]
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
-    sampler = SequenceSampler(cache.source(), 2, batch_size, ["feat", "z_std", "reward"], seed=seed)
+    keys = ["feat", "z_std", "reward"] + (["action"] if m.cfg.prior_action else [])
+    sampler = SequenceSampler(cache.source(), 2, batch_size, keys, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     m.train()
     for _ in range(steps):
         b = {k: torch.from_numpy(np.asarray(v, np.float32)).to(device)
-             for k, v in sampler.sample().items() if k in ("feat", "z_std", "reward")}
-        out = head_losses(m, b["feat"], b["z_std"], b["reward"], gen)
-        loss = m.cfg.kl_scale * out["kl"] + m.cfg.reward_scale * out["reward_nll"]
+             for k, v in sampler.sample().items() if k in keys}
+        out = head_losses(m, b["feat"], b["z_std"], b["reward"], gen, b.get("action"))
+        loss = m.cfg.reward_scale * out["reward_nll"]
+        if heads == "all":
+            loss = loss + m.cfg.kl_scale * out["kl"]
         if eta:
             loss = loss + eta * sum(((p - q) ** 2).sum() for p, q in zip(params, phi, strict=True))
         opt.zero_grad(set_to_none=True)

@@ -331,7 +331,7 @@ def image_grids(model: WorldModel, batch: dict[str, torch.Tensor], out_dir: Path
     preds = []
     for t in range(c, L):
         h = model.transition(h, z, act[:, t - 1])
-        mu, _ = model.heads.prior(h, slot)
+        mu, _ = model.prior(h, slot, act[:, t - 1])
         z = mu.mean(1)
         preds.append(model.decoder(torch.cat([z, h], -1)).float())
     pred = torch.cat([x[:c], *preds]) if preds else x[:c]

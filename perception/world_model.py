@@ -55,6 +55,10 @@ class WorldModelConfig:
     # per-episode mask, Osband et al. 2016 use 0.5); every window trains the KL of all its members.
     # 0 = LOMPO: one random member per (sequence, step), so every member sees all the data.
     ensemble_bootstrap: float = 0.0
+    # [ours] every prior head also reads the action that led to h' (members f_k(h', a) as in
+    # PETS/MOPO ensembles), so members can disagree about an unseen action's effect; LOMPO's heads
+    # read h' only, and the shared GRU maps unusual actions into familiar h' (issue 4 measurements).
+    prior_action: bool = False
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size)
@@ -107,7 +111,8 @@ class TaskHeads(nn.Module):
         super().__init__()
         S, K = cfg.n_slots, cfg.ensemble
         self.cfg = cfg
-        self.prior_w1, self.prior_b1 = self._linear((S, K), cfg.deter, cfg.hidden)
+        self.prior_w1, self.prior_b1 = self._linear((S, K), cfg.deter + cfg.action_dim * cfg.prior_action,
+                                                    cfg.hidden)
         self.prior_w2, self.prior_b2 = self._linear((S, K), cfg.hidden, 2 * cfg.stoch)
         sizes = [cfg.feat_dim] + [cfg.reward_hidden] * cfg.reward_layers + [1]
         ws, bs = zip(*(self._linear((S,), i, o) for i, o in zip(sizes[:-1], sizes[1:], strict=True)),
@@ -125,7 +130,8 @@ class TaskHeads(nn.Module):
         return nn.Parameter(w), nn.Parameter(b)
 
     def prior(self, h: torch.Tensor, slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h [B, ..., D] -> mu, std [B, ..., K, Z] of every prior head."""
+        """h [B, ..., D] (with `prior_action`: [h, scaled action]) -> mu, std [B, ..., K, Z] of
+        every prior head. `WorldModel.prior` builds the input."""
         B, lead = h.shape[0], h.shape[1:-1]
         x = h.reshape(B, -1, h.shape[-1])
         one = _single_slot(slot)
@@ -196,6 +202,16 @@ class WorldModel(nn.Module):
         p = self.img_in.weight
         return p.new_zeros(batch, self.cfg.deter), p.new_zeros(batch, self.cfg.stoch)
 
+    def prior(self, h: torch.Tensor, slot: torch.Tensor, action: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The K prior heads at h' [B, ..., D]; `action` [B, ..., A] (robot units) is the action
+        that led to h', read by the heads only with `prior_action`."""
+        if self.cfg.prior_action:
+            if action is None:
+                raise ValueError("this model's prior heads take the action")
+            h = torch.cat([h, self.action_in(action).to(h.dtype)], -1)
+        return self.heads.prior(h, slot)
+
     # -- one filter step: the deployment form (ALGORITHMS 3) -----------------------------------
     def transition(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """h' = GRU(ELU(Linear([z, a])), h); a in robot units."""
@@ -250,7 +266,7 @@ class WorldModel(nn.Module):
         for t in range(horizon):
             a = policy(feats[-1], t)
             h = self.transition(h, z, a)
-            mu, std = self.heads.prior(h, slot)  # [B, K, Z]
+            mu, std = self.prior(h, slot, a)  # [B, K, Z]
             k = torch.randint(self.cfg.ensemble, (h.shape[0],), generator=generator).to(h.device)
             pick = torch.arange(h.shape[0], device=h.device)
             z = mu[pick, k] + std[pick, k] * _randn(mu[:, 0], generator)
@@ -282,7 +298,8 @@ class WorldModel(nn.Module):
         st = None if state is None or not cfg.state_dim else state.flatten(0, 1)
         embed = self.encode(x_in, st).unflatten(0, (B, L))
         post = self.observe(embed, action, generator)
-        prior_mu, prior_std = self.heads.prior(post["h"], slot)  # [B, L, K, Z]
+        a_prev = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)  # the action into h_t
+        prior_mu, prior_std = self.prior(post["h"], slot, a_prev)  # [B, L, K, Z]
         k = torch.randint(cfg.ensemble, (B, L, 1, 1), generator=generator).to(x.device)
         k = k.expand(B, L, 1, cfg.stoch)
         pm, ps = prior_mu.gather(2, k)[:, :, 0], prior_std.gather(2, k)[:, :, 0]

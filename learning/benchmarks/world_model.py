@@ -72,7 +72,7 @@ def _open_loop(model: WorldModel, ep: dict[str, np.ndarray], p: dict[str, np.nda
     pick = torch.arange(len(starts))
     for t in range(horizon):
         h = model.transition(h, z, acts[:, t])
-        mu, std = model.heads.prior(h, sl)
+        mu, std = model.prior(h, sl, acts[:, t])
         k = torch.randint(K, (len(starts),), generator=gen)
         z = mu[pick, k] + std[pick, k] * torch.randn(mu[:, 0].shape, generator=gen)
         target = torch.from_numpy(p["z"][starts + t + 1])
@@ -202,8 +202,9 @@ def prediction_losses(model: WorldModel, episodes: list[dict[str, np.ndarray]], 
         h, z = torch.from_numpy(p["h"][starts]), torch.from_numpy(p["z"][starts])
         sl = torch.full((len(starts),), slot, dtype=torch.long)
         for t in range(horizon):
-            h = model.transition(h, z, torch.from_numpy(ep["action"][starts + t]))
-            mu, _ = model.heads.prior(h, sl)
+            a = torch.from_numpy(ep["action"][starts + t])
+            h = model.transition(h, z, a)
+            mu, _ = model.prior(h, sl, a)
             z = mu.mean(1)
             feat = torch.cat([z, h], -1)
             r_hat = model.heads.reward(feat[:, None], sl)[:, 0].numpy()
@@ -288,7 +289,8 @@ def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, 
 def run_family(train_store: str, test_store: str, config: str, out_dir: Path, steps: int | None,
                run_dir: str | None, horizon: int, adapt_steps: int, eta: float | None, seed: int,
                full_scratch: bool, max_tasks: int | None = None, eta_sweep: list[float] | None = None,
-               eta_grid: list[float] | None = None, ood_horizon: int | None = None, log=print) -> dict:
+               eta_grid: list[float] | None = None, ood_horizon: int | None = None, with_meta: bool = True,
+               log=print) -> dict:
     res: dict = {"train_store": train_store, "test_store": test_store}
     if run_dir is None:
         cfg = load_config(config)
@@ -318,10 +320,11 @@ def run_family(train_store: str, test_store: str, config: str, out_dir: Path, st
         train_eps = json.loads((Path(run_dir) / "config.json").read_text())["train_episodes"]
         res["ood_action_separability"] = action_separability(
             _episodes(store, train_eps), val_eps, model.action_low.cpu().numpy(), model.action_high.cpu().numpy(), seed)
-    res.update(meta_checks(model, cfg, EpisodeStore.open(test_store), horizon, adapt_steps,
-                           cfg.eta if eta is None else eta, seed, full_scratch=full_scratch,
-                           workdir=out_dir, max_tasks=max_tasks, eta_sweep=eta_sweep, eta_grid=eta_grid,
-                           log=log))
+    if with_meta:
+        res.update(meta_checks(model, cfg, EpisodeStore.open(test_store), horizon, adapt_steps,
+                               cfg.eta if eta is None else eta, seed, full_scratch=full_scratch,
+                               workdir=out_dir, max_tasks=max_tasks, eta_sweep=eta_sweep, eta_grid=eta_grid,
+                               log=log))
     res["eval_seconds"] = time.perf_counter() - t0
     return res
 
@@ -340,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapt-steps", type=int, default=300)
     ap.add_argument("--eta", type=float, default=None, help="proximal weight (default: the run's)")
     ap.add_argument("--no-full-scratch", action="store_true", help="skip the whole-model scratch baseline")
+    ap.add_argument("--no-meta", action="store_true", help="uncertainty checks only (no held-out-task adaptation)")
     ap.add_argument("--max-test-tasks", type=int, default=None, help="held-out tasks evaluated")
     ap.add_argument("--eta-sweep", default="", help="also adapt with these etas, e.g. 0,1e-4,1e-3,1e-2")
     ap.add_argument("--eta-select", default="",
@@ -363,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                                    args.max_test_tasks,
                                    [float(x) for x in args.eta_sweep.split(",") if x.strip()],
                                    [float(x) for x in args.eta_select.split(",") if x.strip()],
-                                   args.ood_horizon, log=lambda m: print(m, file=sys.stderr))
+                                   args.ood_horizon, not args.no_meta, log=lambda m: print(m, file=sys.stderr))
     keys = ("uncertainty_error_spearman", "ood_action_auroc", "adapted_over_meta_loss_ratio",
             "adapted_over_scratch_loss_ratio", "ood_action_separability", "data_wait_share")
     results["summary"] = {k: {n: results[n].get(k) for n, _, _ in args.family} for k in keys}

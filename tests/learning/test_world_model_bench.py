@@ -41,6 +41,12 @@ def test_benchmark_runs_end_to_end_on_tiny(tmp_path):
     assert 0 <= res["ood_action_auroc"] <= 1
     assert res["ood_horizon"] == 5 and res["eta"] == "selected"
     assert all(r["eta"] in (0.0, 1e-2) and set(r["eta_validation"]) == {"0", "0.01"} for r in res["meta_tasks"])
+    out2 = tmp_path / "b2.json"  # uncertainty checks alone, on the run just trained
+    assert main(["--family", "syn", str(tmp_path / "train.zarr"), str(tmp_path / "test.zarr"), "--run", res["run"],
+                 "--horizon", "3", "--ood-horizon", "5", "--no-meta", "--workdir", str(tmp_path / "w"), "--out", str(out2)]) == 0
+    res2 = json.loads(out2.read_text())["syn"]
+    assert "adapted_over_meta_loss_ratio" not in res2
+    assert res2["uncertainty_error_spearman"] == res["uncertainty_error_spearman"]  # same seed, same model
 
 
 def test_action_separability_is_high_for_narrow_actions_and_chance_for_uniform_ones():

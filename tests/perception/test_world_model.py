@@ -202,3 +202,23 @@ def test_bootstrap_mask_trains_only_the_masked_in_prior_members():
 def test_bootstrap_probability_is_validated():
     with pytest.raises(ValueError, match="probability"):
         small(ensemble_bootstrap=1.5)
+
+
+def test_prior_action_heads_read_the_action_and_train():
+    torch.manual_seed(0)
+    m = WorldModel(small(prior_action=True, free_nats=0.0))
+    h, slot = torch.randn(3, 16), torch.zeros(3, dtype=torch.long)
+    mu0, _ = m.prior(h, slot, torch.zeros(3, 2))
+    mu1, _ = m.prior(h, slot, torch.ones(3, 2))
+    assert mu0.shape == (3, 3, 6) and not torch.allclose(mu0, mu1)
+    with pytest.raises(ValueError, match="take the action"):
+        m.prior(h, slot)
+    plain = WorldModel(small())  # LOMPO's heads: the action only acts through h'
+    torch.testing.assert_close(plain.prior(h, slot, torch.zeros(3, 2))[0], plain.prior(h, slot, torch.ones(3, 2))[0])
+    img = torch.randint(0, 255, (2, 4, 64, 64, 3), dtype=torch.uint8)
+    out = m.losses(img, torch.rand(2, 4, 2), torch.randn(2, 4), torch.zeros(2, dtype=torch.long),
+                   torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert m.heads.prior_w1.grad[0, :, 16:].abs().sum() > 0  # the action rows of the first layer learn
+    r = m.imagine(h, torch.zeros(3, 6), lambda f, t: torch.rand(3, 2), 2, slot, torch.Generator().manual_seed(0))
+    assert r["uncertainty"].shape == (3, 2)
