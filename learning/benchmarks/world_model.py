@@ -309,6 +309,9 @@ def run_family(train_store: str, test_store: str, config: str, out_dir: Path, st
                 "train_steps_per_s": summary["steps_per_s"], "train_frames_per_s": summary["frames_per_s"],
                 "data_wait_share": summary["data_wait_share"], "final_train": summary.get("final")})
     store = EpisodeStore.open(train_store)
+    for key, st in (("train_data", store), ("test_data", EpisodeStore.open(test_store))):
+        col = (st.spec.env or {}).get("collection", {})  # which data: quality, tasks, episodes per task
+        res[key] = {k: col[k] for k in ("family", "quality", "tasks", "episodes_per_task") if k in col}
     val = json.loads((Path(run_dir) / "config.json").read_text())["val_episodes"]
     if not val:
         raise ValueError(f"{run_dir}: the run held out no episodes (holdout_every=0)")
