@@ -214,17 +214,23 @@ def prediction_losses(model: WorldModel, episodes: list[dict[str, np.ndarray]], 
     return {"reward_nll": float(np.concatenate(r_loss).mean()), "image_nll": float(np.concatenate(i_loss).mean())}
 
 
+def _adapted(model: WorldModel, cache, steps: int, eta: float, seed: int) -> WorldModel:
+    """theta_j adapted with proximal weight eta; eta = inf is its limit, phi itself."""
+    return task_model(model, 0) if np.isinf(eta) else adapt(model, cache, steps=steps, eta=eta, seed=seed)
+
+
 def select_eta(model: WorldModel, store: EpisodeStore, fit: list[int], grid: list[float], horizon: int,
                adapt_steps: int, seed: int) -> tuple[float, dict[str, float]]:
     """eta by leave-one-episode-out validation inside the adaptation episodes (MerPO gives no
     value, ALGORITHMS 2a: "choose it by validation"): for each eta, adapt on all but one of the
     `fit` episodes and score the H-step reward NLL on the one left out. The task's other
-    episodes, on which the benchmark scores, are never seen. Returns (best eta, eta -> score)."""
+    episodes, on which the benchmark scores, are never seen. An `inf` in the grid is phi itself
+    (no adaptation), so adaptation has to beat phi in validation. Returns (best eta, eta -> score)."""
     eps = _episodes(store, fit)
     caches = [encode_store(model, store, fit[:i] + fit[i + 1:]) for i in range(len(fit))]
     scores = {}
     for e in grid:
-        losses = [prediction_losses(adapt(model, c, steps=adapt_steps, eta=e, seed=seed), [ep], horizon)["reward_nll"]
+        losses = [prediction_losses(_adapted(model, c, adapt_steps, e, seed), [ep], horizon)["reward_nll"]
                   for c, ep in zip(caches, eps, strict=True)]
         scores[f"{e:g}"] = float(np.mean(losses))
     best = min(grid, key=lambda e: scores[f"{e:g}"])
@@ -250,9 +256,9 @@ def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, 
         if eta_grid:
             eta_task, eta_scores = select_eta(model, test_store, fit, eta_grid, horizon, adapt_steps, seed)
             log(f"task {task}: eta {eta_task:g} by leave-one-episode-out {eta_scores}")
-        adapted = adapt(model, cache, steps=adapt_steps, eta=eta_task, seed=seed)
+        adapted = _adapted(model, cache, adapt_steps, eta_task, seed)
         scratch = adapt(model, cache, steps=adapt_steps, init="scratch", seed=seed)
-        row = {"task": task, "eta": eta_task, "phi": prediction_losses(phi, held_eps, horizon),
+        row = {"task": task, "eta": eta_task if np.isfinite(eta_task) else "inf (phi)", "phi": prediction_losses(phi, held_eps, horizon),
                "adapted": prediction_losses(adapted, held_eps, horizon),
                "scratch_heads": prediction_losses(scratch, held_eps, horizon)}
         if eta_scores is not None:
@@ -351,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eta-sweep", default="", help="also adapt with these etas, e.g. 0,1e-4,1e-3,1e-2")
     ap.add_argument("--eta-select", default="",
                     help="choose eta per held-out task from this grid by leave-one-episode-out validation "
-                         "on its adaptation episodes, e.g. 1e-3,1e-2,0.1,1,10 (overrides --eta)")
+                         "on its adaptation episodes, e.g. 1e-3,1e-2,0.1,1,10,inf (inf: phi, no adaptation; overrides --eta)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads for evaluation (2 threads collapse on shared cores)")
     ap.add_argument("--seed", type=int, default=0)

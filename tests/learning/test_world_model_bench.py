@@ -79,8 +79,8 @@ def test_eta_is_selected_by_leave_one_episode_out_on_the_adaptation_episodes(tmp
             w.add_episode(synthetic_episode(rng, 16, 32), task_id=0, success=False)
     train(str(tmp_path / "s.zarr"), dataclasses.replace(preset("tiny"), steps=2), tmp_path / "r", progress=False)
     model, _ = load_world_model(tmp_path / "r")
-    best, scores = select_eta(model, EpisodeStore.open(str(tmp_path / "s.zarr")), [0, 1, 2], [0.0, 1e6],
-                              horizon=2, adapt_steps=3, seed=0)
-    assert best in (0.0, 1e6) and set(scores) == {"0", "1e+06"}
+    best, scores = select_eta(model, EpisodeStore.open(str(tmp_path / "s.zarr")), [0, 1, 2],
+                              [0.0, 1e6, float("inf")], horizon=2, adapt_steps=3, seed=0)
+    assert best in (0.0, 1e6, float("inf")) and set(scores) == {"0", "1e+06", "inf"}
     assert all(np.isfinite(v) for v in scores.values())
     assert scores[f"{best:g}"] == min(scores.values())
