@@ -124,9 +124,9 @@ def test_warm_start_clones_the_pooled_behaviour_into_pi_c_and_every_task_policy(
     # actions that depend on the state, so there is something to clone
     pooled["act"] = torch.tanh(pooled["obs"][:, :A_DIM])
     merpo = MerPO(F_DIM, A_DIM, [0, 1, 2], small_cfg(warm_start_steps=300))
-    before = float(-merpo.meta_actor.log_prob(pooled["obs"], pooled["act"]).mean())
+    before = float(-merpo.meta_actor.log_prob(pooled["obs"], pooled["act"]).mean().detach())
     merpo.warm_start(pooled)
-    after = float(-merpo.meta_actor.log_prob(pooled["obs"], pooled["act"]).mean())
+    after = float(-merpo.meta_actor.log_prob(pooled["obs"], pooled["act"]).mean().detach())
     assert after < before - 1.0, (before, after)
     for rac in merpo.learners.values():
         for p, q in zip(rac.actor.parameters(), merpo.meta_actor.parameters(), strict=True):

@@ -86,10 +86,17 @@ def test_resume_adds_only_missing_episodes(tmp_path):
         np.testing.assert_array_equal(store.episode(i)["image"], fresh.episode(by_key[key])["image"])
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and a Python started that way keeps
+    # ignoring it (no KeyboardInterrupt): give the child the default, as a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*args, **kw):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "vmerpo", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint, **kw)
 
 
 def _wait_for_episodes(out, n, proc, timeout=120):
