@@ -49,7 +49,7 @@ class Budget:
 BUDGETS = {
     # ~30 min on the 2-core CPU machine (README has the measured time)
     "smoke": Budget(train_tasks=10, episodes_per_task=6, heldout_tasks=3, heldout_episodes=5, seeds=1,
-                    eval_episodes=10, config="demo", wm_steps=1000),
+                    eval_episodes=10, config="cpu", wm_steps=1000, meta_iterations=5),
     # ~150 min on the 2-core CPU machine
     "full": Budget(train_tasks=20, episodes_per_task=8, heldout_tasks=3, heldout_episodes=5, seeds=3,
                    eval_episodes=20, config="cpu", wm_steps=0),
