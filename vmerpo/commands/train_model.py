@@ -10,7 +10,7 @@ import json
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="episode store (logs.zarr)")
     p.add_argument("--config", default="cpu",
-                   help="preset tiny|cpu|paper, or a JSON/YAML file {preset, overrides, model: {...}}")
+                   help="preset tiny|cpu|bench|paper, or a JSON/YAML file {preset, overrides, model: {...}}")
     p.add_argument("--out", required=True, help="run directory (config, checkpoints, TensorBoard, PNGs)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
