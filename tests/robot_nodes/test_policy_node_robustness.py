@@ -47,9 +47,12 @@ def test_policy_node_survives_bad_input_from_another_process(position_policy, no
             first_hold = min(t for t, _ in rec if t > last + OBS_TIMEOUT - 0.02)
             time.sleep(0.3)
         assert node.alive(), node.output()
-        # obs_timeout_s + one watchdog period, plus 0.1 s for the delivery of the last frame and
-        # of the hold between two processes on a loaded 2-core machine (measured up to 0.08 s)
-        assert first_hold - last <= OBS_TIMEOUT + PERIOD + 0.1, first_hold - last
+        # obs_timeout_s + one watchdog period, plus slack for this process: its callbacks stamp
+        # the commands, and after the 1 kHz burst they ran up to 0.5 s behind the node (measured
+        # on the 2-core CI machine; 0.17 s over the old 0.1 s slack failed CI once). The
+        # watchdog's own timing is checked tightly in-process by
+        # test_policy_node.py::test_watchdog_holds_within_one_period_after_obs_timeout.
+        assert first_hold - last <= OBS_TIMEOUT + PERIOD + 0.6, first_hold - last
         held = [m for t, m in rec if t > last + OBS_TIMEOUT]
         assert held and all(list(m.data) == [0.5, -0.25] for m in held)  # current joint positions
         acts = np.array([m.data for _, m in rec])
