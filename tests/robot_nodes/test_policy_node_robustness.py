@@ -42,19 +42,22 @@ def test_policy_node_survives_bad_input_from_another_process(position_policy, no
         with JointStateStream(client, js_pub, ["j0", "j1"], [0.5, -0.25]) as joints:
             assert call(client, SetBool, "policy_node/enable", SetBool.Request(data=True), timeout=20).success
             n_reject = send_malformed_inputs(client, img_pub, joints)
-            last = time.monotonic()  # the camera stops
-            assert wait_for(lambda: any(t > last + OBS_TIMEOUT - 0.02 for t, _ in rec), 3)
-            first_hold = min(t for t, _ in rec if t > last + OBS_TIMEOUT - 0.02)
-            time.sleep(0.3)
+            stopped = time.monotonic()  # the camera stops
+            hold = [0.5, -0.25]  # the current joint positions
+            assert wait_for(lambda: rec and rec[-1][0] > stopped + OBS_TIMEOUT - 0.02
+                            and list(rec[-1][1].data) == hold, 3)
+            time.sleep(0.5)
         assert node.alive(), node.output()
-        # obs_timeout_s + one watchdog period, plus slack for this process: its callbacks stamp
-        # the commands, and after the 1 kHz burst they ran up to 0.5 s behind the node (measured
-        # on the 2-core CI machine; 0.17 s over the old 0.1 s slack failed CI once). The
-        # watchdog's own timing is checked tightly in-process by
-        # test_policy_node.py::test_watchdog_holds_within_one_period_after_obs_timeout.
-        assert first_hold - last <= OBS_TIMEOUT + PERIOD + 0.6, first_hold - last
-        held = [m for t, m in rec if t > last + OBS_TIMEOUT]
-        assert held and all(list(m.data) == [0.5, -0.25] for m in held)  # current joint positions
+        # This process's callbacks stamp the commands, and after the 1 kHz burst they ran up to
+        # 0.5 s behind the node (measured on the 2-core CI machine), so late actions can carry
+        # late stamps: the watchdog's holds are what follows the last action, in arrival order.
+        i_act = max(i for i, (_, m) in enumerate(rec) if list(m.data) != hold)
+        held = [m for _, m in rec[i_act + 1:]]
+        assert len(held) >= 3 and all(list(m.data) == hold for m in held)
+        # obs_timeout_s + one watchdog period + that lag; the watchdog's own timing is checked
+        # tightly in-process (test_policy_node.py::test_watchdog_holds_within_one_period_after_obs_timeout)
+        first_hold = rec[i_act + 1][0]
+        assert first_hold - stopped <= OBS_TIMEOUT + PERIOD + 0.6, first_hold - stopped
         acts = np.array([m.data for _, m in rec])
         assert np.all(np.isfinite(acts)), "non-finite command published"
         assert np.all(acts >= LOW - 1e-6) and np.all(acts <= HIGH + 1e-6), "out-of-limit command"
