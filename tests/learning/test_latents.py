@@ -84,21 +84,9 @@ def test_adapt_moves_heads_from_phi_and_lowers_their_loss(trained):
     assert not torch.equal(scratch.heads.prior_w1, phi.heads.prior_w1)
 
 
-def test_reward_only_adaptation_keeps_phis_prior_heads(tmp_path):
-    import dataclasses
-
-    from learning.benchmarks.store import bench_spec, synthetic_episode
-    from learning.latents import encode_store
-    from learning.meta_model import adapt
-    from learning.store import EpisodeStore, EpisodeWriter
-    from learning.world_model_train import load_world_model, preset, train
-    rng = np.random.default_rng(0)
-    with EpisodeWriter(tmp_path / "s.zarr", bench_spec(32), mode="w", log=lambda m: None) as w:
-        for _ in range(2):
-            w.add_episode(synthetic_episode(rng, 12, 32), task_id=0, success=False)
-    train(str(tmp_path / "s.zarr"), dataclasses.replace(preset("tiny"), steps=2), tmp_path / "r", progress=False)
-    model, _ = load_world_model(tmp_path / "r")
-    cache = encode_store(model, EpisodeStore.open(str(tmp_path / "s.zarr")))
+def test_reward_only_adaptation_keeps_phis_prior_heads(tiny_synthetic_model):
+    store, model = tiny_synthetic_model(episodes=2, length=12)
+    cache = encode_store(model, EpisodeStore.open(store))
     m = adapt(model, cache, steps=5, heads="reward")
     assert torch.equal(m.heads.prior_w1, model.heads.prior_w1[:1])
     assert not torch.equal(m.heads.reward_w[0], model.heads.reward_w[0][:1])

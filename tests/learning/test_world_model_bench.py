@@ -67,19 +67,12 @@ def test_action_separability_is_high_for_narrow_actions_and_chance_for_uniform_o
     assert abs(action_separability(eps(False), eps(False), lo, hi, 0, steps=400) - 0.5) < 0.1
 
 
-def test_eta_is_selected_by_leave_one_episode_out_on_the_adaptation_episodes(tmp_path):
-    import dataclasses
-
+def test_eta_is_selected_by_leave_one_episode_out_on_the_adaptation_episodes(tiny_synthetic_model):
     from learning.benchmarks.world_model import select_eta
     from learning.store import EpisodeStore
-    from learning.world_model_train import load_world_model, preset, train
-    rng = np.random.default_rng(0)
-    with EpisodeWriter(tmp_path / "s.zarr", bench_spec(32), mode="w", log=lambda m: None) as w:
-        for _ in range(3):
-            w.add_episode(synthetic_episode(rng, 16, 32), task_id=0, success=False)
-    train(str(tmp_path / "s.zarr"), dataclasses.replace(preset("tiny"), steps=2), tmp_path / "r", progress=False)
-    model, _ = load_world_model(tmp_path / "r")
-    best, scores = select_eta(model, EpisodeStore.open(str(tmp_path / "s.zarr")), [0, 1, 2],
+
+    store, model = tiny_synthetic_model(episodes=3, length=16)
+    best, scores = select_eta(model, EpisodeStore.open(store), [0, 1, 2],
                               [0.0, 1e6, float("inf")], horizon=2, adapt_steps=3, seed=0)
     assert best in (0.0, 1e6, float("inf")) and set(scores) == {"0", "1e+06", "inf"}
     assert all(np.isfinite(v) for v in scores.values())
