@@ -493,8 +493,9 @@ def _train(store_path: str, cfg: TrainConfig, run: Path, resume: bool, progress:
                     vg = torch.Generator().manual_seed(cfg.seed)
                     vo = model.losses(val_batch["image"], val_batch["action"], val_batch["reward"],
                                       val_batch["slot"], vg, val_batch.get("state"), 0, 1.0)
-                    for k in ("loss", "image_nll", "reward_nll", "kl"):
-                        writer.add_scalar(f"val/{k}", float(vo[k]), step)
+                    for k in ("loss", "image_nll", "reward_nll", "kl", "pooled_reward_nll"):
+                        if k in vo:
+                            writer.add_scalar(f"val/{k}", float(vo[k]), step)
             model.train()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             writer.flush()

@@ -59,6 +59,11 @@ class WorldModelConfig:
     # PETS/MOPO ensembles), so members can disagree about an unseen action's effect; LOMPO's heads
     # read h' only, and the shared GRU maps unusual actions into familiar h' (issue 4 measurements).
     prior_action: bool = False
+    # [ours] weight of a task-agnostic reward head trained on every window of every task. Each
+    # task's reward head can explain its rewards without the shared latent knowing the task; one
+    # head for all tasks can only do so if the latent carries the task (reach/push: where the
+    # goal marker is), which a multi-task policy then reads. 0 = off (LOMPO/MerPO).
+    pooled_reward_scale: float = 0.0
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size)
@@ -173,6 +178,9 @@ class WorldModel(nn.Module):
                                   nn.Linear(cfg.hidden, 2 * cfg.stoch))
         self.heads = TaskHeads(cfg)
         self.decoder = ConvDecoder(cfg.feat_dim, cfg.image_size, cfg.cnn_depth)
+        if cfg.pooled_reward_scale:  # training signal only; rollouts use the task heads
+            self.pooled_reward = nn.Sequential(nn.Linear(cfg.feat_dim, cfg.reward_hidden), nn.ELU(),
+                                               nn.Linear(cfg.reward_hidden, 1))
         # Data statistics, set from the store before training; exported with the model.
         self.register_buffer("action_low", -torch.ones(cfg.action_dim))
         self.register_buffer("action_high", torch.ones(cfg.action_dim))
@@ -321,9 +329,15 @@ class WorldModel(nn.Module):
         image_nll = 0.5 * ((recon.float() - x[idx]) ** 2).sum((1, 2, 3)).mean()
         kl_mean = kl.mean()
         loss = cfg.kl_scale * kl_mean + cfg.image_scale * image_nll + cfg.reward_scale * reward_nll
-        return {"loss": loss, "kl": kl_prior.mean().detach(), "kl_loss": kl_mean.detach(),
-                "image_nll": image_nll.detach(), "reward_nll": reward_nll.detach(),
-                "post_std": qs.mean().detach(), "prior_std": ps.mean().detach()}
+        out = {"kl": kl_prior.mean().detach(), "kl_loss": kl_mean.detach(),
+               "image_nll": image_nll.detach(), "reward_nll": reward_nll.detach(),
+               "post_std": qs.mean().detach(), "prior_std": ps.mean().detach()}
+        if cfg.pooled_reward_scale:
+            r_pool = self.pooled_reward(feat[:, 1:]).squeeze(-1).float()
+            pooled_nll = 0.5 * ((r_pool - reward[:, :-1]) ** 2).mean()
+            loss = loss + cfg.pooled_reward_scale * pooled_nll
+            out["pooled_reward_nll"] = pooled_nll.detach()
+        return {"loss": loss, **out}
 
 
 def _randn(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

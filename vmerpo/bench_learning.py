@@ -49,7 +49,7 @@ class Budget:
 BUDGETS = {
     # ~30 min on the 2-core CPU machine (README has the measured time)
     "smoke": Budget(train_tasks=10, episodes_per_task=6, heldout_tasks=3, heldout_episodes=5, seeds=1,
-                    eval_episodes=10, config="cpu", wm_steps=1000, meta_iterations=5),
+                    eval_episodes=10, config="cpu", wm_steps=1000, meta_iterations=5, adapt_steps=1800),
     # ~150 min on the 2-core CPU machine
     "full": Budget(train_tasks=20, episodes_per_task=8, heldout_tasks=3, heldout_episodes=5, seeds=3,
                    eval_episodes=20, config="cpu", wm_steps=0),
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.perf_counter()
     wm_dir = _world_model(out, stores["mixed" if "mixed" in stores else qualities[0]][0], budget, args.device,
-                          progress)
+                          args.workers, progress)
     timings["world_model_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -164,7 +164,7 @@ def _collect(data: Path, family: str, qualities: list[str], budget: Budget, held
     return stores
 
 
-def _world_model(out: Path, data: str, budget: Budget, device: str, progress: bool) -> str:
+def _world_model(out: Path, data: str, budget: Budget, device: str, workers: int, progress: bool) -> str:
     from learning import world_model_train as wmt
     from learning.merpo_train import preset
 
@@ -173,6 +173,9 @@ def _world_model(out: Path, data: str, budget: Budget, device: str, progress: bo
         return str(wm_dir)
     cfg = preset(budget.config).world_model
     cfg.device = device
+    # Nothing else runs in this stage, so it takes the workers' cores: 2 threads trained the cpu
+    # preset 1.42x faster than 1 on the idle 2-core machine (3.64 vs 2.57 steps/s).
+    cfg.threads = max(cfg.threads, workers)
     if budget.wm_steps:
         cfg.steps = budget.wm_steps
     wmt.train(data, cfg, wm_dir, resume=(wm_dir / "config.json").exists(),

@@ -222,3 +222,27 @@ def test_prior_action_heads_read_the_action_and_train():
     assert m.heads.prior_w1.grad[0, :, 16:].abs().sum() > 0  # the action rows of the first layer learn
     r = m.imagine(h, torch.zeros(3, 6), lambda f, t: torch.rand(3, 2), 2, slot, torch.Generator().manual_seed(0))
     assert r["uncertainty"].shape == (3, 2)
+
+
+def test_pooled_reward_head_adds_its_loss_and_trains_the_encoder():
+    """pooled_reward_scale: one reward head for every task's windows, whose gradient reaches the
+    shared encoder (the per-task heads alone never need the task in the latent)."""
+    img = torch.randint(0, 255, (2, 4, 64, 64, 3), dtype=torch.uint8)
+    act, rew, slot = torch.rand(2, 4, 2), torch.randn(2, 4), torch.tensor([1, 2])
+    torch.manual_seed(0)
+    plain = WorldModel(small(n_slots=3))
+    assert not hasattr(plain, "pooled_reward")
+    torch.manual_seed(0)
+    m = WorldModel(small(n_slots=3, pooled_reward_scale=2.0))
+    m.load_state_dict({**m.state_dict(), **plain.state_dict()})  # same weights but the new head
+    a = plain.losses(img, act, rew, slot, torch.Generator().manual_seed(0))
+    b = m.losses(img, act, rew, slot, torch.Generator().manual_seed(0))
+    assert "pooled_reward_nll" not in a and float(b["pooled_reward_nll"]) > 0
+    torch.testing.assert_close(b["loss"], a["loss"] + 2.0 * b["pooled_reward_nll"])
+    a["loss"].backward()
+    b["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.pooled_reward.parameters())
+    # the encoder's gradient has the pooled term's part on top of the plain model's
+    extra = sum(float((p.grad - q.grad).abs().sum()) for p, q in zip(m.encoder.parameters(),
+                                                                      plain.encoder.parameters(), strict=True))
+    assert extra > 1e-6
