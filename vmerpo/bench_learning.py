@@ -50,7 +50,7 @@ BUDGETS = {
     # ~30 min on the 2-core CPU machine (README has the measured time)
     "smoke": Budget(train_tasks=10, episodes_per_task=6, heldout_tasks=3, heldout_episodes=5, seeds=1,
                     eval_episodes=10, config="cpu", wm_steps=1000, meta_iterations=5, adapt_steps=1800),
-    # ~150 min on the 2-core CPU machine
+    # estimated ~117 min on the idle 2-core CPU machine (README), target 150; not yet run
     "full": Budget(train_tasks=20, episodes_per_task=8, heldout_tasks=3, heldout_episodes=5, seeds=3,
                    eval_episodes=20, config="cpu", wm_steps=0),
 }
