@@ -29,6 +29,11 @@ OBS_TIMEOUT, PERIOD, DIAG = 0.3, 0.05, 0.2
 LOW, HIGH = np.array([-2.0, -1.0]), np.array([2.0, 1.0])
 
 
+def diag_values(msg) -> dict[str, str]:
+    """policy_node's diagnostics key/values (its one status)."""
+    return {kv.key: kv.value for kv in msg.status[0].values}
+
+
 def test_policy_node_survives_bad_input_from_another_process(position_policy, node_process):
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import qos_profile_sensor_data
@@ -80,7 +85,7 @@ def test_policy_node_survives_bad_input_from_another_process(position_policy, no
         def node_clock() -> list[tuple[float, int, int]]:
             out = []
             for d in list(diags):
-                kv = {v.key: v.value for v in d.status[0].values}
+                kv = diag_values(d)
                 out.append(((stamp_to_ns(d.header.stamp) - last_ns) * 1e-9, int(kv["ticks"]), int(kv["stale_count"])))
             return sorted(out)
 
@@ -93,9 +98,8 @@ def test_policy_node_survives_bad_input_from_another_process(position_policy, no
         acts = np.array([m.data for _, m in rec])
         assert np.all(np.isfinite(acts)), "non-finite command published"
         assert np.all(acts >= LOW - 1e-6) and np.all(acts <= HIGH + 1e-6), "out-of-limit command"
-        assert wait_for(lambda: diags and int({kv.key: kv.value for kv in diags[-1].status[0].values}
-                                              ["rejected_count"]) >= n_reject, 3)
-        ticks = int({kv.key: kv.value for kv in diags[-1].status[0].values}["ticks"])
+        assert wait_for(lambda: diags and int(diag_values(diags[-1])["rejected_count"]) >= n_reject, 3)
+        ticks = int(diag_values(diags[-1])["ticks"])
         assert ticks > 100, ticks  # the burst was acted upon (best-effort QoS may drop some)
         assert_no_inet_sockets()
     assert node.stop() == 0, node.output()
