@@ -153,7 +153,8 @@ class TaskSet:
             return [self.check_id(i) for i in ids]
         train = self.split_ids("train")
         if not 1 <= n <= len(train):
-            raise ValueError(f"--tasks {n}: {self.family} has {len(train)} meta-train tasks")
+            raise ValueError(f"--tasks {n}: a count of meta-train tasks, and {self.family} has {len(train)}; "
+                             f"for task {n} alone write '{n},'")
         return train[:n]
 
 

@@ -154,6 +154,10 @@ def test_bad_input_errors():
         ts.select("3,50")
     assert ts.select("train") == list(range(40)) and ts.select("test") == list(range(40, 50))
     assert ts.select("3") == [0, 1, 2] and ts.select("4,41") == [4, 41]
+    # a held-out id given as a count says how to ask for that one task
+    with pytest.raises(ValueError, match=r"--tasks 41: a count of meta-train tasks.*has 40; for task 41 alone write '41,'"):
+        ts.select("41")
+    assert ts.select("41,") == [41]
 
 
 def test_render_mesh_simplification_leaves_physics_unchanged(monkeypatch):
