@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/sim.py mus
 
 
 def _job(args: tuple) -> dict:
-    bench, q, seed, task, omega, out, episodes = args
+    bench, family, q, seed, task, omega, out, episodes = args
     import dataclasses
 
     import torch
@@ -34,8 +34,7 @@ def _job(args: tuple) -> dict:
     if not (Path(out) / "policy.pt").exists():
         mt.adapt(f"{bench}/runs/{q}_s{seed}", f"{bench}/data/{q}_heldout.zarr", out, overwrite=True, task=task,
                  method="merpo", progress=False, log=lambda m: None)
-    return _eval_one((json.loads((Path(bench) / "results.json").read_text())["family"], out, task, episodes,
-                      1000 + seed))
+    return _eval_one((family, out, task, episodes, 1000 + seed))
 
 
 def main() -> int:
@@ -49,12 +48,12 @@ def main() -> int:
     a = p.parse_args()
     doc = json.loads((Path(a.bench) / "results.json").read_text())
     b = doc["budget_config"]
-    jobs = [(a.bench, a.quality, s, t, a.omega, f"{a.out}/{a.quality}_s{s}_t{t}_w{a.omega}", b["eval_episodes"])
+    jobs = [(a.bench, doc["family"], a.quality, s, t, a.omega, f"{a.out}/{a.quality}_s{s}_t{t}_w{a.omega}", b["eval_episodes"])
             for s in range(b["seeds"]) for t in doc["heldout_tasks"]]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.workers, mp_context=mp.get_context("spawn")) as pool:
         res = list(pool.map(_job, jobs))
-    rows = [{"quality": a.quality, "seed": j[2], "task": j[3], "omega": a.omega, "success_rate": r["success_rate"],
+    rows = [{"quality": a.quality, "seed": j[3], "task": j[4], "omega": a.omega, "success_rate": r["success_rate"],
              "mean_return": r["mean_return"]} for j, r in zip(jobs, res, strict=True)]
     summary = {"success_mean": sum(r["success_rate"] for r in rows) / len(rows),
                "mean_return": sum(r["mean_return"] for r in rows) / len(rows), "seconds": time.perf_counter() - t0}

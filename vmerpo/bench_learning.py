@@ -47,11 +47,10 @@ class Budget:
 
 
 BUDGETS = {
-    # under 30 min on the idle 2-core CPU machine (README has the measured time; 1800 adaptation
-    # steps took 28.6-31.0 min, 1500 cut ~2.3 min of the 18 min adaptation stage)
+    # 26.9 min on the idle 2-core CPU machine (README; 1800 adaptation steps took 28.6-31.0 min)
     "smoke": Budget(train_tasks=10, episodes_per_task=6, heldout_tasks=3, heldout_episodes=5, seeds=1,
                     eval_episodes=10, config="cpu", wm_steps=1000, meta_iterations=5, adapt_steps=1500),
-    # estimated ~117 min on the idle 2-core CPU machine (README), target 150; not yet run
+    # 123.4 min on the 2-core CPU machine, ~117 idle (README), target 150
     "full": Budget(train_tasks=20, episodes_per_task=8, heldout_tasks=3, heldout_episodes=5, seeds=3,
                    eval_episodes=20, config="cpu", wm_steps=0),
 }
