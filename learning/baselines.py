@@ -6,6 +6,7 @@ heads theta_j. They differ in how the actor is trained:
 
     merpo   meta-training (pi_c, Q_meta over per-task RAC learners), then RAC on D_j from
             pi_c / Q_meta, regularized towards pi_c (omega = 0.4)                 [MerPO]
+    merpo_adp  the same with omega chosen per task (`learning.merpo.adaptive_omega`) [MerPO-Adp]
     rac     single-task RAC with omega = 1 (COMBO-like: conservative critic + behaviour
             prior, no meta-policy): pretrained on the pooled meta-train logs, then RAC on D_j
     lompo   uncertainty-penalized latent actor-critic (r - 5 u, 5-step rollouts with N(0, 0.2)
@@ -30,13 +31,13 @@ import torch
 from learning.merpo import adapt_rac, train_bc
 from learning.rac import RACConfig, TanhGaussianActor, TwinCritic
 
-METHODS = ("merpo", "rac", "lompo", "bc")
+METHODS = ("merpo", "merpo_adp", "rac", "lompo", "bc")
 __all__ = ["METHODS", "method_config", "pretrain", "train_bc"]
 
 
 def method_config(method: str, base: RACConfig) -> RACConfig:
     """The RAC configuration a method uses (sizes and batches from `base`)."""
-    if method == "merpo":
+    if method in ("merpo", "merpo_adp"):  # merpo_adp: omega replaced per task at adaptation
         return base
     if method == "rac":
         return dataclasses.replace(base, omega=1.0)
@@ -54,8 +55,8 @@ def pretrain(method: str, data: dict[str, torch.Tensor], rollout_fn: Callable | 
              steps: int, seed: int = 0, progress: Callable[[int, dict], None] | None = None
              ) -> tuple[TanhGaussianActor, TwinCritic | None]:
     """A baseline's learner on the pooled meta-train transitions (`data`)."""
-    if method == "merpo":
-        raise ValueError("merpo is meta-trained by `vmerpo train`, not pretrained")
+    if method in ("merpo", "merpo_adp"):
+        raise ValueError(f"{method} is meta-trained by `vmerpo train`, not pretrained")
     cfg = method_config(method, base)
     obs_dim, act_dim = data["obs"].shape[1], data["act"].shape[1]
     if method == "bc":

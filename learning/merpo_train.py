@@ -44,6 +44,7 @@ from learning.merpo import (
     MerPOConfig,
     Normalizer,
     adapt_rac,
+    adaptive_omega,
     fit_normalizer,
     model_rollout_fn,
     transitions,
@@ -366,9 +367,17 @@ class ActorMean(nn.Module):
 # -- vmerpo adapt ------------------------------------------------------------------------------
 def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwrite: bool = False,
           task: int | None = None, steps: int | None = None, log: Callable[[str], None] = print,
-          progress: bool = True, method: str = "merpo") -> dict[str, Any]:
+          progress: bool = True, method: str = "merpo", omega: float | None = None) -> dict[str, Any]:
     """Meta-test: theta_j from phi on the new task's log, then RAC from pi_c and Q_meta
-    (MerPO), or a baseline (`learning.baselines`) from its pooled pretraining, on that log."""
+    (MerPO; `merpo_adp`: omega chosen for this task by `adaptive_omega`), or a baseline
+    (`learning.baselines`) from its pooled pretraining, on that log. `omega` replaces the
+    run's omega for merpo and rac."""
+    if omega is not None:
+        if method not in ("merpo", "rac"):
+            raise ValueError(f"--omega applies to merpo and rac, not {method}"
+                             + (" (it chooses omega itself)" if method == "merpo_adp" else ""))
+        if not 0.0 <= omega <= 1.0:
+            raise ValueError(f"--omega {omega}: must be in [0, 1] (1: behaviour prior only, 0: meta-policy only)")
     run = Path(run_dir)
     info = _read_run(run)
     if info["kind"] != "meta":
@@ -396,7 +405,9 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
     norm = Normalizer.from_dict(json.loads((run / "normalizer.json").read_text()))
     mc = cfg.merpo
     rc = method_config(method, mc.rac)
-    if method == "merpo":
+    if omega is not None:
+        rc = dataclasses.replace(rc, omega=float(omega))
+    if method in ("merpo", "merpo_adp"):
         merpo = MerPO(model.cfg.feat_dim, len(store.spec.action_names), info["meta_train_tasks"], mc, device)
         ckpt = run / "checkpoints" / "merpo.pt"
         merpo.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
@@ -419,6 +430,14 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         wmt.save_checkpoint(shared / "task_model.pt", theta, None, 0,
                             dataclasses.replace(cfg.world_model, model=theta.cfg), {task: 0})
     data_j = transitions(cache, norm, task, device)
+    omega_choice = None
+    if method == "merpo_adp":
+        omega_choice = adaptive_omega(theta, cache, init_actor, norm, rc.omega,
+                                      torch.Generator().manual_seed(mc.seed + 13))
+        rc = dataclasses.replace(rc, omega=omega_choice["omega"])
+        log(f"MerPO-Adp: omega {omega_choice['omega']:.2f} (pi_c's imagined return "
+            f"{omega_choice['meta_policy_return']:.0f} vs the log's {omega_choice['behaviour_return']:.0f}, "
+            f"z = {omega_choice['z']:.1f})")
     gen = torch.Generator().manual_seed(mc.seed + 7)
     rollout = model_rollout_fn(theta, 0, rc.horizon, norm, gen)
     from tqdm import tqdm
@@ -440,9 +459,11 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
     (out / "normalizer.json").write_text(json.dumps(norm.to_dict(), indent=1))
     (out / "config.json").write_text(json.dumps({
         "format": RUN_FORMAT, "version": RUN_VERSION, "kind": "adapted", "parent": str(run), "task": task, "method": method,
+        "omega": rc.omega if method in ("merpo", "merpo_adp", "rac") else None, "omega_choice": omega_choice,
         "data": str(data), "data_hash": data_hash(store), "config": cfg.to_dict(),
         "store_spec": store.spec.to_attrs(), "episodes": eps}, indent=1))
-    return {"task": task, "method": method, "episodes": len(eps), "adapt_steps": n_steps, "out": str(out)}
+    return {"task": task, "method": method, "episodes": len(eps), "adapt_steps": n_steps,
+            "omega": rc.omega if method in ("merpo", "merpo_adp", "rac") else None, "out": str(out)}
 
 
 def pretrained_baseline(run_dir: str | os.PathLike, method: str, log: Callable[[str], None] = print,

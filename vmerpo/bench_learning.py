@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 QUALITIES = ("expert", "medium", "mixed")
-METHODS = ("merpo", "rac", "lompo", "bc")
+METHODS = ("merpo", "merpo_adp", "rac", "lompo", "bc")
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,14 @@ class Budget:
     wm_steps: int  # world-model steps (0: the preset's)
     adapt_steps: int = 0  # RAC/BC steps on each small log (0: the preset's)
     meta_iterations: int = 0  # MerPO iterations (0: the preset's); baselines pretrain as many updates
+    methods: tuple[str, ...] = METHODS  # compared by default (--methods picks others)
 
 
 BUDGETS = {
     # 26.9 min on the idle 2-core CPU machine (README; 1800 adaptation steps took 28.6-31.0 min)
     "smoke": Budget(train_tasks=10, episodes_per_task=6, heldout_tasks=3, heldout_episodes=5, seeds=1,
-                    eval_episodes=10, config="cpu", wm_steps=1000, meta_iterations=5, adapt_steps=1500),
+                    eval_episodes=10, config="cpu", wm_steps=1000, meta_iterations=5, adapt_steps=1500,
+                    methods=("merpo", "rac", "lompo", "bc")),  # MerPO-Adp's 3 more adaptations would pass 30 min
     # 123.4 min on the 2-core CPU machine, ~117 idle (README), target 150
     "full": Budget(train_tasks=20, episodes_per_task=8, heldout_tasks=3, heldout_episodes=5, seeds=3,
                    eval_episodes=20, config="cpu", wm_steps=0),
@@ -67,7 +69,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="smoke: 1 seed, 10 episodes (~30 min on 2 CPU cores); full: 3 seeds, 20 episodes")
     p.add_argument("--out", default="results/learning", help="output directory (reused on a rerun)")
     p.add_argument("--qualities", default=",".join(QUALITIES), help="comma-separated subset of expert,medium,mixed")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of merpo,rac,lompo,bc")
+    p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: the budget's; "
+                                     "smoke leaves out merpo_adp, MerPO-Adp)")
     p.add_argument("--device", default="auto",
                    help="auto|cpu|cuda; with cuda the full budget uses the paper's sizes")
     p.add_argument("--workers", type=int, default=2, help="evaluation processes (default 2)")
@@ -79,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     family = args.family if args.family.endswith("-v3") else f"{args.family}-v3"
     qualities = _subset(args.qualities, QUALITIES, "--qualities")
-    methods = _subset(args.methods, METHODS, "--methods")
     budget = BUDGETS[args.budget]
+    methods = _subset(args.methods or ",".join(budget.methods), METHODS, "--methods")
     if args.device == "cuda" and args.budget == "full":
         budget = Budget(**{**asdict(budget), "config": "paper"})
     out = Path(args.out)
@@ -117,21 +120,37 @@ def main(argv: list[str] | None = None) -> int:
 
     behaviour = {q: _behaviour_success(stores[q][1]) for q in qualities}
     results = summarize(evals, methods, qualities)
+    command = "vmerpo bench learning " + " ".join(sys.argv[1:] if argv is None else argv)
+    invocations = _previous_invocations(out / "results.json") + [
+        {"command": command, "timings": {k: round(v, 1) for k, v in timings.items()}}]
+    total_min = sum(i["timings"]["total_s"] for i in invocations) / 60
     doc = {"family": family, "budget": args.budget, "budget_config": asdict(budget), "heldout_tasks": heldout,
            "device": args.device, "results": results, "behaviour_heldout_logs": behaviour,
-           "evaluations": evals, "timings": {k: round(v, 1) for k, v in timings.items()},
-           "command": "vmerpo bench learning " + " ".join(sys.argv[1:] if argv is None else argv)}
+           "evaluations": evals, "timings": invocations[-1]["timings"], "command": command,
+           # a rerun reuses every finished stage: its own timings cover only what it added
+           "invocations": invocations, "total_minutes_all_invocations": round(total_min, 1)}
     (out / "results.json").write_text(json.dumps(doc, indent=1))
     table = markdown_table(results, behaviour, methods, qualities)
     (out / "results.md").write_text(
         f"Held-out success on {family} (tasks {heldout}), budget `{args.budget}` "
         f"({budget.seeds} seed(s) x {budget.eval_episodes} episodes per task), "
-        f"{timings['total_s'] / 60:.0f} min.\n\n{table}\n")
+        + (f"{total_min:.0f} min" if len(invocations) == 1 else
+           f"{total_min:.0f} min in {len(invocations)} invocations ("
+           + " + ".join(f"{i['timings']['total_s'] / 60:.0f}" for i in invocations) + ")")
+        + f".\n\n{table}\n")
     bar_plot(results, behaviour, methods, qualities, out / "results.png", f"{family} held-out ({args.budget})")
     print(table)
     print(f"\nresults: {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'} "
           f"({timings['total_s'] / 60:.1f} min)")
     return 0
+
+
+def _previous_invocations(path: Path) -> list[dict]:
+    """What earlier invocations on this --out recorded (a rerun adds to it, never loses it)."""
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    return old.get("invocations") or [{"command": old.get("command", "?"), "timings": old["timings"]}]
 
 
 def _subset(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
@@ -243,7 +262,7 @@ def _adapt_all(out: Path, runs: dict, stores: dict, heldout: list[int], methods:
     too), one job per (run, method), in parallel; (2) per (run, task) one cheap adaptation first (BC when
     asked for), which also makes the shared theta_j and latents, in parallel over (run, task);
     (3) the rest in parallel."""
-    pre = [(run, m) for run in runs.values() for m in methods if m != "merpo"]
+    pre = [(run, m) for run in runs.values() for m in methods if m not in ("merpo", "merpo_adp")]
     _pool_map(_pretrain, pre, workers, "pretrain baselines", progress)
     order = sorted(methods, key=lambda m: m != "bc")  # bc first: cheapest
     jobs, first, rest = [], [], []

@@ -12,6 +12,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "Meta-test adaptation (MerPO): fit the task-adapted world-model heads theta_j from phi "
         "on the new task's log (proximal term eta), then initialise the task policy from pi_c "
         "and Q_meta and run RAC steps on that log. The new task must not be a meta-training task. "
+        "--method merpo_adp (MerPO-Adp) first chooses omega for this task: towards 1 (the log's "
+        "behaviour) when pi_c scores below the log's actions in the adapted model, towards 0 when "
+        "above; --omega sets it by hand for merpo and rac. "
         "--method picks a baseline on the same world model and latents instead (bc: behaviour "
         "cloning; rac: single-task RAC, omega = 1; lompo: uncertainty-penalized actor-critic), "
         "each pretrained once on the run's pooled meta-train logs (kept in RUN/baselines/) and "
@@ -22,8 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output run directory for the adapted policy")
     p.add_argument("--task", type=int, help="task id in --data when it holds several")
     p.add_argument("--steps", type=int, help="RAC steps (default: the run's config)")
-    p.add_argument("--method", default="merpo", choices=["merpo", "rac", "lompo", "bc"],
+    p.add_argument("--method", default="merpo", choices=["merpo", "merpo_adp", "rac", "lompo", "bc"],
                    help="learner to adapt (default merpo)")
+    p.add_argument("--omega", type=float,
+                   help="behaviour (1) vs meta-policy (0) regularizer weight at adaptation, for merpo and rac "
+                        "(default: the run's config, MerPO's 0.4)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -33,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from learning.merpo_train import adapt
 
     summary = adapt(args.run, args.data, args.out, overwrite=args.overwrite, task=args.task,
-                    steps=args.steps, progress=not args.no_progress, method=args.method,
+                    steps=args.steps, progress=not args.no_progress, method=args.method, omega=args.omega,
                     log=lambda msg: print(msg, file=sys.stderr))
     print(json.dumps(summary, indent=1) if args.json else
-          f"adapted {summary['method']} to task {summary['task']} from {summary['episodes']} episodes -> {args.out}")
+          f"adapted {summary['method']} to task {summary['task']} from {summary['episodes']} episodes"
+          + (f" (omega {summary['omega']:.2f})" if summary["omega"] is not None else "") + f" -> {args.out}")
     return 0
