@@ -341,8 +341,8 @@ def adaptive_omega(world_model, cache: LatentCache, meta_actor: TanhGaussianActo
 
     From every episode start of the task's log, `repeats` imagined episodes (a random prior
     member per step) with the logged actions replayed (the behaviour policy, J_b) and with pi_c's
-    mean action (J_c), as long as the shortest episode; d = R_b - R_c per start and draw, and
-    z = mean(d) / stderr(d). Evidence that pi_c is worse here (z > 0) moves omega towards 1
+    mean action (J_c), as long as the shortest episode, the two with the same random draws (so
+    equal policies give d = 0); d = R_b - R_c per start and draw, and z = mean(d) / stderr(d). Evidence that pi_c is worse here (z > 0) moves omega towards 1
     (stay with the data), evidence that it is better moves it towards 0, reaching the end at
     |z| = z_full:
 
@@ -367,7 +367,9 @@ def adaptive_omega(world_model, cache: LatentCache, meta_actor: TanhGaussianActo
     feat = torch.as_tensor(np.asarray(a["feat"][idx], np.float32), device=dev)
     logged = torch.as_tensor(np.stack([a["action"][idx + k] for k in range(horizon)], 1).astype(np.float32),
                              device=dev)
+    crn = generator.get_state()  # common random numbers: both see the same members and noise
     r_b = rollout(world_model, feat, lambda f, t: logged[:, t], horizon, generator, slot)["reward"].sum(1)
+    generator.set_state(crn)
     r_c = rollout(world_model, feat, lambda f, t: norm.to_robot(meta_actor.mean_unit(f)), horizon,
                   generator, slot)["reward"].sum(1)
     d = (r_b - r_c).double()

@@ -131,3 +131,61 @@ def test_warm_start_clones_the_pooled_behaviour_into_pi_c_and_every_task_policy(
     for rac in merpo.learners.values():
         for p, q in zip(rac.actor.parameters(), merpo.meta_actor.parameters(), strict=True):
             assert torch.equal(p, q)
+
+
+class ToyModel:
+    """A stand-in for the world model's `imagine` (same contract): the latent is the last
+    action, and the reward of a transition is 1 - |a - target|^2 (the task's best action)."""
+
+    class cfg:  # noqa: N801 - mirrors WorldModel.cfg
+        stoch = 2
+
+    def __init__(self, target):
+        self.target = torch.as_tensor(target, dtype=torch.float32)
+
+    def imagine(self, h, z, policy, horizon, slot, generator, uncertainty=None):
+        feat, feats, actions, rewards = torch.cat([z, h], -1), [], [], []
+        feats.append(feat)
+        for t in range(horizon):
+            a = policy(feat, t)
+            noise = 0.05 * torch.randn(a.shape, generator=generator)  # the ensemble's spread
+            feat = torch.cat([a, h], -1)
+            feats.append(feat)
+            actions.append(a)
+            rewards.append(1 - ((a - self.target) ** 2).sum(-1) + noise[:, 0])
+        return {"feat": torch.stack(feats, 1), "action": torch.stack(actions, 1),
+                "reward": torch.stack(rewards, 1), "uncertainty": torch.zeros(len(feat), horizon)}
+
+
+def test_merpo_adp_moves_omega_towards_the_better_regularizer():
+    """MerPO-Adp: a meta-policy worse than the log's actions on the new task gives omega -> 1
+    (stay with the data); a better one gives omega below the base (follow pi_c); equal: base."""
+    from learning.merpo import adaptive_omega
+    from learning.rac import TanhGaussianActor
+
+    cache = toy_cache(tasks=(5,), episodes_per_task=4, length=12)
+    cache.arrays["feat"] = cache.arrays["feat"][:, :4]  # [z (2), h (2)] for the toy model
+    norm = fit_normalizer(cache, [-2, -2], [2, 2])
+    good = np.array([1.0, -0.5], np.float32)
+    cache.arrays["action"][:] = good  # the log acts well: at the task's best action
+
+    def pi_c(action):  # a meta-policy whose mean action is `action` (robot units) everywhere
+        actor = TanhGaussianActor(4, A_DIM, 16, 2)
+        with torch.no_grad():
+            for p in actor.parameters():
+                p.zero_()
+            last = [m for m in actor.modules() if isinstance(m, torch.nn.Linear)][-1]
+            last.bias[:A_DIM] = torch.atanh(torch.as_tensor(norm.to_unit(np.asarray(action, np.float32))))
+        return actor
+
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    worse = adaptive_omega(ToyModel(good), cache, pi_c([-1.0, 1.0]), norm, 0.4, g())
+    assert worse["meta_policy_return"] < worse["behaviour_return"] and worse["z"] > 2
+    assert worse["omega"] == 1.0 and worse["horizon"] == 11 and worse["rollouts"] == 4 * 8
+    # the log's actions are now the poor ones, pi_c acts at the optimum
+    better = adaptive_omega(ToyModel([-1.0, 1.0]), cache, pi_c([-1.0, 1.0]), norm, 0.4, g())
+    assert better["z"] < -2 and better["omega"] == 0.0
+    same = adaptive_omega(ToyModel(good), cache, pi_c(good), norm, 0.4, g())
+    # the same random draws for both: equal policies differ by nothing, omega stays MerPO's
+    assert same["z"] == pytest.approx(0.0, abs=1e-3) and same["omega"] == pytest.approx(0.4, abs=1e-3)
+    assert same["meta_policy_return"] == pytest.approx(same["behaviour_return"], abs=1e-4)

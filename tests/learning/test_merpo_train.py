@@ -117,6 +117,30 @@ def test_bad_input_gives_one_line_errors(trained, family, tmp_path):
         w.add_episode(synthetic_episode(np.random.default_rng(0), 20, 32), task_id=0, success=False)
     proc = vmerpo("train", "--data", str(plain), "--config", "tiny", "--out", str(tmp_path / "z"))
     assert proc.returncode == 2 and "task" in proc.stderr
+    # omega by hand: only for learners that have it, and only in [0, 1]
+    for method, omega, why in (("bc", "0.5", "applies to merpo and rac"), ("merpo", "1.5", "must be in [0, 1]")):
+        proc = vmerpo("adapt", "--run", str(trained), "--data", str(heldout), "--method", method,
+                      "--omega", omega, "--out", str(tmp_path / f"w_{method}"))
+        assert proc.returncode == 2 and why in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_merpo_adp_chooses_omega_for_the_new_task_and_records_it(trained, family, tmp_path):
+    _, heldout, _ = family
+    out = tmp_path / "adp"
+    proc = vmerpo("adapt", "--run", str(trained), "--data", str(heldout), "--out", str(out),
+                  "--method", "merpo_adp", "--steps", "3", "--no-progress", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "MerPO-Adp: omega" in proc.stderr
+    info = json.loads((out / "config.json").read_text())
+    choice = info["omega_choice"]
+    assert info["method"] == "merpo_adp" and info["omega"] == json.loads(proc.stdout)["omega"] == choice["omega"]
+    assert 0.0 <= choice["omega"] <= 1.0 and choice["omega_base"] == 0.4
+    assert choice["rollouts"] == 2 * 8 and choice["horizon"] == 23  # 2 episodes of 24 rows, 8 draws each
+    # the hand-set omega of plain MerPO is recorded the same way
+    proc = vmerpo("adapt", "--run", str(trained), "--data", str(heldout), "--out", str(tmp_path / "w1"),
+                  "--omega", "1", "--steps", "3", "--no-progress", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "w1" / "config.json").read_text())["omega"] == 1.0
 
 
 @pytest.mark.parametrize("method", ["bc", "rac", "lompo"])
@@ -169,7 +193,7 @@ def test_method_configs():
     from learning.rac import RACConfig
 
     base = RACConfig()
-    assert method_config("merpo", base).omega == 0.4
+    assert method_config("merpo", base).omega == 0.4 and method_config("merpo_adp", base) == base
     assert method_config("rac", base).omega == 1.0 and method_config("rac", base).cql_beta == base.cql_beta
     lompo = method_config("lompo", base)
     assert (lompo.cql_beta, lompo.lam, lompo.uncertainty_penalty, lompo.horizon) == (0.0, 0.0, 5.0, 5)
