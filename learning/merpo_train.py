@@ -367,11 +367,12 @@ class ActorMean(nn.Module):
 # -- vmerpo adapt ------------------------------------------------------------------------------
 def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwrite: bool = False,
           task: int | None = None, steps: int | None = None, log: Callable[[str], None] = print,
-          progress: bool = True, method: str = "merpo", omega: float | None = None) -> dict[str, Any]:
+          progress: bool = True, method: str = "merpo", omega: float | None = None,
+          rac_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Meta-test: theta_j from phi on the new task's log, then RAC from pi_c and Q_meta
     (MerPO; `merpo_adp`: omega chosen for this task by `adaptive_omega`), or a baseline
     (`learning.baselines`) from its pooled pretraining, on that log. `omega` replaces the
-    run's omega for merpo and rac."""
+    run's omega for merpo and rac; `rac_overrides` replaces other RAC settings (ablations)."""
     if omega is not None:
         if method not in ("merpo", "rac"):
             raise ValueError(f"--omega applies to merpo and rac, not {method}"
@@ -407,6 +408,11 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
     rc = method_config(method, mc.rac)
     if omega is not None:
         rc = dataclasses.replace(rc, omega=float(omega))
+    if rac_overrides:
+        unknown = sorted(set(rac_overrides) - {f.name for f in dataclasses.fields(RACConfig)})
+        if unknown:
+            raise ValueError(f"unknown RAC setting(s) {unknown}; see learning.rac.RACConfig")
+        rc = dataclasses.replace(rc, **rac_overrides)
     if method in ("merpo", "merpo_adp"):
         merpo = MerPO(model.cfg.feat_dim, len(store.spec.action_names), info["meta_train_tasks"], mc, device)
         ckpt = run / "checkpoints" / "merpo.pt"

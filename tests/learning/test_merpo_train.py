@@ -141,6 +141,11 @@ def test_merpo_adp_chooses_omega_for_the_new_task_and_records_it(trained, family
                   "--omega", "1", "--steps", "3", "--no-progress", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "w1" / "config.json").read_text())["omega"] == 1.0
+    from learning.merpo_train import adapt
+
+    with pytest.raises(ValueError, match=r"unknown RAC setting\(s\) \['lamda'\]"):
+        adapt(trained, str(heldout), tmp_path / "typo", rac_overrides={"lamda": 5}, log=lambda m: None,
+              progress=False)
 
 
 @pytest.mark.parametrize("method", ["bc", "rac", "lompo"])
