@@ -335,15 +335,20 @@ def adapt_rac(init_actor: TanhGaussianActor | None, init_critic: TwinCritic | No
 @torch.no_grad()
 def adaptive_omega(world_model, cache: LatentCache, meta_actor: TanhGaussianActor, norm: Normalizer,
                    omega: float, generator: torch.Generator, slot: int = 0, repeats: int = 8,
-                   z_full: float = 2.0, max_horizon: int = 500) -> dict[str, float]:
+                   z_full: float = 2.0, uncertainty_penalty: float = 1.0,
+                   max_horizon: int = 500) -> dict[str, float]:
     """MerPO-Adp: omega_j for a new task from how the meta-policy compares with the behaviour
     policy *on that task*, both measured in the task-adapted model theta_j (`slot`).
 
     From every episode start of the task's log, `repeats` imagined episodes (a random prior
-    member per step) with the logged actions replayed (the behaviour policy, J_b) and with pi_c's
-    mean action (J_c), as long as the shortest episode, the two with the same random draws (so
-    equal policies give d = 0); d = R_b - R_c per start and draw, and z = mean(d) / stderr(d). Evidence that pi_c is worse here (z > 0) moves omega towards 1
-    (stay with the data), evidence that it is better moves it towards 0, reaching the end at
+    member per step) with the logged actions replayed (the behaviour policy) and with pi_c's
+    mean action, as long as the shortest episode, the two with the same random draws (so equal
+    policies give d = 0). Each imagined return is pessimistic, as in MOPO/LOMPO:
+    sum_t r_t - uncertainty_penalty * reward_std * u_t / u_std (u: the model's latent
+    uncertainty, `u_std` its std on real data), because a policy that leaves the data is
+    scored where the model is least reliable. d = R_b - R_c per start and draw and
+    z = mean(d) / stderr(d). Evidence that pi_c is worse here (z > 0) moves omega towards 1 (stay
+    with the data), evidence that it is better moves it towards 0, reaching the end at
     |z| = z_full:
 
         omega_j = omega + (1 - omega) min(z / z_full, 1)     z >= 0
@@ -353,8 +358,9 @@ def adaptive_omega(world_model, cache: LatentCache, meta_actor: TanhGaussianActo
     MerPO paper names MerPO-Adp (omega per task) without fixing a rule; ours uses the adapted
     model that MerPO already has. Measured on the learning benchmark's reach runs: replaying
     the logged actions in theta_j gives the logs' real returns to within ~10 % over whole
-    episodes, and pi_c scores 5-85 % below them on held-out tasks (it is one policy for the
-    meta-train goals), which is where omega = 1 beat 0.4 (README, learning benchmark).
+    episodes, pi_c's rollouts carry 1.0-1.8x the uncertainty of the replays, and pi_c scores
+    below the logged actions on held-out tasks (it is one policy for the meta-train goals),
+    which is where omega = 1 beat 0.4 (README, learning benchmark).
     """
     ends = np.asarray(cache.episode_ends)
     starts = np.concatenate([[0], ends[:-1]])
@@ -368,15 +374,26 @@ def adaptive_omega(world_model, cache: LatentCache, meta_actor: TanhGaussianActo
     logged = torch.as_tensor(np.stack([a["action"][idx + k] for k in range(horizon)], 1).astype(np.float32),
                              device=dev)
     crn = generator.get_state()  # common random numbers: both see the same members and noise
-    r_b = rollout(world_model, feat, lambda f, t: logged[:, t], horizon, generator, slot)["reward"].sum(1)
+    out_b = rollout(world_model, feat, lambda f, t: logged[:, t], horizon, generator, slot)
     generator.set_state(crn)
-    r_c = rollout(world_model, feat, lambda f, t: norm.to_robot(meta_actor.mean_unit(f)), horizon,
-                  generator, slot)["reward"].sum(1)
-    d = (r_b - r_c).double()
+    out_c = rollout(world_model, feat, lambda f, t: norm.to_robot(meta_actor.mean_unit(f)), horizon,
+                    generator, slot)
+    scale = uncertainty_penalty * norm.reward_std / norm.uncertainty_std
+
+    def pessimistic(out):
+        return (out["reward"] - scale * out["uncertainty"]).sum(1)
+
+    d = (pessimistic(out_b) - pessimistic(out_c)).double()
     z = float(d.mean() / (d.std() / math.sqrt(len(d)) + 1e-9)) if len(d) > 1 else 0.0
     if z >= 0:
         w = omega + (1 - omega) * min(z / z_full, 1.0)
     else:
         w = omega * (1 - min(-z / z_full, 1.0))
     return {"omega": float(w), "omega_base": float(omega), "z": z, "horizon": horizon, "rollouts": len(d),
-            "behaviour_return": float(r_b.mean()), "meta_policy_return": float(r_c.mean())}
+            "uncertainty_penalty": float(uncertainty_penalty),
+            "behaviour_return": float(out_b["reward"].sum(1).mean()),
+            "meta_policy_return": float(out_c["reward"].sum(1).mean()),
+            "behaviour_pessimistic_return": float(pessimistic(out_b).mean()),
+            "meta_policy_pessimistic_return": float(pessimistic(out_c).mean()),
+            "behaviour_uncertainty": float(out_b["uncertainty"].mean() / norm.uncertainty_std),
+            "meta_policy_uncertainty": float(out_c["uncertainty"].mean() / norm.uncertainty_std)}

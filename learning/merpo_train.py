@@ -441,9 +441,10 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         omega_choice = adaptive_omega(theta, cache, init_actor, norm, rc.omega,
                                       torch.Generator().manual_seed(mc.seed + 13))
         rc = dataclasses.replace(rc, omega=omega_choice["omega"])
-        log(f"MerPO-Adp: omega {omega_choice['omega']:.2f} (pi_c's imagined return "
-            f"{omega_choice['meta_policy_return']:.0f} vs the log's {omega_choice['behaviour_return']:.0f}, "
-            f"z = {omega_choice['z']:.1f})")
+        log(f"MerPO-Adp: omega {omega_choice['omega']:.2f} (imagined return of pi_c "
+            f"{omega_choice['meta_policy_return']:.0f} vs the log's actions {omega_choice['behaviour_return']:.0f}; "
+            f"less the uncertainty penalty {omega_choice['meta_policy_pessimistic_return']:.0f} vs "
+            f"{omega_choice['behaviour_pessimistic_return']:.0f}, z = {omega_choice['z']:.1f})")
     gen = torch.Generator().manual_seed(mc.seed + 7)
     rollout = model_rollout_fn(theta, 0, rc.horizon, norm, gen)
     from tqdm import tqdm

@@ -140,8 +140,9 @@ class ToyModel:
     class cfg:  # noqa: N801 - mirrors WorldModel.cfg
         stoch = 2
 
-    def __init__(self, target):
+    def __init__(self, target, known=None):
         self.target = torch.as_tensor(target, dtype=torch.float32)
+        self.known = None if known is None else torch.as_tensor(known, dtype=torch.float32)
 
     def imagine(self, h, z, policy, horizon, slot, generator, uncertainty=None):
         feat, feats, actions, rewards = torch.cat([z, h], -1), [], [], []
@@ -154,7 +155,12 @@ class ToyModel:
             actions.append(a)
             rewards.append(1 - ((a - self.target) ** 2).sum(-1) + noise[:, 0])
         return {"feat": torch.stack(feats, 1), "action": torch.stack(actions, 1),
-                "reward": torch.stack(rewards, 1), "uncertainty": torch.zeros(len(feat), horizon)}
+                "reward": torch.stack(rewards, 1), "uncertainty": self.uncertainty(torch.stack(actions, 1))}
+
+    def uncertainty(self, actions):  # [B, H]: grows away from the actions the model was fit on
+        if self.known is None:
+            return torch.zeros(actions.shape[:2])
+        return ((actions - self.known) ** 2).sum(-1)
 
 
 def test_merpo_adp_moves_omega_towards_the_better_regularizer():
@@ -189,3 +195,13 @@ def test_merpo_adp_moves_omega_towards_the_better_regularizer():
     # the same random draws for both: equal policies differ by nothing, omega stays MerPO's
     assert same["z"] == pytest.approx(0.0, abs=1e-3) and same["omega"] == pytest.approx(0.4, abs=1e-3)
     assert same["meta_policy_return"] == pytest.approx(same["behaviour_return"], abs=1e-4)
+    # pi_c looks better in the model only where the model is unsure (far from the logged
+    # actions): the pessimistic returns (MOPO/LOMPO) keep omega with the data, raw ones do not
+    risky = ToyModel([-1.0, 1.0], known=good)
+    naive = adaptive_omega(risky, cache, pi_c([-1.0, 1.0]), norm, 0.4, g(), uncertainty_penalty=0.0)
+    assert naive["meta_policy_return"] > naive["behaviour_return"] and naive["omega"] == 0.0
+    careful = adaptive_omega(risky, cache, pi_c([-1.0, 1.0]), norm, 0.4, g())
+    assert careful["meta_policy_return"] == pytest.approx(naive["meta_policy_return"])
+    assert careful["meta_policy_uncertainty"] > careful["behaviour_uncertainty"] == 0.0
+    assert careful["meta_policy_pessimistic_return"] < careful["behaviour_pessimistic_return"]
+    assert careful["omega"] == 1.0
