@@ -358,7 +358,7 @@ def adaptive_omega(world_model, cache: LatentCache, meta_actor: TanhGaussianActo
     MerPO paper names MerPO-Adp (omega per task) without fixing a rule; ours uses the adapted
     model that MerPO already has. Measured on the learning benchmark's reach runs: replaying
     the logged actions in theta_j gives the logs' real returns to within ~10 % over whole
-    episodes, pi_c's rollouts carry 1.0-1.8x the uncertainty of the replays, and pi_c scores
+    episodes, pi_c's rollouts carry 1.0-1.9x the uncertainty of the replays, and pi_c scores
     below the logged actions on held-out tasks (it is one policy for the meta-train goals),
     which is where omega = 1 beat 0.4 (README, learning benchmark).
     """
