@@ -32,12 +32,13 @@ from learning.merpo import adapt_rac, train_bc
 from learning.rac import RACConfig, TanhGaussianActor, TwinCritic
 
 METHODS = ("merpo", "merpo_adp", "rac", "lompo", "bc")
-__all__ = ["METHODS", "method_config", "pretrain", "train_bc"]
+META_METHODS = ("merpo", "merpo_adp")  # start from the meta-trained pi_c and Q_meta, not pretrained
+__all__ = ["META_METHODS", "METHODS", "method_config", "pretrain", "train_bc"]
 
 
 def method_config(method: str, base: RACConfig) -> RACConfig:
     """The RAC configuration a method uses (sizes and batches from `base`)."""
-    if method in ("merpo", "merpo_adp"):  # merpo_adp: omega replaced per task at adaptation
+    if method in META_METHODS:  # merpo_adp: omega replaced per task at adaptation
         return base
     if method == "rac":
         return dataclasses.replace(base, omega=1.0)
@@ -55,7 +56,7 @@ def pretrain(method: str, data: dict[str, torch.Tensor], rollout_fn: Callable | 
              steps: int, seed: int = 0, progress: Callable[[int, dict], None] | None = None
              ) -> tuple[TanhGaussianActor, TwinCritic | None]:
     """A baseline's learner on the pooled meta-train transitions (`data`)."""
-    if method in ("merpo", "merpo_adp"):
+    if method in META_METHODS:
         raise ValueError(f"{method} is meta-trained by `vmerpo train`, not pretrained")
     cfg = method_config(method, base)
     obs_dim, act_dim = data["obs"].shape[1], data["act"].shape[1]

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from learning import world_model_train as wmt
-from learning.baselines import method_config, pretrain, train_bc
+from learning.baselines import META_METHODS, method_config, pretrain, train_bc
 from learning.export import DeployedPolicy
 from learning.latents import LatentCache, encode_store
 from learning.merpo import (
@@ -413,7 +413,7 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         if unknown:
             raise ValueError(f"unknown RAC setting(s) {unknown}; see learning.rac.RACConfig")
         rc = dataclasses.replace(rc, **rac_overrides)
-    if method in ("merpo", "merpo_adp"):
+    if method in META_METHODS:
         merpo = MerPO(model.cfg.feat_dim, len(store.spec.action_names), info["meta_train_tasks"], mc, device)
         ckpt = run / "checkpoints" / "merpo.pt"
         merpo.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
@@ -459,6 +459,7 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         actor = adapt_rac(init_actor, init_critic, data_j, rollout, rc, n_steps, seed=mc.seed,
                           progress=lambda i, s: bar.update(1)).actor
     bar.close()
+    omega_used = rc.omega if method in (*META_METHODS, "rac") else None  # bc, lompo: no regularizer mix
     wmt.save_checkpoint(out / "task_model.pt", theta, None, 0,
                         dataclasses.replace(cfg.world_model, model=theta.cfg), {task: 0})
     _atomic_save({"actor": actor.state_dict(), "rac": rc.to_dict(), "obs_dim": model.cfg.feat_dim,
@@ -466,11 +467,11 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
     (out / "normalizer.json").write_text(json.dumps(norm.to_dict(), indent=1))
     (out / "config.json").write_text(json.dumps({
         "format": RUN_FORMAT, "version": RUN_VERSION, "kind": "adapted", "parent": str(run), "task": task, "method": method,
-        "omega": rc.omega if method in ("merpo", "merpo_adp", "rac") else None, "omega_choice": omega_choice,
+        "omega": omega_used, "omega_choice": omega_choice,
         "data": str(data), "data_hash": data_hash(store), "config": cfg.to_dict(),
         "store_spec": store.spec.to_attrs(), "episodes": eps}, indent=1))
     return {"task": task, "method": method, "episodes": len(eps), "adapt_steps": n_steps,
-            "omega": rc.omega if method in ("merpo", "merpo_adp", "rac") else None, "out": str(out)}
+            "omega": omega_used, "out": str(out)}
 
 
 def pretrained_baseline(run_dir: str | os.PathLike, method: str, log: Callable[[str], None] = print,

@@ -262,7 +262,9 @@ def _adapt_all(out: Path, runs: dict, stores: dict, heldout: list[int], methods:
     too), one job per (run, method), in parallel; (2) per (run, task) one cheap adaptation first (BC when
     asked for), which also makes the shared theta_j and latents, in parallel over (run, task);
     (3) the rest in parallel."""
-    pre = [(run, m) for run in runs.values() for m in methods if m not in ("merpo", "merpo_adp")]
+    from learning.baselines import META_METHODS
+
+    pre = [(run, m) for run in runs.values() for m in methods if m not in META_METHODS]
     _pool_map(_pretrain, pre, workers, "pretrain baselines", progress)
     order = sorted(methods, key=lambda m: m != "bc")  # bc first: cheapest
     jobs, first, rest = [], [], []
