@@ -28,6 +28,7 @@ from torch import nn
 from perception.networks import ConvDecoder, ConvEncoder, check_image_size, image_to_float
 
 UNCERTAINTIES = ("log_prob", "max_var", "mean_dis")
+RANDOM_PRIOR_SEED = 20180  # the random prior functions' own generator: model init RNG untouched
 
 
 @dataclass
@@ -64,6 +65,12 @@ class WorldModelConfig:
     # head for all tasks can only do so if the latent carries the task (reach/push: where the
     # goal marker is), which a multi-task policy then reads. 0 = off (LOMPO/MerPO).
     pooled_reward_scale: float = 0.0
+    # [ours] randomized prior functions (Osband et al. 2018): member k's prior mean adds
+    # scale * p_k(x), a fixed random MLP on the heads' input (buffers: never trained, one for
+    # all task slots). Training makes each head cancel its p_k where the data are, so away from
+    # them the members disagree even when the trained parts agree. 0 = off (LOMPO). The bench
+    # preset's 3 comes from a sweep 1 / 3 / 10 with heads refit on cached latents (README).
+    prior_random_scale: float = 0.0
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size)
@@ -74,6 +81,8 @@ class WorldModelConfig:
             raise ValueError(f"ensemble_bootstrap {self.ensemble_bootstrap} is not a probability")
         if self.uncertainty not in UNCERTAINTIES:
             raise ValueError(f"uncertainty {self.uncertainty!r} not one of {UNCERTAINTIES}")
+        if not (math.isfinite(self.prior_random_scale) and self.prior_random_scale >= 0.0):
+            raise ValueError(f"prior_random_scale {self.prior_random_scale} must be a finite number >= 0")
 
     @property
     def feat_dim(self) -> int:
@@ -177,6 +186,13 @@ class WorldModel(nn.Module):
         self.post = nn.Sequential(nn.Linear(cfg.deter + self.embed_dim, cfg.hidden), nn.ELU(),
                                   nn.Linear(cfg.hidden, 2 * cfg.stoch))
         self.heads = TaskHeads(cfg)
+        if cfg.prior_random_scale:  # fixed random prior functions, drawn from their own seed
+            g = torch.Generator().manual_seed(RANDOM_PRIOR_SEED)
+            fan_in = cfg.deter + cfg.action_dim * cfg.prior_action
+            for name, shape in (("prior_rand_w1", (cfg.ensemble, fan_in, cfg.hidden)),
+                                ("prior_rand_w2", (cfg.ensemble, cfg.hidden, cfg.stoch))):
+                bound = math.sqrt(3.0 / shape[1])  # unit-variance pre-activations for unit inputs
+                self.register_buffer(name, (torch.rand(shape, generator=g) * 2 - 1) * bound)
         self.decoder = ConvDecoder(cfg.feat_dim, cfg.image_size, cfg.cnn_depth)
         if cfg.pooled_reward_scale:  # training signal only; rollouts use the task heads
             self.pooled_reward = nn.Sequential(nn.Linear(cfg.feat_dim, cfg.reward_hidden), nn.ELU(),
@@ -218,7 +234,12 @@ class WorldModel(nn.Module):
             if action is None:
                 raise ValueError("this model's prior heads take the action")
             h = torch.cat([h, self.action_in(action).to(h.dtype)], -1)
-        return self.heads.prior(h, slot)
+        mu, std = self.heads.prior(h, slot)
+        if self.cfg.prior_random_scale:
+            p = torch.tanh(torch.einsum("...d,kdh->...kh", h, self.prior_rand_w1.to(h.dtype)))
+            p = torch.einsum("...kh,kho->...ko", p, self.prior_rand_w2.to(p.dtype))
+            mu = mu + self.cfg.prior_random_scale * p.float()
+        return mu, std
 
     # -- one filter step: the deployment form (ALGORITHMS 3) -----------------------------------
     def transition(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:

@@ -124,3 +124,19 @@ def test_bootstrapped_training_runs_and_masks_reach_the_loss(store, tmp_path):
     assert batch["member_mask"].shape == (cfg.batch_size, cfg.model.ensemble)
     summary = train(str(store), cfg, tmp_path / "run", progress=False)
     assert summary["step"] == 4 and np.isfinite(summary["final"]["loss"])
+
+
+def test_bench_preset_model_with_random_priors_trains_and_reloads(store, tmp_path):
+    bench = preset("bench").model
+    assert bench.prior_action and bench.prior_random_scale == 3.0 and preset("cpu").model.prior_random_scale == 0.0
+    cfg = dataclasses.replace(preset("tiny"), steps=4)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ensemble_bootstrap=0.5, prior_action=True,
+                                                             prior_random_scale=3.0))
+    summary = train(str(store), cfg, tmp_path / "run", progress=False)
+    assert summary["step"] == 4 and np.isfinite(summary["final"]["loss"])
+    model, _ = load_world_model(tmp_path / "run")
+    assert model.cfg.prior_random_scale == 3.0
+    h, slot, a = torch.randn(5, cfg.model.deter), torch.zeros(5, dtype=torch.long), torch.zeros(5, 4)
+    mu = model.prior(h, slot, a)[0]
+    model.prior_rand_w1.zero_()  # the reloaded model's random priors act on its prior means
+    assert not torch.allclose(model.prior(h, slot, a)[0], mu)

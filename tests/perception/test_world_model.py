@@ -246,3 +246,45 @@ def test_pooled_reward_head_adds_its_loss_and_trains_the_encoder():
     extra = sum(float((p.grad - q.grad).abs().sum()) for p, q in zip(m.encoder.parameters(),
                                                                       plain.encoder.parameters(), strict=True))
     assert extra > 1e-6
+
+
+def test_random_prior_functions_are_fixed_and_make_members_disagree_off_the_data():
+    from learning.meta_model import task_model
+
+    with pytest.raises(ValueError, match="prior_random_scale"):
+        small(prior_random_scale=-1.0)
+    torch.manual_seed(0)
+    plain = WorldModel(small(n_slots=2))
+    torch.manual_seed(0)
+    m = WorldModel(small(prior_random_scale=3.0, n_slots=2))
+    names = {n for n, _ in m.named_parameters()}
+    assert "prior_rand_w1" not in names and "prior_rand_w1" in m.state_dict()  # a buffer: never trained
+    torch.testing.assert_close(m.prior_rand_w1, WorldModel(small(prior_random_scale=3.0)).prior_rand_w1)
+    assert torch.equal(task_model(m, 1).prior_rand_w2, m.prior_rand_w2)  # one for every task slot
+    slot = torch.zeros(64, dtype=torch.long)
+    x = torch.full((1, 16), 0.5)
+    spread = {k: mod.prior(x, slot[:1])[0].std(1).mean() for k, mod in (("plain", plain), ("random", m))}
+    assert spread["random"] > 3 * spread["plain"], spread  # the random priors set members apart
+    # Fit the heads to one target on a narrow cloud of h', with and without the random priors
+    # (same init and batches); then compare the members' disagreement there and far off it.
+    gen = torch.Generator().manual_seed(1)
+    near = 0.1 * torch.randn(64, 16, generator=gen)
+    far = near + 2.0 * torch.sign(torch.randn(64, 16, generator=gen))
+    dis = {}
+    for name, mod in (("plain", plain), ("random", m)):
+        opt = torch.optim.Adam(mod.heads.parameters(), lr=1e-2)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(300):
+            h = 0.1 * torch.randn(64, 16, generator=gen)
+            loss = ((mod.prior(h, slot)[0] - h[:, None, :6]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            for where, h in (("near", near), ("far", far)):
+                dis[name, where] = float(latent_uncertainty(torch.zeros(64, 6), *mod.prior(h, slot), "mean_dis").mean())
+    assert dis["plain", "near"] < 0.05 and dis["random", "near"] < 0.05, dis  # fitted: agree on the data
+    assert dis["random", "far"] > 2 * dis["plain", "far"], dis  # off it the random priors stay apart
+    m2 = WorldModel(small(prior_random_scale=3.0, n_slots=2))
+    m2.load_state_dict(m.state_dict())
+    torch.testing.assert_close(m2.prior(far, slot)[0], m.prior(far, slot)[0])
