@@ -204,3 +204,23 @@ def test_method_configs():
     assert (lompo.cql_beta, lompo.lam, lompo.uncertainty_penalty, lompo.horizon) == (0.0, 0.0, 5.0, 5)
     with pytest.raises(ValueError, match="unknown method"):
         method_config("sac", base)
+
+
+def test_pipeline_runs_on_a_world_model_with_the_bench_ensemble(family, tmp_path):
+    """train + adapt (MerPO-Adp, LOMPO) on a world model whose prior heads read the action and
+    carry random prior functions (the `bench` preset's ensemble, here at tiny size)."""
+    train_store, heldout, _ = family
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"preset": "tiny", "world_model": {"model": {
+        "prior_action": True, "prior_random_scale": 3.0, "ensemble_bootstrap": 0.5}}}))
+    proc = vmerpo("train", "--data", str(train_store), "--config", str(cfg), "--out", str(tmp_path / "run"),
+                  "--no-progress", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wm = json.loads((tmp_path / "run" / "world_model" / "config.json").read_text())
+    assert wm["train"]["model"]["prior_random_scale"] == 3.0 and wm["train"]["model"]["prior_action"]
+    for method in ("merpo_adp", "lompo"):
+        out = tmp_path / method
+        proc = vmerpo("adapt", "--run", str(tmp_path / "run"), "--data", str(heldout), "--out", str(out),
+                      "--method", method, "--steps", "3", "--no-progress", "--json")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert (out / "policy.pt").exists() and json.loads((out / "config.json").read_text())["method"] == method
