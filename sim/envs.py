@@ -423,6 +423,10 @@ class MetaWorldImageEnv:
     def ee_position(self) -> np.ndarray:
         return np.array(self._mw.get_endeff_pos(), dtype=np.float64)
 
+    def tool_centre(self) -> np.ndarray:
+        """The point between the fingers, where Meta-World measures reach success."""
+        return np.array(self._mw.tcp_center, dtype=np.float64)
+
     def privileged_observation(self) -> np.ndarray:
         """Meta-World's full 39-d state with the goal: for scripted experts only, never
         recorded (the recorded observation does not contain the goal)."""

@@ -52,6 +52,22 @@ def test_expert_succeeds_on_held_out_tasks(family):
     assert set(res) >= {"success_rate", "mean_return", "mean_length", "per_task"}
 
 
+def test_reach_expert_puts_the_tool_centre_on_the_goal_with_margin():
+    """Meta-World's reach expert steers the hand onto the goal, leaving the tool centre (where
+    success is measured, 5 cm) 4.5 cm away; ours is aimed at the tool centre."""
+    env = make_env("reach-v3", max_episode_steps=100)
+    pol = make_behavior_policy("expert", env)
+    assert pol.behavior.endswith("+tool-centre-aim")
+    for task in (40, 41):
+        env.set_task(task)
+        obs = env.reset()
+        for _ in range(env.max_episode_steps):
+            obs, *_ = env.step(pol.act(obs))
+        assert np.linalg.norm(env.tool_centre() - env._mw._target_pos) < 0.02
+        assert np.linalg.norm(env.ee_position() - env._mw._target_pos) > 0.03  # the hand sits above
+    env.close()
+
+
 def test_random_fails_push():
     env = make_env("push-v3")
     res = evaluate(make_behavior_policy("random", env), env, [40, 41], 1, seed=0)
