@@ -1,8 +1,7 @@
 """How much room Meta-World's reach success leaves: run the scripted expert on some tasks and
 print, at the end of each episode, the distances of the hand (`ee_xyz`) and of the tool centre
-(what success measures, 5 cm) to the goal. `--aim hand`: Meta-World's expert as published, which
-steers the hand onto the goal; `--aim tool-centre` (our `expert` for reach): aimed so the tool
-centre ends on the goal.
+(what success measures, 5 cm) to the goal. `--aim hand`: Meta-World's expert as published (our default),
+which steers the hand onto the goal; `--aim tool-centre`: aimed so the tool centre ends on it.
 
     python bench/reach_margin.py --tasks 40,41,42,0,1,2 --aim hand [--json out.json]
 """
@@ -21,8 +20,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--family", default="reach-v3")
     p.add_argument("--tasks", default="40,41,42,0,1,2", help="comma-separated task ids")
-    p.add_argument("--aim", choices=("hand", "tool-centre"), default="tool-centre",
-                   help="what the expert steers onto the goal (default: ours, the tool centre)")
+    p.add_argument("--aim", choices=("hand", "tool-centre"), default="hand",
+                   help="what the expert steers onto the goal (default: the hand, as published)")
     p.add_argument("--json", help="write the rows here")
     a = p.parse_args()
     import numpy as np

@@ -7,7 +7,7 @@ import pytest
 
 from sim.envs import make_env
 from sim.evaluate import evaluate, run_episode
-from sim.policies import MixedPolicy, describe, make_behavior_policy
+from sim.policies import ExpertPolicy, MixedPolicy, describe, make_behavior_policy
 
 
 class RecordingPolicy:
@@ -52,19 +52,23 @@ def test_expert_succeeds_on_held_out_tasks(family):
     assert set(res) >= {"success_rate", "mean_return", "mean_length", "per_task"}
 
 
-def test_reach_expert_puts_the_tool_centre_on_the_goal_with_margin():
+def test_reach_expert_aimed_at_the_tool_centre_puts_it_on_the_goal_with_margin():
     """Meta-World's reach expert steers the hand onto the goal, leaving the tool centre (where
-    success is measured, 5 cm) 4.5 cm away; ours is aimed at the tool centre."""
+    success is measured, 5 cm) 4.5 cm away; `tool_centre_aimed` puts the tool centre there."""
     env = make_env("reach-v3", max_episode_steps=100)
-    pol = make_behavior_policy("expert", env)
-    assert pol.behavior.endswith("+tool-centre-aim")
-    for task in (40, 41):
-        env.set_task(task)
-        obs = env.reset()
-        for _ in range(env.max_episode_steps):
-            obs, *_ = env.step(pol.act(obs))
-        assert np.linalg.norm(env.tool_centre() - env._mw._target_pos) < 0.02
-        assert np.linalg.norm(env.ee_position() - env._mw._target_pos) > 0.03  # the hand sits above
+    for aimed in (False, True):
+        pol = ExpertPolicy(env, tool_centre_aimed=aimed)
+        assert pol.behavior.endswith("+tool-centre-aim") == aimed
+        for task in (40, 41):
+            env.set_task(task)
+            obs = env.reset()
+            for _ in range(env.max_episode_steps):
+                obs, *_ = env.step(pol.act(obs))
+            tool, hand = (np.linalg.norm(p - env._mw._target_pos) for p in (env.tool_centre(), env.ee_position()))
+            if aimed:
+                assert tool < 0.02 and hand > 0.03, (task, tool, hand)
+            else:
+                assert 0.04 < tool < 0.05 and hand < 0.02, (task, tool, hand)
     env.close()
 
 
