@@ -27,11 +27,10 @@ def main() -> int:
     import numpy as np
 
     from sim.envs import make_env
-    from sim.policies import make_behavior_policy
+    from sim.policies import ExpertPolicy
 
     env = make_env(a.family)
-    policy = make_behavior_policy("expert", env)
-    policy.tool_centre_aimed = a.aim == "tool-centre"
+    policy = ExpertPolicy(env, tool_centre_aimed=a.aim == "tool-centre")
     rows = []
     for task in [int(t) for t in a.tasks.split(",")]:
         env.set_task(task)
