@@ -1,7 +1,8 @@
 """How much room Meta-World's reach success leaves: run the scripted expert on some tasks and
 print, at the end of each episode, the distances of the hand (`ee_xyz`) and of the tool centre
-(what success measures, 5 cm) to the goal. `--aim hand`: Meta-World's expert as published (our default),
-which steers the hand onto the goal; `--aim tool-centre`: aimed so the tool centre ends on it.
+(what success measures, 5 cm) to the goal. `--aim hand`: Meta-World's expert as published (our
+default), which steers the hand onto the goal; `--aim tool-centre`: aimed so the tool centre
+ends on it.
 
     python bench/reach_margin.py --tasks 40,41,42,0,1,2 --aim hand [--json out.json]
 """

@@ -29,6 +29,7 @@ QUALITIES = ("expert", "medium", "random", "mixed")
 # Families whose scripted expert is aimed at the tool centre instead of the hand (see above);
 # empty: Meta-World's experts as published.
 TOOL_CENTRE_AIMED: frozenset[str] = frozenset()
+TOOL_CENTRE_SUFFIX = "+tool-centre-aim"  # appended to the behaviour name of data made with it
 BEHAVIOR_NAMES = {
     "expert": "metaworld-scripted-expert",
     "medium": "metaworld-scripted-expert+noise+detours",
@@ -57,7 +58,7 @@ class ExpertPolicy:
         self.tool_centre_aimed = (env.family in TOOL_CENTRE_AIMED if tool_centre_aimed is None
                                   else tool_centre_aimed)
         if self.tool_centre_aimed:
-            self.behavior = BEHAVIOR_NAMES["expert"] + "+tool-centre-aim"
+            self.behavior = BEHAVIOR_NAMES["expert"] + TOOL_CENTRE_SUFFIX
 
     def seed(self, seed: int) -> None:  # deterministic
         pass
@@ -129,7 +130,7 @@ class MediumPolicy:
         self.env = env
         self.expert = ExpertPolicy(env)
         if self.expert.tool_centre_aimed:
-            self.behavior = BEHAVIOR_NAMES["medium"] + "+tool-centre-aim"
+            self.behavior = BEHAVIOR_NAMES["medium"] + TOOL_CENTRE_SUFFIX
         self.config = config or MEDIUM_CONFIGS.get(env.family, MediumConfig())
         self.low, self.high = env.action_low, env.action_high
         self.rng = np.random.default_rng(seed)
