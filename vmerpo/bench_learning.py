@@ -45,6 +45,7 @@ class Budget:
     adapt_steps: int = 0  # RAC/BC steps on each small log (0: the preset's)
     meta_iterations: int = 0  # MerPO iterations (0: the preset's); baselines pretrain as many updates
     methods: tuple[str, ...] = METHODS  # compared by default (--methods picks others)
+    wm_preset: str = ""  # world-model preset ("": the `config` preset's; --world-model picks another)
 
 
 BUDGETS = {
@@ -73,6 +74,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                      "smoke leaves out merpo_adp, MerPO-Adp)")
     p.add_argument("--device", default="auto",
                    help="auto|cpu|cuda; with cuda the full budget uses the paper's sizes")
+    p.add_argument("--world-model", metavar="PRESET", choices=("cpu", "bench", "paper"),
+                   help="world-model preset of the shared model (default: the budget's, cpu; bench: the "
+                        "ensemble with random prior functions that issue 4's benchmark uses)")
     p.add_argument("--workers", type=int, default=2, help="evaluation processes (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -86,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     methods = _subset(args.methods or ",".join(budget.methods), METHODS, "--methods")
     if args.device == "cuda" and args.budget == "full":
         budget = Budget(**{**asdict(budget), "config": "paper"})
+    if args.world_model:
+        budget = Budget(**{**asdict(budget), "wm_preset": args.world_model})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -188,9 +194,17 @@ def _world_model(out: Path, data: str, budget: Budget, device: str, workers: int
     from learning.merpo_train import preset
 
     wm_dir = out / "world_model"
+    # Which preset this --out's shared model is (a killed training's resume checks its config
+    # itself; a finished model from before the marker existed is the budget's preset).
+    marker = wm_dir / "bench_world_model.json"
+    want = budget.wm_preset or budget.config
     if (wm_dir / "model.pt").exists():
+        have = json.loads(marker.read_text())["preset"] if marker.exists() else budget.config
+        if have != want:
+            raise ValueError(f"{out} holds a world model of preset {have!r}, not {want!r}: "
+                             f"use another --out for --world-model {want}")
         return str(wm_dir)
-    cfg = preset(budget.config).world_model
+    cfg = wmt.preset(budget.wm_preset) if budget.wm_preset else preset(budget.config).world_model
     cfg.device = device
     # Nothing else runs in this stage, so it takes the workers' cores: 2 threads trained the cpu
     # preset 1.42x faster than 1 on the idle 2-core machine (3.64 vs 2.57 steps/s).
@@ -199,6 +213,7 @@ def _world_model(out: Path, data: str, budget: Budget, device: str, workers: int
         cfg.steps = budget.wm_steps
     wmt.train(data, cfg, wm_dir, resume=(wm_dir / "config.json").exists(),
               overwrite=not (wm_dir / "config.json").exists(), progress=progress)
+    marker.write_text(json.dumps({"preset": want}))
     return str(wm_dir)
 
 

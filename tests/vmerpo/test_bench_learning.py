@@ -48,3 +48,18 @@ def test_bad_subsets_are_refused():
     assert _subset("bc, merpo", ("merpo", "bc"), "--methods") == ["bc", "merpo"]
     with pytest.raises(ValueError, match="--methods: unknown"):
         _subset("bc,sac", ("merpo", "bc"), "--methods")
+
+
+def test_an_out_whose_world_model_is_another_preset_is_refused(tmp_path):
+    from vmerpo.bench_learning import BUDGETS, Budget, _world_model
+
+    (tmp_path / "world_model").mkdir()
+    (tmp_path / "world_model" / "model.pt").write_bytes(b"x")  # finished, from before the marker: cpu
+    bench = Budget(**{**BUDGETS["full"].__dict__, "wm_preset": "bench"})
+    with pytest.raises(ValueError, match="preset 'cpu', not 'bench'"):
+        _world_model(tmp_path, "unused.zarr", bench, "cpu", 1, False)
+    assert _world_model(tmp_path, "unused.zarr", BUDGETS["full"], "cpu", 1, False) == str(tmp_path / "world_model")
+    (tmp_path / "world_model" / "bench_world_model.json").write_text('{"preset": "bench"}')
+    assert _world_model(tmp_path, "unused.zarr", bench, "cpu", 1, False) == str(tmp_path / "world_model")
+    with pytest.raises(ValueError, match="preset 'bench', not 'cpu'"):
+        _world_model(tmp_path, "unused.zarr", BUDGETS["full"], "cpu", 1, False)
