@@ -120,7 +120,19 @@ def test_a_resent_frame_gets_the_same_command_without_a_second_step(ee_policy):
         assert len(same) == 3 and all(list(m.data) == list(same[0].data) for m in same)
 
 
-def test_enable_false_stops_commands_within_one_tick(ee_policy):
+def test_enable_false_stops_commands_within_one_tick(ee_policy, monkeypatch):
+    """Checked in the node's publish order (every command it publishes is recorded with whether
+    it was enabled), so a loaded machine's late delivery to this process cannot blur it."""
+    from robot_nodes.policy_node import PolicyNode
+
+    published: list[tuple[bool, bool]] = []  # (enabled when published, nonzero command)
+    original = PolicyNode._publish
+
+    def recording_publish(self, action, frame_stamp_ns):
+        published.append((self.enabled, bool(np.any(action))))
+        original(self, action, frame_stamp_ns)
+
+    monkeypatch.setattr(PolicyNode, "_publish", recording_publish)
     with policy_setup(ee_policy) as (node, client, pubs, rec):
         enable(client)
         stop = threading.Event()
@@ -129,15 +141,19 @@ def test_enable_false_stops_commands_within_one_tick(ee_policy):
         try:
             assert wait_for(lambda: node.ticks >= 5, 10)
             assert enable(client, False).success
-            t_off = time.monotonic()
+            n_off = next(i for i, (on, _) in enumerate(published) if i > 0 and not on)
             time.sleep(0.5)  # frames keep coming at 30 Hz
         finally:
             stop.set()
             t.join(5)
-        after = [m for ts, m in rec if ts > t_off]
-        # At most the hold itself (in flight when the response arrived); no policy action.
-        assert all(not any(m.data) for m in after), [list(m.data) for m in after]
         assert not node.enabled
+        after = published[n_off:]
+        # The disable's hold first, then nothing but holds: no policy action once disabled.
+        assert after and not any(nonzero for _, nonzero in after), after
+        assert not any(on for on, _ in after)
+        assert sum(nonzero for _, nonzero in published[:n_off]) >= 5
+        # and what reaches the command topic last is a hold
+        assert wait_for(lambda: rec and not any(rec[-1][1].data), 10)
 
 
 def test_watchdog_holds_within_one_period_after_obs_timeout(ee_policy, monkeypatch):
@@ -234,10 +250,13 @@ def test_position_interface_holds_the_current_joint_positions(position_policy):
             pubs["image"].publish(image_msg(client))
             time.sleep(0.03)
         assert wait_for(lambda: node.ticks == 5, 10)
-        last = time.monotonic()
-        assert wait_for(lambda: any(ts > last + 0.25 for ts, _ in rec), 10)
-        hold = next(m for ts, m in rec if ts > last + 0.25)
-        assert list(hold.data) == [0.5, -0.25]
+        stale0 = node.stale
+        # the frames stopped: the watchdog's hold is the current joint positions, and it is the
+        # newest command this process receives (waited for by count, not by wall clock)
+        hold = [0.5, -0.25]
+        assert wait_for(lambda: node.stale > stale0 and sum(list(m.data) != hold for _, m in rec) >= 5
+                        and list(rec[-1][1].data) == hold, 10), \
+            [list(m.data) for _, m in rec[-3:]]
         # NaN joint states: the frame is rejected and the (latched) hold is published.
         n0 = len(rec)
         joints([float("nan"), 0.0])
