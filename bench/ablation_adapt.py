@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/sim.py mus
 
 
 def _job(args: tuple) -> dict:
-    bench, family, q, seed, task, method, rac, out, episodes = args
+    bench, family, q, seed, task, method, rac, out, episodes, start = args
     import torch
 
     torch.set_num_threads(1)
@@ -35,7 +35,7 @@ def _job(args: tuple) -> dict:
 
     if not (Path(out) / "policy.pt").exists():
         adapt(f"{bench}/runs/{q}_s{seed}", f"{bench}/data/{q}_heldout.zarr", out, overwrite=True, task=task,
-              method=method, rac_overrides=rac, progress=False, log=lambda m: None)
+              method=method, rac_overrides=rac, progress=False, log=lambda m: None, start=start)
     return _eval_one((family, out, task, episodes, 1000 + seed))
 
 
@@ -56,6 +56,9 @@ def main() -> int:
     p.add_argument("--omega", type=float, help="behaviour vs meta-policy weight (MerPO: 0.4)")
     p.add_argument("--rac", action="append", default=[], metavar="KEY=VALUE",
                    help="another RAC setting (learning.rac.RACConfig), e.g. lam=5; repeatable")
+    p.add_argument("--start", default="own", choices=["own", "pooled", "pooled-actor", "pooled-critic"],
+                   help="merpo/merpo_adp: start from pi_c and Q_meta (own, MerPO) or from single-task "
+                        "RAC's pooled pretraining (both, or the actor or critic only); the KL stays to pi_c")
     p.add_argument("--out", required=True, help="directory for the adapted policies")
     p.add_argument("--json", help="write the per-(task, seed) results here")
     p.add_argument("--workers", type=int, default=2)
@@ -71,12 +74,14 @@ def main() -> int:
     doc = json.loads((Path(a.bench) / "results.json").read_text())
     b = doc["budget_config"]
     tag = "_".join(f"{k}{v}" for k, v in sorted(rac.items())) or "base"
+    if a.start != "own":
+        tag += f"_start-{a.start}"
     jobs = [(a.bench, doc["family"], a.quality, s, t, a.method, rac, f"{a.out}/{a.quality}_s{s}_t{t}_{a.method}_{tag}",
-             b["eval_episodes"]) for s in range(b["seeds"]) for t in doc["heldout_tasks"]]
+             b["eval_episodes"], a.start) for s in range(b["seeds"]) for t in doc["heldout_tasks"]]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.workers, mp_context=mp.get_context("spawn")) as pool:
         res = list(pool.map(_job, jobs))
-    rows = [{"quality": a.quality, "seed": j[3], "task": j[4], "method": a.method, "rac": rac,
+    rows = [{"quality": a.quality, "seed": j[3], "task": j[4], "method": a.method, "rac": rac, "start": a.start,
              "success_rate": r["success_rate"], "mean_return": r["mean_return"]} for j, r in zip(jobs, res, strict=True)]
     summary = {"success_mean": sum(r["success_rate"] for r in rows) / len(rows),
                "mean_return": sum(r["mean_return"] for r in rows) / len(rows), "seconds": time.perf_counter() - t0}

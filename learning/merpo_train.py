@@ -365,20 +365,28 @@ class ActorMean(nn.Module):
 
 
 # -- vmerpo adapt ------------------------------------------------------------------------------
+ADAPT_STARTS = ("own", "pooled", "pooled-actor", "pooled-critic")
+
+
 def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwrite: bool = False,
           task: int | None = None, steps: int | None = None, log: Callable[[str], None] = print,
           progress: bool = True, method: str = "merpo", omega: float | None = None,
-          rac_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+          rac_overrides: dict[str, Any] | None = None, start: str = "own") -> dict[str, Any]:
     """Meta-test: theta_j from phi on the new task's log, then RAC from pi_c and Q_meta
     (MerPO; `merpo_adp`: omega chosen for this task by `adaptive_omega`), or a baseline
     (`learning.baselines`) from its pooled pretraining, on that log. `omega` replaces the
-    run's omega for merpo and rac; `rac_overrides` replaces other RAC settings (ablations)."""
+    run's omega for merpo and rac; `rac_overrides` replaces other RAC settings (ablations);
+    `start` (ablations of merpo/merpo_adp): "own" (pi_c, Q_meta), "pooled" (single-task RAC's
+    pooled pretraining for both), "pooled-actor" or "pooled-critic" (that one only). The
+    KL term still pulls toward pi_c."""
     if omega is not None:
         if method not in ("merpo", "rac"):
             raise ValueError(f"--omega applies to merpo and rac, not {method}"
                              + (" (it chooses omega itself)" if method == "merpo_adp" else ""))
         if not 0.0 <= omega <= 1.0:
             raise ValueError(f"--omega {omega}: must be in [0, 1] (1: behaviour prior only, 0: meta-policy only)")
+    if start not in ADAPT_STARTS:
+        raise ValueError(f"start {start!r}: expected one of {', '.join(ADAPT_STARTS)}")
     run = Path(run_dir)
     info = _read_run(run)
     if info["kind"] != "meta":
@@ -418,8 +426,19 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         ckpt = run / "checkpoints" / "merpo.pt"
         merpo.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
         init_actor, init_critic = merpo.meta_actor, merpo.meta_critic
+        anchor = None  # the KL's target: pi_c, frozen (adapt_rac's default: a copy of init_actor)
+        if start != "own":
+            anchor = copy.deepcopy(merpo.meta_actor).requires_grad_(False)
+            pooled_actor, pooled_critic = pretrained_baseline(run, "rac", log=log, progress=progress)
+            if start in ("pooled", "pooled-actor"):
+                init_actor = pooled_actor
+            if start in ("pooled", "pooled-critic"):
+                init_critic = pooled_critic
     else:
+        if start != "own":
+            raise ValueError(f"start={start!r} applies to merpo and merpo_adp, not {method}")
         init_actor, init_critic = pretrained_baseline(run, method, log=log, progress=progress)
+        anchor = None
 
     eps = [i for i in range(store.n_episodes) if int(store.episode_task[i]) == task]
     log(f"adapting {method} to task {task} from {len(eps)} episodes")
@@ -438,7 +457,7 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
     data_j = transitions(cache, norm, task, device)
     omega_choice = None
     if method == "merpo_adp":
-        omega_choice = adaptive_omega(theta, cache, init_actor, norm, rc.omega,
+        omega_choice = adaptive_omega(theta, cache, anchor if anchor is not None else init_actor, norm, rc.omega,
                                       torch.Generator().manual_seed(mc.seed + 13))
         rc = dataclasses.replace(rc, omega=omega_choice["omega"])
         log(f"MerPO-Adp: omega {omega_choice['omega']:.2f} (imagined return of pi_c "
@@ -457,7 +476,7 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
                  progress=lambda i, s: bar.update(1))
     else:
         actor = adapt_rac(init_actor, init_critic, data_j, rollout, rc, n_steps, seed=mc.seed,
-                          progress=lambda i, s: bar.update(1)).actor
+                          progress=lambda i, s: bar.update(1), meta_actor=anchor).actor
     bar.close()
     omega_used = rc.omega if method in (*META_METHODS, "rac") else None  # bc, lompo: no regularizer mix
     wmt.save_checkpoint(out / "task_model.pt", theta, None, 0,

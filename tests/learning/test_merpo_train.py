@@ -148,6 +148,31 @@ def test_merpo_adp_chooses_omega_for_the_new_task_and_records_it(trained, family
               progress=False)
 
 
+def test_ablation_start_from_the_pooled_pretraining_keeps_the_kl_to_pi_c(trained, family, tmp_path):
+    """adapt(start="pooled"): MerPO's adaptation from single-task RAC's pooled pretraining
+    (an ablation); with 0 RL steps the policy is that pretrained actor, not pi_c."""
+    import torch
+
+    from learning.merpo_train import adapt, pretrained_baseline
+
+    _, heldout, _ = family
+    quiet = dict(log=lambda m: None, progress=False)
+    adapt(trained, str(heldout), tmp_path / "pooled", steps=0, start="pooled", **quiet)
+    adapt(trained, str(heldout), tmp_path / "own", steps=0, **quiet)
+    pooled_actor, _ = pretrained_baseline(trained, "rac", **quiet)
+
+    def actor(d):
+        return torch.load(tmp_path / d / "policy.pt", weights_only=True)["actor"]
+
+    ref = pooled_actor.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in actor("pooled").items())
+    assert not all(torch.equal(v, ref[k]) for k, v in actor("own").items())
+    with pytest.raises(ValueError, match="start 'pi_c': expected one of own, pooled"):
+        adapt(trained, str(heldout), tmp_path / "bad", start="pi_c", **quiet)
+    with pytest.raises(ValueError, match="applies to merpo and merpo_adp, not bc"):
+        adapt(trained, str(heldout), tmp_path / "bad", method="bc", start="pooled", **quiet)
+
+
 @pytest.mark.parametrize("method", ["bc", "rac", "lompo"])
 def test_baselines_adapt_from_their_pooled_pretraining(trained, family, tmp_path, method):
     """Each baseline is pretrained once on the run's pooled latents (cached in RUN/baselines)
