@@ -49,6 +49,8 @@ def _value(text: str):
 
 
 def main() -> int:
+    from learning.merpo_train import ADAPT_STARTS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bench", required=True, help="output directory of a finished `vmerpo bench learning`")
     p.add_argument("--quality", required=True, choices=["expert", "medium", "mixed"])
@@ -56,7 +58,7 @@ def main() -> int:
     p.add_argument("--omega", type=float, help="behaviour vs meta-policy weight (MerPO: 0.4)")
     p.add_argument("--rac", action="append", default=[], metavar="KEY=VALUE",
                    help="another RAC setting (learning.rac.RACConfig), e.g. lam=5; repeatable")
-    p.add_argument("--start", default="own", choices=["own", "pooled", "pooled-actor", "pooled-critic"],
+    p.add_argument("--start", default="own", choices=ADAPT_STARTS,
                    help="merpo/merpo_adp: start from pi_c and Q_meta (own, MerPO) or from single-task "
                         "RAC's pooled pretraining (both, or the actor or critic only); the KL stays to pi_c")
     p.add_argument("--out", required=True, help="directory for the adapted policies")

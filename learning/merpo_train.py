@@ -421,13 +421,13 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         if unknown:
             raise ValueError(f"unknown RAC setting(s) {unknown}; see learning.rac.RACConfig")
         rc = dataclasses.replace(rc, **rac_overrides)
+    anchor = None  # the KL's target, frozen (None: adapt_rac's default, a copy of init_actor)
     if method in META_METHODS:
         merpo = MerPO(model.cfg.feat_dim, len(store.spec.action_names), info["meta_train_tasks"], mc, device)
         ckpt = run / "checkpoints" / "merpo.pt"
         merpo.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
         init_actor, init_critic = merpo.meta_actor, merpo.meta_critic
-        anchor = None  # the KL's target: pi_c, frozen (adapt_rac's default: a copy of init_actor)
-        if start != "own":
+        if start != "own":  # the KL still pulls toward pi_c
             anchor = copy.deepcopy(merpo.meta_actor).requires_grad_(False)
             pooled_actor, pooled_critic = pretrained_baseline(run, "rac", log=log, progress=progress)
             if start in ("pooled", "pooled-actor"):
@@ -438,7 +438,6 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         if start != "own":
             raise ValueError(f"start={start!r} applies to merpo and merpo_adp, not {method}")
         init_actor, init_critic = pretrained_baseline(run, method, log=log, progress=progress)
-        anchor = None
 
     eps = [i for i in range(store.n_episodes) if int(store.episode_task[i]) == task]
     log(f"adapting {method} to task {task} from {len(eps)} episodes")
