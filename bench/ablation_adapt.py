@@ -7,7 +7,11 @@ like the benchmark on every (held-out task, seed) unit of one quality.
     python bench/ablation_adapt.py --bench results/learning_full --quality medium --method rac \\
         --rac lam=5 --out results/ablation_rac_lam5
 
-omega = 1 with MerPO removes the KL to the meta-policy pi_c, and only that. The held-out tasks
+    python bench/ablation_adapt.py --bench results/learning_full_push --quality medium --method merpo \
+        --steps 0 --episodes 2 --out results/start_merpo   # the starting point itself (pi_c)
+
+omega = 1 with MerPO removes the KL to the meta-policy pi_c, and only that. `--steps 0`
+evaluates where adaptation starts (pi_c for merpo, the pooled pretraining for the baselines). The held-out tasks
 are the benchmark's evaluation tasks: an ablation here says what a setting does, it is not a
 way to pick one.
 """
@@ -26,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/sim.py mus
 
 
 def _job(args: tuple) -> dict:
-    bench, family, q, seed, task, method, rac, out, episodes, start = args
+    bench, family, q, seed, task, method, rac, out, episodes, start, steps = args
     import torch
 
     torch.set_num_threads(1)
@@ -35,7 +39,8 @@ def _job(args: tuple) -> dict:
 
     if not (Path(out) / "policy.pt").exists():
         adapt(f"{bench}/runs/{q}_s{seed}", f"{bench}/data/{q}_heldout.zarr", out, overwrite=True, task=task,
-              method=method, rac_overrides=rac, progress=False, log=lambda m: None, start=start)
+              method=method, rac_overrides=rac, progress=False, log=lambda m: None, start=start,
+              steps=steps)
     return _eval_one((family, out, task, episodes, 1000 + seed))
 
 
@@ -54,13 +59,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bench", required=True, help="output directory of a finished `vmerpo bench learning`")
     p.add_argument("--quality", required=True, choices=["expert", "medium", "mixed"])
-    p.add_argument("--method", default="merpo", choices=["merpo", "merpo_adp", "rac", "lompo"])
+    p.add_argument("--method", default="merpo", choices=["merpo", "merpo_adp", "rac", "lompo", "bc"])
     p.add_argument("--omega", type=float, help="behaviour vs meta-policy weight (MerPO: 0.4)")
     p.add_argument("--rac", action="append", default=[], metavar="KEY=VALUE",
                    help="another RAC setting (learning.rac.RACConfig), e.g. lam=5; repeatable")
     p.add_argument("--start", default="own", choices=ADAPT_STARTS,
                    help="merpo/merpo_adp: start from pi_c and Q_meta (own, MerPO) or from single-task "
                         "RAC's pooled pretraining (both, or the actor or critic only); the KL stays to pi_c")
+    p.add_argument("--steps", type=int, help="RL/BC steps on the small log (default: the run's; 0: the start)")
+    p.add_argument("--episodes", type=int, help="evaluation episodes per (task, seed) (default: the benchmark's)")
     p.add_argument("--out", required=True, help="directory for the adapted policies")
     p.add_argument("--json", help="write the per-(task, seed) results here")
     p.add_argument("--workers", type=int, default=2)
@@ -78,12 +85,14 @@ def main() -> int:
     tag = "_".join(f"{k}{v}" for k, v in sorted(rac.items())) or "base"
     if a.start != "own":
         tag += f"_start-{a.start}"
+    if a.steps is not None:
+        tag += f"_steps{a.steps}"
     jobs = [(a.bench, doc["family"], a.quality, s, t, a.method, rac, f"{a.out}/{a.quality}_s{s}_t{t}_{a.method}_{tag}",
-             b["eval_episodes"], a.start) for s in range(b["seeds"]) for t in doc["heldout_tasks"]]
+             a.episodes or b["eval_episodes"], a.start, a.steps) for s in range(b["seeds"]) for t in doc["heldout_tasks"]]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.workers, mp_context=mp.get_context("spawn")) as pool:
         res = list(pool.map(_job, jobs))
-    rows = [{"quality": a.quality, "seed": j[3], "task": j[4], "method": a.method, "rac": rac, "start": a.start,
+    rows = [{"quality": a.quality, "seed": j[3], "task": j[4], "method": a.method, "rac": rac, "start": a.start, "steps": a.steps,
              "success_rate": r["success_rate"], "mean_return": r["mean_return"]} for j, r in zip(jobs, res, strict=True)]
     summary = {"success_mean": sum(r["success_rate"] for r in rows) / len(rows),
                "mean_return": sum(r["mean_return"] for r in rows) / len(rows), "seconds": time.perf_counter() - t0}
