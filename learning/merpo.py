@@ -10,6 +10,8 @@
                 repeat inner_steps: RAC step on task n (Q_n, pi_n), regularized towards pi_c
             pi_c <- pi_c - lr grad_{pi_c} mean_n lambda (1-omega) KL(pi_n || pi_c)   (first order)
             Q_meta <- (1 - 1e-3) Q_meta + 1e-3 mean_n Q_n                          (polyak)
+              [or, meta_critic_steps > 0: Q_meta <- conservative TD steps for pi_c on the
+               meta-batch tasks' real transitions (ours)]
     meta-test task j: theta_j adapted from phi; pi_j <- pi_c, Q_j <- Q_meta; RAC steps on D_j
 
 Everything here works on latent transitions (s_t, a_t, r_t, s_{t+1}, d_t) made from a
@@ -53,6 +55,12 @@ class MerPOConfig:
     # few hundred meta-steps leave a from-scratch pi_c near random, and the KL to it then pulls
     # every adapted policy away from the data [ours, measured: README learning benchmark]
     warm_start_steps: int = 0
+    # Critic steps per meta-step that fit Q_meta to pi_c itself (conservative TD on the meta-batch
+    # tasks' real transitions, next actions from pi_c) instead of the polyak mean of the task
+    # critics: 0 in MerPO. With the CPU budget's 200 meta-steps the polyak rate 1e-3 leaves Q_meta
+    # 82 % its random init, and the adapted pair (pi_c, Q_meta) was never trained together
+    # [ours, measured: README learning benchmark, push start ablation]
+    meta_critic_steps: int = 0
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -190,6 +198,13 @@ class MerPO:
         r = cfg.rac
         self.meta_actor = TanhGaussianActor(obs_dim, act_dim, r.hidden, r.layers).to(self.device)
         self.meta_critic = TwinCritic(obs_dim, act_dim, r.hidden, r.layers).to(self.device)
+        self.meta_rac: RAC | None = None
+        if cfg.meta_critic_steps:  # Q_meta as pi_c's own critic: a RAC whose actor *is* pi_c
+            self.meta_rac = RAC(obs_dim, act_dim, r, self.device, seed=cfg.seed * 1000)
+            self.meta_rac.actor = self.meta_actor
+            self.meta_rac.critic_target.load_state_dict(self.meta_critic.state_dict())
+            self.meta_rac.critic = self.meta_critic
+            self.meta_rac.critic_opt = torch.optim.Adam(self.meta_critic.parameters(), lr=r.critic_lr)
         self.meta_opt = torch.optim.Adam(self.meta_actor.parameters(), lr=cfg.meta_actor_lr)
         self.tasks = list(tasks)
         self.learners: dict[int, RAC] = {}
@@ -250,16 +265,19 @@ class MerPO:
                 meta_loss.backward()
             distributed.all_reduce_grads_(self.meta_actor.parameters())  # sum over ranks' tasks
             self.meta_opt.step()
-        # Q_meta <- polyak towards the mean of the task critics (summed over ranks)
-        with torch.no_grad():
-            params = list(self.meta_critic.parameters())
-            total = torch.zeros(sum(p.numel() for p in params), device=self.device)
-            for n in mine:
-                total += torch.nn.utils.parameters_to_vector(self.learners[n].critic.parameters())
-            distributed.all_reduce_(total)
-            meta = torch.nn.utils.parameters_to_vector(params).lerp_(total / len(batch_tasks), cfg.meta_q_polyak)
-            torch.nn.utils.vector_to_parameters(meta, params)
+        if self.meta_rac is not None:
+            # Q_meta <- pi_c's conservative critic, on every rank alike (same batches: the
+            # meta-batch draw's key; every rank holds every task's data)
+            g = torch.Generator().manual_seed(distributed.shard_seed(key, self.step, 0))
+            per = max(1, r.batch_real // len(batch_tasks))
+            for _ in range(cfg.meta_critic_steps):
+                parts = [sample(data[n], per, g) for n in batch_tasks]
+                real = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+                for k, v in self.meta_rac.critic_step(real).items():
+                    stats.setdefault(f"meta_{k}", []).append(v)
             kl_total = distributed.all_reduce_(kl_sum.detach().clone())
+        else:
+            kl_total = self._polyak_meta_critic(mine, len(batch_tasks), kl_sum)
         self.step += 1
         merged: dict[str, list[float]] = {}
         for part in distributed.all_gather_objects(stats):
@@ -268,6 +286,20 @@ class MerPO:
         out = {k: float(np.mean(v)) for k, v in merged.items()}
         out["meta_kl"] = float(kl_total) / len(batch_tasks)
         return out
+
+    def _polyak_meta_critic(self, mine: list[int], n_tasks: int, kl_sum: torch.Tensor) -> torch.Tensor:
+        """Q_meta <- polyak towards the mean of the task critics (summed over ranks); returns
+        the KL summed over ranks."""
+        cfg = self.cfg
+        with torch.no_grad():
+            params = list(self.meta_critic.parameters())
+            total = torch.zeros(sum(p.numel() for p in params), device=self.device)
+            for n in mine:
+                total += torch.nn.utils.parameters_to_vector(self.learners[n].critic.parameters())
+            distributed.all_reduce_(total)
+            meta = torch.nn.utils.parameters_to_vector(params).lerp_(total / n_tasks, cfg.meta_q_polyak)
+            torch.nn.utils.vector_to_parameters(meta, params)
+            return distributed.all_reduce_(kl_sum.detach().clone())
 
     def adapt(self, data: dict[str, torch.Tensor], rollout_fn: Callable | None, steps: int | None = None,
               seed: int = 0, progress: Callable[[int, dict], None] | None = None) -> RAC:
@@ -281,7 +313,8 @@ class MerPO:
                 "meta_opt": self.meta_opt.state_dict(), "generator": self.generator.get_state(),
                 "step": torch.tensor(self.step),
                 "learners": {str(n): rac.state_dict() for n, rac in self.learners.items()},
-                "model_buffers": {str(n): dict(rac.model_buffer.data) for n, rac in self.learners.items()}}
+                "model_buffers": {str(n): dict(rac.model_buffer.data) for n, rac in self.learners.items()},
+                **({"meta_rac": self.meta_rac.state_dict()} if self.meta_rac is not None else {})}
 
     def gathered_state_dict(self) -> dict | None:
         """`state_dict()` with every learner as its owner has it, on rank 0 (None on the
@@ -304,6 +337,8 @@ class MerPO:
         self.meta_opt.load_state_dict(sd["meta_opt"])
         self.generator.set_state(sd["generator"])
         self.step = int(sd["step"])
+        if self.meta_rac is not None:
+            self.meta_rac.load_state_dict(sd["meta_rac"])
         for n, rac in self.learners.items():
             rac.load_state_dict(sd["learners"][str(n)])
             rac.model_buffer.data = dict(sd["model_buffers"][str(n)])

@@ -225,6 +225,17 @@ class RAC:
         self.steps += 1
         return stats
 
+    def critic_step(self, real: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Policy evaluation only: one conservative critic step (on real data and the model
+        buffer, if any) and the target update; the actor is left as it is (MerPO's fitted
+        Q_meta evaluates pi_c this way)."""
+        model = self.model_buffer.sample(self.cfg.batch_model, self.generator) if len(self.model_buffer) else None
+        stats = self._critic_step(real, model)
+        with torch.no_grad():
+            for p, tp in zip(self.critic.parameters(), self.critic_target.parameters(), strict=True):
+                tp.lerp_(p, self.cfg.tau)
+        return stats
+
     def _critic_step(self, real: dict[str, torch.Tensor], model: dict[str, torch.Tensor] | None) -> dict[str, float]:
         cfg = self.cfg
         g = self.generator

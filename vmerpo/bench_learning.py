@@ -46,6 +46,7 @@ class Budget:
     meta_iterations: int = 0  # MerPO iterations (0: the preset's); baselines pretrain as many updates
     methods: tuple[str, ...] = METHODS  # compared by default (--methods picks others)
     wm_preset: str = ""  # world-model preset ("": the `config` preset's; --world-model picks another)
+    meta_critic: str = "polyak"  # Q_meta: polyak mean of the task critics (MerPO) or "fit" (--meta-critic)
 
 
 BUDGETS = {
@@ -77,6 +78,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--world-model", metavar="PRESET", choices=("cpu", "bench", "paper"),
                    help="world-model preset of the shared model (default: the budget's, cpu; bench: the "
                         "ensemble with random prior functions that issue 4's benchmark uses)")
+    p.add_argument("--meta-critic", choices=("polyak", "fit"),
+                   help="Q_meta of MerPO: polyak (default, MerPO: the polyak mean of the task critics) or fit "
+                        "(trained as pi_c's own conservative critic, as many critic steps per meta-step as "
+                        "the task learners make together)")
     p.add_argument("--workers", type=int, default=2, help="evaluation processes (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         budget = Budget(**{**asdict(budget), "config": "paper"})
     if args.world_model:
         budget = Budget(**{**asdict(budget), "wm_preset": args.world_model})
+    if args.meta_critic:
+        budget = Budget(**{**asdict(budget), "meta_critic": args.meta_critic})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -238,13 +245,20 @@ def _meta_train(job: tuple) -> str:
     from learning.merpo_train import preset, train
 
     run = Path(out) / "runs" / f"{q}_s{seed}"
-    if (run / "metrics.json").exists():
-        return str(run)
     cfg = preset(budget.config)
     cfg.device = device
     cfg.merpo.seed = seed
     if budget.meta_iterations:
         cfg.merpo.iterations = budget.meta_iterations
+    if budget.meta_critic == "fit":
+        cfg.merpo.meta_critic_steps = cfg.merpo.meta_batch * cfg.merpo.inner_steps
+    if (run / "config.json").exists():
+        have = json.loads((run / "config.json").read_text())["config"]["merpo"].get("meta_critic_steps", 0)
+        if have != cfg.merpo.meta_critic_steps:
+            raise ValueError(f"{run} was meta-trained with meta_critic_steps={have}, not "
+                             f"{cfg.merpo.meta_critic_steps}: use another --out for --meta-critic {budget.meta_critic}")
+    if (run / "metrics.json").exists():
+        return str(run)
     train(data, cfg, run, resume=(run / "config.json").exists(), overwrite=True, world_model=wm_dir,
           progress=False, log=lambda msg: print(f"[{q} seed {seed}] {msg}", file=sys.stderr))
     return str(run)

@@ -83,6 +83,36 @@ def test_meta_step_pulls_the_meta_policy_towards_task_policies_and_polyaks_q():
     assert all(torch.equal(before[k], v) for k, v in frozen.meta_actor.state_dict().items())
 
 
+def test_fitted_meta_critic_evaluates_the_meta_policy():
+    """meta_critic_steps > 0: Q_meta is trained as pi_c's own critic (its Bellman residual under
+    pi_c's next actions falls well below the polyak Q_meta's), and a checkpoint carries it."""
+    cache = toy_cache()
+    cache.arrays["feat"][:, 0] = np.repeat(cache.episode_task, 20)  # the state tells the task
+    norm = fit_normalizer(cache, [-2, -2], [2, 2])
+    data = {n: transitions(cache, norm, n) for n in (0, 1, 2)}
+    pooled = transitions(cache, norm)
+
+    def residual(merpo, target=None) -> float:  # RAC's target: twin mix, initial temperature
+        with torch.no_grad():
+            a, logp = merpo.meta_actor.sample(pooled["next_obs"], torch.Generator().manual_seed(1))
+            t1, t2 = (target or merpo.meta_critic)(pooled["next_obs"], a)
+            y = pooled["rew"] + 0.99 * (0.75 * torch.minimum(t1, t2) + 0.25 * torch.maximum(t1, t2) - 0.1 * logp)
+            return float(((merpo.meta_critic(pooled["obs"], pooled["act"])[0] - y) ** 2).mean())
+
+    fitted = MerPO(F_DIM, A_DIM, [0, 1, 2], small_cfg(meta_critic_steps=5))
+    polyak = MerPO(F_DIM, A_DIM, [0, 1, 2], small_cfg())
+    before = residual(fitted)
+    for _ in range(40):
+        stats = fitted.meta_step(data, None)
+        polyak.meta_step(data, None)
+    assert "meta_bellman" in stats and fitted.meta_rac.actor is fitted.meta_actor
+    after = residual(fitted, fitted.meta_rac.critic_target)  # the target it is trained towards
+    assert after < 0.5 * before and after < 0.5 * residual(polyak), (before, after, residual(polyak))
+    copy_ = MerPO(F_DIM, A_DIM, [0, 1, 2], small_cfg(meta_critic_steps=5, seed=4))
+    copy_.load_state_dict(copy.deepcopy(fitted.state_dict()))
+    assert fitted.meta_step(data, None) == copy_.meta_step(data, None)
+
+
 def test_adaptation_starts_from_the_meta_policy_and_meta_critic():
     cache = toy_cache()
     norm = fit_normalizer(cache, [-2, -2], [2, 2])

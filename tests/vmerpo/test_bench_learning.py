@@ -63,3 +63,18 @@ def test_an_out_whose_world_model_is_another_preset_is_refused(tmp_path):
     assert _world_model(tmp_path, "unused.zarr", bench, "cpu", 1, False) == str(tmp_path / "world_model")
     with pytest.raises(ValueError, match="preset 'bench', not 'cpu'"):
         _world_model(tmp_path, "unused.zarr", BUDGETS["full"], "cpu", 1, False)
+
+
+def test_an_out_meta_trained_with_the_other_meta_critic_is_refused(tmp_path):
+    import json
+
+    from vmerpo.bench_learning import BUDGETS, Budget, _meta_train
+
+    run = tmp_path / "runs" / "medium_s0"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"config": {"merpo": {"meta_critic_steps": 0}}}))
+    (run / "metrics.json").write_text("{}")  # finished
+    fit = Budget(**{**BUDGETS["full"].__dict__, "meta_critic": "fit"})
+    with pytest.raises(ValueError, match="meta_critic_steps=0, not 20: use another --out"):
+        _meta_train((str(tmp_path), "medium", 0, "unused.zarr", "unused", fit, "cpu"))
+    assert _meta_train((str(tmp_path), "medium", 0, "unused.zarr", "unused", BUDGETS["full"], "cpu")) == str(run)
