@@ -113,6 +113,19 @@ def test_two_processes_compute_what_one_process_computes(tmp_path):
             for k in ("loss", "image_nll", "kl", "q", "meta_kl", "bellman"):
                 if k in x:
                     assert abs(x[k] - y[k]) <= 1e-5 * max(1.0, abs(x[k])), (name, x["step"], k, x[k], y[k])
+
+    # Q_meta fitted to pi_c (meta_critic_steps): every rank makes the same critic steps, so the
+    # result is still the one-process result (meta-training only, on the world model above)
+    (tmp_path / "fit.json").write_text(json.dumps({"preset": "tiny", "merpo": {"meta_critic_steps": 2}}))
+    fit = ["train", "--data", str(data), "--no-progress", "--config", str(tmp_path / "fit.json"),
+           "--world-model", str(a / "world_model")]
+    for cmd, out in (([sys.executable, "-m", "vmerpo"], "fit1"),
+                     ([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "vmerpo"], "fit2")):
+        r = subprocess.run([*cmd, *fit, "--out", str(tmp_path / out)], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert _max_diff(tmp_path / "fit1" / "checkpoints" / "merpo.pt", tmp_path / "fit2" / "checkpoints" / "merpo.pt",
+                     ("meta_actor", "meta_critic", "meta_rac", "learners")) <= 1e-5
     # only rank 0 wrote the run: one TensorBoard file per run, no stray rank-1 output
     assert len(list((b / "tb").glob("events.*"))) == 1
     assert len(list((b / "world_model" / "tb").glob("events.*"))) == 1
