@@ -200,11 +200,8 @@ class MerPO:
         self.meta_critic = TwinCritic(obs_dim, act_dim, r.hidden, r.layers).to(self.device)
         self.meta_rac: RAC | None = None
         if cfg.meta_critic_steps:  # Q_meta as pi_c's own critic: a RAC whose actor *is* pi_c
-            self.meta_rac = RAC(obs_dim, act_dim, r, self.device, seed=cfg.seed * 1000)
-            self.meta_rac.actor = self.meta_actor
-            self.meta_rac.critic_target.load_state_dict(self.meta_critic.state_dict())
-            self.meta_rac.critic = self.meta_critic
-            self.meta_rac.critic_opt = torch.optim.Adam(self.meta_critic.parameters(), lr=r.critic_lr)
+            self.meta_rac = RAC(obs_dim, act_dim, r, self.device, seed=cfg.seed * 1000,
+                                actor=self.meta_actor, critic=self.meta_critic)
         self.meta_opt = torch.optim.Adam(self.meta_actor.parameters(), lr=cfg.meta_actor_lr)
         self.tasks = list(tasks)
         self.learners: dict[int, RAC] = {}
@@ -265,6 +262,7 @@ class MerPO:
                 meta_loss.backward()
             distributed.all_reduce_grads_(self.meta_actor.parameters())  # sum over ranks' tasks
             self.meta_opt.step()
+        kl_total = distributed.all_reduce_(kl_sum.detach().clone())
         if self.meta_rac is not None:
             # Q_meta <- pi_c's conservative critic, on every rank alike (same batches: the
             # meta-batch draw's key; every rank holds every task's data)
@@ -275,9 +273,8 @@ class MerPO:
                 real = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
                 for k, v in self.meta_rac.critic_step(real).items():
                     stats.setdefault(f"meta_{k}", []).append(v)
-            kl_total = distributed.all_reduce_(kl_sum.detach().clone())
         else:
-            kl_total = self._polyak_meta_critic(mine, len(batch_tasks), kl_sum)
+            self._polyak_meta_critic(mine, len(batch_tasks))
         self.step += 1
         merged: dict[str, list[float]] = {}
         for part in distributed.all_gather_objects(stats):
@@ -287,9 +284,8 @@ class MerPO:
         out["meta_kl"] = float(kl_total) / len(batch_tasks)
         return out
 
-    def _polyak_meta_critic(self, mine: list[int], n_tasks: int, kl_sum: torch.Tensor) -> torch.Tensor:
-        """Q_meta <- polyak towards the mean of the task critics (summed over ranks); returns
-        the KL summed over ranks."""
+    def _polyak_meta_critic(self, mine: list[int], n_tasks: int) -> None:
+        """Q_meta <- polyak towards the mean of the task critics (summed over ranks)."""
         cfg = self.cfg
         with torch.no_grad():
             params = list(self.meta_critic.parameters())
@@ -299,7 +295,6 @@ class MerPO:
             distributed.all_reduce_(total)
             meta = torch.nn.utils.parameters_to_vector(params).lerp_(total / n_tasks, cfg.meta_q_polyak)
             torch.nn.utils.vector_to_parameters(meta, params)
-            return distributed.all_reduce_(kl_sum.detach().clone())
 
     def adapt(self, data: dict[str, torch.Tensor], rollout_fn: Callable | None, steps: int | None = None,
               seed: int = 0, progress: Callable[[int, dict], None] | None = None) -> RAC:

@@ -161,13 +161,15 @@ class RAC:
     """One task's actor-critic: Q_n, pi_n (and, in MerPO, the meta-policy pi_c it is tied to)."""
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: RACConfig, device: str | torch.device = "cpu",
-                 seed: int = 0) -> None:
+                 seed: int = 0, actor: TanhGaussianActor | None = None, critic: TwinCritic | None = None) -> None:
+        """`actor`/`critic`: modules to train in place instead of new ones (MerPO's fitted Q_meta
+        is the critic of a RAC whose actor is pi_c)."""
         self.cfg = cfg
         self.act_dim = act_dim
         self.device = torch.device(device)
         torch.manual_seed(seed)
-        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden, cfg.layers).to(self.device)
-        self.critic = TwinCritic(obs_dim, act_dim, cfg.hidden, cfg.layers).to(self.device)
+        self.actor = actor if actor is not None else TanhGaussianActor(obs_dim, act_dim, cfg.hidden, cfg.layers).to(self.device)
+        self.critic = critic if critic is not None else TwinCritic(obs_dim, act_dim, cfg.hidden, cfg.layers).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha_ent = torch.tensor(math.log(cfg.entropy_init), device=self.device, requires_grad=True)
         self.log_alpha_cql = torch.tensor(math.log(cfg.cql_alpha_init), device=self.device, requires_grad=True)
