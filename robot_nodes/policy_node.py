@@ -194,10 +194,10 @@ class PolicyNode(LifecycleNode):
         return SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        if self.enabled:
+        # Flags first, so no tick or watchdog hold can follow the deactivate hold.
+        was_enabled, self.enabled, self.active = self.enabled, False, False
+        if was_enabled:
             self._publish_hold("deactivate")
-        self.enabled = False
-        self.active = False
         return SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:

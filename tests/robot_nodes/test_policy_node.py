@@ -205,18 +205,19 @@ def test_reset_zeroes_the_latent_state(ee_policy):
 
 
 def test_deactivate_publishes_hold_and_stops(ee_policy):
-    with policy_setup(ee_policy) as (node, client, pubs, rec):
+    # obs_timeout_s long: a slow machine's watchdog must not add stale-frame holds to the count
+    with policy_setup(ee_policy, obs_timeout_s=30.0) as (node, client, pubs, rec):
         enable(client)
         stream(client, pubs["image"], 3)
         # all three commands received here, not only published by the node
         assert wait_for(lambda: node.ticks == 3 and sum(any(m.data) for _, m in rec) >= 3, 10)
-        n0 = len(rec)
+        n0, holds0 = len(rec), node.holds
         node.trigger_deactivate()
         assert wait_for(lambda: len(rec) > n0, 10)
-        assert not any(rec[-1][1].data)
+        assert node.holds == holds0 + 1 and not any(rec[-1][1].data)
         stream(client, pubs["image"], 3)
-        time.sleep(0.2)
-        assert len(rec) == n0 + 1
+        time.sleep(0.3)
+        assert len(rec) == n0 + 1 and node.ticks == 3
 
 
 def test_twist_interface_converts_ee_delta(ee_policy):
