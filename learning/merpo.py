@@ -330,7 +330,7 @@ class MerPO:
         self.meta_actor.load_state_dict(sd["meta_actor"])
         self.meta_critic.load_state_dict(sd["meta_critic"])
         self.meta_opt.load_state_dict(sd["meta_opt"])
-        self.generator.set_state(sd["generator"])
+        self.generator.set_state(sd["generator"].cpu())  # a CPU generator; map_location may have moved it
         self.step = int(sd["step"])
         if self.meta_rac is not None:
             self.meta_rac.load_state_dict(sd["meta_rac"])

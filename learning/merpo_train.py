@@ -158,6 +158,14 @@ def data_hash(store: EpisodeStore) -> str:
     return h.hexdigest()[:16]
 
 
+def _computed(cfg: RunConfig) -> dict[str, Any]:
+    """The config without where it runs (device, threads, prefetch)."""
+    d = cfg.to_dict()
+    d.pop("device")
+    d["world_model"] = {k: v for k, v in d["world_model"].items() if k not in wmt.RUNTIME_KEYS}
+    return d
+
+
 def _read_run(run: Path) -> dict[str, Any]:
     path = run / "config.json"
     if not path.exists():
@@ -224,9 +232,10 @@ def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = Fals
     dhash = data_hash(store)
     if resume:
         info = _read_run(run)
-        saved = RunConfig.from_dict(info["config"])
-        if saved != cfg:
-            diff = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v]
+        # where it runs may change on resume (a GPU run resumed on a CPU); what it computes may not
+        saved, now = _computed(RunConfig.from_dict(info["config"])), _computed(cfg)
+        if saved != now:
+            diff = [k for k, v in now.items() if saved[k] != v]
             raise ValueError(f"{run}: the config differs from the run's config.json in {diff}")
         if info["data_hash"] != dhash:
             raise ValueError(f"{run}: the data differs from the run's ({info['data']}); resume with the same store")
@@ -371,14 +380,16 @@ ADAPT_STARTS = ("own", "pooled", "pooled-actor", "pooled-critic")
 def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwrite: bool = False,
           task: int | None = None, steps: int | None = None, log: Callable[[str], None] = print,
           progress: bool = True, method: str = "merpo", omega: float | None = None,
-          rac_overrides: dict[str, Any] | None = None, start: str = "own") -> dict[str, Any]:
+          rac_overrides: dict[str, Any] | None = None, start: str = "own",
+          device: str | None = None) -> dict[str, Any]:
     """Meta-test: theta_j from phi on the new task's log, then RAC from pi_c and Q_meta
     (MerPO; `merpo_adp`: omega chosen for this task by `adaptive_omega`), or a baseline
     (`learning.baselines`) from its pooled pretraining, on that log. `omega` replaces the
     run's omega for merpo and rac; `rac_overrides` replaces other RAC settings (ablations);
     `start` (ablations of merpo/merpo_adp): "own" (pi_c, Q_meta), "pooled" (single-task RAC's
     pooled pretraining for both), "pooled-actor" or "pooled-critic" (that one only). The
-    KL term still pulls toward pi_c."""
+    KL term still pulls toward pi_c. `device` (auto|cpu|cuda) replaces the run's, e.g. to adapt
+    a GPU-trained run on a machine without one."""
     if omega is not None:
         if method not in ("merpo", "rac"):
             raise ValueError(f"--omega applies to merpo and rac, not {method}"
@@ -403,9 +414,9 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         raise ValueError(f"{data}: no episodes of task {task} (tasks present: {tasks})")
     if task in info["meta_train_tasks"]:
         raise ValueError(f"task {task} was a meta-training task of {run}; adapt to a held-out task")
+    device = wmt.pick_device(device or cfg.device)
     out = Path(out)
     _prepare_dir(out, False, overwrite)
-    device = wmt.pick_device(cfg.device)
     model, _ = wmt.load_world_model(info["world_model"], str(device))
     train_store_spec = EpisodeStore.open(info["data"], load="lazy").spec
     diff = train_store_spec.compatibility_errors(store.spec)
@@ -429,7 +440,8 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         init_actor, init_critic = merpo.meta_actor, merpo.meta_critic
         if start != "own":  # the KL still pulls toward pi_c
             anchor = copy.deepcopy(merpo.meta_actor).requires_grad_(False)
-            pooled_actor, pooled_critic = pretrained_baseline(run, "rac", log=log, progress=progress)
+            pooled_actor, pooled_critic = pretrained_baseline(run, "rac", log=log, progress=progress,
+                                                                device=str(device))
             if start in ("pooled", "pooled-actor"):
                 init_actor = pooled_actor
             if start in ("pooled", "pooled-critic"):
@@ -437,7 +449,8 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
     else:
         if start != "own":
             raise ValueError(f"start={start!r} applies to merpo and merpo_adp, not {method}")
-        init_actor, init_critic = pretrained_baseline(run, method, log=log, progress=progress)
+        init_actor, init_critic = pretrained_baseline(run, method, log=log, progress=progress,
+                                                      device=str(device))
 
     eps = [i for i in range(store.n_episodes) if int(store.episode_task[i]) == task]
     log(f"adapting {method} to task {task} from {len(eps)} episodes")
@@ -493,7 +506,8 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
 
 
 def pretrained_baseline(run_dir: str | os.PathLike, method: str, log: Callable[[str], None] = print,
-                        progress: bool = True) -> tuple[TanhGaussianActor, TwinCritic | None]:
+                        progress: bool = True, device: str | None = None
+                        ) -> tuple[TanhGaussianActor, TwinCritic | None]:
     """A baseline's learner pretrained on the run's pooled meta-train latents, with phi's
     heads for model rollouts; trained on first use and kept in RUN/baselines/METHOD.pt."""
     run = Path(run_dir)
@@ -503,7 +517,7 @@ def pretrained_baseline(run_dir: str | os.PathLike, method: str, log: Callable[[
     mc = cfg.merpo
     rc = method_config(method, mc.rac)
     path = run / "baselines" / f"{method}.pt"
-    device = wmt.pick_device(cfg.device)
+    device = wmt.pick_device(device or cfg.device)
     cache = LatentCache.load(run / "latents.npz")
     obs_dim, act_dim = cache.arrays["feat"].shape[1], cache.arrays["action"].shape[1]
     actor = TanhGaussianActor(obs_dim, act_dim, rc.hidden, rc.layers).to(device)

@@ -336,5 +336,5 @@ class RAC:
             self.log_alpha_cql.copy_(sd["log_alpha_cql"])
         for name in ("actor_opt", "critic_opt", "alpha_opt", "cql_opt"):
             getattr(self, name).load_state_dict(sd[name])
-        self.generator.set_state(sd["generator"])
+        self.generator.set_state(sd["generator"].cpu())  # a CPU generator; map_location may have moved it
         self.steps = int(sd["steps"])

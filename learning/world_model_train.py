@@ -145,6 +145,8 @@ def load_config(spec: str) -> TrainConfig:
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: torch sees no CUDA device here (use --device auto or cpu)")
     return torch.device(name)
 
 

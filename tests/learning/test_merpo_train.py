@@ -69,13 +69,20 @@ def test_train_writes_a_complete_run(trained):
     assert list((trained / "tb").iterdir())
 
 
-def test_resume_of_a_finished_run_changes_nothing(trained, family):
+def test_resume_of_a_finished_run_changes_nothing(trained, family, tmp_path):
     train_store, _, _ = family
     before = (trained / "checkpoints" / "merpo.pt").read_bytes()
+    # where it runs may change on resume (run trained with device auto, resumed with cpu) ...
     proc = vmerpo("train", "--data", str(train_store), "--config", "tiny", "--out", str(trained),
-                  "--resume", "--no-progress")
+                  "--resume", "--device", "cpu", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (trained / "checkpoints" / "merpo.pt").read_bytes() == before
+    # ... what it computes may not
+    (tmp_path / "c.json").write_text(json.dumps({"preset": "tiny", "merpo": {"meta_actor_lr": 0.123}}))
+    proc = vmerpo("train", "--data", str(train_store), "--config", str(tmp_path / "c.json"),
+                  "--out", str(trained), "--resume", "--no-progress")
+    assert proc.returncode == 2 and "differs" in proc.stderr and "merpo" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_adapt_export_and_parity(trained, family, tmp_path):

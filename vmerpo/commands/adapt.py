@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--omega", type=float,
                    help="behaviour (1) vs meta-policy (0) regularizer weight at adaptation, for merpo and rac "
                         "(default: the run's config, MerPO's 0.4)")
+    p.add_argument("--device", help="auto|cpu|cuda (default: the run's; e.g. cpu to adapt a GPU-trained run here)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = adapt(args.run, args.data, args.out, overwrite=args.overwrite, task=args.task,
                     steps=args.steps, progress=not args.no_progress, method=args.method, omega=args.omega,
-                    log=lambda msg: print(msg, file=sys.stderr))
+                    device=args.device, log=lambda msg: print(msg, file=sys.stderr))
     print(json.dumps(summary, indent=1) if args.json else
           f"adapted {summary['method']} to task {summary['task']} from {summary['episodes']} episodes"
           + (f" (omega {summary['omega']:.2f})" if summary["omega"] is not None else "") + f" -> {args.out}")
