@@ -82,6 +82,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="Q_meta of MerPO: polyak (default, MerPO: the polyak mean of the task critics) or fit "
                         "(trained as pi_c's own conservative critic, as many critic steps per meta-step as "
                         "the task learners make together)")
+    p.add_argument("--heldout-tasks", type=int, metavar="K",
+                   help="adapt to the family's first K held-out tasks (default: the budget's, 3); on a rerun "
+                        "with a larger K only the new tasks' logs, adaptations and evaluations are made")
     p.add_argument("--workers", type=int, default=2, help="evaluation processes (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -99,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         budget = Budget(**{**asdict(budget), "wm_preset": args.world_model})
     if args.meta_critic:
         budget = Budget(**{**asdict(budget), "meta_critic": args.meta_critic})
+    if args.heldout_tasks is not None:
+        if args.heldout_tasks < 1:
+            raise ValueError(f"--heldout-tasks {args.heldout_tasks}: must be at least 1")
+        budget = Budget(**{**asdict(budget), "heldout_tasks": args.heldout_tasks})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -107,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from sim.envs import task_set
 
-    heldout = task_set(family).split_ids("test")[: budget.heldout_tasks]
+    test_ids = task_set(family).split_ids("test")
+    if budget.heldout_tasks > len(test_ids):
+        raise ValueError(f"--heldout-tasks {budget.heldout_tasks}: {family} has {len(test_ids)} held-out tasks")
+    heldout = test_ids[: budget.heldout_tasks]
     stores = _collect(out / "data", family, qualities, budget, heldout, progress)
     timings["collect_s"] = time.perf_counter() - t0
 

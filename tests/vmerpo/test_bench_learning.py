@@ -78,3 +78,17 @@ def test_an_out_meta_trained_with_the_other_meta_critic_is_refused(tmp_path):
     with pytest.raises(ValueError, match="meta_critic_steps=0, not 20: use another --out"):
         _meta_train((str(tmp_path), "medium", 0, "unused.zarr", "unused", fit, "cpu"))
     assert _meta_train((str(tmp_path), "medium", 0, "unused.zarr", "unused", BUDGETS["full"], "cpu")) == str(run)
+
+
+@pytest.mark.parametrize("k, why", [("0", "must be at least 1"), ("11", "has 10 held-out tasks")])
+def test_heldout_task_count_out_of_range_is_a_one_line_error(tmp_path, k, why):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-m", "vmerpo", "bench", "learning", "--family", "reach",
+                           "--heldout-tasks", k, "--out", str(tmp_path / "b"), "--no-progress"],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and why in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "b" / "data").exists()  # refused before collecting anything
