@@ -1,5 +1,6 @@
 """World-model benchmark (issue 4): does the latent uncertainty mean something, does the
-meta-model help, how fast does training run. JSON out; one entry per task family.
+meta-model help, how fast does training run. JSON out (one entry per task family) and a
+plot per family of uncertainty vs error and of the OOD-action check (`OUT_stem_FAMILY_uncertainty.png`).
 
 Per family: train (or load, `--run`) the meta-model on the training store (training tasks),
 then
@@ -99,8 +100,10 @@ def uncertainty_vs_error(model: WorldModel, slots: list[int], episodes: list[dic
 
 @torch.no_grad()
 def uncertainty_checks(model: WorldModel, slots: list[int], episodes: list[dict[str, np.ndarray]],
-                       horizon: int, seed: int, stride: int = 2, ood_horizon: int | None = None) -> dict[str, float]:
-    """`ood_horizon`: length of the dataset-vs-random-action rollouts (default `horizon`)."""
+                       horizon: int, seed: int, stride: int = 2, ood_horizon: int | None = None,
+                       raw: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """`ood_horizon`: length of the dataset-vs-random-action rollouts (default `horizon`).
+    `raw`, if given, receives the per-step and per-rollout values behind the numbers (plots)."""
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     lo, hi = model.action_low.cpu().numpy(), model.action_high.cpu().numpy()
@@ -137,6 +140,8 @@ def uncertainty_checks(model: WorldModel, slots: list[int], episodes: list[dict[
         for kind in per_kind:
             per_kind[kind].append(ol[kind])
     u, err, err_mean, step = map(np.concatenate, (u_all, err_all, err_mean_all, step_of))
+    if raw is not None:
+        raw.update(u=u, err=err, step=step, u_data=np.concatenate(uh_data), u_ood=np.concatenate(uh_ood))
     res = {"uncertainty_error_spearman": spearman(u, err),
            "uncertainty_error_spearman_member_mean": spearman(u, err_mean),
            "uncertainty_error_spearman_by_step": [spearman(u[step == t], err[step == t])
@@ -151,6 +156,32 @@ def uncertainty_checks(model: WorldModel, slots: list[int], episodes: list[dict[
         res[f"ood_action_auroc_{kind}"] = auroc(np.concatenate(ood_kind[kind]["data"]),
                                                 np.concatenate(ood_kind[kind]["ood"]))
     return res
+
+
+def plot_uncertainty(raw: dict[str, np.ndarray], res: dict, title: str, path: Path) -> None:
+    """Two panels: each imagined step's uncertainty against its error (the Spearman check) and
+    the rollouts' mean uncertainty under dataset vs uniform random actions (the AUROC check)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    sc = a.scatter(raw["u"], raw["err"], c=raw["step"], s=4, alpha=0.5, cmap="viridis")
+    fig.colorbar(sc, ax=a, label="imagined step")
+    a.set(xlabel="latent uncertainty of the imagined step", ylabel="error vs posterior of the real frame",
+          title=f"Spearman {res['uncertainty_error_spearman']:.2f} (target >= 0.5)")
+    bins = np.histogram_bin_edges(np.concatenate([raw["u_data"], raw["u_ood"]]), 40)
+    b.hist(raw["u_data"], bins, alpha=0.6, density=True, label="dataset actions")
+    b.hist(raw["u_ood"], bins, alpha=0.6, density=True, label="uniform random actions")
+    b.set(xlabel=f"mean uncertainty over a {res['ood_horizon']}-step rollout", ylabel="density",
+          title=f"OOD-action AUROC {res['ood_action_auroc']:.2f} (target >= 0.8)")
+    b.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def action_separability(train_eps: list[dict[str, np.ndarray]], test_eps: list[dict[str, np.ndarray]],
@@ -296,7 +327,7 @@ def run_family(train_store: str, test_store: str, config: str, out_dir: Path, st
                run_dir: str | None, horizon: int, adapt_steps: int, eta: float | None, seed: int,
                full_scratch: bool, max_tasks: int | None = None, eta_sweep: list[float] | None = None,
                eta_grid: list[float] | None = None, ood_horizon: int | None = None, with_meta: bool = True,
-               log=print) -> dict:
+               log=print, plot: Path | None = None) -> dict:
     res: dict = {"train_store": train_store, "test_store": test_store}
     if run_dir is None:
         cfg = load_config(config)
@@ -324,7 +355,11 @@ def run_family(train_store: str, test_store: str, config: str, out_dir: Path, st
     slots = [meta["task_slots"].get(int(store.episode_task[e]), 0) for e in val]
     t0 = time.perf_counter()
     val_eps = _episodes(store, val)
-    res.update(uncertainty_checks(model, slots, val_eps, horizon, seed, ood_horizon=ood_horizon))
+    raw: dict[str, np.ndarray] = {}
+    res.update(uncertainty_checks(model, slots, val_eps, horizon, seed, ood_horizon=ood_horizon, raw=raw))
+    if plot is not None:
+        plot_uncertainty(raw, res, f"{Path(train_store).name}: held-out windows of the training tasks", plot)
+        res["uncertainty_plot"] = str(plot)
     if "state" in val_eps[0]:
         train_eps = json.loads((Path(run_dir) / "config.json").read_text())["train_episodes"]
         res["ood_action_separability"] = action_separability(
@@ -376,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
                                    args.max_test_tasks,
                                    [float(x) for x in args.eta_sweep.split(",") if x.strip()],
                                    [float(x) for x in args.eta_select.split(",") if x.strip()],
-                                   args.ood_horizon, not args.no_meta, log=lambda m: print(m, file=sys.stderr))
+                                   args.ood_horizon, not args.no_meta, log=lambda m: print(m, file=sys.stderr),
+                                   plot=(Path(args.out).with_name(f"{Path(args.out).stem}_{name}_uncertainty.png")
+                                         if args.out else out_dir / name / "uncertainty.png"))
     keys = ("uncertainty_error_spearman", "ood_action_auroc", "adapted_over_meta_loss_ratio",
             "adapted_over_scratch_loss_ratio", "ood_action_separability", "data_wait_share")
     results["summary"] = {k: {n: results[n].get(k) for n, _, _ in args.family} for k in keys}

@@ -39,6 +39,8 @@ def test_benchmark_runs_end_to_end_on_tiny(tmp_path):
                 "train_steps_per_s", "data_wait_share"):
         assert np.isfinite(res[key]), key
     assert 0 <= res["ood_action_auroc"] <= 1
+    assert res["uncertainty_plot"] == str(tmp_path / "b_syn_uncertainty.png")
+    assert (tmp_path / "b_syn_uncertainty.png").stat().st_size > 10_000  # both panels drawn
     assert res["ood_horizon"] == 5 and res["eta"] == "selected"
     assert all(r["eta"] in (0.0, 1e-2) and set(r["eta_validation"]) == {"0", "0.01"} for r in res["meta_tasks"])
     out2 = tmp_path / "b2.json"  # uncertainty checks alone, on the run just trained
