@@ -165,13 +165,20 @@ def plot_uncertainty(raw: dict[str, np.ndarray], res: dict, title: str, path: Pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     sc = a.scatter(raw["u"], raw["err"], c=raw["step"], s=4, alpha=0.5, cmap="viridis")
     fig.colorbar(sc, ax=a, label="imagined step")
     a.set(xlabel="latent uncertainty of the imagined step", ylabel="error vs posterior of the real frame",
           title=f"Spearman {res['uncertainty_error_spearman']:.2f} (target >= 0.5)")
-    bins = np.histogram_bin_edges(np.concatenate([raw["u_data"], raw["u_ood"]]), 40)
+    both = np.concatenate([raw["u_data"], raw["u_ood"]])
+    positive = bool((both > 0).all() and (raw["u"] > 0).all())  # log axes for the long right tail
+    bins = np.geomspace(both.min(), both.max(), 41) if positive else np.histogram_bin_edges(both, 40)
+    if positive:
+        for ax in (a, b):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     b.hist(raw["u_data"], bins, alpha=0.6, density=True, label="dataset actions")
     b.hist(raw["u_ood"], bins, alpha=0.6, density=True, label="uniform random actions")
     b.set(xlabel=f"mean uncertainty over a {res['ood_horizon']}-step rollout", ylabel="density",
