@@ -8,10 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ import torch
 
 from learning.world_model_train import load_world_model, pick_device, preset, train
 from tests.learning.test_merpo_train import ROOT, make_family_store, vmerpo
-from tests.learning.test_world_model_train import make_store
+from tests.learning.test_world_model_train import kill_at_first_checkpoint, make_store
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch (CI has none)")
 
@@ -56,15 +54,7 @@ def test_world_model_trains_under_bf16_autocast_and_resumes_after_a_kill(tmp_pat
            "--steps", str(steps), "--device", "cuda", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*cmd, "--out", str(killed)], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = killed / "checkpoints" / "last.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "training ended before it could be killed"
-    at_kill = torch.load(ckpt, weights_only=True, map_location="cpu")["step"]
+    at_kill = kill_at_first_checkpoint(cmd, killed, env)
     out = subprocess.run([*cmd, "--out", str(killed), "--resume", "--json"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

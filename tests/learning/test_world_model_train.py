@@ -36,6 +36,19 @@ def make_store(path: Path, episodes: int = 6, length: int = 30, size: int = 32) 
     return path
 
 
+def kill_at_first_checkpoint(cmd: list[str], out: Path, env: dict[str, str]) -> int:
+    """Start `cmd --out OUT`, SIGKILL it as soon as its first checkpoint exists; that checkpoint's step."""
+    proc = subprocess.Popen([*cmd, "--out", str(out)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "training ended before it could be killed"
+    return torch.load(ckpt, weights_only=True, map_location="cpu")["step"]
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     return make_store(tmp_path_factory.mktemp("wm") / "s.zarr")
@@ -79,15 +92,7 @@ def test_killed_training_resumes_exactly(store, tmp_path):
     # Reference: the same run, never interrupted (in-process).
     ref = train(str(store), dataclasses.replace(preset("tiny"), steps=steps), tmp_path / "ref", progress=False)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*cmd, "--out", str(killed)], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = killed / "checkpoints" / "last.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "training ended before it could be killed"
-    at_kill = torch.load(ckpt, weights_only=True)["step"]
+    at_kill = kill_at_first_checkpoint(cmd, killed, env)
     assert 0 < at_kill < steps and not (killed / "model.pt").exists()
     out = subprocess.run([*cmd, "--out", str(killed), "--resume", "--json"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
