@@ -216,14 +216,9 @@ class RAC:
     def update(self, real: dict[str, torch.Tensor], meta_actor: TanhGaussianActor | None = None,
                omega: float | None = None) -> dict[str, float]:
         """One critic + actor step on a real batch and a model-buffer batch."""
-        cfg = self.cfg
-        omega = cfg.omega if omega is None else omega
-        model = self.model_buffer.sample(cfg.batch_model, self.generator) if len(self.model_buffer) else None
-        stats = self._critic_step(real, model)
+        omega = self.cfg.omega if omega is None else omega
+        stats = self.critic_step(real)  # the actor step reads the critic, never its target
         stats.update(self._actor_step(real, meta_actor, omega))
-        with torch.no_grad():
-            for p, tp in zip(self.critic.parameters(), self.critic_target.parameters(), strict=True):
-                tp.lerp_(p, cfg.tau)
         self.steps += 1
         return stats
 

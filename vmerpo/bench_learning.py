@@ -24,7 +24,7 @@ import math
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,15 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     budget = BUDGETS[args.budget]
     methods = _subset(args.methods or ",".join(budget.methods), METHODS, "--methods")
     if args.device == "cuda" and args.budget == "full":
-        budget = Budget(**{**asdict(budget), "config": "paper"})
+        budget = replace(budget, config="paper")
     if args.world_model:
-        budget = Budget(**{**asdict(budget), "wm_preset": args.world_model})
+        budget = replace(budget, wm_preset=args.world_model)
     if args.meta_critic:
-        budget = Budget(**{**asdict(budget), "meta_critic": args.meta_critic})
+        budget = replace(budget, meta_critic=args.meta_critic)
     if args.heldout_tasks is not None:
         if args.heldout_tasks < 1:
             raise ValueError(f"--heldout-tasks {args.heldout_tasks}: must be at least 1")
-        budget = Budget(**{**asdict(budget), "heldout_tasks": args.heldout_tasks})
+        budget = replace(budget, heldout_tasks=args.heldout_tasks)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

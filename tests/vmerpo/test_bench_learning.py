@@ -51,11 +51,13 @@ def test_bad_subsets_are_refused():
 
 
 def test_an_out_whose_world_model_is_another_preset_is_refused(tmp_path):
-    from vmerpo.bench_learning import BUDGETS, Budget, _world_model
+    from dataclasses import replace
+
+    from vmerpo.bench_learning import BUDGETS, _world_model
 
     (tmp_path / "world_model").mkdir()
     (tmp_path / "world_model" / "model.pt").write_bytes(b"x")  # finished, from before the marker: cpu
-    bench = Budget(**{**BUDGETS["full"].__dict__, "wm_preset": "bench"})
+    bench = replace(BUDGETS["full"], wm_preset="bench")
     with pytest.raises(ValueError, match="preset 'cpu', not 'bench'"):
         _world_model(tmp_path, "unused.zarr", bench, "cpu", 1, False)
     assert _world_model(tmp_path, "unused.zarr", BUDGETS["full"], "cpu", 1, False) == str(tmp_path / "world_model")
@@ -67,14 +69,15 @@ def test_an_out_whose_world_model_is_another_preset_is_refused(tmp_path):
 
 def test_an_out_meta_trained_with_the_other_meta_critic_is_refused(tmp_path):
     import json
+    from dataclasses import replace
 
-    from vmerpo.bench_learning import BUDGETS, Budget, _meta_train
+    from vmerpo.bench_learning import BUDGETS, _meta_train
 
     run = tmp_path / "runs" / "medium_s0"
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"config": {"merpo": {"meta_critic_steps": 0}}}))
     (run / "metrics.json").write_text("{}")  # finished
-    fit = Budget(**{**BUDGETS["full"].__dict__, "meta_critic": "fit"})
+    fit = replace(BUDGETS["full"], meta_critic="fit")
     with pytest.raises(ValueError, match="meta_critic_steps=0, not 20: use another --out"):
         _meta_train((str(tmp_path), "medium", 0, "unused.zarr", "unused", fit, "cpu"))
     assert _meta_train((str(tmp_path), "medium", 0, "unused.zarr", "unused", BUDGETS["full"], "cpu")) == str(run)
