@@ -258,29 +258,42 @@ def _adapted(model: WorldModel, cache, steps: int, eta: float, seed: int) -> Wor
 
 
 def select_eta(model: WorldModel, store: EpisodeStore, fit: list[int], grid: list[float], horizon: int,
-               adapt_steps: int, seed: int) -> tuple[float, dict[str, float]]:
+               adapt_steps: int, seed: int, rule: str = "1se") -> tuple[float, dict]:
     """eta by leave-one-episode-out validation inside the adaptation episodes (MerPO gives no
     value, ALGORITHMS 2a: "choose it by validation"): for each eta, adapt on all but one of the
     `fit` episodes and score the H-step reward NLL on the one left out. The task's other
     episodes, on which the benchmark scores, are never seen. An `inf` in the grid is phi itself
-    (no adaptation), so adaptation has to beat phi in validation. Returns (best eta, eta -> score)."""
+    (no adaptation), so adaptation has to beat phi in validation.
+
+    `rule`: "best" takes the eta of lowest mean validation loss; "1se" (the one-standard-error
+    rule, Hastie et al., ESL 7.10) the largest eta (closest to phi) whose mean is within one
+    standard error of that minimum: with 5 validation episodes the minimum is noisy, and the
+    rule prefers the stronger prior when the data cannot tell. Returns (eta, {"scores": eta ->
+    mean, "per_episode": eta -> losses, "best": eta, "1se": eta})."""
+    if rule not in ("best", "1se"):
+        raise ValueError(f"unknown eta rule {rule!r}; expected best or 1se")
     eps = _episodes(store, fit)
     caches = [encode_store(model, store, fit[:i] + fit[i + 1:]) for i in range(len(fit))]
-    scores = {}
+    per_ep = {}
     for e in grid:
-        losses = [prediction_losses(_adapted(model, c, adapt_steps, e, seed), [ep], horizon)["reward_nll"]
-                  for c, ep in zip(caches, eps, strict=True)]
-        scores[f"{e:g}"] = float(np.mean(losses))
+        per_ep[f"{e:g}"] = [prediction_losses(_adapted(model, c, adapt_steps, e, seed), [ep], horizon)["reward_nll"]
+                            for c, ep in zip(caches, eps, strict=True)]
+    scores = {k: float(np.mean(v)) for k, v in per_ep.items()}
     best = min(grid, key=lambda e: scores[f"{e:g}"])
-    return best, scores
+    losses = np.asarray(per_ep[f"{best:g}"])
+    se = float(losses.std(ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else 0.0
+    one_se = max(e for e in grid if scores[f"{e:g}"] <= scores[f"{best:g}"] + se)
+    info = {"scores": scores, "per_episode": per_ep, "best": best, "1se": one_se, "se_at_best": se}
+    return (best if rule == "best" else one_se), info
 
 
 def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, adapt_steps: int,
                 eta: float, seed: int, n_adapt: int = 5, full_scratch: bool = True,
                 workdir: Path | None = None, max_tasks: int | None = None,
                 eta_sweep: list[float] | None = None, eta_grid: list[float] | None = None,
-                log=print) -> dict:
-    """`eta_grid`: choose eta per task by `select_eta` (else the fixed `eta`)."""
+                eta_rule: str = "1se", log=print) -> dict:
+    """`eta_grid`: choose eta per task by `select_eta` with `eta_rule` (else the fixed `eta`);
+    the model the other rule would have chosen is scored too (`adapted_other_rule`)."""
     per_task = []
     for task in sorted(set(test_store.episode_task.tolist()))[:max_tasks]:
         eps = [int(e) for e in np.flatnonzero(test_store.episode_task == task)]
@@ -290,17 +303,22 @@ def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, 
         held_eps = _episodes(test_store, held)
         cache = encode_store(model, test_store, fit)
         phi = task_model(model, 0)
-        eta_task, eta_scores = eta, None
+        eta_task, eta_info = eta, None
         if eta_grid:
-            eta_task, eta_scores = select_eta(model, test_store, fit, eta_grid, horizon, adapt_steps, seed)
-            log(f"task {task}: eta {eta_task:g} by leave-one-episode-out {eta_scores}")
+            eta_task, eta_info = select_eta(model, test_store, fit, eta_grid, horizon, adapt_steps, seed, eta_rule)
+            log(f"task {task}: eta {eta_task:g} by leave-one-episode-out ({eta_rule}) {eta_info['scores']}")
         adapted = _adapted(model, cache, adapt_steps, eta_task, seed)
         scratch = adapt(model, cache, steps=adapt_steps, init="scratch", seed=seed)
         row = {"task": task, "eta": eta_task if np.isfinite(eta_task) else "inf (phi)", "phi": prediction_losses(phi, held_eps, horizon),
                "adapted": prediction_losses(adapted, held_eps, horizon),
                "scratch_heads": prediction_losses(scratch, held_eps, horizon)}
-        if eta_scores is not None:
-            row["eta_validation"] = eta_scores
+        if eta_info is not None:
+            row["eta_validation"] = eta_info["scores"]
+            row["eta_validation_per_episode"] = eta_info["per_episode"]
+            row["eta_by_rule"] = {r: (eta_info[r] if np.isfinite(eta_info[r]) else "inf (phi)") for r in ("best", "1se")}
+            other = eta_info["best" if eta_rule == "1se" else "1se"]
+            row["adapted_other_rule"] = (row["adapted"] if other == eta_task else
+                                         prediction_losses(_adapted(model, cache, adapt_steps, other, seed), held_eps, horizon))
         log(f"task {task}: phi/adapted/scratch heads evaluated")
         for e in eta_sweep or []:
             m = adapt(model, cache, steps=adapt_steps, eta=e, seed=seed)
@@ -319,7 +337,10 @@ def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, 
         return float(np.mean([r[a][key] for r in per_task]) / np.mean([r[b][key] for r in per_task]))
 
     out = {"meta_tasks": per_task, "adapt_steps": adapt_steps, "eta": eta if not eta_grid else "selected",
-           "eta_grid": eta_grid or None, "adapt_episodes": n_adapt}
+           "eta_grid": eta_grid or None, "eta_rule": eta_rule if eta_grid else None, "adapt_episodes": n_adapt}
+    if eta_grid and per_task:
+        other = "best" if eta_rule == "1se" else "1se"
+        out[f"adapted_over_meta_loss_ratio_rule_{other}"] = ratio("adapted_other_rule", "phi", "reward_nll")
     for e in eta_sweep or []:
         out[f"eta_sweep_{e:g}_over_meta_loss_ratio"] = ratio(f"adapted_eta_{e:g}", "phi", "reward_nll")
     for key, suffix in (("reward_nll", ""), ("image_nll", "_image")):
@@ -334,7 +355,7 @@ def run_family(train_store: str, test_store: str, config: str, out_dir: Path, st
                run_dir: str | None, horizon: int, adapt_steps: int, eta: float | None, seed: int,
                full_scratch: bool, max_tasks: int | None = None, eta_sweep: list[float] | None = None,
                eta_grid: list[float] | None = None, ood_horizon: int | None = None, with_meta: bool = True,
-               log=print, plot: Path | None = None) -> dict:
+               log=print, plot: Path | None = None, eta_rule: str = "1se") -> dict:
     res: dict = {"train_store": train_store, "test_store": test_store}
     if run_dir is None:
         cfg = load_config(config)
@@ -374,7 +395,7 @@ def run_family(train_store: str, test_store: str, config: str, out_dir: Path, st
     if with_meta:
         res.update(meta_checks(model, cfg, EpisodeStore.open(test_store), horizon, adapt_steps,
                                cfg.eta if eta is None else eta, seed, full_scratch=full_scratch,
-                               workdir=out_dir, max_tasks=max_tasks, eta_sweep=eta_sweep, eta_grid=eta_grid,
+                               workdir=out_dir, max_tasks=max_tasks, eta_sweep=eta_sweep, eta_grid=eta_grid, eta_rule=eta_rule,
                                log=log))
     res["eval_seconds"] = time.perf_counter() - t0
     return res
@@ -400,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eta-select", default="",
                     help="choose eta per held-out task from this grid by leave-one-episode-out validation "
                          "on its adaptation episodes, e.g. 1e-3,1e-2,0.1,1,10,inf (inf: phi, no adaptation; overrides --eta)")
+    ap.add_argument("--eta-rule", choices=("1se", "best"), default="1se",
+                    help="with --eta-select: 1se (default) takes the largest eta whose validation loss is within one "
+                         "standard error of the lowest (the one-standard-error rule); best the lowest")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads for evaluation (2 threads collapse on shared cores)")
     ap.add_argument("--seed", type=int, default=0)
@@ -420,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
                                    [float(x) for x in args.eta_select.split(",") if x.strip()],
                                    args.ood_horizon, not args.no_meta, log=lambda m: print(m, file=sys.stderr),
                                    plot=(Path(args.out).with_name(f"{Path(args.out).stem}_{name}_uncertainty.png")
-                                         if args.out else out_dir / name / "uncertainty.png"))
+                                         if args.out else out_dir / name / "uncertainty.png"),
+                                   eta_rule=args.eta_rule)
     keys = ("uncertainty_error_spearman", "ood_action_auroc", "adapted_over_meta_loss_ratio",
             "adapted_over_scratch_loss_ratio", "ood_action_separability", "data_wait_share")
     results["summary"] = {k: {n: results[n].get(k) for n, _, _ in args.family} for k in keys}
