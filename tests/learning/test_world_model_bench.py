@@ -44,8 +44,8 @@ def test_benchmark_runs_end_to_end_on_tiny(tmp_path):
     assert (tmp_path / "b_syn_uncertainty.png").stat().st_size > 10_000  # both panels drawn
     assert res["ood_horizon"] == 5 and res["eta"] == "selected"
     assert all(r["eta"] in (0.0, 1e-2) and set(r["eta_validation"]) == {"0", "0.01"} for r in res["meta_tasks"])
-    assert res["eta_rule"] == "1se" and np.isfinite(res["adapted_over_meta_loss_ratio_rule_best"])
-    assert all(r["eta"] == r["eta_by_rule"]["1se"] for r in res["meta_tasks"])
+    assert res["eta_rule"] == "best" and np.isfinite(res["adapted_over_meta_loss_ratio_rule_1se"])
+    assert all(r["eta"] == r["eta_by_rule"]["best"] for r in res["meta_tasks"])
     out2 = tmp_path / "b2.json"  # uncertainty checks alone, on the run just trained
     assert main(["--family", "syn", str(tmp_path / "train.zarr"), str(tmp_path / "test.zarr"), "--run", res["run"],
                  "--horizon", "3", "--ood-horizon", "5", "--no-meta", "--workdir", str(tmp_path / "w"), "--out", str(out2)]) == 0
@@ -78,15 +78,15 @@ def test_eta_is_selected_by_leave_one_episode_out_on_the_adaptation_episodes(tin
 
     store, model = tiny_synthetic_model(episodes=3, length=16)
     grid = [0.0, 1e6, float("inf")]
-    best, info = select_eta(model, EpisodeStore.open(store), [0, 1, 2], grid, horizon=2, adapt_steps=3, seed=0,
-                            rule="best")
+    best, info = select_eta(model, EpisodeStore.open(store), [0, 1, 2], grid, horizon=2, adapt_steps=3, seed=0)
     scores = info["scores"]
     assert best in grid and set(scores) == {"0", "1e+06", "inf"}
     assert all(np.isfinite(v) for v in scores.values())
     assert all(len(v) == 3 for v in info["per_episode"].values())  # one loss per left-out episode
     assert scores[f"{best:g}"] == min(scores.values()) and info["best"] == best
     # the one-standard-error rule: the largest eta within one SE of the minimum, never below the best
-    one_se, _ = select_eta(model, EpisodeStore.open(store), [0, 1, 2], grid, horizon=2, adapt_steps=3, seed=0)
+    one_se, _ = select_eta(model, EpisodeStore.open(store), [0, 1, 2], grid, horizon=2, adapt_steps=3, seed=0,
+                           rule="1se")
     assert one_se == info["1se"] >= best
     assert scores[f"{one_se:g}"] <= scores[f"{best:g}"] + info["se_at_best"]
     assert all(scores[f"{e:g}"] > scores[f"{best:g}"] + info["se_at_best"] for e in grid if e > one_se)
