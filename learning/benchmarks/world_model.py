@@ -294,6 +294,7 @@ def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, 
                 eta_rule: str = "best", log=print) -> dict:
     """`eta_grid`: choose eta per task by `select_eta` with `eta_rule` (else the fixed `eta`);
     the model the other rule would have chosen is scored too (`adapted_other_rule`)."""
+    other_rule = {"best": "1se", "1se": "best"}.get(eta_rule, "best")
     per_task = []
     for task in sorted(set(test_store.episode_task.tolist()))[:max_tasks]:
         eps = [int(e) for e in np.flatnonzero(test_store.episode_task == task)]
@@ -316,7 +317,7 @@ def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, 
             row["eta_validation"] = eta_info["scores"]
             row["eta_validation_per_episode"] = eta_info["per_episode"]
             row["eta_by_rule"] = {r: (eta_info[r] if np.isfinite(eta_info[r]) else "inf (phi)") for r in ("best", "1se")}
-            other = eta_info["best" if eta_rule == "1se" else "1se"]
+            other = eta_info[other_rule]
             row["adapted_other_rule"] = (row["adapted"] if other == eta_task else
                                          prediction_losses(_adapted(model, cache, adapt_steps, other, seed), held_eps, horizon))
         log(f"task {task}: phi/adapted/scratch heads evaluated")
@@ -339,8 +340,7 @@ def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, 
     out = {"meta_tasks": per_task, "adapt_steps": adapt_steps, "eta": eta if not eta_grid else "selected",
            "eta_grid": eta_grid or None, "eta_rule": eta_rule if eta_grid else None, "adapt_episodes": n_adapt}
     if eta_grid and per_task:
-        other = "best" if eta_rule == "1se" else "1se"
-        out[f"adapted_over_meta_loss_ratio_rule_{other}"] = ratio("adapted_other_rule", "phi", "reward_nll")
+        out[f"adapted_over_meta_loss_ratio_rule_{other_rule}"] = ratio("adapted_other_rule", "phi", "reward_nll")
     for e in eta_sweep or []:
         out[f"eta_sweep_{e:g}_over_meta_loss_ratio"] = ratio(f"adapted_eta_{e:g}", "phi", "reward_nll")
     for key, suffix in (("reward_nll", ""), ("image_nll", "_image")):
