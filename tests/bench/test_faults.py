@@ -3,27 +3,17 @@ in the default suite; the whole suite with --quick counts is a slow test (~2.5 m
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.benchutil import ROOT, load_bench
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("vmerpo_bench_faults", ROOT / "bench" / "faults.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-faults = _load()
+faults = load_bench("faults")
 
 
 def _clean_sections() -> dict:

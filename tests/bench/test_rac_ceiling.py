@@ -3,24 +3,14 @@ closed-loop MuJoCo episode per policy (a few updates here: the wiring, not the n
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.benchutil import load_bench
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("vmerpo_bench_rac_ceiling", ROOT / "bench" / "rac_ceiling.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-rac_ceiling = _load()
+rac_ceiling = load_bench("rac_ceiling")
 
 
 def test_features_scale_the_state_and_leave_raw_latents_alone():
