@@ -7,8 +7,9 @@ RAC with omega = 1 (behaviour regularizer only), real transitions and their true
 - `latent-norm`: the same, z-scored;
 - `latent+state`: [z, h] and the z-scored state; `latent-norm+state`: all z-scored.
 
-Each adapted policy runs one closed-loop MuJoCo episode on its task (episodes of one task are
-deterministic). A ceiling test for the learning benchmark's medium target: if the oracle state
+Each adapted policy runs `--episodes` closed-loop MuJoCo episodes on its task (default 1:
+with Meta-World's fixed start the episodes of one task are deterministic; a store collected
+with `--hand-init-noise` is evaluated with the same random starts, then use more). A ceiling test for the learning benchmark's medium target: if the oracle state
 with the true rewards does not beat the log, the image pipeline cannot be what holds it back.
 
     vmerpo collect --env reach-v3 --tasks 40,41,42,43,44,45 --episodes-per-task 5 --quality medium --out LOG.zarr
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lam", default="5", help="comma-separated behaviour weights lambda")
     p.add_argument("--steps", type=int, default=2000, help="RAC updates per policy")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episodes", type=int, default=1, help="evaluation episodes per policy (default 1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [int(t) for t in a.tasks.split(",") if t] or sorted(set(store.episode_task.tolist()))
     wm = load_world_model(a.world_model)[0] if a.world_model else None
     theta = task_model(wm, 0) if wm is not None else None
-    env = make_env(a.family)
+    env = make_env(a.family, hand_init_noise=store.spec.env.get("hand_init_noise_m", 0.0))
     dev = torch.device(a.device)
     t_ = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
     rows = []
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                                 f = np.concatenate([f, s], 1)
                         return actor.mean_unit(t_((f - mean) / std))[0].numpy()
 
-                r = evaluate(Policy(), env, [task], 1, seed=a.seed)
+                r = evaluate(Policy(), env, [task], a.episodes, seed=a.seed)
                 row = {"task": task, "features": kind, "lam": lam, "success": r["success_rate"],
                        "return": r["mean_return"], "log_success": log_success, "train_seconds": seconds}
                 rows.append(row)

@@ -253,6 +253,7 @@ def ros_evaluate(
     launch_file: str | os.PathLike = DEFAULT_LAUNCH,
     image_size: int = 64,
     max_episode_steps: int = 150,
+    hand_init_noise: float = 0.0,
     obs_timeout_s: float = 10.0,
     timeout_s: float = 120.0,
     startup_timeout_s: float = 120.0,
@@ -274,7 +275,8 @@ def ros_evaluate(
         raise FileNotFoundError(f"policy {policy}: no such file")
     launch_file = Path(launch_file)
     args = {"policy": str(Path(policy).resolve()), "family": family, "image_size": str(image_size),
-            "max_episode_steps": str(max_episode_steps), "lockstep": "true",
+            "max_episode_steps": str(max_episode_steps), "hand_init_noise_m": repr(float(hand_init_noise)),
+            "lockstep": "true",
             "start_episode": "false", "obs_timeout_s": str(obs_timeout_s)}
     nodes = load_launch_file(launch_file, args)
     found = _find_nodes(nodes, launch_file)
@@ -311,9 +313,9 @@ def ros_evaluate(
             driver = EpisodeDriver(node, found.sim.name, found.policy.name, check)
             driver.wait_ready(startup_timeout_s)
             actual = driver.sim_parameters("family", "image_size", "max_episode_steps", "lockstep",
-                                           "action_repeat")
+                                           "action_repeat", "hand_init_noise_m")
             wanted = {"family": family, "image_size": image_size, "max_episode_steps": max_episode_steps,
-                      "lockstep": True}
+                      "lockstep": True, "hand_init_noise_m": float(hand_init_noise)}
             differ = {k: (actual[k], v) for k, v in wanted.items() if actual[k] != v}
             if differ:
                 raise LaunchError(f"{launch_file}: sim_node runs with {differ} (actual, asked)")
@@ -334,7 +336,7 @@ def ros_evaluate(
             log_file.close()
     out_ = summarize(results)
     out_.update({"env": family, "tasks": tasks, "episodes_per_task": episodes, "seed": seed,
-                 "image_size": image_size, "max_episode_steps": max_episode_steps,
+                 "hand_init_noise": float(hand_init_noise), "image_size": image_size, "max_episode_steps": max_episode_steps,
                  "action_repeat": int(actual["action_repeat"]), "wall_s": round(time.perf_counter() - start, 3),
                  # policy_node's limiter also counts the frames after an episode's end: not comparable
                  "limiter": None, "path": "ros", "launch_file": str(launch_file), "log": str(log_path)})

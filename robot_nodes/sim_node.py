@@ -47,7 +47,9 @@ class SimNode(Node):
         action_repeat = d("action_repeat", 1, "simulator steps per control step")
         d("task_id", 0, "task of the next episode started by ~/reset")
         d("seed", 0, "seed of the next episode (sim.evaluate.episode_seed), recorded in its result; "
-          "Meta-World's reset is deterministic given the task, so it changes nothing yet")
+          "it draws the hand's start when hand_init_noise_m > 0")
+        hand_noise = d("hand_init_noise_m", 0.0, "random hand start, up to +- this many metres per axis "
+                       "(0: Meta-World's fixed start)")
         self.lockstep = d("lockstep", True, "advance one control step per command")
         self.command_timeout_s = d("command_timeout_s", 0.25, "real time: hold after this long without a command")
         self.ee_names = d("ee_position_names", ["endeff_x", "endeff_y", "endeff_z"],
@@ -57,7 +59,8 @@ class SimNode(Node):
 
         from sim.envs import make_env  # MuJoCo: imported only by the node that needs it
 
-        self.env = make_env(family, int(image_size), int(max_steps), int(action_repeat))
+        self.env = make_env(family, int(image_size), int(max_steps), int(action_repeat),
+                            hand_init_noise=float(hand_noise))
         self.dt_ns = int(round(self.env.control_dt * 1e9))
         self.joint_names = list(self.env.state_names) + list(self.ee_names)
         self.pub_image = self.create_publisher(Image, "image", qos_profile_sensor_data)
@@ -85,8 +88,9 @@ class SimNode(Node):
     def _start_episode(self) -> None:
         task_id = int(self.get_parameter("task_id").value)
         self.env.set_task(task_id)
-        obs = self.env.reset()
-        self.episode = {"task_id": task_id, "seed": int(self.get_parameter("seed").value),
+        seed = int(self.get_parameter("seed").value)
+        obs = self.env.reset(seed=seed)
+        self.episode = {"task_id": task_id, "seed": seed,
                         "t": 0, "return": 0.0, "success": False,
                         "steps_to_success": None, "done": False,
                         "start_ns": self.get_clock().now().nanoseconds}

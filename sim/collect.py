@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 
 # Fields of a collection that must match to continue it with --resume.
-RESUME_KEYS = ("family", "quality", "seed", "image_size", "max_episode_steps", "action_repeat")
+RESUME_KEYS = ("family", "quality", "seed", "image_size", "max_episode_steps", "action_repeat",
+               "hand_init_noise")
+RESUME_DEFAULTS = {"hand_init_noise": 0.0}  # what stores written before a key existed were collected with
 
 
 @dataclass
@@ -38,6 +40,7 @@ class CollectConfig:
     max_episode_steps: int = 150
     action_repeat: int = 1
     seed: int = 0
+    hand_init_noise: float = 0.0  # m; hand start offset per episode (sim.envs), 0 = Meta-World's fixed start
     workers: int = 2  # 0 runs episodes in this process (debugging)
     overwrite: bool = False
     resume: bool = False
@@ -49,11 +52,12 @@ class CollectConfig:
 
 
 def check_config(cfg: CollectConfig) -> None:
-    from sim.envs import check_family, check_image_size, task_set
+    from sim.envs import check_family, check_hand_init_noise, check_image_size, task_set
     from sim.policies import QUALITIES
 
     check_family(cfg.family)
     check_image_size(cfg.image_size)
+    check_hand_init_noise(cfg.hand_init_noise)
     if cfg.quality not in QUALITIES:
         raise ValueError(f"unknown quality {cfg.quality!r}; choose one of {', '.join(QUALITIES)}")
     if cfg.episodes_per_task < 1:
@@ -80,7 +84,8 @@ def _collection_attrs(cfg: CollectConfig) -> dict[str, Any]:
     return {
         "collection": {"family": cfg.family, "quality": cfg.quality, "seed": cfg.seed,
                        "image_size": cfg.image_size, "max_episode_steps": cfg.max_episode_steps,
-                       "action_repeat": cfg.action_repeat, "tasks": list(cfg.tasks),
+                       "action_repeat": cfg.action_repeat, "hand_init_noise": cfg.hand_init_noise,
+                       "tasks": list(cfg.tasks),
                        "episodes_per_task": cfg.episodes_per_task,
                        "episode_seed": "SeedSequence([seed, task_id, episode_index])"},
         "behavior_policies": behavior_config(cfg.family),
@@ -96,7 +101,7 @@ class _EpisodeRunner:
 
         self.cfg = cfg
         self.env = make_env(cfg["family"], cfg["image_size"], cfg["max_episode_steps"],
-                            cfg["action_repeat"], tasks)
+                            cfg["action_repeat"], tasks, cfg["hand_init_noise"])
         self.policy = make_behavior_policy(cfg["quality"], self.env)
         self.limiter = self.env.safety_limiter()
 
@@ -161,7 +166,8 @@ def collect(
     log = log or (lambda msg: print(msg, file=sys.stderr))
     check_config(cfg)
     tasks = task_set(cfg.family)
-    probe = make_env(cfg.family, cfg.image_size, cfg.max_episode_steps, cfg.action_repeat, tasks)
+    probe = make_env(cfg.family, cfg.image_size, cfg.max_episode_steps, cfg.action_repeat, tasks,
+                     cfg.hand_init_noise)
     spec = probe.store_spec(_collection_attrs(cfg))
     probe._mw.close()  # no renderer was made: nothing else to free
 
@@ -239,8 +245,9 @@ def _check_resume(cfg: CollectConfig, spec: Any) -> None:
     old = stored.env.get("collection", {})
     new = _collection_attrs(cfg)["collection"]
     for key in RESUME_KEYS:
-        if old.get(key) != new[key]:
-            raise ValueError(f"--resume: {cfg.out} was collected with {key}={old.get(key)!r}, "
+        was = old.get(key, RESUME_DEFAULTS.get(key))
+        if was != new[key]:
+            raise ValueError(f"--resume: {cfg.out} was collected with {key}={was!r}, "
                              f"this run asks for {new[key]!r}")
 
 

@@ -109,6 +109,17 @@ def check_image_size(size: int) -> int:
     return int(size)
 
 
+MAX_HAND_INIT_NOISE_M = 0.1  # +-10 cm per axis: Meta-World's own start-position ranges are of this size
+
+
+def check_hand_init_noise(noise: float) -> float:
+    noise = float(noise)
+    if not (0.0 <= noise <= MAX_HAND_INIT_NOISE_M):
+        raise ValueError(f"hand start noise {noise:g} m not supported; choose 0 (Meta-World's fixed start) "
+                         f"to {MAX_HAND_INIT_NOISE_M:g} m")
+    return noise
+
+
 @dataclass
 class TaskSet:
     """A family's task table: ids, names, params and split, plus the Meta-World tasks."""
@@ -250,6 +261,7 @@ class MetaWorldImageEnv:
         max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS,
         action_repeat: int = 1,
         tasks: TaskSet | None = None,
+        hand_init_noise: float = 0.0,
     ) -> None:
         self.family_spec = check_family(family)
         self.family = family
@@ -261,11 +273,15 @@ class MetaWorldImageEnv:
         self.max_episode_steps = int(max_episode_steps)
         self.action_repeat = int(action_repeat)
         self.tasks = tasks if tasks is not None else task_set(family)
+        self.hand_init_noise = check_hand_init_noise(hand_init_noise)
 
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
         self._mw = ALL_V3_ENVIRONMENTS[family]()
         self._mw.max_path_length = self.max_episode_steps * self.action_repeat + 1
+        self._hand_init = np.array(self._mw.hand_init_pos, dtype=np.float64)  # Meta-World's fixed start
+        self._reset_rng = np.random.default_rng(0)  # start offsets of reset() calls without a seed
+        self.hand_start = self._hand_init.copy()  # where the current episode's hand started
         _fast_render_settings(self._mw.model)
         if self.family_spec.goal_marker:
             _draw_goal_marker(self._mw.model)
@@ -342,6 +358,7 @@ class MetaWorldImageEnv:
             "action_repeat": self.action_repeat,
             "sim_dt": self.sim_dt,
             "task_seed": TASK_SEED,
+            "hand_init_noise_m": self.hand_init_noise,
             "n_train_tasks": len(self.tasks.split_ids("train")),
             "n_test_tasks": len(self.tasks.split_ids("test")),
             "workspace_low": self.workspace_low.tolist(),
@@ -388,9 +405,20 @@ class MetaWorldImageEnv:
             self._mw.set_task(self.tasks.mw_tasks[task_id])
         self.task_id = task_id
 
-    def reset(self) -> dict[str, np.ndarray]:
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        """Start an episode of the current task. With `hand_init_noise` > 0 the hand starts at
+        Meta-World's fixed position plus an offset drawn uniformly from +-hand_init_noise per
+        axis by `seed` (the episode seed: same seed, same start), kept inside the mocap
+        workspace; the task (goal, object) does not change. Without noise the episode depends
+        on the task only, as in Meta-World."""
         if self.task_id is None:
             raise RuntimeError("call set_task(task_id) before reset()")
+        if self.hand_init_noise > 0:
+            rng = self._reset_rng if seed is None else np.random.default_rng([int(seed), 0x4A4D])
+            offset = rng.uniform(-self.hand_init_noise, self.hand_init_noise, 3)
+            low, high = self.workspace_low + 0.01, self.workspace_high - 0.01
+            self._mw.hand_init_pos = np.clip(self._hand_init + offset, low, high)
+        self.hand_start = np.array(self._mw.hand_init_pos, dtype=np.float64)
         # A full reset of MuJoCo's data (solver warm start included) makes an episode depend
         # on its task and actions only, not on what this process simulated before.
         mujoco.mj_resetData(self._mw.model, self._mw.data)
@@ -460,5 +488,6 @@ def make_env(
     max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS,
     action_repeat: int = 1,
     tasks: TaskSet | None = None,
+    hand_init_noise: float = 0.0,
 ) -> MetaWorldImageEnv:
-    return MetaWorldImageEnv(family, image_size, max_episode_steps, action_repeat, tasks)
+    return MetaWorldImageEnv(family, image_size, max_episode_steps, action_repeat, tasks, hand_init_noise)

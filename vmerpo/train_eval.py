@@ -32,7 +32,8 @@ def sim_evaluator(data: str, run_dir: str, tasks: str, episodes: int, seed: int 
 
         if state["env"] is None:  # made on first use: no renderer for runs that never evaluate
             state["env"] = make_env(family, store_spec.image_size, env_cfg.get("max_episode_steps", 150),
-                                    env_cfg.get("action_repeat", 1))
+                                    env_cfg.get("action_repeat", 1),
+                                    hand_init_noise=env_cfg.get("hand_init_noise_m", 0.0))
         env = state["env"]
         spec = policy_spec(module, store_spec, Path(run_dir).name, "", None)
         device = str(next(module.parameters()).device)

@@ -24,7 +24,7 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("metaworld")
 
 
-def vmerpo_eval(policy, family, tasks, episodes, max_steps, seed=0):
+def vmerpo_eval(policy, family, tasks, episodes, max_steps, seed=0, hand_init_noise=0.0):
     """`vmerpo eval --policy X.onnx --json`: the validated path, per task."""
     import subprocess
     import sys
@@ -34,7 +34,8 @@ def vmerpo_eval(policy, family, tasks, episodes, max_steps, seed=0):
     proc = subprocess.run(
         [sys.executable, "-m", "vmerpo", "eval", "--policy", str(policy), "--env", family,
          "--tasks", ",".join(map(str, tasks)), "--episodes", str(episodes), "--seed", str(seed),
-         "--max-episode-steps", str(max_steps), "--json", "--no-progress"],
+         "--max-episode-steps", str(max_steps), "--hand-init-noise", str(hand_init_noise), "--json",
+         "--no-progress"],
         cwd=root, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -46,15 +47,21 @@ def assert_same_episodes(ros, direct):
     assert ros["episode_results"] == direct["episode_results"]
 
 
-def test_lockstep_ros_path_equals_vmerpo_eval(ee_policy, tmp_path):
-    """Deterministic paths: every episode agrees, so per-task success and return do too."""
-    tasks, episodes, steps = [0, 41], 1, 40
-    direct = vmerpo_eval(ee_policy, "reach-v3", tasks, episodes, steps)
+@pytest.mark.parametrize("noise, episodes", [(0.0, 1), (0.05, 2)])
+def test_lockstep_ros_path_equals_vmerpo_eval(ee_policy, tmp_path, noise, episodes):
+    """Deterministic paths: every episode agrees, so per-task success and return do too;
+    with random hand starts (drawn from the episode seed on both paths) as well."""
+    tasks, steps = [0, 41], 40
+    direct = vmerpo_eval(ee_policy, "reach-v3", tasks, episodes, steps, hand_init_noise=noise)
     ros = ros_evaluate(ee_policy, "reach-v3", tasks, episodes, max_episode_steps=steps,
-                       log=tmp_path / "nodes.log")
+                       hand_init_noise=noise, log=tmp_path / "nodes.log")
     assert_no_inet_sockets()
     assert all(r["length"] == steps for r in ros["episode_results"])
+    assert ros["hand_init_noise"] == direct["hand_init_noise"] == noise
     assert_same_episodes(ros, direct)
+    if noise:  # the starts differ, so two episodes of one task do too
+        returns = [r["return"] for r in direct["episode_results"] if r["task_id"] == 41]
+        assert returns[0] != returns[1]
     for t in map(str, tasks):
         assert ros["per_task"][t]["success_rate"] == direct["per_task"][t]["success_rate"]
 

@@ -174,3 +174,24 @@ def test_eval_cli_json_and_errors(tmp_path):
         p = _cli("eval", *args, "--no-progress")
         _, err = p.communicate(timeout=120)
         assert p.returncode == 2 and message in err, err
+
+
+def test_hand_init_noise_is_recorded_reproducible_and_checked_on_resume(tmp_path):
+    """Random hand starts: recorded in the store, identical for 1 and 2 workers, different
+    starts across episodes of one task, and a resume with another noise is refused."""
+    a, b = tmp_path / "n1.zarr", tmp_path / "n2.zarr"
+    collect(_cfg(a, 1, quality="expert", hand_init_noise=0.04), progress=False)
+    collect(_cfg(b, 2, quality="expert", hand_init_noise=0.04), progress=False)
+    _assert_same_store(a, b)
+    store = EpisodeStore.open(a)
+    assert store.spec.env["hand_init_noise_m"] == 0.04
+    assert store.spec.env["collection"]["hand_init_noise"] == 0.04
+    first = [store.episode(i)["state"][0, :3] for i in range(store.n_episodes)]
+    assert np.linalg.norm(first[0] - first[1]) > 5e-3, "two episodes of task 0 start apart"
+    with pytest.raises(ValueError, match=r"collected with hand_init_noise=0.04, this run asks for 0.0"):
+        collect(_cfg(a, 0, quality="expert", resume=True), progress=False)
+    # a store collected with the fixed start refuses a resume with random starts
+    collect(_cfg(tmp_path / "z.zarr", 0, quality="expert", episodes_per_task=1), progress=False)
+    with pytest.raises(ValueError, match=r"hand_init_noise=0.0, this run asks for 0.04"):
+        collect(_cfg(tmp_path / "z.zarr", 0, quality="expert", hand_init_noise=0.04, resume=True),
+                progress=False)

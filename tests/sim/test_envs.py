@@ -180,3 +180,44 @@ def test_render_mesh_simplification_leaves_physics_unchanged(monkeypatch):
     full = rollout()
     np.testing.assert_array_equal(simplified[0], full[0])
     np.testing.assert_array_equal(simplified[1], full[1])
+
+
+def test_hand_init_noise_draws_the_start_from_the_episode_seed():
+    """Random hand starts: a function of the seed (same seed, same start and frames), inside
+    +-noise per axis, goal unchanged; noise 0 keeps Meta-World's fixed start whatever the seed."""
+    env = make_env("reach-v3", hand_init_noise=0.05)
+    fixed = make_env("reach-v3")
+    try:
+        env.set_task(41)
+        fixed.set_task(41)
+        a = env.reset(seed=7)
+        start_a, goal_a = env.hand_start.copy(), env.privileged_observation()[-3:].copy()
+        b = env.reset(seed=7)
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["state"], b["state"])
+        starts = []
+        for seed in range(8):
+            env.reset(seed=seed)
+            starts.append(env.hand_start.copy())
+            np.testing.assert_array_equal(env.privileged_observation()[-3:], goal_a)  # same task
+        starts = np.array(starts)
+        base = np.array(fixed._hand_init)
+        assert np.all(np.abs(starts - base) <= 0.05 + 1e-12)
+        assert len({tuple(s) for s in starts.round(6)}) == 8, "every seed draws its own start"
+        assert np.abs(starts - base).max() > 0.02
+        # the hand is where the draw put it (the tool moves there during Meta-World's reset)
+        c = env.reset(seed=3)
+        assert np.linalg.norm(c["state"][:3] - env.hand_start) < 0.02
+        assert np.linalg.norm(c["state"][:3] - start_a) > 1e-3
+        # no noise: the seed changes nothing
+        f0, f1 = fixed.reset(seed=0), fixed.reset(seed=1)
+        np.testing.assert_array_equal(f0["state"], f1["state"])
+        np.testing.assert_array_equal(fixed.hand_start, base)
+        assert env.env_config()["hand_init_noise_m"] == 0.05 and fixed.env_config()["hand_init_noise_m"] == 0.0
+    finally:
+        env.close()
+        fixed.close()
+    with pytest.raises(ValueError, match=r"hand start noise 0.5 m not supported; choose 0"):
+        make_env("reach-v3", hand_init_noise=0.5)
+    with pytest.raises(ValueError, match=r"hand start noise -0.01 m not supported"):
+        make_env("reach-v3", hand_init_noise=-0.01)

@@ -95,3 +95,30 @@ def test_heldout_task_count_out_of_range_is_a_one_line_error(tmp_path, k, why):
     assert proc.returncode == 2 and why in proc.stderr, proc.stderr[-2000:]
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "b" / "data").exists()  # refused before collecting anything
+
+
+def _bench_cli(tmp_path, *args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.run([sys.executable, "-m", "vmerpo", "bench", "learning", "--family", "reach",
+                           "--out", str(tmp_path / "b"), "--no-progress", *args],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+
+
+def test_hand_init_noise_out_of_range_or_unlike_the_out_is_a_one_line_error(tmp_path):
+    pytest.importorskip("metaworld")
+    from sim.collect import CollectConfig, collect
+
+    proc = _bench_cli(tmp_path, "--hand-init-noise", "0.5")
+    assert proc.returncode == 2 and "hand start noise 0.5 m not supported" in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1
+    # an --out whose logs have the fixed start refuses random starts before collecting more
+    data = tmp_path / "b" / "data"
+    collect(CollectConfig(family="reach-v3", out=str(data / "expert.zarr"), tasks=[0], episodes_per_task=1,
+                          quality="expert", max_episode_steps=150, seed=100, workers=0), progress=False)
+    proc = _bench_cli(tmp_path, "--hand-init-noise", "0.05")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "collected with hand_init_noise=0.0, this run asks for 0.05" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--max-episode-steps", type=int, default=150)
     parser.add_argument("--action-repeat", type=int, default=1)
+    parser.add_argument("--hand-init-noise", type=float, default=0.0, metavar="M",
+                        help="random hand start, up to +-M metres per axis from the episode seed "
+                             "(default 0: Meta-World's fixed start; use the value the logs were collected with)")
     parser.add_argument("--video", default=None, help="write the first episodes to this .mp4/.gif")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--no-progress", action="store_true")
@@ -88,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
     tasks = task_set(args.env).select(args.tasks)
-    env = make_env(args.env, args.image_size, args.max_episode_steps, args.action_repeat)
+    env = make_env(args.env, args.image_size, args.max_episode_steps, args.action_repeat,
+                   hand_init_noise=args.hand_init_noise)
     try:
         policy = load_policy(args.policy, env)
         bar = None

@@ -28,11 +28,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="base seed of the per-episode seeds (default 0)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--max-episode-steps", type=int, default=150)
+    p.add_argument("--hand-init-noise", type=float, default=0.0, metavar="M",
+                   help="random hand start, up to +-M metres per axis from the episode seed, as in "
+                        "`vmerpo eval --hand-init-noise` (default 0: Meta-World's fixed start)")
     p.add_argument("--launch", default="sim_policy.launch.yaml",
                    help="launch file starting one sim_node and one policy_node: a path or a name "
                    "under the package's launch/ (default sim_policy.launch.yaml); it must declare "
-                   "the arguments policy, family, image_size, max_episode_steps, lockstep, "
-                   "start_episode and obs_timeout_s")
+                   "the arguments policy, family, image_size, max_episode_steps, hand_init_noise_m, "
+                   "lockstep, start_episode and obs_timeout_s")
     p.add_argument("--timeout-s", type=float, default=120.0,
                    help="seconds one episode may take before the run fails (default 120)")
     p.add_argument("--startup-timeout-s", type=float, default=120.0,
@@ -64,11 +67,12 @@ def _check_policy(path: str, image_size: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from robot_nodes.ros_eval import RosEvalError, ros_evaluate
-    from sim.envs import check_family, check_image_size, task_set
+    from sim.envs import check_family, check_hand_init_noise, check_image_size, task_set
     from vmerpo.commands.launch import resolve_launch_file
 
     check_family(args.env)
     check_image_size(args.image_size)
+    check_hand_init_noise(args.hand_init_noise)
     for name in ("episodes", "max_episode_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         result = ros_evaluate(
             args.policy, args.env, tasks, args.episodes, args.seed, launch_file=launch_file,
             image_size=args.image_size, max_episode_steps=args.max_episode_steps,
-            obs_timeout_s=args.obs_timeout_s, timeout_s=args.timeout_s,
+            hand_init_noise=args.hand_init_noise, obs_timeout_s=args.obs_timeout_s, timeout_s=args.timeout_s,
             startup_timeout_s=args.startup_timeout_s, log=args.log,
             progress=(lambda done, total: bar.update(1)) if bar else None)
     except RosEvalError as e:
