@@ -9,8 +9,9 @@ RAC with omega = 1 (behaviour regularizer only), real transitions and their true
 
 Each adapted policy runs `--episodes` closed-loop MuJoCo episodes on its task (default 1:
 with Meta-World's fixed start the episodes of one task are deterministic; a store collected
-with `--hand-init-noise` is evaluated with the same random starts, then use more). A ceiling test for the learning benchmark's medium target: if the oracle state
-with the true rewards does not beat the log, the image pipeline cannot be what holds it back.
+with `--hand-init-noise` is evaluated with the same random starts, then use more). A ceiling
+test for the learning benchmark's medium target: if the oracle state with the true rewards does
+not beat the log, the image pipeline cannot be what holds it back.
 
     vmerpo collect --env reach-v3 --tasks 40,41,42,43,44,45 --episodes-per-task 5 --quality medium --out LOG.zarr
     python bench/rac_ceiling.py --data LOG.zarr --world-model RUN/world_model \\
