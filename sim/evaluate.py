@@ -139,7 +139,8 @@ def evaluate(
                 progress(len(results), total)
     out = summarize(results)
     out.update({"env": env.family, "tasks": tasks, "episodes_per_task": episodes, "seed": seed,
-                "hand_init_noise": getattr(env, "hand_init_noise", 0.0), "image_size": env.image_size, "max_episode_steps": env.max_episode_steps,
+                "hand_init_noise": getattr(env, "hand_init_noise", 0.0), "image_size": env.image_size,
+                "max_episode_steps": env.max_episode_steps,
                 "action_repeat": env.action_repeat,
                 "wall_s": round(time.perf_counter() - start, 3)})
     if video is not None:

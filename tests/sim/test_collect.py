@@ -190,8 +190,17 @@ def test_hand_init_noise_is_recorded_reproducible_and_checked_on_resume(tmp_path
     assert np.linalg.norm(first[0] - first[1]) > 5e-3, "two episodes of task 0 start apart"
     with pytest.raises(ValueError, match=r"collected with hand_init_noise=0.04, this run asks for 0.0"):
         collect(_cfg(a, 0, quality="expert", resume=True), progress=False)
-    # a store collected with the fixed start refuses a resume with random starts
-    collect(_cfg(tmp_path / "z.zarr", 0, quality="expert", episodes_per_task=1), progress=False)
+    # a store written before the option existed (no hand_init_noise in its attrs) counts as
+    # fixed start: it resumes with 0 and refuses random starts
+    import zarr
+
+    old = tmp_path / "z.zarr"
+    collect(_cfg(old, 0, quality="expert", episodes_per_task=1), progress=False)
+    group = zarr.open_group(str(old), mode="r+")
+    spec = group.attrs["spec"]
+    del spec["env"]["hand_init_noise_m"], spec["env"]["collection"]["hand_init_noise"]
+    group.attrs["spec"] = spec
     with pytest.raises(ValueError, match=r"hand_init_noise=0.0, this run asks for 0.04"):
-        collect(_cfg(tmp_path / "z.zarr", 0, quality="expert", hand_init_noise=0.04, resume=True),
-                progress=False)
+        collect(_cfg(old, 0, quality="expert", hand_init_noise=0.04, resume=True), progress=False)
+    s = collect(_cfg(old, 0, quality="expert", resume=True), progress=False)
+    assert s["episodes_skipped"] == 2 and s["episodes_written"] == 2
