@@ -237,7 +237,7 @@ def test_twist_interface_converts_ee_delta(ee_policy):
 def test_position_interface_holds_the_current_joint_positions(position_policy):
     from sensor_msgs.msg import JointState
 
-    with policy_setup(position_policy, obs_timeout_s=0.3) as (node, client, pubs, rec):
+    with policy_setup(position_policy, obs_timeout_s=1.0) as (node, client, pubs, rec):
         def joints(values):
             js = JointState(name=["j0", "j1"], position=values)
             js.header.stamp = client.get_clock().now().to_msg()
