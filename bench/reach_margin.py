@@ -30,9 +30,8 @@ class _Tracked:
     def __init__(self, policy, env) -> None:
         self.policy, self.env, self.dist = policy, env, []
 
-    def seed(self, s: int) -> None:
-        if hasattr(self.policy, "seed"):
-            self.policy.seed(s)
+    def __getattr__(self, name: str):  # seed, set_applied_action: whatever the policy has
+        return getattr(self.policy, name)
 
     def reset(self) -> None:
         self.dist = []
@@ -43,10 +42,6 @@ class _Tracked:
 
         self.dist.append(float(np.linalg.norm(self.env.tool_centre() - self.env._mw._target_pos)))
         return self.policy.act(obs)
-
-    def set_applied_action(self, applied) -> None:
-        if hasattr(self.policy, "set_applied_action"):
-            self.policy.set_applied_action(applied)
 
 
 def main(argv: list[str] | None = None) -> int:
