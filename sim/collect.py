@@ -25,8 +25,8 @@ import numpy as np
 
 # Fields of a collection that must match to continue it with --resume.
 RESUME_KEYS = ("family", "quality", "seed", "image_size", "max_episode_steps", "action_repeat",
-               "hand_init_noise")
-RESUME_DEFAULTS = {"hand_init_noise": 0.0}  # what stores written before a key existed were collected with
+               "hand_init_noise", "goal_pin")
+RESUME_DEFAULTS = {"hand_init_noise": 0.0, "goal_pin": False}  # what stores written before a key existed were collected with
 
 
 @dataclass
@@ -41,6 +41,7 @@ class CollectConfig:
     action_repeat: int = 1
     seed: int = 0
     hand_init_noise: float = 0.0  # m; hand start offset per episode (sim.envs), 0 = Meta-World's fixed start
+    goal_pin: bool = False  # draw a pin under the goal marker (sim.envs: makes the goal's 3-D position visible)
     workers: int = 2  # 0 runs episodes in this process (debugging)
     overwrite: bool = False
     resume: bool = False
@@ -52,12 +53,19 @@ class CollectConfig:
 
 
 def check_config(cfg: CollectConfig) -> None:
-    from sim.envs import check_family, check_hand_init_noise, check_image_size, task_set
+    from sim.envs import (
+        check_family,
+        check_goal_pin,
+        check_hand_init_noise,
+        check_image_size,
+        task_set,
+    )
     from sim.policies import QUALITIES
 
     check_family(cfg.family)
     check_image_size(cfg.image_size)
     check_hand_init_noise(cfg.hand_init_noise)
+    check_goal_pin(cfg.family, cfg.goal_pin)
     if cfg.quality not in QUALITIES:
         raise ValueError(f"unknown quality {cfg.quality!r}; choose one of {', '.join(QUALITIES)}")
     if cfg.episodes_per_task < 1:
@@ -85,7 +93,7 @@ def _collection_attrs(cfg: CollectConfig) -> dict[str, Any]:
         "collection": {"family": cfg.family, "quality": cfg.quality, "seed": cfg.seed,
                        "image_size": cfg.image_size, "max_episode_steps": cfg.max_episode_steps,
                        "action_repeat": cfg.action_repeat, "hand_init_noise": cfg.hand_init_noise,
-                       "tasks": list(cfg.tasks),
+                       "goal_pin": cfg.goal_pin, "tasks": list(cfg.tasks),
                        "episodes_per_task": cfg.episodes_per_task,
                        "episode_seed": "SeedSequence([seed, task_id, episode_index])"},
         "behavior_policies": behavior_config(cfg.family),
@@ -101,7 +109,7 @@ class _EpisodeRunner:
 
         self.cfg = cfg
         self.env = make_env(cfg["family"], cfg["image_size"], cfg["max_episode_steps"],
-                            cfg["action_repeat"], tasks, cfg["hand_init_noise"])
+                            cfg["action_repeat"], tasks, cfg["hand_init_noise"], cfg["goal_pin"])
         self.policy = make_behavior_policy(cfg["quality"], self.env)
         self.limiter = self.env.safety_limiter()
 
@@ -167,7 +175,7 @@ def collect(
     check_config(cfg)
     tasks = task_set(cfg.family)
     probe = make_env(cfg.family, cfg.image_size, cfg.max_episode_steps, cfg.action_repeat, tasks,
-                     cfg.hand_init_noise)
+                     cfg.hand_init_noise, cfg.goal_pin)
     spec = probe.store_spec(_collection_attrs(cfg))
     probe._mw.close()  # no renderer was made: nothing else to free
 

@@ -48,6 +48,7 @@ class Budget:
     wm_preset: str = ""  # world-model preset ("": the `config` preset's; --world-model picks another)
     meta_critic: str = "polyak"  # Q_meta: polyak mean of the task critics (MerPO) or "fit" (--meta-critic)
     hand_init_noise: float = 0.0  # m; random hand start per episode in logs and evaluations (--hand-init-noise)
+    goal_pin: bool = False  # draw the pin under the goal marker in logs and evaluations (--goal-pin)
 
 
 BUDGETS = {
@@ -90,6 +91,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="start every logged and evaluated episode with the hand at a random offset of up to "
                         "+-M metres per axis (default 0: Meta-World's fixed start, so all episodes of a task "
                         "and deterministic policy repeat one outcome); an --out collected otherwise is refused")
+    p.add_argument("--goal-pin", action="store_true",
+                   help="render a pin from the table up to the goal marker in every logged and evaluated "
+                        "episode, so that the one camera sees the goal's height (sim.envs; reach and push); "
+                        "an --out collected otherwise is refused")
     p.add_argument("--workers", type=int, default=2, help="evaluation processes (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -115,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         from sim.envs import check_hand_init_noise
 
         budget = replace(budget, hand_init_noise=check_hand_init_noise(args.hand_init_noise))
+    if args.goal_pin:
+        from sim.envs import check_goal_pin
+
+        budget = replace(budget, goal_pin=check_goal_pin(family, True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -209,7 +218,8 @@ def _collect(data: Path, family: str, qualities: list[str], budget: Budget, held
         for path, tasks, eps, seed in ((meta, train_ids, budget.episodes_per_task, 100 + i),
                                        (small, list(heldout), budget.heldout_episodes, 200 + i)):
             cfg = CollectConfig(family=family, out=str(path), tasks=tasks, episodes_per_task=eps, quality=q,
-                                seed=seed, hand_init_noise=budget.hand_init_noise, workers=2,
+                                seed=seed, hand_init_noise=budget.hand_init_noise, goal_pin=budget.goal_pin,
+                                workers=2,
                                 resume=path.exists())
             collect(cfg, progress=progress)
         stores[q] = (str(meta), str(small))
@@ -328,7 +338,7 @@ def _adapt_all(out: Path, runs: dict, stores: dict, heldout: list[int], methods:
     return jobs
 
 
-def _eval_one(job: tuple[str, str, int, int, int, float]) -> dict[str, Any]:
+def _eval_one(job: tuple[str, str, int, int, int, float, bool]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
@@ -336,8 +346,8 @@ def _eval_one(job: tuple[str, str, int, int, int, float]) -> dict[str, Any]:
     from sim.evaluate import evaluate
     from vmerpo.commands.eval import load_policy
 
-    family, policy_dir, task, episodes, seed, hand_init_noise = job
-    env = make_env(family, hand_init_noise=hand_init_noise)
+    family, policy_dir, task, episodes, seed, hand_init_noise, goal_pin = job
+    env = make_env(family, hand_init_noise=hand_init_noise, goal_pin=goal_pin)
     try:
         res = evaluate(load_policy(policy_dir, env), env, [task], episodes, seed=seed)
     finally:
@@ -360,7 +370,7 @@ def _evaluate(out: Path, family: str, jobs: list, budget: Budget, workers: int, 
             row.update(json.loads(path.read_text()))
         else:
             todo.append((row, path, (family, policy_dir, task, budget.eval_episodes, 1000 + seed,
-                                     budget.hand_init_noise)))
+                                     budget.hand_init_noise, budget.goal_pin)))
         rows.append(row)
     bar = tqdm(total=len(todo), disable=not progress, desc="evaluate", unit="policy", dynamic_ncols=True)
     with ProcessPoolExecutor(max(1, workers), mp_context=mp.get_context("spawn")) as pool:

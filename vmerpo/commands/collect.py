@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2,
                         help="worker processes (0: run in this process)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--goal-pin", action="store_true",
+                        help="draw a pin from the table up to the goal marker, so that the one camera sees "
+                             "the goal's height (reach, push); evaluate such logs' policies with --goal-pin too")
     parser.add_argument("--hand-init-noise", type=float, default=0.0, metavar="M",
                         help="start each episode's hand at a random offset of up to +-M metres per axis, "
                              "drawn from the episode seed (default 0: Meta-World's fixed start, so the "
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         family=args.env, out=args.out, tasks=tasks, episodes_per_task=args.episodes_per_task,
         quality=args.quality, image_size=args.image_size,
         max_episode_steps=args.max_episode_steps, action_repeat=args.action_repeat,
-        seed=args.seed, hand_init_noise=args.hand_init_noise, workers=args.workers, overwrite=args.overwrite, resume=args.resume,
+        seed=args.seed, hand_init_noise=args.hand_init_noise, goal_pin=args.goal_pin, workers=args.workers, overwrite=args.overwrite, resume=args.resume,
         zarr_format=args.zarr_format,
     )
     summary = collect(cfg, progress=not args.no_progress)
