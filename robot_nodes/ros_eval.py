@@ -254,6 +254,7 @@ def ros_evaluate(
     image_size: int = 64,
     max_episode_steps: int = 150,
     hand_init_noise: float = 0.0,
+    goal_pin: bool = False,
     obs_timeout_s: float = 10.0,
     timeout_s: float = 120.0,
     startup_timeout_s: float = 120.0,
@@ -273,11 +274,20 @@ def ros_evaluate(
         raise ValueError("no tasks to evaluate")
     if not Path(policy).is_file():
         raise FileNotFoundError(f"policy {policy}: no such file")
+    from learning.runtime.policy_runtime import read_spec
+    from sim.envs import goal_pin_of
+
+    trained = goal_pin_of(read_spec(policy).env)
+    if trained != bool(goal_pin):
+        raise ValueError(f"policy {policy} was trained on images {'with' if trained else 'without'} the goal "
+                         f"pin: evaluate it {'with' if trained else 'without'} --goal-pin")
     launch_file = Path(launch_file)
     args = {"policy": str(Path(policy).resolve()), "family": family, "image_size": str(image_size),
             "max_episode_steps": str(max_episode_steps), "hand_init_noise_m": repr(float(hand_init_noise)),
             "lockstep": "true",
             "start_episode": "false", "obs_timeout_s": str(obs_timeout_s)}
+    if goal_pin:  # passed only when asked: launch files written before the option need not declare it
+        args["goal_pin"] = "true"
     nodes = load_launch_file(launch_file, args)
     found = _find_nodes(nodes, launch_file)
     ensure_safe_before_rclpy()  # the children inherit this process's domain id
@@ -313,9 +323,9 @@ def ros_evaluate(
             driver = EpisodeDriver(node, found.sim.name, found.policy.name, check)
             driver.wait_ready(startup_timeout_s)
             actual = driver.sim_parameters("family", "image_size", "max_episode_steps", "lockstep",
-                                           "action_repeat", "hand_init_noise_m")
+                                           "action_repeat", "hand_init_noise_m", "goal_pin")
             wanted = {"family": family, "image_size": image_size, "max_episode_steps": max_episode_steps,
-                      "lockstep": True, "hand_init_noise_m": float(hand_init_noise)}
+                      "lockstep": True, "hand_init_noise_m": float(hand_init_noise), "goal_pin": bool(goal_pin)}
             differ = {k: (actual[k], v) for k, v in wanted.items() if actual[k] != v}
             if differ:
                 raise LaunchError(f"{launch_file}: sim_node runs with {differ} (actual, asked)")
@@ -336,7 +346,7 @@ def ros_evaluate(
             log_file.close()
     out_ = summarize(results)
     out_.update({"env": family, "tasks": tasks, "episodes_per_task": episodes, "seed": seed,
-                 "hand_init_noise": float(hand_init_noise), "image_size": image_size, "max_episode_steps": max_episode_steps,
+                 "hand_init_noise": float(hand_init_noise), "goal_pin": bool(goal_pin), "image_size": image_size, "max_episode_steps": max_episode_steps,
                  "action_repeat": int(actual["action_repeat"]), "wall_s": round(time.perf_counter() - start, 3),
                  # policy_node's limiter also counts the frames after an episode's end: not comparable
                  "limiter": None, "path": "ros", "launch_file": str(launch_file), "log": str(log_path)})

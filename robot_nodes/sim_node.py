@@ -50,6 +50,7 @@ class SimNode(Node):
           "it draws the hand's start when hand_init_noise_m > 0")
         hand_noise = d("hand_init_noise_m", 0.0, "random hand start, up to +- this many metres per axis "
                        "(0: Meta-World's fixed start)")
+        goal_pin = d("goal_pin", False, "draw a pin under the goal marker (sim.envs; as the policy's logs were)")
         self.lockstep = d("lockstep", True, "advance one control step per command")
         self.command_timeout_s = d("command_timeout_s", 0.25, "real time: hold after this long without a command")
         self.ee_names = d("ee_position_names", ["endeff_x", "endeff_y", "endeff_z"],
@@ -60,7 +61,7 @@ class SimNode(Node):
         from sim.envs import make_env  # MuJoCo: imported only by the node that needs it
 
         self.env = make_env(family, int(image_size), int(max_steps), int(action_repeat),
-                            hand_init_noise=float(hand_noise))
+                            hand_init_noise=float(hand_noise), goal_pin=bool(goal_pin))
         self.dt_ns = int(round(self.env.control_dt * 1e9))
         self.joint_names = list(self.env.state_names) + list(self.ee_names)
         self.pub_image = self.create_publisher(Image, "image", qos_profile_sensor_data)

@@ -15,7 +15,7 @@ def sim_evaluator(data: str, run_dir: str, tasks: str, episodes: int, seed: int 
     """evaluate(module, step) -> {"success", "return"} on `tasks` of the store's family."""
     from learning.merpo_train import TorchPolicy, policy_spec
     from learning.store import EpisodeStore
-    from sim.envs import FAMILIES, make_env, task_set
+    from sim.envs import FAMILIES, goal_pin_of, make_env, task_set
 
     store_spec = EpisodeStore.open(data, load="lazy").spec
     family = store_spec.env.get("family")
@@ -33,7 +33,8 @@ def sim_evaluator(data: str, run_dir: str, tasks: str, episodes: int, seed: int 
         if state["env"] is None:  # made on first use: no renderer for runs that never evaluate
             state["env"] = make_env(family, store_spec.image_size, env_cfg.get("max_episode_steps", 150),
                                     env_cfg.get("action_repeat", 1),
-                                    hand_init_noise=env_cfg.get("hand_init_noise_m", 0.0))
+                                    hand_init_noise=env_cfg.get("hand_init_noise_m", 0.0),
+                                    goal_pin=goal_pin_of(env_cfg))
         env = state["env"]
         spec = policy_spec(module, store_spec, Path(run_dir).name, "", None)
         device = str(next(module.parameters()).device)

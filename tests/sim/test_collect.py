@@ -204,3 +204,18 @@ def test_hand_init_noise_is_recorded_reproducible_and_checked_on_resume(tmp_path
         collect(_cfg(old, 0, quality="expert", hand_init_noise=0.04, resume=True), progress=False)
     s = collect(_cfg(old, 0, quality="expert", resume=True), progress=False)
     assert s["episodes_skipped"] == 2 and s["episodes_written"] == 2
+
+
+def test_goal_pin_is_recorded_and_checked_on_resume(tmp_path):
+    """Logs drawn with the goal pin say so in the store (render and collection), and a resume
+    that asks for the other rendering is refused by name."""
+    from sim.envs import goal_pin_of
+
+    a = tmp_path / "pin.zarr"
+    collect(_cfg(a, 0, quality="expert", goal_pin=True, tasks=[41], episodes_per_task=1), progress=False)
+    store = EpisodeStore.open(a)
+    assert goal_pin_of(store.spec.env) and store.spec.env["collection"]["goal_pin"] is True
+    with pytest.raises(ValueError, match=r"collected with goal_pin=True, this run asks for False"):
+        collect(_cfg(a, 0, quality="expert", tasks=[41], episodes_per_task=2, resume=True), progress=False)
+    with pytest.raises(ValueError, match=r"goal pin: drawer-close-v3 draws no goal marker"):
+        collect(_cfg(tmp_path / "d.zarr", 0, family="drawer-close-v3", goal_pin=True), progress=False)

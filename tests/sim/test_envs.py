@@ -221,3 +221,40 @@ def test_hand_init_noise_draws_the_start_from_the_episode_seed():
         make_env("reach-v3", hand_init_noise=0.5)
     with pytest.raises(ValueError, match=r"hand start noise -0.01 m not supported"):
         make_env("reach-v3", hand_init_noise=-0.01)
+
+
+def test_goal_pin_draws_a_pin_under_the_goal_marker_and_nothing_else():
+    """The pin option changes the image only below the goal marker (the pin and its foot, in
+    the pin's colour), never the physics, and is recorded in the env config; families without
+    a goal marker refuse it."""
+    from sim.envs import GOAL_PIN_RGBA, goal_pin_of
+
+    pinned, plain = make_env("reach-v3", goal_pin=True), make_env("reach-v3")
+    try:
+        for task in (0, 41):  # goal heights 18 cm and 27 cm above the table
+            pinned.set_task(task)
+            plain.set_task(task)
+            a, b = pinned.reset(), plain.reset()
+            np.testing.assert_array_equal(a["state"], b["state"])
+            changed = np.abs(a["image"].astype(int) - b["image"].astype(int)).sum(-1) > 0
+            assert changed.sum() >= 8, f"task {task}: the pin changed only {changed.sum()} pixels"
+            pin_rgb = np.array(GOAL_PIN_RGBA[:3]) * 255
+            # changed pixels are dark green (lighting shades them, the hue stays green)
+            px = a["image"][changed].astype(int)
+            assert np.all(px[:, 1] > px[:, 0] + 20) and np.all(px[:, 1] > px[:, 2] + 20), px[:5]
+            assert np.abs(px.mean(0) - pin_rgb).max() < 80
+            # all of them lie below the bright-green marker (image rows grow downwards)
+            marker = (b["image"][..., 1] > 180) & (b["image"][..., 0] < 120)
+            rows = np.nonzero(changed)[0]
+            assert rows.min() >= np.nonzero(marker)[0].mean(), "the pin stands under the marker"
+            for _ in range(3):  # the physics is unchanged
+                a, *_ = pinned.step(np.array([0.5, -0.3, 0.2, 0.0], np.float32))
+                b, *_ = plain.step(np.array([0.5, -0.3, 0.2, 0.0], np.float32))
+                np.testing.assert_array_equal(a["state"], b["state"])
+        assert goal_pin_of(pinned.env_config()) and not goal_pin_of(plain.env_config())
+        assert not goal_pin_of({}) and not goal_pin_of({"render": {"goal_pin": None}})
+    finally:
+        pinned.close()
+        plain.close()
+    with pytest.raises(ValueError, match=r"goal pin: drawer-close-v3 draws no goal marker"):
+        make_env("drawer-close-v3", goal_pin=True)

@@ -68,6 +68,13 @@ def test_mismatched_policy_spec_is_refused_before_acting(exported):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "image_size: policy has 64, configuration has 84" in lines[0], proc.stderr
+    # logs drawn without the goal pin: a pinned environment (direct or over ROS 2) is refused
+    for cmd in ("eval", "ros-eval"):
+        proc = vmerpo(cmd, "--policy", str(exported / "policy.onnx"), "--env", ENV, "--tasks", "41,",
+                      "--episodes", "1", "--goal-pin", "--no-progress")
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+        assert "trained on images without the goal pin" in lines[0] and "without --goal-pin" in lines[0]
 
 
 def test_training_evaluates_the_meta_policy_in_mujoco(exported):

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hand-init-noise", type=float, default=0.0, metavar="M",
                         help="random hand start, up to +-M metres per axis from the episode seed "
                              "(default 0: Meta-World's fixed start; use the value the logs were collected with)")
+    parser.add_argument("--goal-pin", action="store_true",
+                        help="draw a pin under the goal marker (sim.envs): for policies trained on logs "
+                             "collected with --goal-pin; a policy trained otherwise is refused")
     parser.add_argument("--video", default=None, help="write the first episodes to this .mp4/.gif")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--no-progress", action="store_true")
@@ -61,6 +64,14 @@ class LatentPolicy:
             control_hz=env.control_hz,
             state_names=env.state_names if self.rt.spec.uses_state else None,
         )
+        from sim.envs import goal_pin_of
+
+        trained = goal_pin_of(self.rt.spec.env)
+        if trained != getattr(env, "goal_pin", False):
+            raise ValueError(f"this policy was trained on images "
+                             f"{'with' if trained else 'without'} the goal pin and this environment draws "
+                             f"{'one' if not trained else 'none'}: evaluate it "
+                             f"{'with' if trained else 'without'} --goal-pin")
 
     def reset(self) -> None:
         self.rt.reset()
@@ -92,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
     tasks = task_set(args.env).select(args.tasks)
     env = make_env(args.env, args.image_size, args.max_episode_steps, args.action_repeat,
-                   hand_init_noise=args.hand_init_noise)
+                   hand_init_noise=args.hand_init_noise, goal_pin=args.goal_pin)
     try:
         policy = load_policy(args.policy, env)
         bar = None

@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hand-init-noise", type=float, default=0.0, metavar="M",
                    help="random hand start, up to +-M metres per axis from the episode seed, as in "
                         "`vmerpo eval --hand-init-noise` (default 0: Meta-World's fixed start)")
+    p.add_argument("--goal-pin", action="store_true",
+                   help="draw a pin under the goal marker, as `vmerpo eval --goal-pin` (for policies trained "
+                        "on logs collected with --goal-pin; the launch file must declare goal_pin)")
     p.add_argument("--launch", default="sim_policy.launch.yaml",
                    help="launch file starting one sim_node and one policy_node: a path or a name "
                    "under the package's launch/ (default sim_policy.launch.yaml); it must declare "
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         result = ros_evaluate(
             args.policy, args.env, tasks, args.episodes, args.seed, launch_file=launch_file,
             image_size=args.image_size, max_episode_steps=args.max_episode_steps,
-            hand_init_noise=args.hand_init_noise, obs_timeout_s=args.obs_timeout_s, timeout_s=args.timeout_s,
+            hand_init_noise=args.hand_init_noise, goal_pin=args.goal_pin, obs_timeout_s=args.obs_timeout_s, timeout_s=args.timeout_s,
             startup_timeout_s=args.startup_timeout_s, log=args.log,
             progress=(lambda done, total: bar.update(1)) if bar else None)
     except RosEvalError as e:
