@@ -65,6 +65,15 @@ def test_an_out_whose_world_model_is_another_preset_is_refused(tmp_path):
     assert _world_model(tmp_path, "unused.zarr", bench, "cpu", 1, False) == str(tmp_path / "world_model")
     with pytest.raises(ValueError, match="preset 'bench', not 'cpu'"):
         _world_model(tmp_path, "unused.zarr", BUDGETS["full"], "cpu", 1, False)
+    # the pooled reward head's weight is part of what the shared model is (markers without it: 0)
+    pooled = replace(bench, pooled_reward_scale=10.0)
+    with pytest.raises(ValueError, match="pooled reward weight 0.0, not 10.0"):
+        _world_model(tmp_path, "unused.zarr", pooled, "cpu", 1, False)
+    (tmp_path / "world_model" / "bench_world_model.json").write_text(
+        '{"preset": "bench", "pooled_reward_scale": 10.0}')
+    assert _world_model(tmp_path, "unused.zarr", pooled, "cpu", 1, False) == str(tmp_path / "world_model")
+    with pytest.raises(ValueError, match="pooled reward weight 10.0, not 0.0"):
+        _world_model(tmp_path, "unused.zarr", bench, "cpu", 1, False)
 
 
 def test_an_out_meta_trained_with_the_other_meta_critic_is_refused(tmp_path):
@@ -122,3 +131,11 @@ def test_hand_init_noise_out_of_range_or_unlike_the_out_is_a_one_line_error(tmp_
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "collected with hand_init_noise=0.0, this run asks for 0.05" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    # the same store refuses the goal pin (its images have none), and a family without a goal
+    # marker refuses the pin before collecting anything
+    proc = _bench_cli(tmp_path, "--goal-pin")
+    assert proc.returncode == 2 and "collected with goal_pin=False, this run asks for True" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = _bench_cli(tmp_path, "--goal-pin", "--family", "drawer-close", "--out", str(tmp_path / "d"))
+    assert proc.returncode == 2 and "drawer-close-v3 draws no goal marker" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "d").exists()
