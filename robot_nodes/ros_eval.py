@@ -275,12 +275,9 @@ def ros_evaluate(
     if not Path(policy).is_file():
         raise FileNotFoundError(f"policy {policy}: no such file")
     from learning.runtime.policy_runtime import read_spec
-    from sim.envs import goal_pin_of
+    from sim.envs import check_policy_goal_pin
 
-    trained = goal_pin_of(read_spec(policy).env)
-    if trained != bool(goal_pin):
-        raise ValueError(f"policy {policy} was trained on images {'with' if trained else 'without'} the goal "
-                         f"pin: evaluate it {'with' if trained else 'without'} --goal-pin")
+    check_policy_goal_pin(read_spec(policy).env, goal_pin)
     launch_file = Path(launch_file)
     args = {"policy": str(Path(policy).resolve()), "family": family, "image_size": str(image_size),
             "max_episode_steps": str(max_episode_steps), "hand_init_noise_m": repr(float(hand_init_noise)),

@@ -537,3 +537,11 @@ def goal_pin_of(env_config: dict[str, Any] | None) -> bool:
     """Whether a store's or policy's environment config was rendered with the goal pin
     (configs written before the option existed: no pin)."""
     return bool(((env_config or {}).get("render") or {}).get("goal_pin"))
+
+
+def check_policy_goal_pin(policy_env_config: dict[str, Any] | None, goal_pin: bool) -> None:
+    """Refuse to run a policy on the other rendering than its logs had (with or without the pin)."""
+    trained = goal_pin_of(policy_env_config)
+    if trained != bool(goal_pin):
+        word = "with" if trained else "without"
+        raise ValueError(f"this policy was trained on images {word} the goal pin: evaluate it {word} --goal-pin")

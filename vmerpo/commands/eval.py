@@ -64,14 +64,9 @@ class LatentPolicy:
             control_hz=env.control_hz,
             state_names=env.state_names if self.rt.spec.uses_state else None,
         )
-        from sim.envs import goal_pin_of
+        from sim.envs import check_policy_goal_pin
 
-        trained = goal_pin_of(self.rt.spec.env)
-        if trained != getattr(env, "goal_pin", False):
-            raise ValueError(f"this policy was trained on images "
-                             f"{'with' if trained else 'without'} the goal pin and this environment draws "
-                             f"{'one' if not trained else 'none'}: evaluate it "
-                             f"{'with' if trained else 'without'} --goal-pin")
+        check_policy_goal_pin(self.rt.spec.env, getattr(env, "goal_pin", False))
 
     def reset(self) -> None:
         self.rt.reset()
