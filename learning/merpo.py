@@ -119,22 +119,26 @@ def fit_normalizer(cache: LatentCache, action_low, action_high) -> Normalizer:
 
 def transitions(cache: LatentCache, norm: Normalizer, task: int | None = None,
                 device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """(s_t, a_t, r_t, s_{t+1}, d_t) for every row that has a successor in its episode."""
+    """(s_t, a_t, r_t, s_{t+1}, d_t) for every row that has a successor in its episode, and for
+    an episode's last row when it is a true termination (d = 1: its s_{t+1} was never
+    recorded, so the row's own s_t stands in; the target masks it out)."""
     ends = cache.episode_ends
     starts = np.concatenate([[0], ends[:-1]])
+    term = np.asarray(cache.arrays["terminal"], bool)
     rows = []
     for e, (s, t_end) in enumerate(zip(starts, ends, strict=True)):
         if task is None or cache.episode_task[e] == task:
-            rows.append(np.arange(s, t_end - 1))
+            rows.append(np.arange(s, t_end if term[t_end - 1] else t_end - 1))
     if not rows or not sum(len(r) for r in rows):
         raise ValueError(f"no transitions for task {task} in the latent cache")
     idx = np.concatenate(rows)
+    nxt = np.where(np.isin(idx, ends - 1), idx, idx + 1)  # only terminal last rows are in idx
     a = cache.arrays
     act = np.clip(norm.to_unit(a["action"][idx]), -1.0, 1.0)
     out = {
         "obs": a["feat"][idx], "act": act,
         "rew": (a["reward"][idx] - norm.reward_mean) / norm.reward_std,
-        "next_obs": a["feat"][idx + 1], "done": a["terminal"][idx].astype(np.float32),
+        "next_obs": a["feat"][nxt], "done": term[idx].astype(np.float32),
     }
     return {k: torch.as_tensor(np.asarray(v, np.float32), device=device) for k, v in out.items()}
 
@@ -159,6 +163,17 @@ def train_bc(actor: TanhGaussianActor, data: dict[str, torch.Tensor], steps: int
         if progress is not None:
             progress(i, {"behaviour_nll": float(nll.detach())})
     return {"behaviour_nll": float(nll.detach())}
+
+
+def fit_behaviour_policy(data: dict[str, torch.Tensor], cfg: RACConfig, seed: int) -> TanhGaussianActor:
+    """pi_beta for RAC's lambda by dual ascent (`lam_target` > 0): behaviour cloning of a
+    task's transitions, `cfg.behaviour_fit_steps` steps (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        actor = TanhGaussianActor(data["obs"].shape[1], data["act"].shape[1], cfg.hidden, cfg.layers)
+    actor = actor.to(data["obs"].device)
+    train_bc(actor, data, cfg.behaviour_fit_steps, cfg.batch_real, cfg.actor_lr, seed=seed)
+    return actor
 
 
 def model_rollout_fn(world_model, slot: int, horizon: int, norm: Normalizer,
@@ -239,6 +254,8 @@ class MerPO:
         stats: dict[str, list[float]] = {}
         for n in mine:
             rac, g = self.learners[n], gens[n]
+            if r.lam_target > 0 and rac.behaviour_actor is None:  # pi_beta of task n, once
+                rac.set_behaviour_policy(fit_behaviour_policy(data[n], r, seed=cfg.seed * 1000 + n + 7))
             for _ in range(cfg.inner_steps):
                 if rollout_fns is not None and rac.steps % r.rollout_every == 0:
                     starts = sample(data[n], r.rollout_batch, g)["obs"]
@@ -255,7 +272,11 @@ class MerPO:
             mu_c, sd_c = self.meta_actor.dist_params(obs)
             kl.append(gaussian_kl(mu_n, sd_n, mu_c, sd_c).mean())
         kl_sum = torch.stack(kl).sum() if kl else torch.zeros((), device=self.device)
-        meta_loss = r.lam * (1 - r.omega) * kl_sum / len(batch_tasks)
+        if r.lam_target > 0:  # each task's KL weighted by its own dual-ascended lambda
+            lam_kl = sum(self.learners[n].lam * k for n, k in zip(mine, kl, strict=True))
+            meta_loss = (1 - r.omega) * lam_kl / len(batch_tasks)
+        else:
+            meta_loss = r.lam * (1 - r.omega) * kl_sum / len(batch_tasks)
         if r.omega < 1.0:
             self.meta_opt.zero_grad(set_to_none=True)
             if kl:
@@ -349,6 +370,8 @@ def adapt_rac(init_actor: TanhGaussianActor | None, init_critic: TwinCritic | No
     rac = RAC(obs_dim, act_dim, cfg, data["obs"].device, seed=seed)
     if init_actor is not None and init_critic is not None:
         rac.load_from(init_actor, init_critic)
+    if cfg.lam_target > 0:
+        rac.set_behaviour_policy(fit_behaviour_policy(data, cfg, seed=seed + 7))
     anchor = meta_actor if meta_actor is not None else (
         copy.deepcopy(init_actor).requires_grad_(False) if init_actor is not None else None)
     g = torch.Generator().manual_seed(seed)

@@ -266,6 +266,16 @@ def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = Fals
     _, device = distributed.init(wmt.pick_device(cfg.device))
     model, wm_info = wmt.load_world_model(wm_path, str(device))
     slots = wm_info["task_slots"]
+    if world_model is not None:  # a shared model trained on another store: same robot, same tasks?
+        limits = (model.action_low.cpu().numpy(), model.action_high.cpu().numpy())
+        if not (np.allclose(limits[0], store.spec.action_low) and np.allclose(limits[1], store.spec.action_high)):
+            raise ValueError(f"{wm_path}: the world model's action limits {limits[0].tolist()} .. "
+                             f"{limits[1].tolist()} differ from {data}'s {list(store.spec.action_low)} .. "
+                             f"{list(store.spec.action_high)}: train it on logs of the same robot")
+        headless = [n for n in present if n not in slots]
+        if headless:
+            log(f"note: {wm_path} has no task heads for meta-train tasks {headless}; their model "
+                "rollouts use phi's heads")
 
     # 2. latents of every meta-train episode, encoded once
     latents_path = run / "latents.npz"

@@ -13,6 +13,8 @@ Read top to bottom like the paper's algorithm box:
       B     = - mean log pi(a_real | s_real)                      behaviour regularizer
       M     = mean KL(N(mu, sd) || N(mu_c, sd_c))  (pre-tanh)     meta-policy regularizer
       L_pi  = alpha log pi - min_i Q_i + lambda (omega B + (1 - omega) M)
+      lambda: fixed (MerPO code), or with `lam_target` > 0 by dual ascent towards that
+              divergence, B then being KL(pi || pi_beta), pi_beta a BC fit of the task's data
 
 Actions inside RAC live in [-1, 1] (the data's robot-unit actions scaled by the store limits);
 the caller converts at the world-model boundary. Rewards are normalized by the caller.
@@ -44,7 +46,7 @@ class RACConfig:
     layers: int = 3  # MerPO
     batch_real: int = 256  # MerPO/COMBO: 256 real + 256 model
     batch_model: int = 256
-    real_ratio: float = 0.5  # f (COMBO)
+    real_ratio: float = 0.5  # f (COMBO): weight of the real rows in the Bellman loss (the model rows: 1 - f)
     horizon: int = 1  # model rollout length: 1 in the MerPO code, 5 in LOMPO
     rollout_batch: int = 256  # start states per rollout refresh [ours]
     rollout_every: int = 10  # RAC steps between rollout refreshes [ours]
@@ -58,7 +60,13 @@ class RACConfig:
     cql_alpha_init: float = 1.0  # alpha' initial value [ours]
     cql_alpha_lr: float = 3e-4  # dual ascent step [ours]
     omega: float = 0.4  # behaviour vs meta-policy weight (MerPO's best)
-    lam: float = 50.0  # lambda, fixed (MerPO code)
+    lam: float = 50.0  # lambda, fixed (MerPO code); with lam_target > 0 its initial value
+    # > 0: lambda by dual ascent (ALGORITHMS 2b [ours]): B becomes KL(pi || pi_beta), pi_beta a
+    # behaviour-cloning fit of the task's data (behaviour_fit_steps), and lambda grows while
+    # omega KL(pi || pi_beta) + (1 - omega) KL(pi || pi_c) exceeds this target (nats); 0: fixed
+    lam_target: float = 0.0
+    lam_lr: float = 3e-4  # dual ascent step on log lambda [ours, as cql_alpha_lr]
+    behaviour_fit_steps: int = 1000  # BC steps that fit pi_beta when lam_target > 0 [ours]
     entropy_lr: float = 3e-4  # alpha_ent auto-tuning to target entropy -|A| (SAC)
     entropy_init: float = 0.1  # [ours]
 
@@ -177,6 +185,9 @@ class RAC:
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.alpha_opt = torch.optim.Adam([self.log_alpha_ent], lr=cfg.entropy_lr)
         self.cql_opt = torch.optim.Adam([self.log_alpha_cql], lr=cfg.cql_alpha_lr)
+        self.log_lam = torch.tensor(math.log(max(cfg.lam, 1e-8)), device=self.device, requires_grad=True)
+        self.lam_opt = torch.optim.Adam([self.log_lam], lr=cfg.lam_lr)
+        self.behaviour_actor: TanhGaussianActor | None = None  # pi_beta (lam_target > 0 only)
         self.model_buffer = TransitionBuffer(cfg.model_buffer)
         self.generator = torch.Generator().manual_seed(seed)
         self.steps = 0
@@ -187,6 +198,15 @@ class RAC:
         self.actor.load_state_dict(actor.state_dict())
         self.critic.load_state_dict(critic.state_dict())
         self.critic_target.load_state_dict(critic.state_dict())
+
+    def set_behaviour_policy(self, actor: TanhGaussianActor) -> None:
+        """pi_beta for lambda's dual ascent (`lam_target` > 0): a frozen copy of `actor`."""
+        self.behaviour_actor = copy.deepcopy(actor).requires_grad_(False)
+
+    @property
+    def lam(self) -> float:
+        """The current lambda (cfg.lam unless it is dual-ascended)."""
+        return float(self.log_lam.detach().exp()) if self.cfg.lam_target > 0 else self.cfg.lam
 
     # -- model rollouts --------------------------------------------------------------------------
     @torch.no_grad()
@@ -244,7 +264,17 @@ class RAC:
             tq = 0.75 * torch.minimum(tq1, tq2) + 0.25 * torch.maximum(tq1, tq2) - alpha * next_logp
             y = batch["rew"] + cfg.gamma * (1 - batch["done"]) * tq
         q1, q2 = self.critic(batch["obs"], batch["act"])
-        bellman = 0.5 * ((q1 - y) ** 2).mean() + 0.5 * ((q2 - y) ** 2).mean()
+        n_real = len(real["obs"])
+        if model is None or math.isclose(cfg.real_ratio, n_real / len(batch["obs"])):
+            # f is the batch's own share of real rows (COMBO's sampling): the plain mean
+            bellman = 0.5 * ((q1 - y) ** 2).mean() + 0.5 * ((q2 - y) ** 2).mean()
+        else:  # f real + (1 - f) model, whatever the two batch sizes
+            f = cfg.real_ratio
+
+            def mixed(sq: torch.Tensor) -> torch.Tensor:
+                return f * sq[:n_real].mean() + (1 - f) * sq[n_real:].mean()
+
+            bellman = 0.5 * mixed((q1 - y) ** 2) + 0.5 * mixed((q2 - y) ** 2)
 
         # conservative term: push Q down on (model states, policy/uniform actions), up on data
         s_model = (model or real)["obs"]
@@ -291,26 +321,46 @@ class RAC:
         q1, q2 = self.critic(obs, a)
         alpha = self.log_alpha_ent.exp().detach()
         behaviour = -self.actor.log_prob(real["obs"], real["act"]).mean()
+        auto_lam = cfg.lam_target > 0
+        b_term = behaviour
+        if auto_lam:  # B -> KL(pi || pi_beta): a divergence, >= 0, so a target for it makes sense
+            if self.behaviour_actor is None:
+                raise RuntimeError("lambda by dual ascent (lam_target > 0) needs pi_beta: call "
+                                   "RAC.set_behaviour_policy with a BC fit of the task's data first")
+            mu, sd = self.actor.dist_params(real["obs"])
+            with torch.no_grad():
+                mu_b, sd_b = self.behaviour_actor.dist_params(real["obs"])
+            b_term = gaussian_kl(mu, sd, mu_b, sd_b).mean()
         if meta_actor is not None and omega < 1.0:
             mu, sd = self.actor.dist_params(real["obs"])
             with torch.no_grad():
                 mu_c, sd_c = meta_actor.dist_params(real["obs"])
             meta_kl = gaussian_kl(mu, sd, mu_c, sd_c).mean()
-            reg = omega * behaviour + (1 - omega) * meta_kl
+            reg = omega * b_term + (1 - omega) * meta_kl
         else:
             meta_kl = torch.zeros((), device=obs.device)
-            reg = behaviour if omega > 0 else torch.zeros((), device=obs.device)
-        loss = (alpha * logp - torch.minimum(q1, q2)).mean() + cfg.lam * reg
+            reg = b_term if omega > 0 else torch.zeros((), device=obs.device)
+        lam = self.log_lam.exp().detach() if auto_lam else cfg.lam
+        loss = (alpha * logp - torch.minimum(q1, q2)).mean() + lam * reg
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_opt.step()
+        extra = {}
+        if auto_lam:  # dual ascent: lambda grows while the divergence exceeds its target
+            lam_loss = -self.log_lam.exp() * (reg.detach() - cfg.lam_target)
+            self.lam_opt.zero_grad(set_to_none=True)
+            lam_loss.backward()
+            self.lam_opt.step()
+            with torch.no_grad():
+                self.log_lam.clamp_(math.log(1e-3), math.log(1e4))
+            extra = {"lam": float(lam), "behaviour_kl": float(b_term.detach())}
         # SAC temperature: drive the entropy towards the target -|A|
         ent_loss = -(self.log_alpha_ent * (logp.detach() - self.act_dim)).mean()
         self.alpha_opt.zero_grad(set_to_none=True)
         ent_loss.backward()
         self.alpha_opt.step()
         return {"actor_loss": float(loss.detach()), "behaviour_nll": float(behaviour.detach()), "meta_kl": float(meta_kl.detach()),
-                "alpha_ent": float(alpha), "entropy": float(-logp.mean().detach())}
+                "alpha_ent": float(alpha), "entropy": float(-logp.mean().detach()), **extra}
 
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -320,7 +370,11 @@ class RAC:
                 "log_alpha_cql": self.log_alpha_cql.detach().clone(),
                 "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
                 "alpha_opt": self.alpha_opt.state_dict(), "cql_opt": self.cql_opt.state_dict(),
-                "generator": self.generator.get_state(), "steps": torch.tensor(self.steps)}
+                "generator": self.generator.get_state(), "steps": torch.tensor(self.steps),
+                **({"log_lam": self.log_lam.detach().clone(), "lam_opt": self.lam_opt.state_dict()}
+                   if self.cfg.lam_target > 0 else {}),
+                **({"behaviour_actor": self.behaviour_actor.state_dict()}
+                   if self.behaviour_actor is not None else {})}
 
     def load_state_dict(self, sd: dict) -> None:
         self.actor.load_state_dict(sd["actor"])
@@ -333,3 +387,11 @@ class RAC:
             getattr(self, name).load_state_dict(sd[name])
         self.generator.set_state(sd["generator"].cpu())  # a CPU generator; map_location may have moved it
         self.steps = int(sd["steps"])
+        if "log_lam" in sd:
+            with torch.no_grad():
+                self.log_lam.copy_(sd["log_lam"])
+            self.lam_opt.load_state_dict(sd["lam_opt"])
+        if "behaviour_actor" in sd:
+            pi_beta = copy.deepcopy(self.actor)
+            pi_beta.load_state_dict(sd["behaviour_actor"])
+            self.set_behaviour_policy(pi_beta)

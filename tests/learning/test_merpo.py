@@ -235,3 +235,42 @@ def test_merpo_adp_moves_omega_towards_the_better_regularizer():
     assert careful["meta_policy_uncertainty"] > careful["behaviour_uncertainty"] == 0.0
     assert careful["meta_policy_pessimistic_return"] < careful["behaviour_pessimistic_return"]
     assert careful["omega"] == 1.0
+
+
+def test_meta_training_with_dual_ascended_lambda_fits_each_tasks_pi_beta_once():
+    cache = toy_cache()
+    norm = fit_normalizer(cache, [-2, -2], [2, 2])
+    data = {n: transitions(cache, norm, n) for n in (0, 1, 2)}
+    cfg = small_cfg()
+    cfg.rac.lam_target, cfg.rac.lam_lr, cfg.rac.behaviour_fit_steps = 1e-6, 0.05, 20
+    merpo = MerPO(F_DIM, A_DIM, [0, 1, 2], cfg)
+    initial = copy.deepcopy(merpo.meta_actor)
+    for _ in range(6):
+        stats = merpo.meta_step(data, None)
+    stepped = [n for n in (0, 1, 2) if merpo.learners[n].steps]
+    assert stepped and all(merpo.learners[n].behaviour_actor is not None for n in stepped)
+    pi_beta = copy.deepcopy(merpo.learners[stepped[0]].behaviour_actor.state_dict())
+    merpo.meta_step(data, None)
+    assert all(torch.equal(v, merpo.learners[stepped[0]].behaviour_actor.state_dict()[k]) for k, v in pi_beta.items())
+    assert all(merpo.learners[n].lam > cfg.rac.lam for n in stepped)  # the divergence exceeds 1e-6
+    assert "lam" in stats
+    assert any(not torch.equal(initial.state_dict()[k], v) for k, v in merpo.meta_actor.state_dict().items())
+    merpo2 = MerPO(F_DIM, A_DIM, [0, 1, 2], cfg)  # a checkpoint carries pi_beta and lambda
+    merpo2.load_state_dict(copy.deepcopy(merpo.state_dict()))
+    assert merpo2.learners[stepped[0]].lam == merpo.learners[stepped[0]].lam
+    assert merpo2.learners[stepped[0]].behaviour_actor is not None
+
+
+def test_a_terminal_last_row_is_a_transition_with_done():
+    cache = toy_cache()
+    norm = fit_normalizer(cache, [-2, -2], [2, 2])
+    last = int(cache.episode_ends[3]) - 1  # task 1's first episode ends in a true termination
+    cache.arrays["terminal"][last] = True
+    data = transitions(cache, norm, task=1)
+    assert len(data["obs"]) == 3 * 19 + 1
+    done = data["done"].numpy().astype(bool)
+    assert done.sum() == 1
+    i = int(np.flatnonzero(done)[0])
+    assert torch.allclose(data["obs"][i], torch.from_numpy(cache.arrays["feat"][last]))
+    assert torch.allclose(data["rew"][i], torch.tensor((cache.arrays["reward"][last] - norm.reward_mean) / norm.reward_std))
+    assert not torch.allclose(data["next_obs"][i], torch.from_numpy(cache.arrays["feat"][last + 1]))  # never the next episode

@@ -124,6 +124,15 @@ def test_bad_input_gives_one_line_errors(trained, family, tmp_path):
         w.add_episode(synthetic_episode(np.random.default_rng(0), 20, 32), task_id=0, success=False)
     proc = vmerpo("train", "--data", str(plain), "--config", "tiny", "--out", str(tmp_path / "z"))
     assert proc.returncode == 2 and "task" in proc.stderr
+    # a shared world model trained on logs with other action limits
+    other = tmp_path / "other_limits.zarr"
+    spec = family_spec()
+    spec.action_low, spec.action_high = [-2.0] * 4, [2.0] * 4
+    with EpisodeWriter(other, spec, mode="w") as w:
+        w.add_episode(synthetic_episode(np.random.default_rng(0), 20, 32), task_id=0, success=False)
+    proc = vmerpo("train", "--data", str(other), "--config", "tiny", "--world-model", str(trained / "world_model"),
+                  "--out", str(tmp_path / "v"))
+    assert proc.returncode == 2 and "action limits" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     # omega by hand: only for learners that have it, and only in [0, 1]
     for method, omega, why in (("bc", "0.5", "applies to merpo and rac"), ("merpo", "1.5", "must be in [0, 1]")):
         proc = vmerpo("adapt", "--run", str(trained), "--data", str(heldout), "--method", method,

@@ -136,3 +136,64 @@ def test_state_dict_round_trip_continues_identically():
     sa = a.update(batch(data, 64, g1))
     sb = b.update(batch(data, 64, g2))
     assert sa == sb
+
+
+def _critic_after_one_step(cfg: RACConfig, model_reward: float):
+    """Critic weights after one step on a fixed real batch and a model buffer whose rewards
+    are all `model_reward` (nothing else differs)."""
+    data, W = toy_data()
+    g = torch.Generator().manual_seed(0)
+    rac = RAC(OBS, ACT, cfg, seed=0)
+    m = batch(data, cfg.batch_model, g)
+    rac.model_buffer.add(dict(m, rew=torch.full_like(m["rew"], model_reward)))
+    rac.critic_step(batch(data, cfg.batch_real, torch.Generator().manual_seed(1)))
+    return rac.critic.state_dict()
+
+
+@pytest.mark.parametrize("batch_model", [64, 32])  # equal batches and unequal ones
+def test_real_ratio_weights_real_and_model_rows_in_the_bellman_loss(batch_model):
+    def differs(real_ratio: float) -> bool:
+        cfg = small(cql_beta=0.0, real_ratio=real_ratio, batch_model=batch_model)
+        a, b = _critic_after_one_step(cfg, 0.0), _critic_after_one_step(cfg, 5.0)
+        return any(not torch.equal(a[k], b[k]) for k in a)
+
+    assert not differs(1.0)  # f = 1: the model rows' rewards do not reach the critic
+    assert differs(0.5)
+
+
+def test_lambda_by_dual_ascent_follows_its_divergence_target():
+    data, W = toy_data(noise=0.3)
+    pi_beta = TanhGaussianActor(OBS, ACT, 32, 2)
+    from learning.merpo import train_bc
+
+    train_bc(pi_beta, data, 200, 64, 1e-3)
+
+    def lam_after(target: float) -> tuple[float, dict]:
+        rac = RAC(OBS, ACT, small(omega=1.0, lam=5.0, lam_target=target, lam_lr=0.05), seed=0)
+        rac.set_behaviour_policy(pi_beta)
+        stats = train(rac, data, W, 40).update(batch(data, 64, torch.Generator().manual_seed(2)))
+        return rac.lam, stats
+
+    low, stats = lam_after(1e-6)  # any divergence exceeds it: lambda grows
+    high, _ = lam_after(1e3)  # no policy is that far: lambda shrinks
+    assert low > 5.0 > high, (low, high)
+    assert stats["lam"] > 5.0 and stats["behaviour_kl"] >= 0.0
+    # without pi_beta it says what to do
+    rac = RAC(OBS, ACT, small(lam_target=1.0), seed=0)
+    with pytest.raises(RuntimeError, match="set_behaviour_policy"):
+        rac.update(batch(data, 64, torch.Generator().manual_seed(0)))
+
+
+def test_dual_ascended_lambda_and_pi_beta_survive_a_checkpoint():
+    from learning.merpo import adapt_rac
+
+    data, W = toy_data(noise=0.3)
+    cfg = small(omega=1.0, lam_target=0.5, lam_lr=0.05, behaviour_fit_steps=50)
+    a = adapt_rac(None, None, data, toy_rollout(W), cfg, 20, seed=0)  # fits pi_beta itself
+    assert a.behaviour_actor is not None and a.lam != cfg.lam
+    b = RAC(OBS, ACT, cfg, seed=99)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    b.model_buffer.data = {k: v.clone() for k, v in a.model_buffer.data.items()}
+    assert b.lam == a.lam
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert a.update(batch(data, 64, g1)) == b.update(batch(data, 64, g2))
