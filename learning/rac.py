@@ -345,7 +345,7 @@ class RAC:
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_opt.step()
-        extra = {}
+        extra = {"lam": float(lam)}
         if auto_lam:  # dual ascent: lambda grows while the divergence exceeds its target
             lam_loss = -self.log_lam.exp() * (reg.detach() - cfg.lam_target)
             self.lam_opt.zero_grad(set_to_none=True)
@@ -353,7 +353,7 @@ class RAC:
             self.lam_opt.step()
             with torch.no_grad():
                 self.log_lam.clamp_(math.log(1e-3), math.log(1e4))
-            extra = {"lam": float(lam), "behaviour_kl": float(b_term.detach())}
+            extra["behaviour_kl"] = float(b_term.detach())
         # SAC temperature: drive the entropy towards the target -|A|
         ent_loss = -(self.log_alpha_ent * (logp.detach() - self.act_dim)).mean()
         self.alpha_opt.zero_grad(set_to_none=True)
