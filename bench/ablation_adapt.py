@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/sim.py mus
 
 
 def _job(args: tuple) -> dict:
-    bench, family, q, seed, task, method, rac, out, episodes, start, steps, noise = args
+    bench, family, q, seed, task, method, rac, out, episodes, start, steps, noise, goal_pin = args
     import torch
 
     torch.set_num_threads(1)
@@ -41,7 +41,7 @@ def _job(args: tuple) -> dict:
         adapt(f"{bench}/runs/{q}_s{seed}", f"{bench}/data/{q}_heldout.zarr", out, overwrite=True, task=task,
               method=method, rac_overrides=rac, progress=False, log=lambda m: None, start=start,
               steps=steps)
-    return _eval_one((family, out, task, episodes, 1000 + seed, noise))
+    return _eval_one((family, out, task, episodes, 1000 + seed, noise, goal_pin))
 
 
 def _value(text: str):
@@ -88,7 +88,8 @@ def main() -> int:
     if a.steps is not None:
         tag += f"_steps{a.steps}"
     jobs = [(a.bench, doc["family"], a.quality, s, t, a.method, rac, f"{a.out}/{a.quality}_s{s}_t{t}_{a.method}_{tag}",
-             a.episodes or b["eval_episodes"], a.start, a.steps, b.get("hand_init_noise", 0.0)) for s in range(b["seeds"]) for t in doc["heldout_tasks"]]
+             a.episodes or b["eval_episodes"], a.start, a.steps, b.get("hand_init_noise", 0.0),
+             b.get("goal_pin", False)) for s in range(b["seeds"]) for t in doc["heldout_tasks"]]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.workers, mp_context=mp.get_context("spawn")) as pool:
         res = list(pool.map(_job, jobs))
