@@ -322,17 +322,18 @@ class RAC:
         alpha = self.log_alpha_ent.exp().detach()
         behaviour = -self.actor.log_prob(real["obs"], real["act"]).mean()
         auto_lam = cfg.lam_target > 0
+        use_meta = meta_actor is not None and omega < 1.0
+        if auto_lam or use_meta:
+            mu, sd = self.actor.dist_params(real["obs"])
         b_term = behaviour
         if auto_lam:  # B -> KL(pi || pi_beta): a divergence, >= 0, so a target for it makes sense
             if self.behaviour_actor is None:
                 raise RuntimeError("lambda by dual ascent (lam_target > 0) needs pi_beta: call "
                                    "RAC.set_behaviour_policy with a BC fit of the task's data first")
-            mu, sd = self.actor.dist_params(real["obs"])
             with torch.no_grad():
                 mu_b, sd_b = self.behaviour_actor.dist_params(real["obs"])
             b_term = gaussian_kl(mu, sd, mu_b, sd_b).mean()
-        if meta_actor is not None and omega < 1.0:
-            mu, sd = self.actor.dist_params(real["obs"])
+        if use_meta:
             with torch.no_grad():
                 mu_c, sd_c = meta_actor.dist_params(real["obs"])
             meta_kl = gaussian_kl(mu, sd, mu_c, sd_c).mean()
