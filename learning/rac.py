@@ -341,12 +341,12 @@ class RAC:
         else:
             meta_kl = torch.zeros((), device=obs.device)
             reg = b_term if omega > 0 else torch.zeros((), device=obs.device)
-        lam = self.log_lam.exp().detach() if auto_lam else cfg.lam
+        lam = self.lam
         loss = (alpha * logp - torch.minimum(q1, q2)).mean() + lam * reg
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_opt.step()
-        extra = {"lam": float(lam)}
+        extra = {"lam": lam}
         if auto_lam:  # dual ascent: lambda grows while the divergence exceeds its target
             lam_loss = -self.log_lam.exp() * (reg.detach() - cfg.lam_target)
             self.lam_opt.zero_grad(set_to_none=True)
@@ -393,6 +393,5 @@ class RAC:
                 self.log_lam.copy_(sd["log_lam"])
             self.lam_opt.load_state_dict(sd["lam_opt"])
         if "behaviour_actor" in sd:
-            pi_beta = copy.deepcopy(self.actor)
-            pi_beta.load_state_dict(sd["behaviour_actor"])
-            self.set_behaviour_policy(pi_beta)
+            self.behaviour_actor = copy.deepcopy(self.actor).requires_grad_(False)
+            self.behaviour_actor.load_state_dict(sd["behaviour_actor"])
