@@ -242,6 +242,11 @@ def test_position_interface_holds_the_current_joint_positions(position_policy):
             js = JointState(name=["j0", "j1"], position=values)
             js.header.stamp = client.get_clock().now().to_msg()
             pubs["joint_states"].publish(js)
+            # a robot streams joint states faster than frames: the node has this one before the
+            # next frame (on a loaded 2-core runner the executor may otherwise take the frame
+            # first and judge it against a joint state older than obs_timeout_s)
+            ns = js.header.stamp.sec * 10**9 + js.header.stamp.nanosec
+            assert wait_for(lambda: bool(node._joints) and node._joints[-1][0] == ns, 10)
 
         joints([0.5, -0.25])
         time.sleep(0.1)
