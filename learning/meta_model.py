@@ -59,6 +59,9 @@ def head_losses(model: WorldModel, feat: torch.Tensor, z_std: torch.Tensor, rewa
             "reward_nll": 0.5 * ((r_hat - reward[:, 0]) ** 2).mean()}
 
 
+ADAPT_HEADS = ("all", "reward", "reward_offset")  # which theta_j parameters `adapt` fits
+
+
 def adapt(model: WorldModel, cache: LatentCache, steps: int = 500, eta: float = 1e-3,
           lr: float = 1e-3, batch_size: int = 64, seed: int = 0, init: str = "phi",
           slot: int = 0, heads: str = "all") -> WorldModel:
@@ -66,18 +69,24 @@ def adapt(model: WorldModel, cache: LatentCache, steps: int = 500, eta: float = 
     `model`), on a new task's cached latents. init="scratch": fresh heads and no proximal
     term (the baseline). heads="reward": only the reward head adapts, the prior heads stay
     phi's (for families whose tasks share the dynamics and differ in the reward alone).
+    heads="reward_offset": only the reward head's output bias adapts, a per-task reward
+    offset with every other parameter held at phi (eta = inf for them) [ours]: the lowest-
+    variance adaptation, for logs too small or too unrepresentative to fit more (README,
+    world-model benchmark: held-out push tasks, where every larger adaptation lost to phi).
     Returns a single-slot model whose heads are theta_j."""
     if init not in ("phi", "scratch"):
         raise ValueError(f"init must be phi or scratch, got {init!r}")
-    if heads not in ("all", "reward"):
-        raise ValueError(f"heads must be all or reward, got {heads!r}")
+    if heads not in ADAPT_HEADS:
+        raise ValueError(f"heads must be one of {', '.join(ADAPT_HEADS)}, got {heads!r}")
     m = task_model(model, slot)
     device = next(m.parameters()).device
     if init == "scratch":
         torch.manual_seed(seed)
         m.heads = TaskHeads(m.cfg).to(device)
         eta = 0.0
-    chosen = [(n, p) for n, p in m.heads.named_parameters() if heads == "all" or n.startswith("reward_")]
+    offset = f"reward_b.{len(m.heads.reward_b) - 1}"
+    chosen = [(n, p) for n, p in m.heads.named_parameters()
+              if heads == "all" or (heads == "reward" and n.startswith("reward_")) or n == offset]
     phi = [p.detach().clone() for _, p in chosen]
     for p in m.parameters():
         p.requires_grad_(False)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from learning.latents import encode_store, filter_episodes
-from learning.meta_model import adapt, task_model
+from learning.meta_model import ADAPT_HEADS, adapt, task_model
 from learning.store import EpisodeStore
 from learning.world_model_train import load_config, load_world_model, train
 from perception.world_model import WorldModel, latent_uncertainty
@@ -47,6 +47,11 @@ def auroc(neg: np.ndarray, pos: np.ndarray) -> float:
     ranks = np.argsort(np.argsort(scores)) + 1
     r_pos = ranks[len(neg):].sum()
     return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def paired_auroc(neg: np.ndarray, pos: np.ndarray) -> float:
+    """P(pos_i > neg_i) over pairs i (ties count half)."""
+    return float(np.mean(pos > neg) + 0.5 * np.mean(pos == neg))
 
 
 def _episodes(store: EpisodeStore, eps: list[int]) -> list[dict[str, np.ndarray]]:
@@ -148,6 +153,9 @@ def uncertainty_checks(model: WorldModel, slots: list[int], episodes: list[dict[
                                                   for t in range(1, horizon + 1)],
            "ood_action_auroc": auroc(np.concatenate(uh_data), np.concatenate(uh_ood)),
            "ood_action_auroc_first_step": auroc(np.concatenate(u_data), np.concatenate(u_ood)),
+           # the same rollouts paired by start state: P(u(s, uniform) > u(s, dataset)), the
+           # ranking a policy's penalty needs at each state (the pooled AUROC also compares states)
+           "ood_action_auroc_paired": paired_auroc(np.concatenate(uh_data), np.concatenate(uh_ood)),
            "ood_action_auroc_max_over_rollout": auroc(np.concatenate(umax_data), np.concatenate(umax_ood)),
            "ood_horizon": Ho,
            "uncertainty_steps": int(len(u))}
@@ -252,13 +260,15 @@ def prediction_losses(model: WorldModel, episodes: list[dict[str, np.ndarray]], 
     return {"reward_nll": float(np.concatenate(r_loss).mean()), "image_nll": float(np.concatenate(i_loss).mean())}
 
 
-def _adapted(model: WorldModel, cache, steps: int, eta: float, seed: int) -> WorldModel:
-    """theta_j adapted with proximal weight eta; eta = inf is its limit, phi itself."""
-    return task_model(model, 0) if np.isinf(eta) else adapt(model, cache, steps=steps, eta=eta, seed=seed)
+def _adapted(model: WorldModel, cache, steps: int, eta: float, seed: int, heads: str = "all") -> WorldModel:
+    """theta_j (`heads`: which parameters, see `adapt`) adapted with proximal weight eta;
+    eta = inf is its limit, phi itself."""
+    return task_model(model, 0) if np.isinf(eta) else adapt(model, cache, steps=steps, eta=eta, seed=seed,
+                                                            heads=heads)
 
 
 def select_eta(model: WorldModel, store: EpisodeStore, fit: list[int], grid: list[float], horizon: int,
-               adapt_steps: int, seed: int, rule: str = "best") -> tuple[float, dict]:
+               adapt_steps: int, seed: int, rule: str = "best", heads: str = "all") -> tuple[float, dict]:
     """eta by leave-one-episode-out validation inside the adaptation episodes (MerPO gives no
     value, ALGORITHMS 2a: "choose it by validation"): for each eta, adapt on all but one of the
     `fit` episodes and score the H-step reward NLL on the one left out. The task's other
@@ -276,7 +286,7 @@ def select_eta(model: WorldModel, store: EpisodeStore, fit: list[int], grid: lis
     caches = [encode_store(model, store, fit[:i] + fit[i + 1:]) for i in range(len(fit))]
     per_ep = {}
     for e in grid:
-        per_ep[f"{e:g}"] = [prediction_losses(_adapted(model, c, adapt_steps, e, seed), [ep], horizon)["reward_nll"]
+        per_ep[f"{e:g}"] = [prediction_losses(_adapted(model, c, adapt_steps, e, seed, heads), [ep], horizon)["reward_nll"]
                             for c, ep in zip(caches, eps, strict=True)]
     scores = {k: float(np.mean(v)) for k, v in per_ep.items()}
     best = min(grid, key=lambda e: scores[f"{e:g}"])
@@ -291,9 +301,12 @@ def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, 
                 eta: float, seed: int, n_adapt: int = 5, full_scratch: bool = True,
                 workdir: Path | None = None, max_tasks: int | None = None,
                 eta_sweep: list[float] | None = None, eta_grid: list[float] | None = None,
-                eta_rule: str = "best", log=print) -> dict:
+                eta_rule: str = "best", heads: list[str] | None = None, log=print) -> dict:
     """`eta_grid`: choose eta per task by `select_eta` with `eta_rule` (else the fixed `eta`);
-    the model the other rule would have chosen is scored too (`adapted_other_rule`)."""
+    the model the other rule would have chosen is scored too (`adapted_other_rule`).
+    `heads`: which theta_j parameters adapt (`adapt`); the first makes the headline keys,
+    each other one is adapted and selected the same way and reported with a `_heads_H` suffix."""
+    heads = list(heads or ["all"])
     other_rule = {"best": "1se", "1se": "best"}.get(eta_rule, "best")
     per_task = []
     for task in sorted(set(test_store.episode_task.tolist()))[:max_tasks]:
@@ -306,9 +319,10 @@ def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, 
         phi = task_model(model, 0)
         eta_task, eta_info = eta, None
         if eta_grid:
-            eta_task, eta_info = select_eta(model, test_store, fit, eta_grid, horizon, adapt_steps, seed, eta_rule)
+            eta_task, eta_info = select_eta(model, test_store, fit, eta_grid, horizon, adapt_steps, seed, eta_rule,
+                                            heads[0])
             log(f"task {task}: eta {eta_task:g} by leave-one-episode-out ({eta_rule}) {eta_info['scores']}")
-        adapted = _adapted(model, cache, adapt_steps, eta_task, seed)
+        adapted = _adapted(model, cache, adapt_steps, eta_task, seed, heads[0])
         scratch = adapt(model, cache, steps=adapt_steps, init="scratch", seed=seed)
         row = {"task": task, "eta": eta_task if np.isfinite(eta_task) else "inf (phi)", "phi": prediction_losses(phi, held_eps, horizon),
                "adapted": prediction_losses(adapted, held_eps, horizon),
@@ -319,7 +333,16 @@ def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, 
             row["eta_by_rule"] = {r: (eta_info[r] if np.isfinite(eta_info[r]) else "inf (phi)") for r in ("best", "1se")}
             other = eta_info[other_rule]
             row["adapted_other_rule"] = (row["adapted"] if other == eta_task else
-                                         prediction_losses(_adapted(model, cache, adapt_steps, other, seed), held_eps, horizon))
+                                         prediction_losses(_adapted(model, cache, adapt_steps, other, seed, heads[0]),
+                                                           held_eps, horizon))
+        for hd in heads[1:]:
+            e_hd = eta
+            if eta_grid:
+                e_hd, info_hd = select_eta(model, test_store, fit, eta_grid, horizon, adapt_steps, seed, eta_rule, hd)
+                row[f"eta_validation_heads_{hd}"] = info_hd["scores"]
+            row[f"eta_heads_{hd}"] = e_hd if np.isfinite(e_hd) else "inf (phi)"
+            row[f"adapted_heads_{hd}"] = prediction_losses(_adapted(model, cache, adapt_steps, e_hd, seed, hd),
+                                                           held_eps, horizon)
         log(f"task {task}: phi/adapted/scratch heads evaluated")
         for e in eta_sweep or []:
             m = adapt(model, cache, steps=adapt_steps, eta=e, seed=seed)
@@ -337,7 +360,8 @@ def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, 
     def ratio(a: str, b: str, key: str) -> float:
         return float(np.mean([r[a][key] for r in per_task]) / np.mean([r[b][key] for r in per_task]))
 
-    out = {"meta_tasks": per_task, "adapt_steps": adapt_steps, "eta": eta if not eta_grid else "selected",
+    out = {"meta_tasks": per_task, "adapt_steps": adapt_steps, "adapt_heads": heads,
+           "eta": eta if not eta_grid else "selected",
            "eta_grid": eta_grid or None, "eta_rule": eta_rule if eta_grid else None, "adapt_episodes": n_adapt}
     if eta_grid and per_task:
         out[f"adapted_over_meta_loss_ratio_rule_{other_rule}"] = ratio("adapted_other_rule", "phi", "reward_nll")
@@ -348,6 +372,11 @@ def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, 
         out[f"adapted_over_scratch_heads{suffix}_loss_ratio"] = ratio("adapted", "scratch_heads", key)
         if per_task and "scratch_model" in per_task[0]:
             out[f"adapted_over_scratch{suffix}_loss_ratio"] = ratio("adapted", "scratch_model", key)
+        for hd in heads[1:]:
+            out[f"adapted_over_meta{suffix}_loss_ratio_heads_{hd}"] = ratio(f"adapted_heads_{hd}", "phi", key)
+            if per_task and "scratch_model" in per_task[0]:
+                out[f"adapted_over_scratch{suffix}_loss_ratio_heads_{hd}"] = ratio(f"adapted_heads_{hd}",
+                                                                                  "scratch_model", key)
     return out
 
 
@@ -355,7 +384,7 @@ def run_family(train_store: str, test_store: str, config: str, out_dir: Path, st
                run_dir: str | None, horizon: int, adapt_steps: int, eta: float | None, seed: int,
                full_scratch: bool, max_tasks: int | None = None, eta_sweep: list[float] | None = None,
                eta_grid: list[float] | None = None, ood_horizon: int | None = None, with_meta: bool = True,
-               log=print, plot: Path | None = None, eta_rule: str = "best") -> dict:
+               log=print, plot: Path | None = None, eta_rule: str = "best", heads: list[str] | None = None) -> dict:
     res: dict = {"train_store": train_store, "test_store": test_store}
     if run_dir is None:
         cfg = load_config(config)
@@ -396,7 +425,7 @@ def run_family(train_store: str, test_store: str, config: str, out_dir: Path, st
         res.update(meta_checks(model, cfg, EpisodeStore.open(test_store), horizon, adapt_steps,
                                cfg.eta if eta is None else eta, seed, full_scratch=full_scratch,
                                workdir=out_dir, max_tasks=max_tasks, eta_sweep=eta_sweep, eta_grid=eta_grid, eta_rule=eta_rule,
-                               log=log))
+                               heads=heads, log=log))
     res["eval_seconds"] = time.perf_counter() - t0
     return res
 
@@ -425,12 +454,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --eta-select: best (default) takes the eta of lowest validation loss; 1se the largest "
                          "eta within one standard error of it (the one-standard-error rule); the other rule's "
                          "ratio is reported too")
+    ap.add_argument("--adapt-heads", default="all",
+                    help="which theta_j parameters adapt to a held-out task, comma-separated from "
+                         f"{', '.join(ADAPT_HEADS)}: all (reward + prior heads, MerPO 2a), reward (reward head), "
+                         "reward_offset (the reward head's output bias alone); the first makes the headline "
+                         "keys, the others are reported beside them (keys ending _heads_NAME)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads for evaluation (2 threads collapse on shared cores)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="results/wm_bench", help="runs and scratch models go here")
     ap.add_argument("--out", default=None, help="write the JSON here")
     args = ap.parse_args(argv)
+    heads = [h.strip() for h in args.adapt_heads.split(",") if h.strip()]
+    bad = [h for h in heads if h not in ADAPT_HEADS]
+    if bad or not heads:
+        ap.error(f"--adapt-heads {args.adapt_heads!r}: expected a comma-separated list of {', '.join(ADAPT_HEADS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     out_dir = Path(args.workdir)
@@ -446,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
                                    args.ood_horizon, not args.no_meta, log=lambda m: print(m, file=sys.stderr),
                                    plot=(Path(args.out).with_name(f"{Path(args.out).stem}_{name}_uncertainty.png")
                                          if args.out else out_dir / name / "uncertainty.png"),
-                                   eta_rule=args.eta_rule)
+                                   eta_rule=args.eta_rule, heads=heads)
     keys = ("uncertainty_error_spearman", "ood_action_auroc", "adapted_over_meta_loss_ratio",
             "adapted_over_scratch_loss_ratio", "ood_action_separability", "data_wait_share")
     results["summary"] = {k: {n: results[n].get(k) for n, _, _ in args.family} for k in keys}

@@ -92,3 +92,26 @@ def test_reward_only_adaptation_keeps_phis_prior_heads(tiny_synthetic_model):
     assert not torch.equal(m.heads.reward_w[0], model.heads.reward_w[0][:1])
     with pytest.raises(ValueError, match="heads"):
         adapt(model, cache, steps=1, heads="prior")
+
+
+def test_reward_offset_adaptation_moves_only_the_reward_bias_and_fits_a_shifted_reward(tiny_synthetic_model):
+    """heads="reward_offset": theta_j differs from phi in the reward head's output bias alone,
+    and that bias moves by the shift of a task whose rewards are phi's predictions + c."""
+    store, model = tiny_synthetic_model(episodes=2, length=12)
+    cache = encode_store(model, EpisodeStore.open(store))
+    phi = task_model(model, 0)
+    with torch.no_grad():  # the task: phi's own reward prediction of each row, shifted by 0.7
+        feat = torch.from_numpy(cache.arrays["feat"]).float()
+        pred = phi.heads.reward(feat[:, None], torch.zeros(len(feat), dtype=torch.long))[:, 0].numpy()
+    r = cache.arrays["reward"]
+    ends = np.asarray(cache.episode_ends)
+    starts = np.concatenate([[0], ends[:-1]])
+    for s, e in zip(starts, ends, strict=True):  # row t's reward is predicted from s_{t+1}
+        r[s:e - 1] = pred[s + 1:e] + 0.7
+    m = adapt(model, cache, steps=300, heads="reward_offset", eta=0.0, lr=1e-2)
+    last = len(m.heads.reward_b) - 1
+    for n, p in m.heads.named_parameters():
+        if n != f"reward_b.{last}":
+            assert torch.equal(p, phi.heads.get_parameter(n)), n
+    shift = float((m.heads.reward_b[last][0, 0] - phi.heads.reward_b[last][0, 0]).detach())
+    assert abs(shift - 0.7) < 0.1, shift

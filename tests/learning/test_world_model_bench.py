@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from learning.benchmarks.store import bench_spec, synthetic_episode
-from learning.benchmarks.world_model import auroc, main, spearman
+from learning.benchmarks.world_model import auroc, main, paired_auroc, spearman
 from learning.store import EpisodeWriter
 
 
@@ -19,6 +19,11 @@ def test_spearman_and_auroc():
     assert auroc(np.ones(5), np.zeros(5)) == 0.0
     rng = np.random.default_rng(0)
     assert abs(auroc(rng.normal(size=2000), rng.normal(size=2000)) - 0.5) < 0.05
+    # paired: a per-state offset that swamps the pooled AUROC leaves the pairs' order intact
+    base = rng.normal(scale=10.0, size=2000)
+    assert paired_auroc(base, base + 0.1) == 1.0 and paired_auroc(base + 0.1, base) == 0.0
+    assert auroc(base, base + 0.1) < 0.6
+    assert paired_auroc(np.ones(4), np.ones(4)) == 0.5
 
 
 def test_benchmark_runs_end_to_end_on_tiny(tmp_path):
@@ -32,20 +37,28 @@ def test_benchmark_runs_end_to_end_on_tiny(tmp_path):
     out = tmp_path / "b.json"
     assert main(["--family", "syn", str(tmp_path / "train.zarr"), str(tmp_path / "test.zarr"),
                  "--config", str(tmp_path / "c.json"), "--adapt-steps", "4", "--horizon", "3",
-                 "--ood-horizon", "5", "--eta-select", "0,1e-2",
+                 "--ood-horizon", "5", "--eta-select", "0,1e-2", "--adapt-heads", "all,reward_offset",
                  "--workdir", str(tmp_path / "w"), "--out", str(out)]) == 0
     res = json.loads(out.read_text())["syn"]
     for key in ("uncertainty_error_spearman", "ood_action_auroc", "adapted_over_meta_loss_ratio",
                 "adapted_over_scratch_loss_ratio", "adapted_over_meta_image_loss_ratio",
                 "train_steps_per_s", "data_wait_share"):
         assert np.isfinite(res[key]), key
-    assert 0 <= res["ood_action_auroc"] <= 1
+    assert 0 <= res["ood_action_auroc"] <= 1 and 0 <= res["ood_action_auroc_paired"] <= 1
     assert res["uncertainty_plot"] == str(tmp_path / "b_syn_uncertainty.png")
     assert (tmp_path / "b_syn_uncertainty.png").stat().st_size > 10_000  # both panels drawn
     assert res["ood_horizon"] == 5 and res["eta"] == "selected"
     assert all(r["eta"] in (0.0, 1e-2) and set(r["eta_validation"]) == {"0", "0.01"} for r in res["meta_tasks"])
     assert res["eta_rule"] == "best" and np.isfinite(res["adapted_over_meta_loss_ratio_rule_1se"])
     assert all(r["eta"] == r["eta_by_rule"]["best"] for r in res["meta_tasks"])
+    # the second --adapt-heads entry: selected and scored beside the headline
+    assert res["adapt_heads"] == ["all", "reward_offset"]
+    assert all(r["eta_heads_reward_offset"] in (0.0, 1e-2) for r in res["meta_tasks"])
+    for key in ("adapted_over_meta_loss_ratio_heads_reward_offset", "adapted_over_scratch_loss_ratio_heads_reward_offset",
+                "adapted_over_meta_image_loss_ratio_heads_reward_offset"):
+        assert np.isfinite(res[key]), key
+    with pytest.raises(SystemExit):  # a bad name: argparse's one-line error
+        main(["--family", "syn", "a", "b", "--adapt-heads", "all,prior"])
     out2 = tmp_path / "b2.json"  # uncertainty checks alone, on the run just trained
     assert main(["--family", "syn", str(tmp_path / "train.zarr"), str(tmp_path / "test.zarr"), "--run", res["run"],
                  "--horizon", "3", "--ood-horizon", "5", "--no-meta", "--workdir", str(tmp_path / "w"), "--out", str(out2)]) == 0
