@@ -50,8 +50,8 @@ from learning.merpo import (
     transitions,
     uncertainty_std,
 )
+from learning.meta_model import ADAPT_HEADS, task_model
 from learning.meta_model import adapt as adapt_model
-from learning.meta_model import task_model
 from learning.rac import RACConfig, TanhGaussianActor, TwinCritic
 from learning.runtime.spec import PolicySpec
 from learning.store import EpisodeStore, StoreSpec
@@ -65,11 +65,19 @@ class RunConfig:
     world_model: wmt.TrainConfig = field(default_factory=wmt.TrainConfig)
     merpo: MerPOConfig = field(default_factory=MerPOConfig)
     adapt_model_steps: int = 500  # theta_j steps on the new task's latents [ours]
+    # which theta_j parameters adapt (meta_model.ADAPT_HEADS): all = reward + prior heads (MerPO
+    # 2a); reward_offset = the reward head's output bias alone [ours], for logs too small to fit
+    # more (README, world-model benchmark)
+    adapt_model_heads: str = "all"
     baseline_steps: int = 0  # pooled pretraining updates of the baselines (0: MerPO's total RAC updates)
     checkpoint_every: int = 50  # meta-steps between MerPO checkpoints
     log_every: int = 10  # meta-steps between scalar logs
     eval_every: int = 0  # meta-steps between sim evaluations of pi_c (0 = off)
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.adapt_model_heads not in ADAPT_HEADS:
+            raise ValueError(f"adapt_model_heads {self.adapt_model_heads!r}: expected one of {', '.join(ADAPT_HEADS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"world_model": self.world_model.to_dict(), "merpo": self.merpo.to_dict(),
@@ -471,7 +479,8 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         cache = LatentCache.load(shared / "latents.npz")
     else:
         cache = encode_store(model, store, eps, device=str(device))
-        theta = adapt_model(model, cache, steps=cfg.adapt_model_steps, eta=cfg.world_model.eta, seed=mc.seed)
+        theta = adapt_model(model, cache, steps=cfg.adapt_model_steps, eta=cfg.world_model.eta, seed=mc.seed,
+                            heads=cfg.adapt_model_heads)
         shared.mkdir(parents=True, exist_ok=True)
         cache.save(shared / "latents.npz")
         wmt.save_checkpoint(shared / "task_model.pt", theta, None, 0,

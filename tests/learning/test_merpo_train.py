@@ -133,6 +133,12 @@ def test_bad_input_gives_one_line_errors(trained, family, tmp_path):
     proc = vmerpo("train", "--data", str(other), "--config", "tiny", "--world-model", str(trained / "world_model"),
                   "--out", str(tmp_path / "v"))
     assert proc.returncode == 2 and "action limits" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    # a config naming theta_j parameters that do not exist
+    cfg = tmp_path / "bad_heads.json"
+    cfg.write_text(json.dumps({"preset": "tiny", "adapt_model_heads": "prior"}))
+    proc = vmerpo("train", "--data", str(train_store), "--config", str(cfg), "--out", str(tmp_path / "u"))
+    assert proc.returncode == 2 and "adapt_model_heads 'prior'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
     # omega by hand: only for learners that have it, and only in [0, 1]
     for method, omega, why in (("bc", "0.5", "applies to merpo and rac"), ("merpo", "1.5", "must be in [0, 1]")):
         proc = vmerpo("adapt", "--run", str(trained), "--data", str(heldout), "--method", method,
