@@ -59,7 +59,7 @@ def head_losses(model: WorldModel, feat: torch.Tensor, z_std: torch.Tensor, rewa
             "reward_nll": 0.5 * ((r_hat - reward[:, 0]) ** 2).mean()}
 
 
-ADAPT_HEADS = ("all", "reward", "reward_offset")  # which theta_j parameters `adapt` fits
+ADAPT_HEADS = ("all", "reward", "reward_last", "reward_offset")  # which theta_j parameters `adapt` fits
 
 
 def adapt(model: WorldModel, cache: LatentCache, steps: int = 500, eta: float = 1e-3,
@@ -69,6 +69,7 @@ def adapt(model: WorldModel, cache: LatentCache, steps: int = 500, eta: float = 
     `model`), on a new task's cached latents. init="scratch": fresh heads and no proximal
     term (the baseline). heads="reward": only the reward head adapts, the prior heads stay
     phi's (for families whose tasks share the dynamics and differ in the reward alone).
+    heads="reward_last": the reward head's last layer (weights and bias) on phi's hidden layers.
     heads="reward_offset": only the reward head's output bias adapts, a per-task reward
     offset with every other parameter held at phi (eta = inf for them) [ours]: the lowest-
     variance adaptation, for logs too small or too unrepresentative to fit more (README,
@@ -84,9 +85,10 @@ def adapt(model: WorldModel, cache: LatentCache, steps: int = 500, eta: float = 
         torch.manual_seed(seed)
         m.heads = TaskHeads(m.cfg).to(device)
         eta = 0.0
-    offset = f"reward_b.{len(m.heads.reward_b) - 1}"
+    last = len(m.heads.reward_b) - 1
+    wanted = {"reward_last": {f"reward_w.{last}", f"reward_b.{last}"}, "reward_offset": {f"reward_b.{last}"}}
     chosen = [(n, p) for n, p in m.heads.named_parameters()
-              if heads == "all" or (heads == "reward" and n.startswith("reward_")) or n == offset]
+              if heads == "all" or (heads == "reward" and n.startswith("reward_")) or n in wanted.get(heads, ())]
     phi = [p.detach().clone() for _, p in chosen]
     for p in m.parameters():
         p.requires_grad_(False)

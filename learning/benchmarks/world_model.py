@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapt-heads", default="all",
                     help="which theta_j parameters adapt to a held-out task, comma-separated from "
                          f"{', '.join(ADAPT_HEADS)}: all (reward + prior heads, MerPO 2a), reward (reward head), "
-                         "reward_offset (the reward head's output bias alone); the first makes the headline "
+                         "reward_last (its last layer), reward_offset (its output bias alone); the first makes the headline "
                          "keys, the others are reported beside them (keys ending _heads_NAME)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads for evaluation (2 threads collapse on shared cores)")

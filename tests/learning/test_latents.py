@@ -115,3 +115,17 @@ def test_reward_offset_adaptation_moves_only_the_reward_bias_and_fits_a_shifted_
             assert torch.equal(p, phi.heads.get_parameter(n)), n
     shift = float((m.heads.reward_b[last][0, 0] - phi.heads.reward_b[last][0, 0]).detach())
     assert abs(shift - 0.7) < 0.1, shift
+
+
+@pytest.mark.parametrize("heads,moved", [("reward", {"reward_w.0", "reward_b.0", "reward_w.1", "reward_b.1",
+                                                     "reward_w.2", "reward_b.2"}),
+                                         ("reward_last", {"reward_w.2", "reward_b.2"}),
+                                         ("reward_offset", {"reward_b.2"})])
+def test_each_adaptation_scope_moves_exactly_its_parameters(tiny_synthetic_model, heads, moved):
+    store, model = tiny_synthetic_model(episodes=2, length=12)
+    cache = encode_store(model, EpisodeStore.open(store))
+    phi = task_model(model, 0)
+    assert len(phi.heads.reward_w) == 3  # the tiny preset's reward MLP: two hidden layers
+    m = adapt(model, cache, steps=5, heads=heads, eta=0.0, lr=1e-2)
+    changed = {n for n, p in m.heads.named_parameters() if not torch.equal(p, phi.heads.get_parameter(n))}
+    assert changed == moved
