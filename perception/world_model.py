@@ -71,6 +71,13 @@ class WorldModelConfig:
     # them the members disagree even when the trained parts agree. 0 = off (LOMPO). The bench
     # preset's 3 comes from a sweep 1 / 3 / 10 with heads refit on cached latents (README).
     prior_random_scale: float = 0.0
+    # [ours] function-space prior anchoring at context points (Rudner et al. 2023, function-space
+    # regularization): at every posterior state of a window, a uniform action from the action
+    # box, and the heads' trained part of each member's mean is pulled towards 0 there, so that
+    # away from the data each member reverts to its own random prior function (above) and the
+    # members disagree. Needs prior_action and prior_random_scale. Weight of that squared mean;
+    # 0 = off (LOMPO). The bench preset's value: README, world-model benchmark.
+    prior_context_scale: float = 0.0
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size)
@@ -83,6 +90,11 @@ class WorldModelConfig:
             raise ValueError(f"uncertainty {self.uncertainty!r} not one of {UNCERTAINTIES}")
         if not (math.isfinite(self.prior_random_scale) and self.prior_random_scale >= 0.0):
             raise ValueError(f"prior_random_scale {self.prior_random_scale} must be a finite number >= 0")
+        if not (math.isfinite(self.prior_context_scale) and self.prior_context_scale >= 0.0):
+            raise ValueError(f"prior_context_scale {self.prior_context_scale} must be a finite number >= 0")
+        if self.prior_context_scale and not (self.prior_action and self.prior_random_scale):
+            raise ValueError("prior_context_scale needs prior_action and prior_random_scale "
+                             "(the heads must read the action and have random priors to revert to)")
 
     @property
     def feat_dim(self) -> int:
@@ -353,6 +365,18 @@ class WorldModel(nn.Module):
         out = {"kl": kl_prior.mean().detach(), "kl_loss": kl_mean.detach(),
                "image_nll": image_nll.detach(), "reward_nll": reward_nll.detach(),
                "post_std": qs.mean().detach(), "prior_std": ps.mean().detach()}
+        if cfg.prior_context_scale:  # context points: the data's states, uniform actions
+            lo, hi = self.action_low, self.action_high
+            u = torch.rand((B, L, lo.shape[0]), generator=generator).to(x.device)
+            a_ctx = lo + (hi - lo) * u
+            with torch.no_grad():  # the shared GRU is not trained by this term
+                h_ctx = self.transition(post["h"].detach().flatten(0, 1), post["z"].detach().flatten(0, 1),
+                                        a_ctx.flatten(0, 1)).unflatten(0, (B, L))
+            x_ctx = torch.cat([h_ctx, self.action_in(a_ctx).to(h_ctx.dtype)], -1)
+            mu_trained, _ = self.heads.prior(x_ctx, slot)  # without the random prior functions
+            context = mu_trained.pow(2).mean()
+            loss = loss + cfg.prior_context_scale * context
+            out["prior_context"] = context.detach()
         if cfg.pooled_reward_scale:
             r_pool = self.pooled_reward(feat[:, 1:]).squeeze(-1).float()
             pooled_nll = 0.5 * ((r_pool - reward[:, :-1]) ** 2).mean()
