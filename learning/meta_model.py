@@ -115,3 +115,71 @@ def adapt(model: WorldModel, cache: LatentCache, steps: int = 500, eta: float = 
     for p in m.parameters():
         p.requires_grad_(False)
     return m.eval()
+
+
+def refit_prior_heads(model: WorldModel, cache: LatentCache, steps: int = 1500, context_scale: float = 30.0,
+                      bootstrap: float = 0.5, batch_size: int = 256, lr: float = 1e-3, seed: int = 0) -> dict:
+    """[ours] Refit the K prior heads on the cached latents of the training data, with the
+    representation (encoder, GRU, posterior) frozen, and give every task slot the result.
+
+    In joint training the heads chase a moving latent space; here they train to convergence on
+    the final one: each member on its own bootstrap half of the episodes (`bootstrap`, 0 or 1:
+    all), KL(post(z_{t+1}) || prior_k(h_{t+1}, a_t)) per member, plus the context term of
+    `WorldModelConfig.prior_context_scale` with weight `context_scale` (at every sampled state a
+    uniform action; the heads' trained part pulled to 0 there, so the members revert to their
+    random priors off the data). One set of prior heads for all tasks: for families whose tasks
+    share the dynamics and differ in the reward (Meta-World reach/push: the goal); the reward
+    heads are untouched. Needs the random priors and action-reading heads. In place; returns
+    the final losses."""
+    cfg = model.cfg
+    if not (cfg.prior_action and cfg.prior_random_scale):
+        raise ValueError("refit_prior_heads needs a model with prior_action and prior_random_scale (the bench preset)")
+    Z, K = cfg.stoch, cfg.ensemble
+    a = cache.arrays
+    feat = torch.from_numpy(np.asarray(a["feat"], np.float32))
+    z_std = torch.from_numpy(np.asarray(a["z_std"], np.float32))
+    act = torch.from_numpy(np.asarray(a["action"], np.float32))
+    ends = np.asarray(cache.episode_ends)
+    starts = np.concatenate([[0], ends[:-1]])
+    episode_of = torch.from_numpy(np.repeat(np.arange(len(ends)), ends - starts))
+    rows = np.concatenate([np.arange(s, e - 1) for s, e in zip(starts, ends, strict=True)])  # t with t+1 in its episode
+    if not len(rows):
+        raise ValueError("refit_prior_heads: the cache has no episode of 2 or more steps")
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    mask = rng.random((len(ends), K)) < bootstrap if 0 < bootstrap < 1 else np.ones((len(ends), K), bool)
+    mask[~mask.any(1), rng.integers(K)] = True  # every episode trains some member
+    mask_t = torch.from_numpy(mask).float()
+    device = next(model.parameters()).device
+    phi = task_model(model, 0).cpu()
+    for p in phi.parameters():
+        p.requires_grad_(False)
+    params = [p for n, p in phi.heads.named_parameters() if n.startswith("prior_")]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    slot = torch.zeros(batch_size, dtype=torch.long)
+    lo, hi = phi.action_low, phi.action_high
+    kl_mean = ctx = torch.zeros(())
+    for _ in range(steps):
+        t = torch.from_numpy(rng.choice(rows, batch_size))
+        mu, std = phi.prior(feat[t + 1, Z:], slot, act[t])  # [B, K, Z]
+        kl = gaussian_kl(feat[t + 1, None, :Z], z_std[t + 1, None], mu, std).clamp(min=cfg.free_nats)
+        w = mask_t[episode_of[t]]
+        kl_mean = ((kl * w).sum(1) / w.sum(1)).mean()
+        loss = cfg.kl_scale * kl_mean
+        if context_scale:
+            u = lo + (hi - lo) * torch.rand((batch_size, lo.shape[0]), generator=gen)
+            with torch.no_grad():
+                h_ctx = phi.transition(feat[t, Z:], feat[t, :Z], u)
+            mu_trained, _ = phi.heads.prior(torch.cat([h_ctx, phi.action_in(u)], -1), slot)
+            ctx = mu_trained.pow(2).mean()
+            loss = loss + context_scale * ctx
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        for name, p in model.heads.named_parameters():
+            if name.startswith("prior_"):
+                p.copy_(phi.heads.get_parameter(name)[0].to(device).expand_as(p))
+    return {"kl": float(kl_mean.detach()), "context": float(ctx.detach()), "steps": steps}

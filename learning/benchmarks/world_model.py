@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from learning.latents import encode_store, filter_episodes
-from learning.meta_model import ADAPT_HEADS, adapt, task_model
+from learning.meta_model import ADAPT_HEADS, adapt, refit_prior_heads, task_model
 from learning.store import EpisodeStore
 from learning.world_model_train import load_config, load_world_model, train
 from perception.world_model import WorldModel, latent_uncertainty
@@ -384,7 +384,8 @@ def run_family(train_store: str, test_store: str, config: str, out_dir: Path, st
                run_dir: str | None, horizon: int, adapt_steps: int, eta: float | None, seed: int,
                full_scratch: bool, max_tasks: int | None = None, eta_sweep: list[float] | None = None,
                eta_grid: list[float] | None = None, ood_horizon: int | None = None, with_meta: bool = True,
-               log=print, plot: Path | None = None, eta_rule: str = "best", heads: list[str] | None = None) -> dict:
+               log=print, plot: Path | None = None, eta_rule: str = "best", heads: list[str] | None = None,
+               refit: tuple[int, float] | None = None) -> dict:
     res: dict = {"train_store": train_store, "test_store": test_store}
     if run_dir is None:
         cfg = load_config(config)
@@ -399,6 +400,13 @@ def run_family(train_store: str, test_store: str, config: str, out_dir: Path, st
         summary = {**last, "final": last}
     model, meta = load_world_model(run_dir)
     cfg = meta["config"]
+    if refit and refit[0]:  # the prior heads refit on the training episodes' cached latents
+        train_eps = json.loads((Path(run_dir) / "config.json").read_text())["train_episodes"]
+        t_refit = time.perf_counter()
+        res["refit_heads"] = {**refit_prior_heads(model, encode_store(model, EpisodeStore.open(train_store), train_eps),
+                                                  steps=refit[0], context_scale=refit[1], seed=seed),
+                              "context_scale": refit[1], "seconds": time.perf_counter() - t_refit}
+        log(f"prior heads refit: {res['refit_heads']}")
     res.update({"run": run_dir, "train_steps": summary["step"], "train_seconds": summary.get("seconds"),
                 "train_steps_per_s": summary["steps_per_s"], "train_frames_per_s": summary["frames_per_s"],
                 "data_wait_share": summary["data_wait_share"], "final_train": summary.get("final")})
@@ -459,6 +467,11 @@ def main(argv: list[str] | None = None) -> int:
                          f"{', '.join(ADAPT_HEADS)}: all (reward + prior heads, MerPO 2a), reward (reward head), "
                          "reward_last (its last layer), reward_offset (its output bias alone); the first makes the headline "
                          "keys, the others are reported beside them (keys ending _heads_NAME)")
+    ap.add_argument("--refit-heads", type=int, default=0, metavar="STEPS",
+                    help="first refit the prior heads on the training episodes' cached latents for STEPS steps "
+                         "(learning.meta_model.refit_prior_heads; one set for all tasks), default 0: off")
+    ap.add_argument("--refit-context", type=float, default=30.0,
+                    help="with --refit-heads: weight of the context term (uniform actions at the data's states)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads for evaluation (2 threads collapse on shared cores)")
     ap.add_argument("--seed", type=int, default=0)
@@ -484,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
                                    args.ood_horizon, not args.no_meta, log=lambda m: print(m, file=sys.stderr),
                                    plot=(Path(args.out).with_name(f"{Path(args.out).stem}_{name}_uncertainty.png")
                                          if args.out else out_dir / name / "uncertainty.png"),
-                                   eta_rule=args.eta_rule, heads=heads)
+                                   eta_rule=args.eta_rule, heads=heads,
+                                   refit=(args.refit_heads, args.refit_context))
     keys = ("uncertainty_error_spearman", "ood_action_auroc", "adapted_over_meta_loss_ratio",
             "adapted_over_scratch_loss_ratio", "ood_action_separability", "data_wait_share")
     results["summary"] = {k: {n: results[n].get(k) for n, _, _ in args.family} for k in keys}

@@ -129,3 +129,46 @@ def test_each_adaptation_scope_moves_exactly_its_parameters(tiny_synthetic_model
     m = adapt(model, cache, steps=5, heads=heads, eta=0.0, lr=1e-2)
     changed = {n for n, p in m.heads.named_parameters() if not torch.equal(p, phi.heads.get_parameter(n))}
     assert changed == moved
+
+
+def _random_cache(cfg, episodes=4, length=10, seed=0) -> LatentCache:
+    rng = np.random.default_rng(seed)
+    T = episodes * length
+    arrays = {"feat": rng.normal(size=(T, cfg.stoch + cfg.deter)).astype(np.float32),
+              "z_std": np.full((T, cfg.stoch), 0.5, np.float32),
+              "action": rng.uniform(-0.2, 0.2, (T, cfg.action_dim)).astype(np.float32),  # a narrow cloud
+              "reward": rng.normal(size=T).astype(np.float32), "terminal": np.zeros(T, np.float32)}
+    ends = np.arange(1, episodes + 1) * length
+    return LatentCache(arrays, ends, np.zeros(episodes, np.int64), np.arange(episodes))
+
+
+def test_refit_prior_heads_gives_every_slot_one_set_and_reverts_to_the_random_priors_off_the_data():
+    from learning.meta_model import refit_prior_heads
+    from perception.world_model import WorldModel, WorldModelConfig
+
+    cfg = WorldModelConfig(image_size=32, input_size=32, cnn_depth=4, deter=16, stoch=6, hidden=16,
+                           reward_hidden=16, ensemble=3, action_dim=2, n_slots=3)
+    with pytest.raises(ValueError, match="prior_action and prior_random_scale"):
+        refit_prior_heads(WorldModel(cfg), _random_cache(cfg), steps=1)
+    cfg = dataclasses.replace(cfg, prior_action=True, prior_random_scale=3.0)
+    cache = _random_cache(cfg)
+    trained_part = {}
+    for scale in (0.0, 100.0):
+        torch.manual_seed(0)
+        m = WorldModel(cfg)
+        with torch.no_grad():  # task slots that differ before the refit
+            m.heads.prior_b1[1] += 1.0
+        reward_before = [p.clone() for p in m.heads.reward_w]
+        out = refit_prior_heads(m, cache, steps=60, context_scale=scale, batch_size=32)
+        assert out["steps"] == 60 and np.isfinite(out["kl"])
+        for name, p in m.heads.named_parameters():
+            if name.startswith("prior_"):
+                assert torch.equal(p[1], p[0]) and torch.equal(p[2], p[0]), name
+        assert all(torch.equal(a, b) for a, b in zip(reward_before, m.heads.reward_w, strict=True))
+        with torch.no_grad():  # the heads' trained part at uniform actions (no random prior)
+            f = torch.from_numpy(cache.arrays["feat"])
+            u = torch.rand(len(f), 2, generator=torch.Generator().manual_seed(1)) * 2 - 1
+            h = m.transition(f[:, 6:], f[:, :6], u)
+            mu, _ = m.heads.prior(torch.cat([h, m.action_in(u)], -1), torch.zeros(len(f), dtype=torch.long))
+            trained_part[scale] = float(mu.pow(2).mean())
+    assert trained_part[100.0] < 0.5 * trained_part[0.0], trained_part

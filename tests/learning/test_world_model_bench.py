@@ -33,7 +33,8 @@ def test_benchmark_runs_end_to_end_on_tiny(tmp_path):
             for t in tasks:
                 for _ in range(n):
                     w.add_episode(synthetic_episode(rng, 20, 32), task_id=t, success=False)
-    (tmp_path / "c.json").write_text(json.dumps({"preset": "tiny", "steps": 6, "holdout_every": 4}))
+    (tmp_path / "c.json").write_text(json.dumps({"preset": "tiny", "steps": 6, "holdout_every": 4,
+                                                 "model": {"prior_action": True, "prior_random_scale": 3.0}}))
     out = tmp_path / "b.json"
     assert main(["--family", "syn", str(tmp_path / "train.zarr"), str(tmp_path / "test.zarr"),
                  "--config", str(tmp_path / "c.json"), "--adapt-steps", "4", "--horizon", "3",
@@ -64,6 +65,14 @@ def test_benchmark_runs_end_to_end_on_tiny(tmp_path):
                  "--horizon", "3", "--ood-horizon", "5", "--no-meta", "--workdir", str(tmp_path / "w"), "--out", str(out2)]) == 0
     res2 = json.loads(out2.read_text())["syn"]
     assert "adapted_over_meta_loss_ratio" not in res2
+    # the prior heads refit first (the bench preset's random priors reading the action)
+    out3 = tmp_path / "b3.json"
+    assert main(["--family", "syn", str(tmp_path / "train.zarr"), str(tmp_path / "test.zarr"), "--run", res["run"],
+                 "--horizon", "3", "--no-meta", "--refit-heads", "5", "--workdir", str(tmp_path / "w"),
+                 "--out", str(out3)]) == 0
+    res3 = json.loads(out3.read_text())["syn"]
+    assert res3["refit_heads"]["steps"] == 5 and res3["refit_heads"]["context_scale"] == 30.0
+    assert np.isfinite(res3["uncertainty_error_spearman"]) and 0 <= res3["ood_action_auroc"] <= 1
     assert res2["uncertainty_error_spearman"] == res["uncertainty_error_spearman"]  # same seed, same model
 
 
