@@ -159,7 +159,6 @@ def refit_prior_heads(model: WorldModel, cache: LatentCache, steps: int = 1500, 
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
     slot = torch.zeros(batch_size, dtype=torch.long)
-    lo, hi = phi.action_low, phi.action_high
     kl_mean = ctx = torch.zeros(())
     for _ in range(steps):
         t = torch.from_numpy(rng.choice(rows, batch_size))
@@ -169,11 +168,7 @@ def refit_prior_heads(model: WorldModel, cache: LatentCache, steps: int = 1500, 
         kl_mean = ((kl * w).sum(1) / w.sum(1)).mean()
         loss = cfg.kl_scale * kl_mean
         if context_scale:
-            u = lo + (hi - lo) * torch.rand((batch_size, lo.shape[0]), generator=gen)
-            with torch.no_grad():
-                h_ctx = phi.transition(feat[t, Z:], feat[t, :Z], u)
-            mu_trained, _ = phi.heads.prior(torch.cat([h_ctx, phi.action_in(u)], -1), slot)
-            ctx = mu_trained.pow(2).mean()
+            ctx = phi.prior_context(feat[t, Z:], feat[t, :Z], slot, gen)
             loss = loss + context_scale * ctx
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -253,6 +253,18 @@ class WorldModel(nn.Module):
             mu = mu + self.cfg.prior_random_scale * p.float()
         return mu, std
 
+    def prior_context(self, h: torch.Tensor, z: torch.Tensor, slot: torch.Tensor,
+                      generator: torch.Generator) -> torch.Tensor:
+        """The context term of `prior_context_scale`: at states (h, z) [N, .] a uniform action
+        each, the mean square of the heads' trained part of every member's mean there (without
+        the random prior functions, to which the members should revert). Trains the heads only."""
+        lo, hi = self.action_low, self.action_high
+        a = lo + (hi - lo) * torch.rand((h.shape[0], lo.shape[0]), generator=generator).to(h.device)
+        with torch.no_grad():  # the shared GRU is not trained by this term
+            h_ctx = self.transition(h.detach(), z.detach(), a)
+        mu_trained, _ = self.heads.prior(torch.cat([h_ctx, self.action_in(a).to(h_ctx.dtype)], -1), slot)
+        return mu_trained.pow(2).mean()
+
     # -- one filter step: the deployment form (ALGORITHMS 3) -----------------------------------
     def transition(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """h' = GRU(ELU(Linear([z, a])), h); a in robot units."""
@@ -366,15 +378,8 @@ class WorldModel(nn.Module):
                "image_nll": image_nll.detach(), "reward_nll": reward_nll.detach(),
                "post_std": qs.mean().detach(), "prior_std": ps.mean().detach()}
         if cfg.prior_context_scale:  # context points: the data's states, uniform actions
-            lo, hi = self.action_low, self.action_high
-            u = torch.rand((B, L, lo.shape[0]), generator=generator).to(x.device)
-            a_ctx = lo + (hi - lo) * u
-            with torch.no_grad():  # the shared GRU is not trained by this term
-                h_ctx = self.transition(post["h"].detach().flatten(0, 1), post["z"].detach().flatten(0, 1),
-                                        a_ctx.flatten(0, 1)).unflatten(0, (B, L))
-            x_ctx = torch.cat([h_ctx, self.action_in(a_ctx).to(h_ctx.dtype)], -1)
-            mu_trained, _ = self.heads.prior(x_ctx, slot)  # without the random prior functions
-            context = mu_trained.pow(2).mean()
+            context = self.prior_context(post["h"].flatten(0, 1), post["z"].flatten(0, 1),
+                                         slot.repeat_interleave(L), generator)
             loss = loss + cfg.prior_context_scale * context
             out["prior_context"] = context.detach()
         if cfg.pooled_reward_scale:
