@@ -27,6 +27,7 @@ import torch
 
 from learning.latents import LatentCache
 from learning.sampler import SequenceSampler
+from learning.world_model_train import bootstrap_masks
 from perception.world_model import TaskHeads, WorldModel, gaussian_kl
 
 
@@ -123,8 +124,8 @@ def refit_prior_heads(model: WorldModel, cache: LatentCache, steps: int = 1500, 
     representation (encoder, GRU, posterior) frozen, and give every task slot the result.
 
     In joint training the heads chase a moving latent space; here they train to convergence on
-    the final one: each member on its own bootstrap half of the episodes (`bootstrap`, 0 or 1:
-    all), KL(post(z_{t+1}) || prior_k(h_{t+1}, a_t)) per member, plus the context term of
+    the final one: each member on its own episodes (`bootstrap`: the probability of each,
+    drawn by `bootstrap_masks` as in joint training; 0 or 1: all), KL(post(z_{t+1}) || prior_k(h_{t+1}, a_t)) per member, plus the context term of
     `WorldModelConfig.prior_context_scale` with weight `context_scale` (at every sampled state a
     uniform action; the heads' trained part pulled to 0 there, so the members revert to their
     random priors off the data). One set of prior heads for all tasks: for families whose tasks
@@ -135,21 +136,10 @@ def refit_prior_heads(model: WorldModel, cache: LatentCache, steps: int = 1500, 
     if not (cfg.prior_action and cfg.prior_random_scale):
         raise ValueError("refit_prior_heads needs a model with prior_action and prior_random_scale (the bench preset)")
     Z, K = cfg.stoch, cfg.ensemble
-    a = cache.arrays
-    feat = torch.from_numpy(np.asarray(a["feat"], np.float32))
-    z_std = torch.from_numpy(np.asarray(a["z_std"], np.float32))
-    act = torch.from_numpy(np.asarray(a["action"], np.float32))
-    ends = np.asarray(cache.episode_ends)
-    starts = np.concatenate([[0], ends[:-1]])
-    episode_of = torch.from_numpy(np.repeat(np.arange(len(ends)), ends - starts))
-    rows = np.concatenate([np.arange(s, e - 1) for s, e in zip(starts, ends, strict=True)])  # t with t+1 in its episode
-    if not len(rows):
-        raise ValueError("refit_prior_heads: the cache has no episode of 2 or more steps")
-    rng = np.random.default_rng(seed)
+    # pairs (t, t+1) inside episodes, and each member's episodes as in joint training
+    sampler = SequenceSampler(cache.source(), 2, batch_size, ["feat", "z_std", "action"], seed=seed)
+    masks = bootstrap_masks(len(cache.episode_ends), K, bootstrap if bootstrap < 1 else 0.0, seed)
     gen = torch.Generator().manual_seed(seed)
-    mask = rng.random((len(ends), K)) < bootstrap if 0 < bootstrap < 1 else np.ones((len(ends), K), bool)
-    mask[~mask.any(1), rng.integers(K)] = True  # every episode trains some member
-    mask_t = torch.from_numpy(mask).float()
     device = next(model.parameters()).device
     phi = task_model(model, 0).cpu()
     for p in phi.parameters():
@@ -161,14 +151,18 @@ def refit_prior_heads(model: WorldModel, cache: LatentCache, steps: int = 1500, 
     slot = torch.zeros(batch_size, dtype=torch.long)
     kl_mean = ctx = torch.zeros(())
     for _ in range(steps):
-        t = torch.from_numpy(rng.choice(rows, batch_size))
-        mu, std = phi.prior(feat[t + 1, Z:], slot, act[t])  # [B, K, Z]
-        kl = gaussian_kl(feat[t + 1, None, :Z], z_std[t + 1, None], mu, std).clamp(min=cfg.free_nats)
-        w = mask_t[episode_of[t]]
-        kl_mean = ((kl * w).sum(1) / w.sum(1)).mean()
+        batch = sampler.sample()
+        feat, z_std, act = (torch.from_numpy(np.asarray(batch[k], np.float32)) for k in ("feat", "z_std", "action"))
+        mu, std = phi.prior(feat[:, 1, Z:], slot, act[:, 0])  # [B, K, Z]: s_{t+1} from a_t
+        kl = gaussian_kl(feat[:, 1, None, :Z], z_std[:, 1, None], mu, std).clamp(min=cfg.free_nats)
+        if masks is None:
+            kl_mean = kl.mean()
+        else:  # as WorldModel.losses: an episode no member drew contributes nothing
+            w = torch.from_numpy(masks[np.searchsorted(cache.episode_ends, batch["start"], side="right")]).float()
+            kl_mean = ((kl * w).sum(1) / w.sum(1).clamp(min=1.0)).mean()
         loss = cfg.kl_scale * kl_mean
         if context_scale:
-            ctx = phi.prior_context(feat[t, Z:], feat[t, :Z], slot, gen)
+            ctx = phi.prior_context(feat[:, 0, Z:], feat[:, 0, :Z], slot, gen)
             loss = loss + context_scale * ctx
         opt.zero_grad(set_to_none=True)
         loss.backward()
