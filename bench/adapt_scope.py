@@ -6,8 +6,8 @@ world-model run and a held-out store (as `bench/world_model.py` uses them: per t
 
 Per task, the H-step reward NLL on the scoring episodes of: phi; all heads (reward + prior,
 MerPO 2a) at eta 1e-3 / 1 / 10; the reward head at eta 1e-3 / 1; the reward head's last layer
-(eta 0 / 1); its output bias alone (`reward_offset`, eta 0). Also each variant's leave-one-
-episode-out loss inside the 5 adaptation episodes, from which the summary scores choosing per
+(eta 0 / 1); its output bias alone (`reward_offset_0`). Also each variant's leave-one-
+episode-out loss inside the 5 adaptation episodes (`select_eta`), from which the summary scores choosing per
 task among sets of variants (the scoring episodes are never seen by a choice). Prints a table
 and writes JSON. An ablation says what a setting does on these tasks; it is not a way to pick
 one (README, world-model benchmark).
@@ -27,27 +27,20 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import sim  # noqa: E402,F401  (mujoco's GL setup before anything imports mujoco)
-from learning.benchmarks.world_model import _episodes, prediction_losses  # noqa: E402
+from learning.benchmarks.world_model import _adapted, _episodes, prediction_losses, select_eta  # noqa: E402
 from learning.latents import encode_store  # noqa: E402
-from learning.meta_model import adapt, task_model  # noqa: E402
 from learning.store import EpisodeStore  # noqa: E402
 from learning.world_model_train import load_world_model  # noqa: E402
 
-VARIANTS = {  # name: (adapt's heads, eta)
-    "all_1e-3": ("all", 1e-3), "all_1": ("all", 1.0), "all_10": ("all", 10.0),
-    "reward_1e-3": ("reward", 1e-3), "reward_1": ("reward", 1.0),
-    "last_0": ("reward_last", 0.0), "last_1": ("reward_last", 1.0),
-    "reward_offset": ("reward_offset", 0.0),
-}
-CHOICES = (["phi", "all_1e-3", "all_1", "all_10"], ["phi", "reward_offset"],
-           ["phi", "last_0", "last_1", "reward_offset"], ["phi", *VARIANTS])
+SCOPES = {"all": [1e-3, 1.0, 10.0], "reward": [1e-3, 1.0], "reward_last": [0.0, 1.0],
+          "reward_offset": [0.0, float("inf")]}  # adapt's heads -> etas tried (inf: phi itself)
+SHORT = {"reward_last": "last"}  # variant names as in the README: all_1e-3, last_0, reward_offset_0, phi
+CHOICES = (["phi", "all_0.001", "all_1", "all_10"], ["phi", "reward_offset_0"],
+           ["phi", "last_0", "last_1", "reward_offset_0"], None)  # None: every variant
 
 
-def _model(model, cache, name: str, steps: int, seed: int):
-    if name == "phi":
-        return task_model(model, 0)
-    heads, eta = VARIANTS[name]
-    return adapt(model, cache, steps=steps, eta=eta, heads=heads, seed=seed)
+def _name(heads: str, eta: float) -> str:
+    return "phi" if eta == float("inf") else f"{SHORT.get(heads, heads)}_{eta:g}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,31 +57,31 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model, _ = load_world_model(args.run)
     store = EpisodeStore.open(args.test)
-    names, n, H = ["phi", *VARIANTS], args.adapt_episodes, args.horizon
+    n, H = args.adapt_episodes, args.horizon
     rows, t0 = [], time.perf_counter()
     for task in sorted(set(store.episode_task.tolist())):
         eps = [int(e) for e in np.flatnonzero(store.episode_task == task)]
         if len(eps) <= n:
             continue
-        fit, held = eps[:n], eps[n:]
-        held_eps, fit_eps = _episodes(store, held), _episodes(store, fit)
+        fit, held_eps = eps[:n], _episodes(store, eps[n:])
         cache = encode_store(model, store, fit)
-        loo = [encode_store(model, store, fit[:i] + fit[i + 1:]) for i in range(n)]
         row = {"task": task, "test": {}, "val": {}}
-        for name in names:
-            row["test"][name] = prediction_losses(_model(model, cache, name, args.adapt_steps, args.seed),
-                                                  held_eps, H)["reward_nll"]
-            row["val"][name] = [prediction_losses(_model(model, c, name, args.adapt_steps, args.seed), [ep],
-                                                  H)["reward_nll"] for c, ep in zip(loo, fit_eps, strict=True)]
+        for heads, etas in SCOPES.items():  # validation: leave one adaptation episode out
+            _, info = select_eta(model, store, fit, etas, H, args.adapt_steps, args.seed, heads=heads)
+            for e in etas:
+                row["val"][_name(heads, e)] = info["per_episode"][f"{e:g}"]
+                row["test"][_name(heads, e)] = prediction_losses(
+                    _adapted(model, cache, args.adapt_steps, e, args.seed, heads), held_eps, H)["reward_nll"]
         rows.append(row)
         print(f"task {task} ({time.perf_counter() - t0:.0f} s): "
               + " ".join(f"{k} {v:.3f}" for k, v in row["test"].items()), flush=True)
         Path(args.out).write_text(json.dumps({"run": args.run, "test": args.test, "tasks": rows}, indent=1))
+    names = list(rows[0]["test"]) if rows else []
     phi = np.mean([r["test"]["phi"] for r in rows])
     summary = {"over_phi": {k: float(np.mean([r["test"][k] for r in rows]) / phi) for k in names},
                "tasks_better_than_phi": {k: int(sum(r["test"][k] < r["test"]["phi"] for r in rows)) for k in names},
                "chosen_by_validation": {}}
-    for cands in CHOICES:
+    for cands in (c or names for c in CHOICES):
         picks = [min(cands, key=lambda k, r=r: np.mean(r["val"][k])) for r in rows]
         summary["chosen_by_validation"][",".join(cands)] = {
             "over_phi": float(np.mean([r["test"][k] for r, k in zip(rows, picks, strict=True)]) / phi), "picks": picks}
