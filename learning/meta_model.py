@@ -119,7 +119,8 @@ def adapt(model: WorldModel, cache: LatentCache, steps: int = 500, eta: float = 
 
 
 def refit_prior_heads(model: WorldModel, cache: LatentCache, steps: int = 1500, context_scale: float = 30.0,
-                      bootstrap: float = 0.5, batch_size: int = 256, lr: float = 1e-3, seed: int = 0) -> dict:
+                      bootstrap: float = 0.5, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
+                      random_action_gain: float | None = None) -> dict:
     """[ours] Refit the K prior heads on the cached latents of the training data, with the
     representation (encoder, GRU, posterior) frozen, and give every task slot the result.
 
@@ -130,11 +131,15 @@ def refit_prior_heads(model: WorldModel, cache: LatentCache, steps: int = 1500, 
     uniform action; the heads' trained part pulled to 0 there, so the members revert to their
     random priors off the data). One set of prior heads for all tasks: for families whose tasks
     share the dynamics and differ in the reward (Meta-World reach/push: the goal); the reward
-    heads are untouched. Needs the random priors and action-reading heads. In place; returns
-    the final losses."""
-    cfg = model.cfg
-    if not (cfg.prior_action and cfg.prior_random_scale):
+    heads are untouched. Needs the random priors and action-reading heads.
+    `random_action_gain`: if given, first set the model's `prior_random_action_gain` (how
+    strongly the random prior functions read the action; the heads are refit to the new priors).
+    In place; returns the final losses."""
+    if not (model.cfg.prior_action and model.cfg.prior_random_scale):
         raise ValueError("refit_prior_heads needs a model with prior_action and prior_random_scale (the bench preset)")
+    if random_action_gain is not None:  # validated by the config
+        model.cfg = dataclasses.replace(model.cfg, prior_random_action_gain=float(random_action_gain))
+    cfg = model.cfg
     Z, K = cfg.stoch, cfg.ensemble
     # pairs (t, t+1) inside episodes, and each member's episodes as in joint training
     sampler = SequenceSampler(cache.source(), 2, batch_size, ["feat", "z_std", "action"], seed=seed)

@@ -78,6 +78,10 @@ class WorldModelConfig:
     # members disagree. Needs prior_action and prior_random_scale. Weight of that squared mean;
     # 0 = off (LOMPO). The bench preset's value: README, world-model benchmark.
     prior_context_scale: float = 0.0
+    # [ours] gain on the (normalized) action where the random prior functions read it. Their input
+    # is [h', a]: with deter 128 and 4 action dims the action carries ~3 % of the pre-activation
+    # variance, so the members' random priors barely change with the action. 1 = as drawn.
+    prior_random_action_gain: float = 1.0
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size)
@@ -92,6 +96,8 @@ class WorldModelConfig:
             raise ValueError(f"prior_random_scale {self.prior_random_scale} must be a finite number >= 0")
         if not (math.isfinite(self.prior_context_scale) and self.prior_context_scale >= 0.0):
             raise ValueError(f"prior_context_scale {self.prior_context_scale} must be a finite number >= 0")
+        if not (math.isfinite(self.prior_random_action_gain) and self.prior_random_action_gain > 0.0):
+            raise ValueError(f"prior_random_action_gain {self.prior_random_action_gain} must be a finite number > 0")
         if self.prior_context_scale and not (self.prior_action and self.prior_random_scale):
             raise ValueError("prior_context_scale needs prior_action and prior_random_scale "
                              "(the heads must read the action and have random priors to revert to)")
@@ -248,6 +254,9 @@ class WorldModel(nn.Module):
             h = torch.cat([h, self.action_in(action).to(h.dtype)], -1)
         mu, std = self.heads.prior(h, slot)
         if self.cfg.prior_random_scale:
+            if self.cfg.prior_action and self.cfg.prior_random_action_gain != 1.0:
+                D = self.cfg.deter
+                h = torch.cat([h[..., :D], self.cfg.prior_random_action_gain * h[..., D:]], -1)
             p = torch.tanh(torch.einsum("...d,kdh->...kh", h, self.prior_rand_w1.to(h.dtype)))
             p = torch.einsum("...kh,kho->...ko", p, self.prior_rand_w2.to(p.dtype))
             mu = mu + self.cfg.prior_random_scale * p.float()

@@ -385,7 +385,8 @@ def run_family(train_store: str, test_store: str, config: str, out_dir: Path, st
                full_scratch: bool, max_tasks: int | None = None, eta_sweep: list[float] | None = None,
                eta_grid: list[float] | None = None, ood_horizon: int | None = None, with_meta: bool = True,
                log=print, plot: Path | None = None, eta_rule: str = "best", heads: list[str] | None = None,
-               refit: tuple[int, float] | None = None) -> dict:
+               refit: tuple[int, float, float] | None = None) -> dict:
+    """`refit`: (steps, context weight, random-prior action gain) of `refit_prior_heads`, steps 0: off."""
     res: dict = {"train_store": train_store, "test_store": test_store}
     if run_dir is None:
         cfg = load_config(config)
@@ -404,8 +405,10 @@ def run_family(train_store: str, test_store: str, config: str, out_dir: Path, st
         train_eps = json.loads((Path(run_dir) / "config.json").read_text())["train_episodes"]
         t_refit = time.perf_counter()
         res["refit_heads"] = {**refit_prior_heads(model, encode_store(model, EpisodeStore.open(train_store), train_eps),
-                                                  steps=refit[0], context_scale=refit[1], seed=seed),
-                              "context_scale": refit[1], "seconds": time.perf_counter() - t_refit}
+                                                  steps=refit[0], context_scale=refit[1], seed=seed,
+                                                  random_action_gain=refit[2]),
+                              "context_scale": refit[1], "random_action_gain": refit[2],
+                              "seconds": time.perf_counter() - t_refit}
         log(f"prior heads refit: {res['refit_heads']}")
     res.update({"run": run_dir, "train_steps": summary["step"], "train_seconds": summary.get("seconds"),
                 "train_steps_per_s": summary["steps_per_s"], "train_frames_per_s": summary["frames_per_s"],
@@ -472,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(learning.meta_model.refit_prior_heads; one set for all tasks), default 0: off")
     ap.add_argument("--refit-context", type=float, default=30.0,
                     help="with --refit-heads: weight of the context term (uniform actions at the data's states)")
+    ap.add_argument("--refit-action-gain", type=float, default=1.0,
+                    help="with --refit-heads: gain on the action where the random prior functions read it "
+                         "(WorldModelConfig.prior_random_action_gain; the heads are refit to those priors)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads for evaluation (2 threads collapse on shared cores)")
     ap.add_argument("--seed", type=int, default=0)
@@ -498,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                                    plot=(Path(args.out).with_name(f"{Path(args.out).stem}_{name}_uncertainty.png")
                                          if args.out else out_dir / name / "uncertainty.png"),
                                    eta_rule=args.eta_rule, heads=heads,
-                                   refit=(args.refit_heads, args.refit_context))
+                                   refit=(args.refit_heads, args.refit_context, args.refit_action_gain))
     keys = ("uncertainty_error_spearman", "ood_action_auroc", "adapted_over_meta_loss_ratio",
             "adapted_over_scratch_loss_ratio", "ood_action_separability", "data_wait_share")
     results["summary"] = {k: {n: results[n].get(k) for n, _, _ in args.family} for k in keys}

@@ -172,3 +172,9 @@ def test_refit_prior_heads_gives_every_slot_one_set_and_reverts_to_the_random_pr
             mu, _ = m.heads.prior(torch.cat([h, m.action_in(u)], -1), torch.zeros(len(f), dtype=torch.long))
             trained_part[scale] = float(mu.pow(2).mean())
     assert trained_part[100.0] < 0.5 * trained_part[0.0], trained_part
+    # the random priors' action gain: set on the model (validated), the heads refit to those priors
+    m = WorldModel(cfg)
+    with pytest.raises(ValueError, match="prior_random_action_gain"):
+        refit_prior_heads(m, cache, steps=1, random_action_gain=0.0)
+    refit_prior_heads(m, cache, steps=2, random_action_gain=2.0, batch_size=32)
+    assert m.cfg.prior_random_action_gain == 2.0

@@ -68,10 +68,12 @@ def test_benchmark_runs_end_to_end_on_tiny(tmp_path):
     # the prior heads refit first (the bench preset's random priors reading the action)
     out3 = tmp_path / "b3.json"
     assert main(["--family", "syn", str(tmp_path / "train.zarr"), str(tmp_path / "test.zarr"), "--run", res["run"],
-                 "--horizon", "3", "--no-meta", "--refit-heads", "5", "--workdir", str(tmp_path / "w"),
+                 "--horizon", "3", "--no-meta", "--refit-heads", "5", "--refit-action-gain", "2",
+                 "--workdir", str(tmp_path / "w"),
                  "--out", str(out3)]) == 0
     res3 = json.loads(out3.read_text())["syn"]
     assert res3["refit_heads"]["steps"] == 5 and res3["refit_heads"]["context_scale"] == 30.0
+    assert res3["refit_heads"]["random_action_gain"] == 2.0
     assert np.isfinite(res3["uncertainty_error_spearman"]) and 0 <= res3["ood_action_auroc"] <= 1
     assert res2["uncertainty_error_spearman"] == res["uncertainty_error_spearman"]  # same seed, same model
 

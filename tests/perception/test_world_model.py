@@ -314,3 +314,24 @@ def test_prior_context_term_trains_only_the_prior_heads_towards_their_random_pri
             torch.testing.assert_close(p.grad, q.grad)
     assert not torch.allclose(a.heads.prior_w1.grad, b.heads.prior_w1.grad)
     torch.testing.assert_close(a.heads.reward_w[0].grad, b.heads.reward_w[0].grad)
+
+
+def test_random_prior_action_gain_makes_the_random_priors_read_the_action_more():
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="prior_random_action_gain"):
+            small(prior_action=True, prior_random_scale=3.0, prior_random_action_gain=bad)
+    torch.manual_seed(0)
+    m1 = WorldModel(small(prior_action=True, prior_random_scale=3.0))
+    m4 = WorldModel(small(prior_action=True, prior_random_scale=3.0, prior_random_action_gain=4.0))
+    m4.load_state_dict(m1.state_dict())  # same heads and random functions: only the gain differs
+    gen = torch.Generator().manual_seed(0)
+    h, slot = torch.randn(256, 16, generator=gen), torch.zeros(256, dtype=torch.long)
+    a1, a2 = torch.rand(256, 2, generator=gen) * 2 - 1, torch.rand(256, 2, generator=gen) * 2 - 1
+    with torch.no_grad():
+        trained = m1.heads.prior(torch.cat([h, m1.action_in(a1)], -1), slot)[0] - \
+            m1.heads.prior(torch.cat([h, m1.action_in(a2)], -1), slot)[0]
+        # the random part's change with the action: the heads' trained part changes alike in both
+        change = {g: float(((m.prior(h, slot, a1)[0] - m.prior(h, slot, a2)[0]) - trained).abs().mean())
+                  for g, m in ((1, m1), (4, m4))}
+        torch.testing.assert_close(m1.prior(h, slot, a1)[1], m4.prior(h, slot, a1)[1])  # std: trained heads alone
+    assert change[4] > 2 * change[1] > 0, change
