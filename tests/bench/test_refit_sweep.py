@@ -8,10 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from learning.benchmarks.store import bench_spec, synthetic_episode
-from learning.store import EpisodeWriter
 from learning.world_model_train import load_config, train
-from tests.bench.benchutil import load_bench
+from tests.bench.benchutil import load_bench, world_model_bench_inputs
 
 refit_sweep = load_bench("refit_sweep")
 
@@ -27,16 +25,9 @@ def test_grid_parsing_and_its_errors():
 
 
 def test_sweep_runs_and_chooses_by_the_select_margin(tmp_path):
-    rng = np.random.default_rng(0)
-    for name, tasks, n in (("train", [0, 1], 4), ("test", [5, 6], 4)):
-        with EpisodeWriter(tmp_path / f"{name}.zarr", bench_spec(32), mode="w", log=lambda m: None) as w:
-            for t in tasks:
-                for _ in range(n):
-                    w.add_episode(synthetic_episode(rng, 20, 32), task_id=t, success=False)
-    (tmp_path / "c.json").write_text(json.dumps({"preset": "tiny", "steps": 4, "holdout_every": 4,
-                                                 "model": {"prior_action": True, "prior_random_scale": 3.0}}))
+    config = world_model_bench_inputs(tmp_path, [5, 6], 4, steps=4)
     run = tmp_path / "run"
-    train(str(tmp_path / "train.zarr"), load_config(str(tmp_path / "c.json")), str(run), overwrite=True,
+    train(str(tmp_path / "train.zarr"), load_config(str(config)), str(run), overwrite=True,
           progress=False, log=lambda m: None)
     out = tmp_path / "s.json"
     assert refit_sweep.main(["--run", str(run), "--train", str(tmp_path / "train.zarr"), "--test",

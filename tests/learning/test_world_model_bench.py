@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from learning.benchmarks.store import bench_spec, synthetic_episode
 from learning.benchmarks.world_model import auroc, main, paired_auroc, spearman
-from learning.store import EpisodeWriter
+from tests.bench.benchutil import world_model_bench_inputs
 
 
 def test_spearman_and_auroc():
@@ -27,14 +26,7 @@ def test_spearman_and_auroc():
 
 
 def test_benchmark_runs_end_to_end_on_tiny(tmp_path):
-    rng = np.random.default_rng(0)
-    for name, tasks, n in (("train", [0, 1], 4), ("test", [5], 6)):
-        with EpisodeWriter(tmp_path / f"{name}.zarr", bench_spec(32), mode="w", log=lambda m: None) as w:
-            for t in tasks:
-                for _ in range(n):
-                    w.add_episode(synthetic_episode(rng, 20, 32), task_id=t, success=False)
-    (tmp_path / "c.json").write_text(json.dumps({"preset": "tiny", "steps": 6, "holdout_every": 4,
-                                                 "model": {"prior_action": True, "prior_random_scale": 3.0}}))
+    world_model_bench_inputs(tmp_path, [5], 6, steps=6)
     out = tmp_path / "b.json"
     assert main(["--family", "syn", str(tmp_path / "train.zarr"), str(tmp_path / "test.zarr"),
                  "--config", str(tmp_path / "c.json"), "--adapt-steps", "4", "--horizon", "3",
