@@ -71,13 +71,6 @@ class WorldModelConfig:
     # them the members disagree even when the trained parts agree. 0 = off (LOMPO). The bench
     # preset's 3 comes from a sweep 1 / 3 / 10 with heads refit on cached latents (README).
     prior_random_scale: float = 0.0
-    # [ours] function-space prior anchoring at context points (Rudner et al. 2023, function-space
-    # regularization): at every posterior state of a window, a uniform action from the action
-    # box, and the heads' trained part of each member's mean is pulled towards 0 there, so that
-    # away from the data each member reverts to its own random prior function (above) and the
-    # members disagree. Needs prior_action and prior_random_scale. Weight of that squared mean;
-    # 0 = off (LOMPO). The bench preset's value: README, world-model benchmark.
-    prior_context_scale: float = 0.0
     # [ours] gain on the (normalized) action where the random prior functions read it. Their input
     # is [h', a]: with deter 128 and 4 action dims the action carries ~3 % of the pre-activation
     # variance, so the members' random priors barely change with the action. 1 = as drawn.
@@ -94,13 +87,8 @@ class WorldModelConfig:
             raise ValueError(f"uncertainty {self.uncertainty!r} not one of {UNCERTAINTIES}")
         if not (math.isfinite(self.prior_random_scale) and self.prior_random_scale >= 0.0):
             raise ValueError(f"prior_random_scale {self.prior_random_scale} must be a finite number >= 0")
-        if not (math.isfinite(self.prior_context_scale) and self.prior_context_scale >= 0.0):
-            raise ValueError(f"prior_context_scale {self.prior_context_scale} must be a finite number >= 0")
         if not (math.isfinite(self.prior_random_action_gain) and self.prior_random_action_gain > 0.0):
             raise ValueError(f"prior_random_action_gain {self.prior_random_action_gain} must be a finite number > 0")
-        if self.prior_context_scale and not (self.prior_action and self.prior_random_scale):
-            raise ValueError("prior_context_scale needs prior_action and prior_random_scale "
-                             "(the heads must read the action and have random priors to revert to)")
 
     @property
     def feat_dim(self) -> int:
@@ -262,18 +250,6 @@ class WorldModel(nn.Module):
             mu = mu + self.cfg.prior_random_scale * p.float()
         return mu, std
 
-    def prior_context(self, h: torch.Tensor, z: torch.Tensor, slot: torch.Tensor,
-                      generator: torch.Generator) -> torch.Tensor:
-        """The context term of `prior_context_scale`: at states (h, z) [N, .] a uniform action
-        each, the mean square of the heads' trained part of every member's mean there (without
-        the random prior functions, to which the members should revert). Trains the heads only."""
-        lo, hi = self.action_low, self.action_high
-        a = lo + (hi - lo) * torch.rand((h.shape[0], lo.shape[0]), generator=generator).to(h.device)
-        with torch.no_grad():  # the shared GRU is not trained by this term
-            h_ctx = self.transition(h.detach(), z.detach(), a)
-        mu_trained, _ = self.heads.prior(torch.cat([h_ctx, self.action_in(a).to(h_ctx.dtype)], -1), slot)
-        return mu_trained.pow(2).mean()
-
     # -- one filter step: the deployment form (ALGORITHMS 3) -----------------------------------
     def transition(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """h' = GRU(ELU(Linear([z, a])), h); a in robot units."""
@@ -386,11 +362,6 @@ class WorldModel(nn.Module):
         out = {"kl": kl_prior.mean().detach(), "kl_loss": kl_mean.detach(),
                "image_nll": image_nll.detach(), "reward_nll": reward_nll.detach(),
                "post_std": qs.mean().detach(), "prior_std": ps.mean().detach()}
-        if cfg.prior_context_scale:  # context points: the data's states, uniform actions
-            context = self.prior_context(post["h"].flatten(0, 1), post["z"].flatten(0, 1),
-                                         slot.repeat_interleave(L), generator)
-            loss = loss + cfg.prior_context_scale * context
-            out["prior_context"] = context.detach()
         if cfg.pooled_reward_scale:
             r_pool = self.pooled_reward(feat[:, 1:]).squeeze(-1).float()
             pooled_nll = 0.5 * ((r_pool - reward[:, :-1]) ** 2).mean()
@@ -416,8 +387,18 @@ def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator, group: i
                        ).flatten(0, 1)
 
 
+# Options that left the model, with the value that meant "off": run directories written with
+# them off still load; one that used them is refused by name.
+RETIRED_OPTIONS = {"prior_context_scale": 0.0}
+
+
 def config_from_dict(d: dict) -> WorldModelConfig:
     names = {f.name for f in dataclasses.fields(WorldModelConfig)}
+    d = dict(d)
+    for key, off in RETIRED_OPTIONS.items():
+        if key in d and d.pop(key) != off:
+            raise ValueError(f"world-model option {key!r} is no longer supported (only {off} = off); "
+                             "remove it from the config")
     unknown = set(d) - names
     if unknown:
         raise ValueError(f"unknown world-model config keys: {sorted(unknown)}")

@@ -377,9 +377,9 @@ def _uncertainty_section(out: Path, steps: list[dict]) -> list[Block]:
     import numpy as np
     import torch
 
-    from learning.benchmarks.world_model import spearman, uncertainty_vs_error
     from learning.store import EpisodeStore
     from learning.world_model_train import load_world_model
+    from vmerpo.benchmarks.world_model import spearman, uncertainty_vs_error
 
     t0 = time.perf_counter()
     store = EpisodeStore.open(str(heldout))
@@ -424,7 +424,7 @@ def _uncertainty_section(out: Path, steps: list[dict]) -> list[Block]:
                f"rollouts from posterior states {UNCERTAINTY_STRIDE} frames apart, under the logged actions, one "
                f"of the K={results[0][4]} prior heads sampled per step; {len(results[0][2]['u'])} imagined steps "
                "per model. u: the spread (std over the heads) of log p_k(z'|h'), LOMPO's uncertainty; error: "
-               "distance to the posterior mean of the real next frame (`learning.benchmarks.world_model."
+               "distance to the posterior mean of the real next frame (`vmerpo.benchmarks.world_model."
                f"uncertainty_vs_error`, seed 0). Spearman(u, error): {rhos}. Computed in "
                f"{time.perf_counter() - t0:.1f} s.")
     blocks: list[Block] = [("img", "uncertainty.png", caption)]

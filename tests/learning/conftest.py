@@ -25,8 +25,8 @@ def tiny_synthetic_model(tmp_path):
 
     import numpy as np
 
-    from learning.benchmarks.store import bench_spec, synthetic_episode
     from learning.store import EpisodeWriter
+    from learning.synthetic import bench_spec, synthetic_episode
     from learning.world_model_train import load_world_model, preset, train
 
     def make(episodes: int, length: int):

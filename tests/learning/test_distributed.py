@@ -27,8 +27,8 @@ import pytest
 import torch
 
 from learning import distributed
-from learning.benchmarks.store import synthetic_episode
 from learning.store import EpisodeWriter, StoreSpec
+from learning.synthetic import synthetic_episode
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")

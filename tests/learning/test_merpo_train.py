@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from learning.benchmarks.store import synthetic_episode
 from learning.store import EpisodeWriter, StoreSpec
+from learning.synthetic import synthetic_episode
 
 ROOT = Path(__file__).resolve().parents[2]
 

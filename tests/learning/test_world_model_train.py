@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from learning.benchmarks.store import bench_spec, synthetic_episode
 from learning.store import EpisodeWriter
+from learning.synthetic import bench_spec, synthetic_episode
 from learning.world_model_train import (
     load_config,
     load_world_model,

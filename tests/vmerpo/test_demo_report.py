@@ -47,8 +47,8 @@ def _synthetic_out(d):
     import numpy as np
     from PIL import Image
 
-    from learning.benchmarks.store import bench_spec, synthetic_episode
     from learning.store import EpisodeWriter
+    from learning.synthetic import bench_spec, synthetic_episode
     from learning.world_model_train import preset, save_checkpoint
     from perception.world_model import WorldModel
     from vmerpo.commands.demo import steps

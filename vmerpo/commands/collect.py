@@ -5,28 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from vmerpo.commands.options import add_episode_options
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--env", required=True, help="task family, e.g. reach-v3, push-v3, "
-                        "drawer-close-v3, door-open-v3")
-    parser.add_argument("--tasks", default="10", help="a count N (first N meta-train tasks), "
-                        "train, test, all, or a list of ids like 0,3,7 (default 10)")
-    parser.add_argument("--episodes-per-task", type=int, default=5)
+    add_episode_options(parser, tasks_default="10")
+    parser.add_argument("--episodes-per-task", type=int, default=5, help="episodes per task (default 5)")
     parser.add_argument("--quality", default="medium", help="expert | medium | random | mixed")
-    parser.add_argument("--image-size", type=int, default=64, help="64 (default), 84 or 128")
-    parser.add_argument("--max-episode-steps", type=int, default=150,
-                        help="episode cap in control steps (default 150)")
-    parser.add_argument("--action-repeat", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2,
                         help="worker processes (0: run in this process)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--goal-pin", action="store_true",
-                        help="draw a pin from the table up to the goal marker, so that the one camera sees "
-                             "the goal's height (reach, push); evaluate such logs' policies with --goal-pin too")
-    parser.add_argument("--hand-init-noise", type=float, default=0.0, metavar="M",
-                        help="start each episode's hand at a random offset of up to +-M metres per axis, "
-                             "drawn from the episode seed (default 0: Meta-World's fixed start, so the "
-                             "episodes of one task differ only by the behaviour policy's noise)")
     parser.add_argument("--out", required=True, help="output store, e.g. logs.zarr")
     parser.add_argument("--zarr-format", type=int, default=2, choices=(2, 3))
     group = parser.add_mutually_exclusive_group()

@@ -7,27 +7,17 @@ import json
 import os
 import sys
 
+from vmerpo.commands.options import add_episode_options
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", required=True,
                         help="expert | medium | random | RUN_DIR | PATH.onnx")
-    parser.add_argument("--env", required=True, help="task family, e.g. reach-v3")
-    parser.add_argument("--tasks", default="test",
-                        help="test (default), train, all, a count N or ids like 40,41")
-    parser.add_argument("--episodes", type=int, default=10, help="episodes per task")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--max-episode-steps", type=int, default=150)
-    parser.add_argument("--action-repeat", type=int, default=1)
-    parser.add_argument("--hand-init-noise", type=float, default=0.0, metavar="M",
-                        help="random hand start, up to +-M metres per axis from the episode seed "
-                             "(default 0: Meta-World's fixed start; use the value the logs were collected with)")
-    parser.add_argument("--goal-pin", action="store_true",
-                        help="draw a pin under the goal marker (sim.envs): for policies trained on logs "
-                             "collected with --goal-pin; a policy trained otherwise is refused")
+    add_episode_options(parser, tasks_default="test")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes per task (default 10)")
     parser.add_argument("--video", default=None, help="write the first episodes to this .mp4/.gif")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def load_policy(spec: str, env):

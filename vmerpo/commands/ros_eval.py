@@ -7,6 +7,8 @@ import json
 import signal
 import sys
 
+from vmerpo.commands.options import add_episode_options
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
@@ -21,19 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "out. All ROS 2 traffic stays in shared memory (robot_nodes/netsafe.py)."
     )
     p.add_argument("--policy", required=True, help="exported policy (PATH.onnx)")
-    p.add_argument("--env", required=True, help="task family, e.g. reach-v3")
-    p.add_argument("--tasks", default="test",
-                   help="test (default), train, all, a count N or ids like 40,41 (as in `vmerpo eval`)")
+    add_episode_options(p, tasks_default="test", action_repeat=False)
     p.add_argument("--episodes", type=int, default=10, help="episodes per task (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the per-episode seeds (default 0)")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--max-episode-steps", type=int, default=150)
-    p.add_argument("--hand-init-noise", type=float, default=0.0, metavar="M",
-                   help="random hand start, up to +-M metres per axis from the episode seed, as in "
-                        "`vmerpo eval --hand-init-noise` (default 0: Meta-World's fixed start)")
-    p.add_argument("--goal-pin", action="store_true",
-                   help="draw a pin under the goal marker, as `vmerpo eval --goal-pin` (for policies trained "
-                        "on logs collected with --goal-pin; the launch file must declare goal_pin)")
     p.add_argument("--launch", default="sim_policy.launch.yaml",
                    help="launch file starting one sim_node and one policy_node: a path or a name "
                    "under the package's launch/ (default sim_policy.launch.yaml); it must declare "

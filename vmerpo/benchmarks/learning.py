@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from vmerpo.commands.options import add_goal_pin, add_hand_init_noise, experimental_group
+
 QUALITIES = ("expert", "medium", "mixed")
 METHODS = ("merpo", "merpo_adp", "rac", "lompo", "bc")
 
@@ -78,28 +80,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                      "smoke leaves out merpo_adp, MerPO-Adp)")
     p.add_argument("--device", default="auto",
                    help="auto|cpu|cuda; with cuda the full budget uses the paper's sizes")
-    p.add_argument("--world-model", metavar="PRESET", choices=("cpu", "bench", "paper"),
-                   help="world-model preset of the shared model (default: the budget's, cpu; bench: the "
-                        "ensemble with random prior functions that issue 4's benchmark uses)")
-    p.add_argument("--pooled-reward", type=float, metavar="SCALE",
-                   help="train the shared world model with a pooled reward head of this loss weight (one "
-                        "head over every task's windows: the latent has to carry the goal; "
-                        "WorldModelConfig.pooled_reward_scale, default 0 = off)")
-    p.add_argument("--meta-critic", choices=("polyak", "fit"),
-                   help="Q_meta of MerPO: polyak (default, MerPO: the polyak mean of the task critics) or fit "
-                        "(trained as pi_c's own conservative critic, as many critic steps per meta-step as "
-                        "the task learners make together)")
     p.add_argument("--heldout-tasks", type=int, metavar="K",
                    help="adapt to the family's first K held-out tasks (default: the budget's, 3); on a rerun "
                         "with a larger K only the new tasks' logs, adaptations and evaluations are made")
-    p.add_argument("--hand-init-noise", type=float, metavar="M",
-                   help="start every logged and evaluated episode with the hand at a random offset of up to "
-                        "+-M metres per axis (default 0: Meta-World's fixed start, so all episodes of a task "
-                        "and deterministic policy repeat one outcome); an --out collected otherwise is refused")
-    p.add_argument("--goal-pin", action="store_true",
-                   help="render a pin from the table up to the goal marker in every logged and evaluated "
-                        "episode, so that the one camera sees the goal's height (sim.envs; reach and push); "
-                        "an --out collected otherwise is refused")
+    add_hand_init_noise(p, default=None, note="an --out collected otherwise is refused")
+    exp = experimental_group(p)
+    add_goal_pin(exp, note="an --out collected otherwise is refused")
+    exp.add_argument("--world-model", metavar="PRESET", choices=("cpu", "bench", "paper"),
+                     help="world-model preset of the shared model (default: the budget's, cpu; bench: the "
+                        "ensemble with random prior functions that the world-model benchmark uses)")
+    exp.add_argument("--meta-critic", choices=("polyak", "fit"),
+                     help="Q_meta of MerPO: polyak (default, MerPO: the polyak mean of the task critics) or fit "
+                        "(trained as pi_c's own conservative critic, as many critic steps per meta-step as "
+                        "the task learners make together)")
+    exp.add_argument("--pooled-reward", type=float, metavar="SCALE",
+                     help="train the shared world model with a pooled reward head of this loss weight (one "
+                        "head over every task's windows: the latent has to carry the goal; "
+                        "WorldModelConfig.pooled_reward_scale, default 0 = off)")
     p.add_argument("--workers", type=int, default=2, help="evaluation processes (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from learning.benchmarks.world_model import auroc, main, paired_auroc, spearman
-from tests.bench.benchutil import world_model_bench_inputs
+from tests.benchmarks.benchutil import world_model_bench_inputs
+from vmerpo.benchmarks.world_model import auroc, main, paired_auroc, spearman
 
 
 def test_spearman_and_auroc():
@@ -71,7 +71,7 @@ def test_benchmark_runs_end_to_end_on_tiny(tmp_path):
 
 
 def test_action_separability_is_high_for_narrow_actions_and_chance_for_uniform_ones():
-    from learning.benchmarks.world_model import action_separability
+    from vmerpo.benchmarks.world_model import action_separability
     rng = np.random.default_rng(0)
     lo, hi = -np.ones(2), np.ones(2)
 
@@ -89,8 +89,8 @@ def test_action_separability_is_high_for_narrow_actions_and_chance_for_uniform_o
 
 
 def test_eta_is_selected_by_leave_one_episode_out_on_the_adaptation_episodes(tiny_synthetic_model):
-    from learning.benchmarks.world_model import select_eta
     from learning.store import EpisodeStore
+    from vmerpo.benchmarks.world_model import select_eta
 
     store, model = tiny_synthetic_model(episodes=3, length=16)
     grid = [0.0, 1e6, float("inf")]

@@ -1,4 +1,4 @@
-"""The fault-injection suite (bench/faults.py): its summary logic and store-damage cases run
+"""The fault-injection suite (`vmerpo bench faults`): its summary logic and store-damage cases run
 in the default suite; the whole suite with --quick counts is a slow test (~2.5 min here)."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import sys
 
 import pytest
 
-from tests.bench.benchutil import ROOT, load_bench
-
-faults = load_bench("faults")
+from vmerpo.benchmarks import faults
+from vmerpo.benchmarks.faults import ROOT
 
 
 def _clean_sections() -> dict:
@@ -89,7 +88,7 @@ def test_one_line_error_and_metric_comparison():
 @pytest.mark.ros
 def test_quick_fault_suite_finds_nothing(tmp_path):
     out = tmp_path / "faults.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "faults.py"), "--quick", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "vmerpo", "bench", "faults", "--quick", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     s = json.loads(out.read_text())["summary"]

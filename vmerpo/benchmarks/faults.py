@@ -1,8 +1,8 @@
-"""Fault-injection suite (issue 8): kill, corrupt and attack every part that holds state.
+"""Fault-injection suite: kill, corrupt and attack every part that holds state.
 
-    python bench/faults.py --out results/faults.json            # full counts (~15 min, 2 cores)
-    python bench/faults.py --quick --out /tmp/faults.json       # reduced counts (the slow test)
-    python bench/faults.py --only corrupt,ros                   # some sections
+    vmerpo bench faults --out results/faults.json            # full counts (~15 min, 2 cores)
+    vmerpo bench faults --quick --out /tmp/faults.json       # reduced counts (the slow test)
+    vmerpo bench faults --only corruption,ros                # some sections
 
 Sections (each a subprocess from the outside, as a crash would hit a user):
 
@@ -50,11 +50,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from robot_nodes.netsafe import ensure_safe_before_rclpy  # no rclpy, no torch
 
-from robot_nodes.netsafe import ensure_safe_before_rclpy  # noqa: E402 - no rclpy, no torch
+ROOT = Path(__file__).resolve().parents[2]
 
 SECTIONS = ("training", "collection", "recording", "corruption", "ros")
 # Counts: the full suite meets the issue's minimums; --quick is the CI smoke run.
@@ -212,8 +210,8 @@ def kill_and_resume(name: str, base_cmd: list[str], run_dir: Path, watch: list[P
 def training_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str], None]) -> dict:
     import numpy as np
 
-    from learning.benchmarks.store import synthetic_episode
     from learning.store import EpisodeWriter, StoreSpec
+    from learning.synthetic import synthetic_episode
 
     data = wd / "family.zarr"
     spec = StoreSpec(robot="synthetic", control_hz=12.5, image_size=32,
@@ -621,8 +619,8 @@ def _resize(p: Path, name: str, delta: int) -> None:
 def make_small_store(path: Path) -> Path:
     import numpy as np
 
-    from learning.benchmarks.store import bench_spec, synthetic_episode
     from learning.store import EpisodeWriter
+    from learning.synthetic import bench_spec, synthetic_episode
 
     rng = np.random.default_rng(0)
     with EpisodeWriter(path, bench_spec(32), mode="w", log=lambda m: None) as w:
@@ -970,7 +968,7 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="vmerpo bench faults", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Sections: " + ", ".join(SECTIONS) + ". Exit code 0 when every "
                                  "count is zero and the trial minimums were met, 1 otherwise.")

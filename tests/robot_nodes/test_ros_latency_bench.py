@@ -1,6 +1,6 @@
 """The ROS latency benchmark runs end to end (short) and reports per-frame latency for
 policy_node and the relay in one run. Its targets (extra latency, zero dropped ticks over
-60 s) are judged by `bench/ros_latency.py` on an idle machine, not by this unit test: a
+60 s) are judged by `vmerpo bench ros-latency` on an idle machine, not by this unit test: a
 1.5 s run on a shared CI core measures the machine's load, not the node."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ pytest.importorskip("rclpy")
 
 
 def test_ros_latency_benchmark_smoke(ee_policy, tmp_path):
-    from robot_nodes.benchmarks import run_benchmark
+    from vmerpo.benchmarks.ros_latency import run_benchmark
 
     out = run_benchmark(str(ee_policy), [(84, 84)], hz=30.0, duration=1.5, warmup=0.5,
                         log_dir=tmp_path, progress=lambda m: None)

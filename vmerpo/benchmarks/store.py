@@ -1,8 +1,11 @@
 """Episode-store benchmark: write frames/s and sampler frames/s, against a plain memmap.
 
+    vmerpo bench store   --out results/bench_store.json     # write + sampler
+    vmerpo bench sampler --out results/bench_sampler.json   # the sampler's reads alone
+
 All rates are measured in one run on the same data, so the ratios are what to read
-(these machines are noisy). Targets (issue 2, 2-core CPU): in-memory sampler at least half
-the memmap rate; lazy chunk-cached sampler at least 10,000 frames/s.
+(these machines are noisy). Targets (2-core CPU): in-memory sampler at least half the
+memmap rate; lazy chunk-cached sampler at least 10,000 frames/s.
 """
 
 from __future__ import annotations
@@ -17,38 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from learning.sampler import ArraySource, SequenceSampler
-from learning.store import EpisodeStore, EpisodeWriter, StoreSpec
-
-
-def synthetic_episode(rng: np.random.Generator, length: int, size: int) -> dict[str, np.ndarray]:
-    """Rendered-looking frames: a static shaded scene with two moving blocks (compresses
-    like MuJoCo renders do, unlike white noise)."""
-    yy, xx = np.mgrid[0:size, 0:size]
-    scene = np.stack([xx * 2, yy * 2, (xx + yy)], -1).astype(np.uint8) + rng.integers(0, 60, 3, dtype=np.uint8)
-    images = np.repeat(scene[None], length, 0)
-    pos = rng.uniform(8, size - 8, (2, 2)) + np.cumsum(rng.normal(0, 0.7, (length, 2, 2)), 0)
-    pos = np.clip(pos, 4, size - 5).astype(int)
-    for t in range(length):
-        for k, color in enumerate(((220, 40, 40), (40, 200, 60))):
-            y, x = pos[t, k]
-            images[t, y - 4 : y + 4, x - 4 : x + 4] = color
-    return {
-        "image": images,
-        "state": rng.normal(size=(length, 8)).astype(np.float32),
-        "action": rng.uniform(-1, 1, (length, 4)).astype(np.float32),
-        "reward": rng.normal(size=length).astype(np.float32),
-        "terminal": np.zeros(length, bool),
-        "timestamp": np.arange(length) / 12.5,
-    }
-
-
-def bench_spec(size: int) -> StoreSpec:
-    return StoreSpec(
-        robot="synthetic", control_hz=12.5, image_size=size,
-        state_names=[f"q{i}" for i in range(8)], action_names=["dx", "dy", "dz", "grip"],
-        action_low=[-1.0] * 4, action_high=[1.0] * 4,
-        tasks=[{"id": i, "name": f"task{i}", "split": "train"} for i in range(10)],
-    )
+from learning.store import EpisodeStore, EpisodeWriter
+from learning.synthetic import bench_spec, synthetic_episode
 
 
 def _rate(fn, frames_per_call: int, seconds: float) -> float:
@@ -112,15 +85,23 @@ def run(episodes: int = 160, length: int = 150, size: int = 64, batch: int = 64,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="vmerpo bench store", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=("all", "sampler"), default="all",
+                    help="all: write and sampler rates; sampler: report the sampler's reads alone "
+                         "(the store is still written first, untimed)")
     ap.add_argument("--episodes", type=int, default=160, help="episodes in the benchmark store")
     ap.add_argument("--length", type=int, default=150, help="frames per episode")
     ap.add_argument("--size", type=int, default=64, help="image side in pixels")
     ap.add_argument("--seconds", type=float, default=3.0, help="time per measured rate")
     ap.add_argument("--cache-mb", type=float, default=64, help="lazy mode chunk cache (smaller than the store)")
-    ap.add_argument("--out", default="results/bench_store.json", help="JSON output path")
+    ap.add_argument("--out", default=None,
+                    help="JSON output path (default results/bench_store.json, or bench_sampler.json with --part sampler)")
     args = ap.parse_args(argv)
+    args.out = args.out or f"results/bench_{'store' if args.part == 'all' else 'sampler'}.json"
     res = run(args.episodes, args.length, args.size, seconds=args.seconds, cache_mb=args.cache_mb)
+    if args.part == "sampler":
+        res = {k: v for k, v in res.items() if not k.startswith(("write_", "store_bytes", "image_compression"))}
     for k, v in res.items():
         print(f"{k:34s} {v:,.1f}" if isinstance(v, float) else f"{k:34s} {v}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

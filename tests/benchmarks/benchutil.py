@@ -1,19 +1,8 @@
-"""Load a script from bench/ as a module (bench/ is not a package: its sim.py must not shadow `sim`)."""
+"""Inputs shared by the benchmark tests."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_bench(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"vmerpo_bench_{name}", ROOT / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def world_model_bench_inputs(tmp_path: Path, test_tasks: list[int], test_episodes: int, steps: int) -> Path:
@@ -24,8 +13,8 @@ def world_model_bench_inputs(tmp_path: Path, test_tasks: list[int], test_episode
 
     import numpy as np
 
-    from learning.benchmarks.store import bench_spec, synthetic_episode
     from learning.store import EpisodeWriter
+    from learning.synthetic import bench_spec, synthetic_episode
 
     rng = np.random.default_rng(0)
     for name, tasks, n in (("train", [0, 1], 4), ("test", test_tasks, test_episodes)):

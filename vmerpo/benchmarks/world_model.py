@@ -1,4 +1,4 @@
-"""World-model benchmark (issue 4): does the latent uncertainty mean something, does the
+"""World-model benchmark: does the latent uncertainty mean something, does the
 meta-model help, how fast does training run. JSON out (one entry per task family) and a
 plot per family of uncertainty vs error and of the OOD-action check (`OUT_stem_FAMILY_uncertainty.png`).
 
@@ -30,10 +30,11 @@ import numpy as np
 import torch
 
 from learning.latents import encode_store, filter_episodes
-from learning.meta_model import ADAPT_HEADS, adapt, refit_prior_heads, task_model
+from learning.meta_model import ADAPT_HEADS, adapt, task_model
 from learning.store import EpisodeStore
 from learning.world_model_train import load_config, load_world_model, train
 from perception.world_model import WorldModel, latent_uncertainty
+from vmerpo.benchmarks.prior_refit import refit_prior_heads
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -444,7 +445,7 @@ def run_family(train_store: str, test_store: str, config: str, out_dir: Path, st
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="vmerpo bench world-model", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", action="append", nargs=3, metavar=("NAME", "TRAIN_STORE", "TEST_STORE"),
                     required=True, help="a task family: name, training-task store, held-out-task store")
     ap.add_argument("--config", default="cpu", help="training preset or config file")
@@ -472,12 +473,13 @@ def main(argv: list[str] | None = None) -> int:
                          f"{', '.join(ADAPT_HEADS)}: all (reward + prior heads, MerPO 2a), reward (reward head), "
                          "reward_last (its last layer), reward_offset (its output bias alone); the first makes the headline "
                          "keys, the others are reported beside them (keys ending _heads_NAME)")
-    ap.add_argument("--refit-heads", type=int, default=0, metavar="STEPS",
-                    help="first refit the prior heads on the training episodes' cached latents for STEPS steps "
-                         "(learning.meta_model.refit_prior_heads; one set for all tasks), default 0: off")
-    ap.add_argument("--refit-context", type=float, default=30.0,
+    exp = ap.add_argument_group("experimental options (off by default; docs/algorithms.md#experimental-options)")
+    exp.add_argument("--refit-heads", type=int, default=0, metavar="STEPS",
+                     help="first refit the prior heads on the training episodes' cached latents for STEPS steps "
+                          "(vmerpo.benchmarks.prior_refit; one set for all tasks), default 0: off")
+    exp.add_argument("--refit-context", type=float, default=30.0,
                     help="with --refit-heads: weight of the context term (uniform actions at the data's states)")
-    ap.add_argument("--refit-action-gain", type=float, default=1.0,
+    exp.add_argument("--refit-action-gain", type=float, default=1.0,
                     help="with --refit-heads: gain on the action where the random prior functions read it "
                          "(WorldModelConfig.prior_random_action_gain; the heads are refit to those priors)")
     ap.add_argument("--threads", type=int, default=1,

@@ -1,7 +1,6 @@
 """ROS 2 latency benchmark: image publish -> command received, policy_node vs a bare relay.
 
     vmerpo bench ros-latency [--policy policy.onnx] [--duration 60] --out results/ros_latency.json
-    python bench/ros_latency.py ...
 
 For each input size (84x84 and 640x480 rgb8 by default) a publisher in this process sends
 images at `--hz` for `--duration` seconds to, in turn, `relay_node` (answers at once, no
@@ -38,7 +37,7 @@ import numpy as np
 
 from robot_nodes.netsafe import ensure_safe_before_rclpy, inet_sockets_of_this_process, safe_ros_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _percentiles(x: list[float]) -> dict[str, float | None]:

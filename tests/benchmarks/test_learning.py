@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from vmerpo.bench_learning import _subset, bar_plot, markdown_table, summarize
+from vmerpo.benchmarks.learning import _subset, bar_plot, markdown_table, summarize
 
 
 def rows():
@@ -53,7 +53,7 @@ def test_bad_subsets_are_refused():
 def test_an_out_whose_world_model_is_another_preset_is_refused(tmp_path):
     from dataclasses import replace
 
-    from vmerpo.bench_learning import BUDGETS, _world_model
+    from vmerpo.benchmarks.learning import BUDGETS, _world_model
 
     (tmp_path / "world_model").mkdir()
     (tmp_path / "world_model" / "model.pt").write_bytes(b"x")  # finished, from before the marker: cpu
@@ -80,7 +80,7 @@ def test_an_out_meta_trained_with_the_other_meta_critic_is_refused(tmp_path):
     import json
     from dataclasses import replace
 
-    from vmerpo.bench_learning import BUDGETS, _meta_train
+    from vmerpo.benchmarks.learning import BUDGETS, _meta_train
 
     run = tmp_path / "runs" / "medium_s0"
     run.mkdir(parents=True)

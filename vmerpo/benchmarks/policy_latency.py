@@ -97,7 +97,7 @@ def run(steps: int = 1000, presets: tuple[str, ...] = ("cpu", "paper")) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="vmerpo bench policy-latency", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=1000, help="measured steps per policy")
     ap.add_argument("--presets", default="cpu,paper", help="world-model sizes to export (first one is judged)")
     ap.add_argument("--out", default="results/bench_policy_latency.json")

@@ -1,6 +1,6 @@
 """RAC update cost on one CPU thread (or a GPU) at MerPO's sizes and at the CPU preset's sizes.
 
-    python bench/rac_speed.py [--device cpu|cuda] [--out results/rac_speed.json]
+    vmerpo bench rac-speed [--device cpu|cuda] [--out results/rac_speed.json]
 
 Prints ms per update (critic + actor + temperature + dual step) for each configuration and
 the ratio to the paper's sizes, measured in one run (the machine is noisy: compare ratios).
@@ -40,11 +40,12 @@ def time_update(cfg: RACConfig, obs_dim: int = 160, act_dim: int = 4, n: int = 3
     return (time.perf_counter() - t) / n * 1e3
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="results/rac_speed.json")
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vmerpo bench rac-speed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="results/rac_speed.json", help="JSON output path")
     p.add_argument("--device", default="cpu", help="cpu (one thread) or cuda")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
     configs = {"paper": preset("paper").merpo.rac, "cpu": preset("cpu").merpo.rac}
     res = {name: time_update(cfg, device=args.device) for name, cfg in configs.items()}
@@ -56,6 +57,7 @@ def main() -> int:
     print(f"paper / cpu: {out['paper_over_cpu']:.1f}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.out}")
     return 0
 
 
