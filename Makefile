@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-all demo lint bench clean
+.PHONY: venv test test-all test-experiments demo lint typecheck check bench clean
 
 $(STAMP): requirements.txt constraints.txt setup.py setup.cfg
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,14 +25,26 @@ test: venv
 test-all: venv
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
 
+# The tests of the one-off study scripts in experiments/ (not part of `make test`).
+test-experiments: venv
+	$(BIN)/python -m pytest experiments -m "" $(PYTEST_ARGS)
+
 demo: venv
 	$(BIN)/vmerpo demo
 
 lint: venv
-	$(BIN)/ruff check perception learning sim robot_nodes vmerpo tests bench
+	$(BIN)/ruff check perception learning sim robot_nodes vmerpo tests experiments
 
+# mypy on the packages ([tool.mypy] in pyproject.toml).
+typecheck: venv
+	$(BIN)/mypy
+
+# What CI runs besides the tests.
+check: lint typecheck
+
+# Every benchmark: `vmerpo bench --help`; this one is quick (store + sampler).
 bench: venv
-	$(BIN)/python bench/store.py --out results/bench_store.json
+	$(BIN)/vmerpo bench store --out results/bench_store.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

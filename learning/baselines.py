@@ -1,4 +1,4 @@
-"""The learning benchmark's methods on one shared world model, latents and data (issue 5).
+"""The learning benchmark's methods on one shared world model, latents and data.
 
 Every method ends the same way: a tanh-Gaussian actor on the latent features s = [z, h] of the
 shared world model, deployed through the same graph (`DeployedPolicy`) with the task-adapted

@@ -1,4 +1,4 @@
-"""Multi-process training under `torchrun` (ARCHITECTURE.md, scale path): one process per GPU
+"""Multi-process training under `torchrun` (docs/scaling.md): one process per GPU
 (or per CPU worker), gloo on CPU, nccl on CUDA. No home-made cluster code: torchrun starts the
 processes and sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; this module
 joins its process group and offers the few collectives the trainers need.

@@ -1,6 +1,6 @@
 """Export a recurrent latent policy to a single ONNX file (contract 2).
 
-The exported graph is one filter step plus the actor mean (ALGORITHMS.md section 3):
+The exported graph is one filter step plus the actor mean (docs/architecture.md, contract 2):
 
     step(image_u8, prev_action, h, z[, state]) -> (action, h_next, z_next)
 

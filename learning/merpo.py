@@ -1,4 +1,4 @@
-"""MerPO: model-based offline meta-RL with regularization (Lin et al., ICLR 2022; ALGORITHMS.md
+"""MerPO: model-based offline meta-RL with regularization (Lin et al., ICLR 2022; docs/algorithms.md
 2c), on cached latents of the shared world model.
 
     [pi_c, pi_n <- behaviour cloning on the pooled logs       (warm_start_steps; 0 in MerPO)]
@@ -53,13 +53,13 @@ class MerPOConfig:
     # Behaviour-cloning steps that start pi_c (and every task policy) as the pooled meta-train
     # logs' behaviour policy: 0 in MerPO (pi_c from scratch, 50k meta-steps); the CPU presets'
     # few hundred meta-steps leave a from-scratch pi_c near random, and the KL to it then pulls
-    # every adapted policy away from the data [ours, measured: README learning benchmark]
+    # every adapted policy away from the data [ours, measured: experiments/02-learning-benchmark-reach]
     warm_start_steps: int = 0
     # Critic steps per meta-step that fit Q_meta to pi_c itself (conservative TD on the meta-batch
     # tasks' real transitions, next actions from pi_c) instead of the polyak mean of the task
     # critics: 0 in MerPO. With the CPU budget's 200 meta-steps the polyak rate 1e-3 leaves Q_meta
     # 82 % its random init, and the adapted pair (pi_c, Q_meta) was never trained together
-    # [ours, measured: README learning benchmark, push start ablation]
+    # [ours, measured: experiments/07-adaptation-ablations]
     meta_critic_steps: int = 0
     seed: int = 0
 
@@ -413,7 +413,7 @@ def adaptive_omega(world_model, cache: LatentCache, meta_actor: TanhGaussianActo
     the logged actions in theta_j gives the logs' real returns to within ~10 % over whole
     episodes, pi_c's rollouts carry 1.0-1.9x the uncertainty of the replays, and pi_c scores
     below the logged actions on held-out tasks (it is one policy for the meta-train goals),
-    which is where omega = 1 beat 0.4 (README, learning benchmark).
+    which is where omega = 1 beat 0.4 (experiments/02-learning-benchmark-reach).
     """
     ends = np.asarray(cache.episode_ends)
     starts = np.concatenate([[0], ends[:-1]])

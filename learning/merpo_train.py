@@ -67,7 +67,7 @@ class RunConfig:
     adapt_model_steps: int = 500  # theta_j steps on the new task's latents [ours]
     # which theta_j parameters adapt (meta_model.ADAPT_HEADS): all = reward + prior heads (MerPO
     # 2a); reward_offset = the reward head's output bias alone [ours], for logs too small to fit
-    # more (README, world-model benchmark)
+    # more (experiments/06-adaptation-scope)
     adapt_model_heads: str = "all"
     baseline_steps: int = 0  # pooled pretraining updates of the baselines (0: MerPO's total RAC updates)
     checkpoint_every: int = 50  # meta-steps between MerPO checkpoints
@@ -116,7 +116,7 @@ def preset(name: str) -> RunConfig:
         # 100 meta-steps, ~2-3 min. No pi_c warm start and the conservative term on every model
         # state: on the demo's mixed logs (30 % random episodes) the pooled-BC pi_c held the
         # adapted policy 10-14 cm from held-out task 40's goal (return 269); without, 4.1 cm and
-        # success from step 38 (same world model; README, learning benchmark)
+        # success from step 38 (same world model; experiments/14-demo)
         cfg.merpo = dataclasses.replace(cfg.merpo, iterations=5, warm_start_steps=0,
                                         rac=dataclasses.replace(cfg.merpo.rac, cql_states=0))
         return cfg

@@ -1,4 +1,4 @@
-"""MerPO meta-model (ALGORITHMS.md 2a): task heads theta_n around the meta-parameter phi.
+"""MerPO meta-model (docs/algorithms.md): task heads theta_n around the meta-parameter phi.
 
 Shared by all tasks (one latent space): encoder, decoder, GRU, posterior. Task-adapted:
 the reward head and the K prior heads. Meta-training is `world_model_train.train` on a store
@@ -72,8 +72,7 @@ def adapt(model: WorldModel, cache: LatentCache, steps: int = 500, eta: float = 
     heads="reward_last": the reward head's last layer (weights and bias) on phi's hidden layers.
     heads="reward_offset": only the reward head's output bias adapts, a per-task reward
     offset with every other parameter held at phi (eta = inf for them) [ours]: the lowest-
-    variance adaptation, for logs too small or too unrepresentative to fit more (README,
-    world-model benchmark: held-out push tasks, where every larger adaptation lost to phi).
+    variance adaptation, for logs too small or too unrepresentative to fit more (experiments/06-adaptation-scope: held-out push tasks, where every larger adaptation lost to phi).
     Returns a single-slot model whose heads are theta_j."""
     if init not in ("phi", "scratch"):
         raise ValueError(f"init must be phi or scratch, got {init!r}")

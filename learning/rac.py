@@ -1,5 +1,5 @@
 """RAC: meta-Regularized model-based Actor-Critic (MerPO, Lin et al. ICLR 2022, section 2b of
-ALGORITHMS.md), in the world model's latent space s = [z, h].
+docs/algorithms.md), in the world model's latent space s = [z, h].
 
 Read top to bottom like the paper's algorithm box:
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTION_EPS = 1e-4  # clip data actions to +-(1 - 1e-4) before atanh (ALGORITHMS 2b, ours)
+ACTION_EPS = 1e-4  # clip data actions to +-(1 - 1e-4) before atanh [ours]
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # SAC/COMBO actor bounds
 
 
@@ -61,7 +61,7 @@ class RACConfig:
     cql_alpha_lr: float = 3e-4  # dual ascent step [ours]
     omega: float = 0.4  # behaviour vs meta-policy weight (MerPO's best)
     lam: float = 50.0  # lambda, fixed (MerPO code); with lam_target > 0 its initial value
-    # > 0: lambda by dual ascent (ALGORITHMS 2b [ours]): B becomes KL(pi || pi_beta), pi_beta a
+    # > 0: lambda by dual ascent [ours, docs/algorithms.md]: B becomes KL(pi || pi_beta), pi_beta a
     # behaviour-cloning fit of the task's data (behaviour_fit_steps), and lambda grows while
     # omega KL(pi || pi_beta) + (1 - omega) KL(pi || pi_c) exceeds this target (nats); 0: fixed
     lam_target: float = 0.0

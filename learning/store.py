@@ -1,4 +1,4 @@
-"""The episode store (ARCHITECTURE.md, contract 1): robot and simulator logs in zarr.
+"""The episode store (docs/architecture.md, contract 1): robot and simulator logs in zarr.
 
 Layout of diffusion_policy's ReplayBuffer: `data/<key>` holds all episodes concatenated along
 time and `meta/episode_ends` the cumulative end index of each episode. Appending to

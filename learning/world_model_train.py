@@ -1,4 +1,4 @@
-"""Training of the latent world model and MerPO meta-model (ALGORITHMS.md 1, 2a).
+"""Training of the latent world model and MerPO meta-model (docs/algorithms.md).
 
 `train(store_path, cfg, run_dir, resume)` is what `vmerpo train-model` runs. One loop serves
 both forms: with one training task (or `meta=False`) every window trains slot 0; with several
@@ -53,7 +53,7 @@ class TrainConfig:
     grad_clip: float = 100.0  # LOMPO
     shift_pad: int = 4  # DrQ random shift, pad 4 at 84 px [ours]
     decode_fraction: float = 1.0  # LOMPO decodes every frame; CPU preset decodes a subset [ours]
-    use_state: bool = False  # proprioception as model input [ours, ALGORITHMS 3]
+    use_state: bool = False  # proprioception as model input [ours, docs/algorithms.md]
     meta: bool = True  # per-task heads theta_n when the store has several training tasks [MerPO]
     eta: float = 1e-3  # proximal weight; chosen by validation (bench/world_model.py) [ours]
     holdout_every: int = 10  # every 10th training episode is validation only [ours]
@@ -105,12 +105,12 @@ def preset(name: str) -> TrainConfig:
             use_state=True,
             log_every=25, image_every=500, checkpoint_every=250, threads=1)
     if name == "bench":
-        # cpu, with an ensemble built to disagree off the data (issue 4's uncertainty checks):
+        # cpu, with an ensemble built to disagree off the data (the world-model benchmark's uncertainty checks):
         # bootstrapped members (p = 0.5; on reach, heads refit on cached latents: Spearman(mean_dis,
         # member error) 0.15 -> 0.39), heads that read the action, and random prior functions of
         # scale 3 (scale from a 1 / 3 / 10 sweep with heads refit on cached latents; trained on push,
         # same seed, without -> with them: Spearman(log_prob, error) 0.36 -> 0.62, OOD-action AUROC
-        # 0.50 -> 0.61; README, issue 4 section)
+        # 0.50 -> 0.61; experiments/04-world-model-benchmark)
         cfg = preset("cpu")
         return dataclasses.replace(cfg, model=dataclasses.replace(
             cfg.model, ensemble_bootstrap=0.5, prior_action=True, prior_random_scale=3.0))

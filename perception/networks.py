@@ -1,4 +1,4 @@
-"""Convolutional encoder and decoder of the LOMPO world model (ALGORITHMS.md section 1).
+"""Convolutional encoder and decoder of the LOMPO world model (docs/algorithms.md, world model).
 
 Encoder: conv 3->d->2d->4d->8d, kernel 4, stride 2, ReLU, flatten (d = 32 in LOMPO; 1024
 features at 64 px). Decoder: Linear(feat -> 32d) -> transposed convs 4d, 2d, d, 3 with kernels

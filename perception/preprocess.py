@@ -1,4 +1,4 @@
-"""The one image preprocessing function (ARCHITECTURE.md, data flow).
+"""The one image preprocessing function (docs/architecture.md, data flow).
 
 Used at sim collection, ROS recording, rosbag import, training and inside the policy node,
 so that training and deployment see identical pixels. Imports only numpy and OpenCV: it runs

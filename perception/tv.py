@@ -1,4 +1,4 @@
-"""The one guarded torchvision import (ENVIRONMENT.md: the registry's torchvision wheel is built
+"""The one guarded torchvision import (docs/environment.md: the registry's torchvision wheel is built
 against CUDA, and `import torchvision` fails on CPU torch with "operator torchvision::nms does
 not exist"; defining the op schemas first makes its pure-Python parts work)."""
 

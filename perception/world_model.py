@@ -1,4 +1,4 @@
-"""LOMPO's latent world model: an RSSM with an ensemble of K prior heads (ALGORITHMS.md 1, 2a).
+"""LOMPO's latent world model: an RSSM with an ensemble of K prior heads (docs/algorithms.md).
 
     h' = GRU(ELU(Linear([z, a])), h)                   deterministic state, shared by all members
     z' ~ post(h', embed(o'))                           posterior (filtering)
@@ -6,7 +6,7 @@
     r  ~ reward([z', h'])                              reward of the transition into s' = [z', h']
     o' ~ Normal(decoder([z', h']), 1)
 
-MerPO meta-model [ours, ALGORITHMS.md 2a]: encoder, decoder, GRU and posterior are shared by all
+MerPO meta-model [ours, docs/algorithms.md]: encoder, decoder, GRU and posterior are shared by all
 tasks; the reward head and the K prior heads are task-adapted. They are stored as one bank of
 `n_slots` copies (`TaskHeads`): slot 0 is the meta-parameter phi, slots 1.. are theta_n.
 
@@ -44,13 +44,13 @@ class WorldModelConfig:
     reward_hidden: int = 256  # LOMPO: reward MLP 2x256 ELU
     reward_layers: int = 2  # LOMPO
     action_dim: int = 4  # from the store (Meta-World: dx, dy, dz, grip)
-    state_dim: int = 0  # proprioception concatenated to the embedding; 0 = off [ours, ALGORITHMS 3]
+    state_dim: int = 0  # proprioception concatenated to the embedding; 0 = off [ours, docs/algorithms.md]
     n_slots: int = 1  # task-head slots: 0 = phi, 1.. = theta_n of training tasks [ours, MerPO 2a]
     kl_scale: float = 1.0  # LOMPO: KL weight 1
-    kl_balance: float = 0.8  # DreamerV2 KL balancing (prior side) [ours, ALGORITHMS 2a]
+    kl_balance: float = 0.8  # DreamerV2 KL balancing (prior side) [ours, docs/algorithms.md]
     free_nats: float = 1.0  # DreamerV3 free bits per step [ours; LOMPO/Dreamer v1 used 3 on the mean]
     image_scale: float = 1.0  # LOMPO: image NLL weight 1
-    reward_scale: float = 1.0  # LOMPO: 1; CPU preset raises it, ALGORITHMS 2a [ours]
+    reward_scale: float = 1.0  # LOMPO: 1; CPU preset raises it [ours, docs/algorithms.md]
     uncertainty: str = "log_prob"  # LOMPO default; also max_var, mean_dis
     # Bootstrapped ensemble [ours]: probability that prior member k trains on an episode (a fixed
     # per-episode mask, Osband et al. 2016 use 0.5); every window trains the KL of all its members.
@@ -58,7 +58,7 @@ class WorldModelConfig:
     ensemble_bootstrap: float = 0.0
     # [ours] every prior head also reads the action that led to h' (members f_k(h', a) as in
     # PETS/MOPO ensembles), so members can disagree about an unseen action's effect; LOMPO's heads
-    # read h' only, and the shared GRU maps unusual actions into familiar h' (issue 4 measurements).
+    # read h' only, and the shared GRU maps unusual actions into familiar h' (experiments/04-world-model-benchmark).
     prior_action: bool = False
     # [ours] weight of a task-agnostic reward head trained on every window of every task. Each
     # task's reward head can explain its rewards without the shared latent knowing the task; one
@@ -69,7 +69,8 @@ class WorldModelConfig:
     # scale * p_k(x), a fixed random MLP on the heads' input (buffers: never trained, one for
     # all task slots). Training makes each head cancel its p_k where the data are, so away from
     # them the members disagree even when the trained parts agree. 0 = off (LOMPO). The bench
-    # preset's 3 comes from a sweep 1 / 3 / 10 with heads refit on cached latents (README).
+    # preset's 3 comes from a sweep 1 / 3 / 10 with heads refit on cached latents
+    # (experiments/04-world-model-benchmark).
     prior_random_scale: float = 0.0
     # [ours] gain on the (normalized) action where the random prior functions read it. Their input
     # is [h', a]: with deter 128 and 4 action dims the action carries ~3 % of the pre-activation
@@ -250,7 +251,7 @@ class WorldModel(nn.Module):
             mu = mu + self.cfg.prior_random_scale * p.float()
         return mu, std
 
-    # -- one filter step: the deployment form (ALGORITHMS 3) -----------------------------------
+    # -- one filter step: the deployment form (docs/architecture.md) --------------------------
     def transition(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """h' = GRU(ELU(Linear([z, a])), h); a in robot units."""
         return self.gru(F.elu(self.img_in(torch.cat([z, self.action_in(action)], -1))), h)

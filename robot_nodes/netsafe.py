@@ -1,4 +1,4 @@
-"""Network safety for every process that uses ROS 2 (mandatory; ENVIRONMENT.md).
+"""Network safety for every process that uses ROS 2 (mandatory; docs/environment.md).
 
 Fast DDS multicasts on every interface by default, and LOCALHOST discovery still binds UDP on
 all interfaces. The only configuration that opens no IP socket at all is shared-memory

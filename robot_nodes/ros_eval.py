@@ -52,7 +52,7 @@ class RosEvalError(RuntimeError):
 @contextmanager
 def ros_session(name: str, namespace: str = "") -> Iterator[Any]:
     """A node in its own context, spun by a MultiThreadedExecutor in a daemon thread;
-    teardown never hangs (ENVIRONMENT.md's in-process pattern)."""
+    teardown never hangs (docs/environment.md, the in-process pattern)."""
     ensure_safe_before_rclpy()
     import rclpy
     from rclpy.executors import MultiThreadedExecutor

@@ -1,5 +1,5 @@
 """Exercising nodes from outside, shared by the tests and `bench/faults.py`: a node in its own
-process, an in-process rclpy context whose teardown never hangs (ENVIRONMENT.md's pattern),
+process, an in-process rclpy context whose teardown never hangs (docs/environment.md),
 service calls, and the malformed-input set that policy_node must survive.
 
 Torch-free. rclpy is imported only inside the functions, after the SHM-only DDS configuration

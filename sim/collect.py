@@ -1,4 +1,4 @@
-"""Data collection (issue 3, part 4): behaviour policies -> episodes -> one zarr store.
+"""Data collection: behaviour policies -> episodes -> one zarr store.
 
 Worker processes each own a Meta-World environment and run whole episodes; the parent is
 the only writer. Each episode's seed is a function of (seed, task id, episode index) and

@@ -1,4 +1,4 @@
-"""Image-based manipulation task families in MuJoCo (issue 3, part 1 and 2).
+"""Image-based manipulation task families in MuJoCo.
 
 A *family* is one manipulation skill (`push-v3`); its *tasks* are variants of it (goal and
 object positions), identified by an integer task id. The task table and its split into
@@ -217,7 +217,7 @@ RENDER_MESH_CELL_M = 0.008  # vertex-clustering cell for render meshes (~1 px at
 
 def _fast_render_settings(model: mujoco.MjModel) -> None:
     # Shadows, multisampling and reflections cost most of llvmpipe's time: 64 px frames go
-    # from ~8 to ~130 per second on one core (ENVIRONMENT.md; measured again here).
+    # from ~8 to ~130 per second on one core (docs/environment.md).
     model.vis.quality.shadowsize = 0
     model.vis.quality.offsamples = 0
     model.mat_reflectance[:] = 0.0

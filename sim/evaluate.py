@@ -1,4 +1,4 @@
-"""The one closed-loop evaluation harness (issue 3, part 5), and the episode loop it shares
+"""The one closed-loop evaluation harness, and the episode loop it shares
 with data collection.
 
 `policy` is anything with `reset()` and `act(observation) -> action`: scripted policies, a

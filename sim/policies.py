@@ -1,4 +1,4 @@
-"""Behaviour policies with quality levels (issue 3, part 3).
+"""Behaviour policies with quality levels.
 
 Every policy has `reset()`, `act(observation) -> action` and `seed(int)`; `evaluate` and
 `collect` call `seed` with a seed derived from (task id, episode index), so an episode's
@@ -10,7 +10,7 @@ actions do not depend on which worker ran it.
   the goal shifted by (hand - tool centre). Meta-World's reach expert steers the *hand* onto the
   goal while success is measured at the tool centre between the fingers, 4.5 cm below, so it
   ends 4.5-4.7 cm from the goal against a 5 cm threshold (`bench/reach_margin.py`); aimed at
-  the tool centre it ends ~0.5 cm away. Tried as reach's default in session 8 (README).
+  the tool centre it ends ~0.5 cm away. Tried as reach's default (experiments/10-reach-margin).
 - `medium`: the expert with Gaussian action noise and random detours (the arm heads for a
   random point for a while); per-family settings give 30-60 % success.
 - `random`: uniform actions within the limits.
@@ -112,7 +112,7 @@ class MediumConfig:
 MEDIUM_CONFIGS: dict[str, MediumConfig] = {
     # measured over all 50 tasks x 2 episodes (seed 1), state-only: success ~0.45 / 0.51 /
     # 0.40 / 0.51. (reach with a tool-centre-aimed expert: 0.66 at these settings, 0.43 with
-    # detour_prob 0.04; session 8)
+    # detour_prob 0.04)
     "reach-v3": MediumConfig(noise_std=0.35, detour_prob=0.025, detour_steps=(20, 60)),
     "push-v3": MediumConfig(noise_std=0.15, detour_prob=0.015, detour_steps=(10, 40)),
     "drawer-close-v3": MediumConfig(noise_std=0.5, detour_prob=0.04, detour_steps=(30, 80)),

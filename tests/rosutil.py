@@ -1,5 +1,5 @@
 """Helpers for tests that create rclpy nodes: own context, executor in a daemon thread,
-teardown that never hangs (ENVIRONMENT.md's in-process pattern). They live in
+teardown that never hangs (docs/environment.md, the in-process pattern). They live in
 `robot_nodes.testing`, shared with `bench/faults.py`."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The layering rule (ARCHITECTURE.md): imports flow perception -> learning -> sim ->
+"""The layering rule (docs/architecture.md): imports flow perception -> learning -> sim ->
 robot_nodes, and the robot side (robot_nodes, the runtime part of learning, the store and
 the one preprocessing function) runs without torch."""
 

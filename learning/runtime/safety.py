@@ -1,4 +1,4 @@
-"""The one safety limiter (ARCHITECTURE.md, contract 3).
+"""The one safety limiter (docs/architecture.md, contract 3).
 
 Shared by the ROS policy node and the sim evaluator, so the policy validated in simulation
 is limited exactly as on the robot. The applied (limited) action is what a policy is told it

@@ -1,4 +1,4 @@
-"""The exported policy's spec (ARCHITECTURE.md, contract 2), stored as JSON in the ONNX file's
+"""The exported policy's spec (docs/architecture.md, contract 2), stored as JSON in the ONNX file's
 `metadata_props["vmerpo.spec"]`. Torch-free: read by the policy runtime on the robot."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Reliability: a writer killed with SIGKILL at random moments never loses a committed episode
-and never leaves a store that fails to open (issue 2, >= 20 kills)."""
+and never leaves a store that fails to open (>= 20 kills)."""
 
 from __future__ import annotations
 

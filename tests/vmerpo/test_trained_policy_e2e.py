@@ -1,4 +1,4 @@
-"""A policy trained on MuJoCo logs, end to end (issue 6): the exported ONNX file and the run's
+"""A policy trained on MuJoCo logs, end to end: the exported ONNX file and the run's
 torch policy act alike in closed loop (max |diff| <= 1e-4 over 100 steps), `vmerpo eval` gives
 the same results for both on the same seeds, and a mismatched spec is refused. The trained
 run is the session fixture `exported` (tests/vmerpo/conftest.py), shared with test_ros_eval.py."""

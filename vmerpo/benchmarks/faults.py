@@ -169,7 +169,7 @@ def kill_and_resume(name: str, base_cmd: list[str], run_dir: Path, watch: list[P
     at random moments of a resumed launch (start-up included). `watch` lists the files that
     change as the run advances, phase by phase: kill i waits for a change in watch[t_i:], with
     t_i spread over the phases so the kills hit each of them."""
-    res = {"kills_after_progress": 0, "kills_blind": 0, "launches": 0, "errors": [], "phases_hit": []}
+    res: dict[str, Any] = {"kills_after_progress": 0, "kills_blind": 0, "launches": 0, "errors": [], "phases_hit": []}
     targets = [round(i * (len(watch) - 1) / max(kills - 1, 1)) for i in range(kills)]
     # the first launch is killed after progress (before it there is nothing to resume)
     rest = ["blind"] * blind + ["progress"] * (kills - 1)
@@ -313,7 +313,7 @@ def collection_section(wd: Path, counts: dict, rng: random.Random, log: Callable
     ref_store = EpisodeStore.open(wd / "collect_ref.zarr")
     ref_digests = [episode_digest(ref_store, i) for i in range(ref_store.n_episodes)]
     path = wd / "collect.zarr"
-    out = {"trials": 0, "kills": 0, "episodes_planned": len(ref_digests), "max_committed_seen": 0,
+    out: dict[str, Any] = {"trials": 0, "kills": 0, "episodes_planned": len(ref_digests), "max_committed_seen": 0,
            "lost_committed_episodes": 0, "unopenable_stores": 0, "corrupted_episodes": 0,
            "orphan_workers": 0, "finished_before_kill": 0, "errors": []}
     for trial in range(trials):
@@ -451,7 +451,7 @@ def recording_section(wd: Path, counts: dict, rng: random.Random, log: Callable[
     store_path = wd / "rec.zarr"
     acked: dict[int, tuple[int, int]] = {}  # episode index -> (first tick, ticks)
     digests: dict[int, str] = {}
-    out = {"trials": 0, "kills": 0, "modes": {}, "acknowledged_commits": 0, "lost_committed_episodes": 0,
+    out: dict[str, Any] = {"trials": 0, "kills": 0, "modes": {}, "acknowledged_commits": 0, "lost_committed_episodes": 0,
            "unopenable_stores": 0, "changed_episodes": 0, "misaligned_episodes": 0, "startup_failures": 0,
            "network_violations": 0, "errors": []}
     tick = 0

@@ -1,4 +1,4 @@
-"""`vmerpo bench learning`: MerPO against its baselines on held-out tasks (issue 5, item 5).
+"""`vmerpo bench learning`: MerPO against its baselines on held-out tasks.
 
 One world model per family (trained once on the mixed-quality meta-train logs) is shared by
 every method, quality and seed. Per quality (expert / medium / mixed) and seed:
@@ -39,7 +39,7 @@ class Budget:
     train_tasks: int  # meta-train tasks: the family's first N train ids
     episodes_per_task: int  # meta-train episodes per task and quality
     heldout_tasks: int  # the family's first K held-out ids
-    heldout_episodes: int  # the small log per held-out task (issue 5: 5)
+    heldout_episodes: int  # the small log per held-out task (5 episodes)
     seeds: int
     eval_episodes: int  # per held-out task and seed
     config: str  # `vmerpo train` preset
@@ -55,11 +55,11 @@ class Budget:
 
 
 BUDGETS = {
-    # 26.9 min on the idle 2-core CPU machine (README; 1800 adaptation steps took 28.6-31.0 min)
+    # 26.9 min on the idle 2-core CPU machine (experiments/02-learning-benchmark-reach; 1800 adaptation steps took 28.6-31.0 min)
     "smoke": Budget(train_tasks=10, episodes_per_task=6, heldout_tasks=3, heldout_episodes=5, seeds=1,
                     eval_episodes=10, config="cpu", wm_steps=1000, meta_iterations=5, adapt_steps=1500,
                     methods=("merpo", "rac", "lompo", "bc")),  # MerPO-Adp's 3 more adaptations would pass 30 min
-    # 123.4 min on the 2-core CPU machine, ~117 idle (README), target 150
+    # 123.4 min on the 2-core CPU machine, ~117 idle (experiments/02-learning-benchmark-reach), target 150
     "full": Budget(train_tasks=20, episodes_per_task=8, heldout_tasks=3, heldout_episodes=5, seeds=3,
                    eval_episodes=20, config="cpu", wm_steps=0),
 }

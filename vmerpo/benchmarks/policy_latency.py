@@ -2,7 +2,7 @@
 
 Batch 1, one thread each, the same weights, measured in one run (these machines are noisy:
 read the ratio). The policy is the deployed graph (world-model filter step + 3x256 actor) at
-the `cpu` and `paper` world-model sizes. Targets (issue 6, 2-core CPU): onnxruntime at least 3x
+the `cpu` and `paper` world-model sizes. Targets (2-core CPU): onnxruntime at least 3x
 faster than torch eager at p50, and p99 under 1.7 ms (5 % of a 30 Hz frame).
 """
 

@@ -208,7 +208,7 @@ def action_separability(train_eps: list[dict[str, np.ndarray]], test_eps: list[d
     already cover uniform actions (e.g. medium data, whose noise and detours spread the actions
     over the whole box). Not a bound on `ood_action_auroc`, whose H-step rollouts also show how
     consecutive actions hang together (the data's are correlated, uniform ones are not): the
-    refit `bench` models exceed it on reach and push (README, world-model benchmark, session 18)."""
+    refit `bench` models exceed it on reach and push (experiments/04-world-model-benchmark)."""
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
 
@@ -273,7 +273,7 @@ def _adapted(model: WorldModel, cache, steps: int, eta: float, seed: int, heads:
 def select_eta(model: WorldModel, store: EpisodeStore, fit: list[int], grid: list[float], horizon: int,
                adapt_steps: int, seed: int, rule: str = "best", heads: str = "all") -> tuple[float, dict]:
     """eta by leave-one-episode-out validation inside the adaptation episodes (MerPO gives no
-    value, ALGORITHMS 2a: "choose it by validation"): for each eta, adapt on all but one of the
+    value: "choose it by validation"): for each eta, adapt on all but one of the
     `fit` episodes and score the H-step reward NLL on the one left out. The task's other
     episodes, on which the benchmark scores, are never seen. An `inf` in the grid is phi itself
     (no adaptation), so adaptation has to beat phi in validation.
