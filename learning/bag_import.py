@@ -170,7 +170,11 @@ def import_bag(cfg: BagImportConfig, log: Callable[[str], None] | None = None) -
         raise ValueError("reward source `topic` needs --reward-topic")
     if cfg.reward == "sparse-success" and cfg.success is None and not cfg.success_topic:
         raise ValueError("--reward sparse-success needs --success (per episode) or --success-topic")
-    reward_fn = load_reward_fn(cfg.reward_fn) if cfg.reward == "fn" else None
+    reward_fn: Callable[..., Any] | None = None
+    if cfg.reward == "fn":
+        if cfg.reward_fn is None:
+            raise ValueError("reward source `fn` needs --reward-fn")
+        reward_fn = load_reward_fn(cfg.reward_fn)
     typestore = _typestore()
     reader = _open(cfg.bag)
     try:

@@ -14,11 +14,15 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from learning.runtime.spec import OUTPUT_NAMES, SPEC_KEY, PolicySpec
+
+if TYPE_CHECKING:
+    from perception.world_model import WorldModel
 
 OPSET = 20
 
@@ -124,7 +128,7 @@ class DeployedPolicy(nn.Module):
     `actor_mean` maps features s = [z, h] to the pre-tanh mean action [B, A].
     """
 
-    def __init__(self, world_model: nn.Module, actor_mean: nn.Module) -> None:
+    def __init__(self, world_model: WorldModel, actor_mean: nn.Module) -> None:
         super().__init__()
         self.world_model = world_model
         self.actor_mean = actor_mean

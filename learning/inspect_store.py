@@ -163,7 +163,7 @@ def episodes_video(store: EpisodeStore, out: str | os.PathLike, episodes: list[i
     h, w = store.array_shape("image")[1:3]
     size = (w * scale, h * scale)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"),
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*"mp4v"),
                              fps or min(store.spec.control_hz, 30.0), size)
     if not writer.isOpened():
         raise OSError(f"cannot open video writer for {out}")

@@ -46,7 +46,8 @@ class LatentCache:
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
             np.savez(f, episode_ends=self.episode_ends, episode_task=self.episode_task,
-                     episodes=self.episodes, info=np.array(json.dumps(self.info)), **self.arrays)
+                     episodes=self.episodes, info=np.array(json.dumps(self.info)),
+                     **self.arrays)  # type: ignore[arg-type]  # stubs: ** may fill allow_pickle
         os.replace(tmp, path)
 
     @classmethod

@@ -197,7 +197,7 @@ def uncertainty_std(world_model, data: dict[str, torch.Tensor], norm: Normalizer
     """Std of the model's uncertainty for dataset actions on real states (the penalty's unit)."""
     b = sample(data, n, generator)
     out = rollout(world_model, b["obs"], lambda feat, t: norm.to_robot(b["act"]), 1, generator, slot)
-    return float(max(out["uncertainty"].std(), 1e-6))
+    return float(max(out["uncertainty"].std(), 1e-6))  # type: ignore[arg-type]  # Tensor | float
 
 
 # -- MerPO -------------------------------------------------------------------------------------
@@ -280,6 +280,7 @@ class MerPO:
         if r.omega < 1.0:
             self.meta_opt.zero_grad(set_to_none=True)
             if kl:
+                assert isinstance(meta_loss, torch.Tensor)  # a sum of the KL tensors
                 meta_loss.backward()
             distributed.all_reduce_grads_(self.meta_actor.parameters())  # sum over ranks' tasks
             self.meta_opt.step()
@@ -299,8 +300,8 @@ class MerPO:
         self.step += 1
         merged: dict[str, list[float]] = {}
         for part in distributed.all_gather_objects(stats):
-            for k, v in part.items():
-                merged.setdefault(k, []).extend(v)
+            for k, vals in part.items():
+                merged.setdefault(k, []).extend(vals)
         out = {k: float(np.mean(v)) for k, v in merged.items()}
         out["meta_kl"] = float(kl_total) / len(batch_tasks)
         return out

@@ -100,7 +100,7 @@ def preset(name: str) -> RunConfig:
     if name == "cpu":
         # RAC at MerPO's sizes (3x256, 256+256, 10 CQL actions per source on 256 states) costs
         # ~10x more per update on one core than 3x128, 128+128 and 4 CQL actions on 64 states
-        # (`python bench/rac_speed.py`).
+        # (`vmerpo bench rac-speed`).
         rac = RACConfig(hidden=128, layers=3, batch_real=128, batch_model=128, cql_n_actions=4, cql_states=64)
         return RunConfig(world_model=wmt.preset("cpu"),
                          merpo=MerPOConfig(rac=rac, iterations=10, steps_per_iteration=20, meta_batch=4,
@@ -215,7 +215,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 # -- vmerpo train ------------------------------------------------------------------------------
 def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = False, overwrite: bool = False,
           world_model: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
-          evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None) -> dict[str, Any]:
+          evaluate: Callable[[DeployedPolicy, int], dict[str, float]] | None = None) -> dict[str, Any]:
     """World model (unless `world_model` names a trained one) + MerPO meta-training. Under
     torchrun every rank runs it: the world model data-parallel, MerPO's tasks spread over the
     ranks (`learning/distributed.py`); rank 0 writes the run directory."""
@@ -432,10 +432,10 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         raise ValueError(f"{data}: no episodes of task {task} (tasks present: {tasks})")
     if task in info["meta_train_tasks"]:
         raise ValueError(f"task {task} was a meta-training task of {run}; adapt to a held-out task")
-    device = wmt.pick_device(device or cfg.device)
+    dev = wmt.pick_device(device or cfg.device)
     out = Path(out)
     _prepare_dir(out, False, overwrite)
-    model, _ = wmt.load_world_model(info["world_model"], str(device))
+    model, _ = wmt.load_world_model(info["world_model"], str(dev))
     train_store_spec = EpisodeStore.open(info["data"], load="lazy").spec
     diff = train_store_spec.compatibility_errors(store.spec)
     if diff:
@@ -451,15 +451,16 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
             raise ValueError(f"unknown RAC setting(s) {unknown}; see learning.rac.RACConfig")
         rc = dataclasses.replace(rc, **rac_overrides)
     anchor = None  # the KL's target, frozen (None: adapt_rac's default, a copy of init_actor)
+    init_critic: TwinCritic | None
     if method in META_METHODS:
-        merpo = MerPO(model.cfg.feat_dim, len(store.spec.action_names), info["meta_train_tasks"], mc, device)
+        merpo = MerPO(model.cfg.feat_dim, len(store.spec.action_names), info["meta_train_tasks"], mc, dev)
         ckpt = run / "checkpoints" / "merpo.pt"
-        merpo.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
+        merpo.load_state_dict(torch.load(ckpt, map_location=dev, weights_only=True))
         init_actor, init_critic = merpo.meta_actor, merpo.meta_critic
         if start != "own":  # the KL still pulls toward pi_c
             anchor = copy.deepcopy(merpo.meta_actor).requires_grad_(False)
             pooled_actor, pooled_critic = pretrained_baseline(run, "rac", log=log, progress=progress,
-                                                                device=str(device))
+                                                                device=str(dev))
             if start in ("pooled", "pooled-actor"):
                 init_actor = pooled_actor
             if start in ("pooled", "pooled-critic"):
@@ -468,24 +469,24 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         if start != "own":
             raise ValueError(f"start={start!r} applies to merpo and merpo_adp, not {method}")
         init_actor, init_critic = pretrained_baseline(run, method, log=log, progress=progress,
-                                                      device=str(device))
+                                                      device=str(dev))
 
     eps = [i for i in range(store.n_episodes) if int(store.episode_task[i]) == task]
     log(f"adapting {method} to task {task} from {len(eps)} episodes")
     # theta_j and the log's latents depend on (run, data, task) only: every method shares them
     shared = run / "task_models" / f"{data_hash(store)}_t{task}"
     if (shared / "task_model.pt").exists() and (shared / "latents.npz").exists():
-        theta, _ = wmt.load_world_model(shared / "task_model.pt", str(device))
+        theta, _ = wmt.load_world_model(shared / "task_model.pt", str(dev))
         cache = LatentCache.load(shared / "latents.npz")
     else:
-        cache = encode_store(model, store, eps, device=str(device))
+        cache = encode_store(model, store, eps, device=str(dev))
         theta = adapt_model(model, cache, steps=cfg.adapt_model_steps, eta=cfg.world_model.eta, seed=mc.seed,
                             heads=cfg.adapt_model_heads)
         shared.mkdir(parents=True, exist_ok=True)
         cache.save(shared / "latents.npz")
         wmt.save_checkpoint(shared / "task_model.pt", theta, None, 0,
                             dataclasses.replace(cfg.world_model, model=theta.cfg), {task: 0})
-    data_j = transitions(cache, norm, task, device)
+    data_j = transitions(cache, norm, task, dev)
     omega_choice = None
     if method == "merpo_adp":
         omega_choice = adaptive_omega(theta, cache, anchor if anchor is not None else init_actor, norm, rc.omega,
@@ -536,20 +537,20 @@ def pretrained_baseline(run_dir: str | os.PathLike, method: str, log: Callable[[
     mc = cfg.merpo
     rc = method_config(method, mc.rac)
     path = run / "baselines" / f"{method}.pt"
-    device = wmt.pick_device(device or cfg.device)
+    dev = wmt.pick_device(device or cfg.device)
     cache = LatentCache.load(run / "latents.npz")
     obs_dim, act_dim = cache.arrays["feat"].shape[1], cache.arrays["action"].shape[1]
-    actor = TanhGaussianActor(obs_dim, act_dim, rc.hidden, rc.layers).to(device)
-    critic = None if method == "bc" else TwinCritic(obs_dim, act_dim, rc.hidden, rc.layers).to(device)
+    actor = TanhGaussianActor(obs_dim, act_dim, rc.hidden, rc.layers).to(dev)
+    critic = None if method == "bc" else TwinCritic(obs_dim, act_dim, rc.hidden, rc.layers).to(dev)
     if path.exists():
-        blob = torch.load(path, map_location=device, weights_only=True)
+        blob = torch.load(path, map_location=dev, weights_only=True)
         actor.load_state_dict(blob["actor"])
         if critic is not None:
             critic.load_state_dict(blob["critic"])
         return actor, critic
     norm = Normalizer.from_dict(json.loads((run / "normalizer.json").read_text()))
-    pooled = transitions(cache, norm, None, device)
-    model, _ = wmt.load_world_model(info["world_model"], str(device))
+    pooled = transitions(cache, norm, None, dev)
+    model, _ = wmt.load_world_model(info["world_model"], str(dev))
     rollout = model_rollout_fn(model, 0, rc.horizon, norm, torch.Generator().manual_seed(mc.seed + 3))
     n = cfg.baseline_steps or mc.iterations * mc.steps_per_iteration * mc.meta_batch * mc.inner_steps
     log(f"pretraining the {method} baseline on the pooled meta-train logs ({n} updates)")
@@ -626,6 +627,8 @@ class TorchPolicy:
         if module is not None and spec is not None:
             self.module, self.spec = module, spec
         else:
+            if run_dir is None:
+                raise TypeError("TorchPolicy needs a run directory, or a module and its spec")
             self.module, self.spec = load_policy(run_dir, device)
         self.device = torch.device(device)
         s = self.spec

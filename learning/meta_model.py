@@ -11,7 +11,7 @@ head the reward of row t from s_{t+1}, exactly the terms of the training loss th
 
 eta: MerPO gives no value; it is exposed (`TrainConfig.eta`, `adapt(eta=...)`, the benchmark's
 `--eta` / `--eta-sweep`). The default 1e-3 (per squared parameter; the loss is a mean over rows)
-comes from a sweep on held-out push tasks (bench/world_model.py --eta-sweep, 300 adaptation
+comes from a sweep on held-out push tasks (vmerpo bench world-model --eta-sweep, 300 adaptation
 steps, 5 episodes): 0 / 1e-4 / 1e-3 / 1e-2 / 1e-1 gave 0.473 / 0.476 / 0.474 / 0.488 / 0.576
 of phi's reward loss on an early (325-step) model: 1e-3 is the largest value that cost nothing,
 0.1 holds theta_j too close to phi. The sweep is small and noisy (2 tasks, 3 held-out

@@ -334,6 +334,7 @@ class RAC:
                 mu_b, sd_b = self.behaviour_actor.dist_params(real["obs"])
             b_term = gaussian_kl(mu, sd, mu_b, sd_b).mean()
         if use_meta:
+            assert meta_actor is not None  # use_meta implies it
             with torch.no_grad():
                 mu_c, sd_c = meta_actor.dist_params(real["obs"])
             meta_kl = gaussian_kl(mu, sd, mu_c, sd_c).mean()

@@ -159,7 +159,9 @@ def _compressor(zarr_format: int, image: bool):
 
         shuffle = numcodecs.Blosc.NOSHUFFLE if image else numcodecs.Blosc.SHUFFLE
         return numcodecs.Blosc(cname="zstd", clevel=3, shuffle=shuffle)
-    return zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle" if image else "shuffle")
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle" if image else "shuffle")
 
 
 def _chunk_rows(trailing: tuple[int, ...], itemsize: int) -> int:
@@ -199,7 +201,7 @@ class EpisodeWriter:
         overwrite: bool = False,
         zarr_format: int = 2,
         storage_options: dict | None = None,
-        log: Callable[[str], None] | None = None,
+        log: Callable[[str], object] | None = None,
     ) -> None:
         self.path = str(path)
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -783,7 +785,8 @@ class EpisodeStore:
         for c in range(first, last + 1):
             chunk = self.cache.get(
                 (key, c),
-                lambda c=c: self._read_array(f"data/{key}", slice(c * cs, min((c + 1) * cs, self.n_frames))),
+                lambda c=c: self._read_array(  # type: ignore[misc]  # c bound per chunk
+                    f"data/{key}", slice(c * cs, min((c + 1) * cs, self.n_frames))),
             )
             lo = max(start - c * cs, 0)
             hi = min(stop - c * cs, len(chunk))

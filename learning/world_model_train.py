@@ -55,7 +55,7 @@ class TrainConfig:
     decode_fraction: float = 1.0  # LOMPO decodes every frame; CPU preset decodes a subset [ours]
     use_state: bool = False  # proprioception as model input [ours, docs/algorithms.md]
     meta: bool = True  # per-task heads theta_n when the store has several training tasks [MerPO]
-    eta: float = 1e-3  # proximal weight; chosen by validation (bench/world_model.py) [ours]
+    eta: float = 1e-3  # proximal weight; chosen by validation (vmerpo bench world-model) [ours]
     holdout_every: int = 10  # every 10th training episode is validation only [ours]
     split: str = "train"  # task split trained on; meta-test tasks stay unseen [MerPO]
     seed: int = 0
@@ -87,13 +87,13 @@ RUNTIME_KEYS = ("device", "threads", "prefetch")
 
 def preset(name: str) -> TrainConfig:
     """tiny: seconds, for tests. cpu: a useful model in < 30 min on 2 cores, sized by
-    measurement (bench/world_model.py reports its frames/s). bench: cpu with a bootstrapped,
+    measurement (vmerpo bench world-model reports its frames/s). bench: cpu with a bootstrapped,
     action-reading prior ensemble with random prior functions. paper: LOMPO's sizes, for a GPU."""
     if name == "paper":
         return TrainConfig()
     if name == "cpu":
         return TrainConfig(
-            # Measured on the 2-core machine (bench/world_model.py reports frames/s): 64 px with
+            # Measured on the 2-core machine (vmerpo bench world-model reports frames/s): 64 px with
             # half widths, 16x32 windows, a quarter of the frames decoded: ~1100-1250 frames/s,
             # 3000 steps in ~20-23 min on 1 thread. 2 threads ran 8x slower whenever another
             # process shared the cores, so 1 thread.
@@ -421,7 +421,7 @@ def _train(store_path: str, cfg: TrainConfig, run: Path, resume: bool, progress:
     set_data_statistics(model, data.store)
     model.to(device)
     if cfg.channels_last and device.type == "cpu":
-        model.encoder.to(memory_format=torch.channels_last)
+        model.encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
     step = 0
     if resume and ckpt_path.exists():
@@ -458,6 +458,7 @@ def _train(store_path: str, cfg: TrainConfig, run: Path, resume: bool, progress:
         val_batch = to_torch(vs.sample(), device, {t: data.task_slots.get(t, 0) for t in vs.tasks})
 
     wait = [0.0]
+    totals: dict[str, float]
     t_start, step_start, totals = time.perf_counter(), step, {}
     stream = batch_stream(data.sampler, cfg.seed, step, cfg.steps, cfg.prefetch, wait, shards, n_shards)
     from tqdm import tqdm
@@ -484,8 +485,8 @@ def _train(store_path: str, cfg: TrainConfig, run: Path, resume: bool, progress:
             last["steps_per_s"] = (step - step_start) / elapsed
             last["frames_per_s"] = last["steps_per_s"] * cfg.batch_size * cfg.seq_len
             last["data_wait_share"] = wait[0] / elapsed
-            for k, v in last.items():
-                writer.add_scalar(f"train/{k}", v, step)
+            for k, x in last.items():
+                writer.add_scalar(f"train/{k}", x, step)
             with metrics_path.open("a") as f:
                 f.write(json.dumps({"step": step, **last}) + "\n")
             bar.set_postfix(loss=f"{last['loss']:.1f}", img=f"{last['image_nll']:.1f}",
@@ -532,7 +533,8 @@ def _step(cfg: TrainConfig, loss_fn: torch.nn.Module, model: WorldModel, opt: to
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, None if n_shards == 1 else shards[m]))
         batch = to_torch(batch_np, device, slots, data)
         last = m == len(micro) - 1
-        no_sync = loss_fn.no_sync() if (not last and hasattr(loss_fn, "no_sync")) else nullcontext()
+        no_sync = (loss_fn.no_sync()  # type: ignore[operator]  # DDP's, found by hasattr
+                   if (not last and hasattr(loss_fn, "no_sync")) else nullcontext())
         with no_sync:
             with autocast:
                 out = loss_fn(batch, gen)

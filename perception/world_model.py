@@ -20,6 +20,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -179,10 +180,16 @@ class TaskHeads(nn.Module):
 
     def proximal(self, slots: torch.Tensor) -> torch.Tensor:
         """sum_n ||theta_n - phi||^2 over the given slots (MerPO's proximal term)."""
-        return sum(((p[slots] - p[0:1]) ** 2).sum() for p in self.parameters())
+        return cast(torch.Tensor, sum(((p[slots] - p[0:1]) ** 2).sum() for p in self.parameters()))
 
 
 class WorldModel(nn.Module):
+    # Buffers (register_buffer in __init__), declared for the type checker.
+    action_low: torch.Tensor
+    action_high: torch.Tensor
+    state_mean: torch.Tensor
+    state_std: torch.Tensor
+
     def __init__(self, cfg: WorldModelConfig) -> None:
         super().__init__()
         self.cfg = cfg

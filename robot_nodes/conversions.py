@@ -86,7 +86,8 @@ def joint_values(msg, names: Sequence[str], field: str = "position") -> np.ndarr
     return out
 
 
-def fill_float64_array(msg, values: np.ndarray, frame_stamp_ns: int | None = None) -> None:
+def fill_float64_array(msg, values: np.ndarray | Sequence[float],
+                       frame_stamp_ns: int | None = None) -> None:
     """std_msgs/Float64MultiArray as ros2_control's forward_command_controller reads it
     (only `data`). The layout's label carries the stamp of the camera frame the action
     answers, so a lockstep simulator or a recorder can pair them; controllers ignore it."""

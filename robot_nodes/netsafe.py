@@ -15,7 +15,7 @@ import os
 import random
 import sys
 import tempfile
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 FASTDDS_PROFILE = Path(__file__).with_name("fastdds_shm_only.xml")
@@ -29,7 +29,7 @@ _UNSAFE = (
 )
 
 
-def safe_ros_env(base: MutableMapping[str, str] | None = None, domain_id: int | None = None) -> dict[str, str]:
+def safe_ros_env(base: Mapping[str, str] | None = None, domain_id: int | None = None) -> dict[str, str]:
     """A copy of `base` (default: os.environ) with the SHM-only Fast DDS configuration."""
     env = dict(os.environ if base is None else base)
     for key in _UNSAFE:

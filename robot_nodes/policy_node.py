@@ -24,12 +24,14 @@ ensure_safe_before_rclpy()
 
 import time  # noqa: E402
 from collections import deque  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from geometry_msgs.msg import TwistStamped  # noqa: E402
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.publisher import Publisher  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
@@ -55,6 +57,11 @@ SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FA
 
 
 class PolicyNode(LifecycleNode):
+    _last_frame: float | None
+    _pending: tuple[np.ndarray, int, float] | None
+    _answered: tuple[int, np.ndarray] | None  # (frame stamp, its command)
+    _holding: np.ndarray | None
+
     def __init__(self, node_name: str = "policy_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         A = Parameter.Type
@@ -101,7 +108,7 @@ class PolicyNode(LifecycleNode):
         self.limiter: SafetyLimiter | None = None
         self.active = False
         self.enabled = False
-        self._pub = None
+        self._pub: Publisher[Any] | None = None
         self._subs: list = []
         self._timers: list = []
         self._reset_counters()
@@ -320,6 +327,7 @@ class PolicyNode(LifecycleNode):
         self._last_frame = received
         if not self.enabled:
             return
+        assert self.runtime is not None and self.limiter is not None  # enabled: configured
         t0 = time.perf_counter()
         try:
             action = self.runtime.act(image, state)
@@ -355,6 +363,7 @@ class PolicyNode(LifecycleNode):
                 msg = m
                 break
         state = joint_values(msg, self.spec.state_names).astype(np.float32) if self.spec.uses_state else None
+        assert self.limiter is not None  # _needs_joints is set with the limiter
         ee = joint_values(msg, self.p_ee_names) if self.limiter.needs_ee_position else None
         return state, ee
 
@@ -379,6 +388,7 @@ class PolicyNode(LifecycleNode):
         """The hold action: zeros (delta/velocity) or the current joint positions (position)."""
         if self.limiter is None:
             return
+        assert self.runtime is not None  # set and cleared with the limiter
         if self.position_interface:
             if self._holding is None:
                 current = self._current_position()
@@ -418,13 +428,13 @@ class PolicyNode(LifecycleNode):
         self.latency: deque[float] = deque(maxlen=1000)
         self.preprocess_latency: deque[float] = deque(maxlen=1000)
         self.tick_times: deque[float] = deque(maxlen=300)
-        self._last_frame: float | None = None
+        self._last_frame = None
         self._joints: deque[tuple[int, float, JointState]] = deque(maxlen=64)
         self._last_stamp = 0
-        self._pending: tuple[np.ndarray, int, float] | None = None
-        self._answered: tuple[int, np.ndarray] | None = None  # (frame stamp, its command)
+        self._pending = None
+        self._answered = None  # (frame stamp, its command)
         self._needs_joints = False
-        self._holding: np.ndarray | None = None
+        self._holding = None
         self.position_interface = False
 
     def _publish_diagnostics(self) -> None:

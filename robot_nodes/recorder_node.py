@@ -33,7 +33,7 @@ from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64, Float64MultiArray  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
-from learning.store import EpisodeWriter, StoreSpec  # noqa: E402
+from learning.store import EpisodeStream, EpisodeWriter, StoreSpec  # noqa: E402
 from perception.preprocess import preprocess_spec, to_model_image  # noqa: E402
 from robot_nodes.common import declare, run_node  # noqa: E402
 from robot_nodes.conversions import (  # noqa: E402
@@ -94,7 +94,7 @@ class RecorderNode(Node):
         )
         self.writer = EpisodeWriter(self.store_path, spec, mode="a",
                                     log=lambda m: self.get_logger().warning(m))
-        self.stream = None
+        self.stream: EpisodeStream | None = None
         self.ticks: deque[dict] = deque()
         self.joints: deque[tuple[int, JointState]] = deque(maxlen=200)
         self.last_tick_ns: int | None = None
@@ -152,6 +152,7 @@ class RecorderNode(Node):
         return res
 
     def _write(self, tick: dict) -> None:
+        assert self.stream is not None  # rows are written only while an episode is open
         self.stream.append({"image": tick["image"], "state": tick["state"], "action": tick["action"],
                             "reward": np.float32(tick["reward"] or 0.0), "terminal": False,
                             "timestamp": tick["stamp"] * 1e-9})

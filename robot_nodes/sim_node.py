@@ -116,6 +116,7 @@ class SimNode(Node):
         return res
 
     def _frame_ns(self) -> int:
+        assert self.episode is not None  # frames exist only within an episode
         return self.episode["start_ns"] + self.episode["t"] * self.dt_ns
 
     def _publish_observation(self, obs: dict) -> None:
@@ -135,6 +136,7 @@ class SimNode(Node):
 
     def _step(self, action: np.ndarray) -> None:
         e = self.episode
+        assert e is not None  # callers step only an open episode
         obs, reward, terminated, truncated, info = self.env.step(action)
         e["t"] += 1
         e["return"] += float(reward)

@@ -1,4 +1,4 @@
-"""Exercising nodes from outside, shared by the tests and `bench/faults.py`: a node in its own
+"""Exercising nodes from outside, shared by the tests and `vmerpo bench faults`: a node in its own
 process, an in-process rclpy context whose teardown never hangs (docs/environment.md),
 service calls, and the malformed-input set that policy_node must survive.
 

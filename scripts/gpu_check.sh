@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# GPU checks (issues 4 and 5) on a CUDA machine: LOMPO's `paper` world model with bf16 autocast
+# GPU checks on a CUDA machine: LOMPO's `paper` world model with bf16 autocast
 # (steps/s, frames/s, data-wait share), the world-model benchmark's uncertainty checks at paper
 # sizes, and MerPO's paper sizes on CUDA (meta-steps, adaptation, ONNX export with parity check).
-#   bash bench/gpu_check.sh TRAIN_STORE HELDOUT_STORE OUT_DIR [WM_STEPS] [BENCH_STEPS]
+#   bash scripts/gpu_check.sh TRAIN_STORE HELDOUT_STORE OUT_DIR [WM_STEPS] [BENCH_STEPS]
 # (BENCH_STEPS: auto = what fits in ~150 s, 0 = skip the world-model benchmark)
 # Each stage has its own time limit; every number lands in OUT_DIR/*.json.
+# Results of a run: experiments/12-gpu-check/README.md.
 set -uo pipefail
 TRAIN=$1; HELD=$2; OUT=$3; WM_STEPS=${4:-400}; BENCH_STEPS=${5:-auto}
 PY=${PYTHON:-python3}
@@ -26,10 +27,10 @@ cp "$OUT/wm_paper/metrics.json" "$OUT/wm_paper_metrics.json" 2>/dev/null
 if [ "$BENCH_STEPS" = auto ]; then  # as many steps as fit in ~150 s at the measured rate
   BENCH_STEPS=$($PY -c "import json,sys; m=json.load(open('$OUT/wm_paper_metrics.json')); print(max(200, min(5000, int(m['steps_per_s'] * 150))))" 2>/dev/null || echo 500)
 fi
-[ "$BENCH_STEPS" != 0 ] && stage wm_bench 330 $PY bench/world_model.py --family paper_bench "$TRAIN" "$HELD" --config bench/configs/wm_paper_bench.json \
+[ "$BENCH_STEPS" != 0 ] && stage wm_bench 330 $PY -m vmerpo bench world-model --family paper_bench "$TRAIN" "$HELD" --config scripts/configs/wm_paper_bench.json \
     --steps "$BENCH_STEPS" --no-meta --threads 8 --workdir "$OUT/wm_bench" --out "$OUT/wm_bench_paper.json"
 # 3. MerPO at paper sizes on CUDA: a short meta-training on the paper world model, adaptation, export
-stage merpo 150 $PY -m vmerpo train --data "$TRAIN" --config bench/configs/merpo_paper_short.json \
+stage merpo 150 $PY -m vmerpo train --data "$TRAIN" --config scripts/configs/merpo_paper_short.json \
     --world-model "$OUT/wm_paper" --device cuda --out "$OUT/merpo" --no-progress --json
 stage adapt 120 $PY -m vmerpo adapt --run "$OUT/merpo" --data "$HELD" --task 40 --out "$OUT/adapted" --no-progress --json
 $PY -c "import json; m=json.load(open('$OUT/merpo/metrics.json')); print('merpo meta-steps', m['meta_steps'], 'in', round(m['seconds'], 1), 's')" 2>/dev/null

@@ -119,6 +119,7 @@ class _EpisodeRunner:
 
         seed = episode_seed(self.cfg["seed"], task_id, k)
         r = run_episode(self.env, self.policy, self.limiter, task_id, seed, k, record=True)
+        assert r.data is not None  # record=True
         provenance = {**describe(self.policy), "collection_quality": self.cfg["quality"],
                       "seed": seed, "episode_index": k}
         return r.success, r.data, provenance

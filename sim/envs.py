@@ -19,14 +19,14 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 # Mesa llvmpipe rasterises in the calling thread: measured 4.4 vs 5.9 CPU ms per 64 px frame
-# with its default thread pool, and one core per collection worker is what scales (bench/sim.py).
+# with its default thread pool, and one core per collection worker is what scales (vmerpo bench sim).
 os.environ.setdefault("LP_NUM_THREADS", "0")
 
 import functools  # noqa: E402
 import pickle  # noqa: E402
 import warnings  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, cast  # noqa: E402
 
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
@@ -49,7 +49,7 @@ GOAL_MARKER_RGBA = (0.1, 1.0, 0.1, 1.0)
 # One camera sees the marker's 2-D position only, and along the camera ray reach goals spread
 # more than the 5 cm success radius: a least-squares fit of the 3-D goal from the marker's pixel
 # position is off by 4.1 cm on the held-out goals (2.5 cm with its pixel size too); with the
-# pin's foot on the table it is 1.2 cm (python bench/goal_pin.py). Rendering only.
+# pin's foot on the table it is 1.2 cm (experiments/08-goal-pin). Rendering only.
 GOAL_PIN_RADIUS_M = 0.008
 GOAL_PIN_FOOT_RADIUS_M = 0.035
 GOAL_PIN_RGBA = (0.0, 0.45, 0.0, 1.0)
@@ -495,7 +495,7 @@ class MetaWorldImageEnv:
         """The pin and its foot as two extra scene geoms (drawn, never simulated)."""
         if scene.ngeom + 2 > scene.maxgeom:
             raise RuntimeError("goal_pin: the renderer's scene has no room for two more geoms")
-        x, y, z = (float(v) for v in self._mw._target_pos)
+        x, y, z = (float(v) for v in cast(np.ndarray, self._mw._target_pos))
         top = max(z - GOAL_MARKER_RADIUS_M, TABLE_TOP_Z_M + 1e-3)
         half = (top - TABLE_TOP_Z_M) / 2
         rgba = np.array(GOAL_PIN_RGBA, dtype=np.float32)
@@ -508,6 +508,7 @@ class MetaWorldImageEnv:
 
     def _state(self) -> np.ndarray:
         qpos = self._mw.data.qpos
+        assert self._raw_obs is not None  # set by reset() and step()
         return np.concatenate([self._raw_obs[:4], qpos[:7]]).astype(np.float32)
 
     def _observation(self) -> dict[str, np.ndarray]:

@@ -81,7 +81,7 @@ def run_episode(
             frames.append(obs["image"])
         if terminated or truncated:
             break
-    data = None
+    data: dict[str, np.ndarray] | None = None
     if record:
         data = {
             "image": np.stack(rows["image"]).astype(np.uint8),
@@ -182,7 +182,7 @@ def write_video(path: str, clips: Sequence[Sequence[np.ndarray]], fps: float = 3
     for t in range(n):
         frames.append(np.concatenate([c[min(t, len(c) - 1)] for c in clips], axis=1))
     if str(path).endswith(".gif"):
-        imageio.mimsave(path, frames, duration=1.0 / fps)
+        imageio.mimsave(path, frames, duration=1.0 / fps)  # type: ignore[arg-type]
         return
     try:
         writer = imageio.get_writer(path, fps=fps, macro_block_size=1)
@@ -190,7 +190,7 @@ def write_video(path: str, clips: Sequence[Sequence[np.ndarray]], fps: float = 3
         import cv2
 
         h, w = frames[0].shape[:2]
-        vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+        vw = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
         if not vw.isOpened():
             raise OSError(f"cannot write video {path}: {e}") from None
         for f in frames:

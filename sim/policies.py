@@ -9,7 +9,7 @@ actions do not depend on which worker ran it.
   `tool_centre_aimed` (on for the families in `TOOL_CENTRE_AIMED`, none by default): give it
   the goal shifted by (hand - tool centre). Meta-World's reach expert steers the *hand* onto the
   goal while success is measured at the tool centre between the fingers, 4.5 cm below, so it
-  ends 4.5-4.7 cm from the goal against a 5 cm threshold (`bench/reach_margin.py`); aimed at
+  ends 4.5-4.7 cm from the goal against a 5 cm threshold (experiments/10-reach-margin); aimed at
   the tool centre it ends ~0.5 cm away. Tried as reach's default (experiments/10-reach-margin).
 - `medium`: the expert with Gaussian action noise and random detours (the arm heads for a
   random point for a while); per-family settings give 30-60 % success.
@@ -42,7 +42,7 @@ def _expert_for(family: str):
 
     if family not in ENV_POLICY_MAP:
         raise ValueError(f"no scripted expert for {family!r}")
-    return ENV_POLICY_MAP[family]()
+    return ENV_POLICY_MAP[family]()  # type: ignore[abstract]  # stubs: map of the abstract base
 
 
 class ExpertPolicy:
@@ -167,8 +167,9 @@ class MixedPolicy:
 
     def __init__(self, env: Any, weights: tuple[float, float, float] = (0.3, 0.4, 0.3),
                  seed: int = 0) -> None:
-        self.members = {"expert": ExpertPolicy(env), "medium": MediumPolicy(env),
-                        "random": RandomPolicy(env)}
+        self.members: dict[str, ExpertPolicy | MediumPolicy | RandomPolicy] = {
+            "expert": ExpertPolicy(env), "medium": MediumPolicy(env),
+            "random": RandomPolicy(env)}
         self.weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)
         self.rng = np.random.default_rng(seed)
         self.current = "expert"

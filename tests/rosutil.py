@@ -1,6 +1,6 @@
 """Helpers for tests that create rclpy nodes: own context, executor in a daemon thread,
 teardown that never hangs (docs/environment.md, the in-process pattern). They live in
-`robot_nodes.testing`, shared with `bench/faults.py`."""
+`robot_nodes.testing`, shared with `vmerpo bench faults`."""
 
 from __future__ import annotations
 

@@ -220,6 +220,7 @@ def _inspect_result(out: Path, steps: list[dict], store: str) -> dict | None:
 
 def _ids(ids: list[int]) -> str:
     """[0, 1, 2, 5] -> '0-2, 5'."""
+    parts: list[list[int]]
     parts, ids = [], sorted(ids)
     for i in ids:
         if parts and i == parts[-1][1] + 1:

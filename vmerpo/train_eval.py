@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:
+    from learning.export import DeployedPolicy
+    from sim.envs import MetaWorldImageEnv
 
 
 def sim_evaluator(data: str, run_dir: str, tasks: str, episodes: int, seed: int = 0
-                  ) -> Callable[[nn.Module, int], dict[str, float]]:
+                  ) -> Callable[[DeployedPolicy, int], dict[str, float]]:
     """evaluate(module, step) -> {"success", "return"} on `tasks` of the store's family."""
     from learning.merpo_train import TorchPolicy, policy_spec
     from learning.store import EpisodeStore
@@ -24,9 +27,9 @@ def sim_evaluator(data: str, run_dir: str, tasks: str, episodes: int, seed: int 
                          f"(its env family is {family!r}); drop --eval-every")
     ids = task_set(family).select(tasks)
     env_cfg = store_spec.env
-    state = {"env": None}
+    state: dict[str, MetaWorldImageEnv | None] = {"env": None}
 
-    def evaluate(module: nn.Module, step: int) -> dict[str, float]:
+    def evaluate(module: DeployedPolicy, step: int) -> dict[str, float]:
         from sim.evaluate import evaluate as run_eval
         from vmerpo.commands.eval import LatentPolicy
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -87,6 +88,7 @@ class SafetyLimiter:
             k = len(self.position_channels)
             if k == 0 or any(not 0 <= c < n for c in self.position_channels):
                 raise ValueError(f"position_channels {self.position_channels} out of range")
+            assert self.workspace_high is not None  # both or neither, checked above
             self.workspace_low = _vector("workspace_low", self.workspace_low, k)
             self.workspace_high = _vector("workspace_high", self.workspace_high, k)
             if np.any(self.workspace_low >= self.workspace_high):
@@ -101,7 +103,7 @@ class SafetyLimiter:
 
     @property
     def action_dim(self) -> int:
-        return int(self.low.size)
+        return int(cast(np.ndarray, self.low).size)
 
     @property
     def needs_ee_position(self) -> bool:
@@ -113,17 +115,19 @@ class SafetyLimiter:
 
     def reset(self, previous_action: Sequence[float] | np.ndarray | None = None) -> None:
         """Start of an episode: the rate limit starts from `previous_action` (default hold)."""
+        hold_action = cast(np.ndarray, self.hold_action)  # an array since __post_init__
         if previous_action is None:
-            self._prev = self.hold_action.copy()
+            self._prev = hold_action.copy()
         else:
             prev = _vector("previous_action", previous_action, self.action_dim)
             self._prev = np.clip(prev, self.low, self.high) if np.all(np.isfinite(prev)) \
-                else self.hold_action.copy()
+                else hold_action.copy()
 
     def hold(self) -> np.ndarray:
         """The hold action, recorded as the previously applied action."""
-        self._prev = self.hold_action.copy()
-        return self.hold_action.astype(np.float32)
+        hold_action = cast(np.ndarray, self.hold_action)  # an array since __post_init__
+        self._prev = hold_action.copy()
+        return hold_action.astype(np.float32)
 
     def __call__(self, action, ee_position=None) -> np.ndarray:
         return self.limit(action, ee_position)
@@ -164,8 +168,10 @@ class SafetyLimiter:
             idx = list(self.position_channels)
             # The largest steps that keep the end effector in the box; never forced inwards
             # harder than the policy asked, never pushed further out when already outside.
-            up = np.maximum((self.workspace_high - ee) / self.position_scale, 0.0)
-            down = np.minimum((self.workspace_low - ee) / self.position_scale, 0.0)
+            ws_low = cast(np.ndarray, self.workspace_low)  # arrays since __post_init__
+            ws_high = cast(np.ndarray, self.workspace_high)
+            up = np.maximum((ws_high - ee) / self.position_scale, 0.0)
+            down = np.minimum((ws_low - ee) / self.position_scale, 0.0)
             boxed = np.clip(out[idx], down, up)
             if np.any(boxed != out[idx]):
                 self.stats.workspace_limited += 1

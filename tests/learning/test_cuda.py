@@ -1,7 +1,7 @@
 """The CUDA paths: world-model training with bf16 autocast and its resume after a kill, and the
 whole run pipeline (MerPO meta-training, resume, adaptation, ONNX export) on a GPU. CI has no
 GPU, so these are skipped there with the reason; run them on a GPU machine
-(`pytest tests/learning/test_cuda.py`; bench/gpu_check.sh times the paper sizes)."""
+(`pytest tests/learning/test_cuda.py`; scripts/gpu_check.sh times the paper sizes)."""
 
 from __future__ import annotations
 

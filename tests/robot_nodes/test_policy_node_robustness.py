@@ -2,7 +2,7 @@
 (encoding, step, truncated data, zero and huge size), NaN joint states, a 1 kHz burst, and a
 camera that stops. The node stays alive, never publishes a non-finite or out-of-limit
 command, and holds within one watchdog period after obs_timeout_s. The attack itself is
-`robot_nodes.testing.send_malformed_inputs`, which `bench/faults.py` repeats."""
+`robot_nodes.testing.send_malformed_inputs`, which `vmerpo bench faults` repeats."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from robot_nodes.netsafe import ensure_safe_before_rclpy  # no rclpy, no torch
 
@@ -169,7 +169,8 @@ def kill_and_resume(name: str, base_cmd: list[str], run_dir: Path, watch: list[P
     at random moments of a resumed launch (start-up included). `watch` lists the files that
     change as the run advances, phase by phase: kill i waits for a change in watch[t_i:], with
     t_i spread over the phases so the kills hit each of them."""
-    res: dict[str, Any] = {"kills_after_progress": 0, "kills_blind": 0, "launches": 0, "errors": [], "phases_hit": []}
+    res: dict[str, Any]
+    res = {"kills_after_progress": 0, "kills_blind": 0, "launches": 0, "errors": [], "phases_hit": []}
     targets = [round(i * (len(watch) - 1) / max(kills - 1, 1)) for i in range(kills)]
     # the first launch is killed after progress (before it there is nothing to resume)
     rest = ["blind"] * blind + ["progress"] * (kills - 1)
@@ -186,7 +187,8 @@ def kill_and_resume(name: str, base_cmd: list[str], run_dir: Path, watch: list[P
         if mode == "progress":
             files = watch[targets.pop(0):]
             marks = file_marks(files)
-            wait_until(lambda m=marks, p=p, f=files: file_marks(f) != m or p.poll() is not None, timeout)
+            wait_until(lambda m=marks, p=p, f=files:  # type: ignore[misc]
+                       file_marks(f) != m or p.poll() is not None, timeout)
             if p.poll() is None:
                 time.sleep(rng.uniform(0.0, 0.5))
                 res["phases_hit"].append(max(i for i, f in enumerate(watch) if f.exists()) if any(
@@ -313,7 +315,8 @@ def collection_section(wd: Path, counts: dict, rng: random.Random, log: Callable
     ref_store = EpisodeStore.open(wd / "collect_ref.zarr")
     ref_digests = [episode_digest(ref_store, i) for i in range(ref_store.n_episodes)]
     path = wd / "collect.zarr"
-    out: dict[str, Any] = {"trials": 0, "kills": 0, "episodes_planned": len(ref_digests), "max_committed_seen": 0,
+    out: dict[str, Any]
+    out = {"trials": 0, "kills": 0, "episodes_planned": len(ref_digests), "max_committed_seen": 0,
            "lost_committed_episodes": 0, "unopenable_stores": 0, "corrupted_episodes": 0,
            "orphan_workers": 0, "finished_before_kill": 0, "errors": []}
     for trial in range(trials):
@@ -345,7 +348,7 @@ def collection_section(wd: Path, counts: dict, rng: random.Random, log: Callable
         rc = reap(p)
         if rc not in (0, -signal.SIGKILL):
             out["errors"].append(f"trial {trial}: collect exited {rc}")
-        if not wait_until(lambda pid=p.pid: not group_alive(pid), 5):
+        if not wait_until(lambda pid=p.pid: not group_alive(pid), 5):  # type: ignore[misc]
             out["orphan_workers"] += 1
             os.killpg(p.pid, signal.SIGKILL)  # our own child's group, found alive
         out["max_committed_seen"] = max(out["max_committed_seen"], seen[0])
@@ -451,7 +454,8 @@ def recording_section(wd: Path, counts: dict, rng: random.Random, log: Callable[
     store_path = wd / "rec.zarr"
     acked: dict[int, tuple[int, int]] = {}  # episode index -> (first tick, ticks)
     digests: dict[int, str] = {}
-    out: dict[str, Any] = {"trials": 0, "kills": 0, "modes": {}, "acknowledged_commits": 0, "lost_committed_episodes": 0,
+    out: dict[str, Any]
+    out = {"trials": 0, "kills": 0, "modes": {}, "acknowledged_commits": 0, "lost_committed_episodes": 0,
            "unopenable_stores": 0, "changed_episodes": 0, "misaligned_episodes": 0, "startup_failures": 0,
            "network_violations": 0, "errors": []}
     tick = 0
@@ -573,7 +577,7 @@ def _store_attrs(d: dict) -> dict:
     return d.get("attributes", d)  # zarr 3 keeps attrs inside zarr.json
 
 
-STORE_CASES: dict[str, tuple[Callable[[Path, random.Random], None], tuple[str, ...]]] = {
+STORE_CASES: dict[str, tuple[Callable[[Path, random.Random], object], tuple[str, ...]]] = {
     # name: (damage, words one of which the error must contain)
     "truncated image chunk": (lambda p, r: _first_chunk(p / "data/image").write_bytes(
         _first_chunk(p / "data/image").read_bytes()[:40]), ("data/image",)),
@@ -606,13 +610,13 @@ STORE_CASES: dict[str, tuple[Callable[[Path, random.Random], None], tuple[str, .
 def _set_value(p: Path, name: str, index: tuple, value: Any) -> None:
     import zarr
 
-    zarr.open_group(str(p), mode="r+")[name][index] = value
+    cast("zarr.Array", zarr.open_group(str(p), mode="r+")[name])[index] = value
 
 
 def _resize(p: Path, name: str, delta: int) -> None:
     import zarr
 
-    a = zarr.open_group(str(p), mode="r+")[name]
+    a = cast("zarr.Array", zarr.open_group(str(p), mode="r+")[name])
     a.resize((a.shape[0] + delta, *a.shape[1:]))
 
 
@@ -639,7 +643,7 @@ def policy_spec_for_reach() -> Any:
                       env={"family": "reach-v3"})
 
 
-def _set_metadata(src: Path, dst: Path, fn: Callable[[dict[str, str]], None]) -> None:
+def _set_metadata(src: Path, dst: Path, fn: Callable[[dict[str, str]], object]) -> None:
     import onnx
 
     from learning.runtime.spec import SPEC_KEY
@@ -684,7 +688,7 @@ def _spec_key() -> str:
     return SPEC_KEY
 
 
-ONNX_CASES: dict[str, tuple[Callable[[Path, Path, random.Random], None], tuple[str, ...]]] = {
+ONNX_CASES: dict[str, tuple[Callable[[Path, Path, random.Random], object], tuple[str, ...]]] = {
     "truncated file": (lambda s, d, r: d.write_bytes(s.read_bytes()[: s.stat().st_size // 2]),
                        ("not a valid ONNX", "not a readable ONNX")),
     "random bytes": (lambda s, d, r: d.write_bytes(r.randbytes(s.stat().st_size)),
@@ -728,6 +732,7 @@ def corruption_section(wd: Path, counts: dict, rng: random.Random, log: Callable
                       "one_line": one, "names_problem": _check_message(line, words), "message": line})
         try:  # the API the trainers use: open + decompress every chunk
             EpisodeStore.open(path, load="lazy").verify()
+            api: dict[str, Any]
             api = {"exit_code": 0, "one_line": False, "message": "accepted"}
         except ValueError as e:
             api = {"exit_code": 2, "one_line": "\n" not in str(e), "message": str(e)}
@@ -743,9 +748,9 @@ def corruption_section(wd: Path, counts: dict, rng: random.Random, log: Callable
     control = run(vmerpo_cmd("eval", "--policy", str(good), *eval_args))
     controls["eval good policy"] = control.returncode == 0
     n_eval = counts["eval_cases"] if counts["eval_cases"] is not None else len(ONNX_CASES)
-    for j, (name, (damage, words)) in enumerate(ONNX_CASES.items()):
+    for j, (name, (damage_onnx, words)) in enumerate(ONNX_CASES.items()):
         path = wd / f"policy_{j}.onnx"
-        damage(good, path, rng)
+        damage_onnx(good, path, rng)
         try:
             rt = PolicyRuntime(path, providers="cpu")
             rt.check_compatible(image_size=64, action_names=["ee_dx", "ee_dy", "ee_dz", "gripper_effort"],
@@ -816,6 +821,7 @@ def ros_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str],
         image_size=64, action_names=["j0", "j1"], action_low=low.tolist(), action_high=high.tolist(),
         deter_size=32, stoch_size=8, action_type="joint_position", hold_action="current position",
         state_names=["j0", "j1"], uses_state=True, control_hz=30.0), seed=1)
+    out: dict[str, Any]
     out = {"trials": 0, "policy_node_crashes": 0, "unclean_exits": 0, "nonfinite_commands": 0,
            "out_of_limit_commands": 0, "commands": 0, "malformed_sent": 0, "rejected_reported": 0,
            "rejections_missing": 0, "network_violations": 0, "errors": []}
@@ -833,7 +839,8 @@ def ros_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str],
             img_pub = client.create_publisher(Image, f"{ns}/image", qos_profile_sensor_data)
             js_pub = client.create_publisher(JointState, f"{ns}/joint_states", qos_profile_sensor_data)
             try:
-                if not wait_for(lambda p=img_pub: p.get_subscription_count() > 0, 60):
+                if not wait_for(lambda p=img_pub:  # type: ignore[misc]
+                                p.get_subscription_count() > 0, 60):
                     out["errors"].append(f"trial {trial}: policy_node did not start: {node.output()[-300:]}")
                     out["policy_node_crashes"] += 1
                     continue
@@ -854,7 +861,7 @@ def ros_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str],
                     time.sleep(0.5)
                     out["malformed_sent"] += n_reject + len(fuzz)
                 alive = node.alive()
-                ok = wait_for(lambda n_reject=n_reject: any(
+                ok = wait_for(lambda n_reject=n_reject: any(  # type: ignore[misc]
                     int({kv.key: kv.value for kv in st.values}.get("rejected_count", 0)) >= n_reject
                     for d in diags[-5:] for st in d.status if st.hardware_id == str(policy)), 3)
                 if not ok:

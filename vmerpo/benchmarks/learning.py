@@ -338,6 +338,8 @@ def _adapt_all(out: Path, runs: dict, stores: dict, heldout: list[int], methods:
     pre = [(run, m) for run in runs.values() for m in methods if m not in META_METHODS]
     _pool_map(_pretrain, pre, workers, "pretrain baselines", progress)
     order = sorted(methods, key=lambda m: m != "bc")  # bc first: cheapest
+    first: list[tuple]
+    rest: list[tuple]
     jobs, first, rest = [], [], []
     for (q, seed), run in runs.items():
         for task in heldout:
@@ -443,7 +445,7 @@ def bar_plot(results: dict, behaviour: dict[str, float], methods: list[str], qua
                yerr=[results[m][q]["success_stderr"] for q in qualities], capsize=2, label=m)
     for j, q in enumerate(qualities):
         ax.hlines(behaviour[q], j - 0.4, j + 0.4, colors="k", linestyles="dashed",
-                  label="behaviour data" if j == 0 else None)
+                  label="behaviour data" if j == 0 else None)  # type: ignore[arg-type]
     ax.set_xticks(range(len(qualities)), qualities)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("held-out success")

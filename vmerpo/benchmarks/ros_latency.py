@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -56,12 +56,12 @@ def _stalls(times: list[float], latency: list[float | None], publish_s: list[flo
     out: list[dict[str, Any]] = []
     run: list[int] = []
     for i in range(len(times) + 1):
-        bad = i < len(times) and (latency[i] is None or latency[i] > threshold_s)
+        bad = i < len(times) and ((lat := latency[i]) is None or lat > threshold_s)
         if bad:
             run.append(i)
             continue
         if run:
-            lats = [latency[j] for j in run if latency[j] is not None]
+            lats = [v for j in run if (v := latency[j]) is not None]
             gaps = [times[j + 1] - times[j] for j in run if j + 1 < len(times)]
             out.append({"at_s": round(times[run[0]], 3), "frames": len(run),
                         "unanswered": len(run) - len(lats),
@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.out} exists; pass --overwrite", file=sys.stderr)
         return 2
     try:
-        sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+        sizes = [cast(tuple[int, int], tuple(int(v) for v in s.split("x")))
+                 for s in args.sizes.split(",")]
     except ValueError:
         print(f"--sizes {args.sizes!r}: expected WxH,WxH", file=sys.stderr)
         return 2

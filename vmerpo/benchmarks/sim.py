@@ -40,8 +40,8 @@ def bench_collect(
     tmp = tempfile.mkdtemp(prefix="vmerpo-bench-sim-")
     try:
         for n in workers:
-            out = os.path.join(tmp, f"w{n}.zarr")
-            cfg = CollectConfig(family=family, out=out, tasks=tasks, episodes_per_task=per_task,
+            path = os.path.join(tmp, f"w{n}.zarr")
+            cfg = CollectConfig(family=family, out=path, tasks=tasks, episodes_per_task=per_task,
                                 quality=quality, image_size=image_size, seed=seed, workers=n)
             s = collect(cfg, progress=False, log=lambda msg: None)
             runs.append({"workers": n, "frames": s["frames_written"], "wall_s": s["wall_s"],

@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,7 +108,7 @@ def uncertainty_vs_error(model: WorldModel, slots: list[int], episodes: list[dic
 @torch.no_grad()
 def uncertainty_checks(model: WorldModel, slots: list[int], episodes: list[dict[str, np.ndarray]],
                        horizon: int, seed: int, stride: int = 2, ood_horizon: int | None = None,
-                       raw: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+                       raw: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """`ood_horizon`: length of the dataset-vs-random-action rollouts (default `horizon`).
     `raw`, if given, receives the per-step and per-rollout values behind the numbers (plots)."""
     gen = torch.Generator().manual_seed(seed)
@@ -115,6 +116,12 @@ def uncertainty_checks(model: WorldModel, slots: list[int], episodes: list[dict[
     lo, hi = model.action_low.cpu().numpy(), model.action_high.cpu().numpy()
     post = _posteriors(model, episodes)
     Ho = ood_horizon or horizon
+    u_data: list[np.ndarray]
+    u_ood: list[np.ndarray]
+    uh_data: list[np.ndarray]
+    uh_ood: list[np.ndarray]
+    umax_data: list[np.ndarray]
+    umax_ood: list[np.ndarray]
     u_all, err_all, err_mean_all, u_data, u_ood, uh_data, uh_ood = [], [], [], [], [], [], []
     umax_data, umax_ood = [], []
     step_of = []
@@ -131,12 +138,13 @@ def uncertainty_checks(model: WorldModel, slots: list[int], episodes: list[dict[
         a_rand = torch.from_numpy(rng.uniform(lo, hi, a_data.shape).astype(np.float32))
         for a, bucket, bucket_h, bucket_m, name in ((a_data, u_data, uh_data, umax_data, "data"),
                                                     (a_rand, u_ood, uh_ood, umax_ood, "ood")):
-            out = model.imagine(h, z, lambda f, t, a=a: a[:, t], Ho, sl, gen)
+            out = model.imagine(h, z, lambda f, t, a=a: a[:, t], Ho, sl, gen)  # type: ignore[misc]
             bucket.append(out["uncertainty"][:, 0].numpy())
             bucket_h.append(out["uncertainty"].mean(1).numpy())
             bucket_m.append(out["uncertainty"].amax(1).numpy())
             for kind in ood_kind:
-                o = model.imagine(h, z, lambda f, t, a=a: a[:, t], Ho, sl, gen, kind)
+                o = model.imagine(h, z, lambda f, t, a=a: a[:, t],  # type: ignore[misc]
+                                  Ho, sl, gen, kind)
                 ood_kind[kind][name].append(o["uncertainty"].mean(1).numpy())
         ol = _open_loop(model, ep, p, starts, slot, horizon, gen)
         u_all.append(ol["u"])
@@ -148,6 +156,7 @@ def uncertainty_checks(model: WorldModel, slots: list[int], episodes: list[dict[
     u, err, err_mean, step = map(np.concatenate, (u_all, err_all, err_mean_all, step_of))
     if raw is not None:
         raw.update(u=u, err=err, step=step, u_data=np.concatenate(uh_data), u_ood=np.concatenate(uh_ood))
+    res: dict[str, Any]
     res = {"uncertainty_error_spearman": spearman(u, err),
            "uncertainty_error_spearman_member_mean": spearman(u, err_mean),
            "uncertainty_error_spearman_by_step": [spearman(u[step == t], err[step == t])
@@ -393,8 +402,10 @@ def run_family(train_store: str, test_store: str, config: str, out_dir: Path, st
     res: dict = {"train_store": train_store, "test_store": test_store}
     if run_dir is None:
         cfg = load_config(config)
-        cfg = dataclasses.replace(cfg, seed=seed, **({"steps": steps} if steps else {}),
-                                  **({"eta": eta} if eta is not None else {}))
+        overrides: dict[str, Any] = {"steps": steps} if steps else {}
+        if eta is not None:
+            overrides["eta"] = eta
+        cfg = dataclasses.replace(cfg, seed=seed, **overrides)
         run_dir = str(out_dir / (Path(train_store).stem + "_run"))
         summary = train(train_store, cfg, run_dir, overwrite=True, progress=sys.stderr.isatty(), log=log)
     elif (Path(run_dir) / "metrics.json").exists():

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"report: {paths['html']} (single file) and {paths['md']}")
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    report = []
+    report: list[dict] = []
     t_all = time.perf_counter()
     plan = steps(out, args.env, args.seed)
     for i, (title, argv) in enumerate(plan, 1):
