@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from learning.store import EpisodeWriter, StoreSpec
-from perception.preprocess import preprocess_spec, to_model_image
+from perception.preprocess import decode_compressed, preprocess_spec, to_model_image
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 COMMAND_TYPES = ("std_msgs/msg/Float64MultiArray", "geometry_msgs/msg/TwistStamped", "geometry_msgs/msg/Twist")
@@ -118,12 +118,10 @@ def _ns(stamp) -> int:
 def decode_image(msg, msgtype: str) -> tuple[np.ndarray, str]:
     """A deserialised Image/CompressedImage -> (uint8 array, encoding); ValueError if invalid."""
     if msgtype.endswith("CompressedImage"):
-        import cv2
-
-        arr = cv2.imdecode(np.asarray(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
-        if arr is None:
-            raise ValueError(f"compressed image ({msg.format}) does not decode")
-        return arr, "bgr8"
+        try:
+            return decode_compressed(np.asarray(msg.data, dtype=np.uint8))
+        except ValueError as e:
+            raise ValueError(f"compressed image ({msg.format}): {e}") from None
     enc = msg.encoding.lower()
     if enc not in _CHANNELS:
         raise ValueError(f"image encoding {msg.encoding!r} not supported ({', '.join(_CHANNELS)})")

@@ -80,3 +80,76 @@ def to_model_image(
     if k >= 2 and (image.shape[0] != k * size or image.shape[1] != k * size):
         image = cv2.resize(image, (k * size, k * size), interpolation=cv2.INTER_LINEAR)
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (baseline, progressive, lossless, ...): they carry the size.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def compressed_size(data: bytes | memoryview) -> tuple[str, int, int]:
+    """(codec, height, width) of a JPEG or PNG byte string, read from its header without
+    decoding it (so a decompression bomb is refused before any pixel is allocated).
+    Raises ValueError if the data is neither, or its header is cut short."""
+    b = bytes(data[:8])
+    if b == _PNG_SIGNATURE:
+        head = bytes(data[:24])
+        if len(head) < 24 or head[12:16] != b"IHDR":
+            raise ValueError("PNG header is cut short (no IHDR chunk)")
+        return "png", int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    if b[:2] == b"\xff\xd8":
+        i, n = 2, len(data)
+        while i + 4 <= n:
+            if data[i] != 0xFF:
+                raise ValueError(f"JPEG header is malformed at byte {i}")
+            marker = data[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+                i += 2
+                continue
+            length = int.from_bytes(bytes(data[i + 2:i + 4]), "big")
+            if marker in _JPEG_SOF:
+                if i + 9 > n:
+                    break
+                return "jpeg", int.from_bytes(bytes(data[i + 5:i + 7]), "big"), \
+                    int.from_bytes(bytes(data[i + 7:i + 9]), "big")
+            if marker == 0xDA or length < 2:  # image data before any frame header
+                break
+            i += 2 + length
+        raise ValueError("JPEG has no frame header (SOF) before its image data")
+    raise ValueError("compressed image is neither JPEG nor PNG (unknown signature)")
+
+
+def decode_compressed(data: bytes | memoryview | np.ndarray,
+                      max_pixels: int | None = None) -> tuple[np.ndarray, str]:
+    """A JPEG or PNG byte string (sensor_msgs/CompressedImage `data`, as image_transport's
+    compressed plugin writes it) -> (uint8 image, encoding for `to_model_image`).
+
+    OpenCV decodes colour to BGR (image_transport encodes BGR-ordered data, so colours come
+    out right whatever the camera's raw encoding was): "bgr8", "bgra8" with an alpha channel,
+    or "mono8" for grey images. The one decoder for live topics and bag import. Raises
+    ValueError naming the problem (not JPEG/PNG, larger than `max_pixels`, undecodable,
+    16-bit)."""
+    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) \
+        else np.ascontiguousarray(data.reshape(-1))
+    if buf.dtype != np.uint8:
+        raise ValueError(f"compressed data must be bytes, got {buf.dtype}")
+    codec, h, w = compressed_size(buf.data)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"{codec} header declares a zero size ({h}x{w})")
+    if max_pixels is not None and h * w > max_pixels:
+        raise ValueError(f"{codec} of {h}x{w} exceeds max_image_pixels={max_pixels}")
+    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"{codec} data ({buf.size} bytes, {h}x{w}) does not decode")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{codec} is {image.dtype} ({8 * image.itemsize}-bit); 8-bit images only")
+    if image.ndim == 2:
+        return image, "mono8"
+    if image.shape[2] == 4:
+        return image, "bgra8"
+    if image.shape[2] == 1:
+        return image[:, :, 0], "mono8"
+    return image, "bgr8"

@@ -56,6 +56,36 @@ def image_to_array(msg, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.
     return (arr if channels == 1 else arr.reshape(h, w, channels)), encoding
 
 
+def compressed_image_to_array(msg, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, str]:
+    """sensor_msgs/CompressedImage (JPEG or PNG, image_transport's `compressed` plugin) ->
+    (uint8 [H, W, C] array, encoding), through the one decoder bag import uses. The size is
+    checked from the header before anything is decoded."""
+    from perception.preprocess import decode_compressed
+
+    if len(msg.data) == 0:
+        raise MessageError(f"compressed image ({msg.format!r}) has no data")
+    try:
+        return decode_compressed(np.frombuffer(msg.data, dtype=np.uint8), max_pixels)
+    except ValueError as e:
+        raise MessageError(f"compressed image ({str(msg.format)[:60]!r}): {e}") from None
+
+
+def array_to_compressed_image(image: np.ndarray, msg, codec: str = "jpeg", encoding: str = "rgb8",
+                              quality: int = 95) -> None:
+    """Fill a sensor_msgs/CompressedImage as image_transport's compressed plugin does (BGR
+    order inside the codec; `format` "<encoding>; <codec> compressed bgr8")."""
+    import cv2
+
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    bgr = image if image.ndim == 2 or encoding == "bgr8" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if codec == "jpeg" else []
+    ok, buf = cv2.imencode(".jpg" if codec == "jpeg" else ".png", bgr, params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {image.shape} image as {codec}")
+    msg.format = f"{encoding}; {codec} compressed {'mono8' if image.ndim == 2 else 'bgr8'}"
+    msg.data = buf.tobytes()
+
+
 def array_to_image(image: np.ndarray, msg, encoding: str = "rgb8") -> None:
     """Fill a sensor_msgs/Image from a uint8 [H, W, 3] (or [H, W] for mono8) array."""
     image = np.ascontiguousarray(image, dtype=np.uint8)

@@ -8,9 +8,24 @@ activate arms the node; it starts *disabled* and commands flow only after `~/ena
 One action per new camera frame: image -> `to_model_image` (the one preprocessing function)
 -> `PolicyRuntime.act` -> `SafetyLimiter` (the one limiter, shared with sim evaluation) ->
 `command`; the limited action is fed back to the runtime as `prev_action`. A watchdog
-publishes the hold action (zeros for delta/velocity interfaces, the current joint positions
-for position interfaces) while the newest frame is older than `obs_timeout_s`; an invalid
-frame or joint state gets the hold action at once, never a guess.
+publishes the hold action while the newest frame is older than `obs_timeout_s`; an invalid
+frame or joint state gets the hold action at once, never a guess. The hold is zeros for
+delta/velocity interfaces; for position interfaces it is the last commanded position (the
+last valid measured one before the first command), always through the rate limiter, so a
+corrupt joint reading never moves the arm. A position interface cannot be enabled without a
+valid, fresh joint state: there must always be a position to hold.
+
+Failures are contained (docs/robustness.md): whatever fails between a frame and a command
+(conversion, preprocessing, inference, limiter) gets the hold, is counted and reported on
+`/diagnostics` (WARN, ERROR from `failures_for_error` in a row); after
+`max_consecutive_failures` in a row the node disables itself and says why. It never exits
+on a bad frame. Each new image is acted upon, also when a camera's stamp froze; a frame
+with the same stamp and the same pixels as the last one answered (a lockstep simulator
+resending) gets the same command again. Stamps going backwards are rejected; with
+`max_frame_age_s` set (synchronised clocks), so are stamps from the future.
+
+`image_transport: compressed` subscribes `<image>/compressed` (sensor_msgs/CompressedImage,
+JPEG or PNG) instead of the raw topic; both go through the one preprocessing function.
 
 `~/enable` is a software stop, not a safety-rated emergency stop: configure the
 controller's own command timeout as well.
@@ -33,11 +48,11 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.publisher import Publisher  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import Image, JointState  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
-from learning.runtime.policy_runtime import PolicyRuntime  # noqa: E402
+from learning.runtime.policy_runtime import InferenceError, PolicyRuntime  # noqa: E402
 from learning.runtime.safety import SafetyLimiter  # noqa: E402
 from learning.runtime.spec import POSITION_TYPES  # noqa: E402
 from perception.preprocess import to_model_image  # noqa: E402
@@ -46,6 +61,7 @@ from robot_nodes.conversions import (  # noqa: E402
     DEFAULT_MAX_IMAGE_PIXELS,
     MessageError,
     action_to_twist,
+    compressed_image_to_array,
     fill_float64_array,
     image_to_array,
     joint_values,
@@ -53,14 +69,16 @@ from robot_nodes.conversions import (  # noqa: E402
 )
 
 INTERFACES = ("float64_array", "twist_stamped")
+TRANSPORTS = ("raw", "compressed")
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
 class PolicyNode(LifecycleNode):
     _last_frame: float | None
-    _pending: tuple[np.ndarray, int, float] | None
-    _answered: tuple[int, np.ndarray] | None  # (frame stamp, its command)
-    _holding: np.ndarray | None
+    _pending: tuple[np.ndarray, int, float, np.ndarray] | None
+    _answered: tuple[int, np.ndarray, np.ndarray] | None  # (frame stamp, its pixels, its command)
+    _measured: np.ndarray | None  # the newest valid joint positions (position interfaces)
+    _last_command: np.ndarray | None  # the last command published this episode
 
     def __init__(self, node_name: str = "policy_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
@@ -99,6 +117,17 @@ class PolicyNode(LifecycleNode):
                            "(needs camera and node clocks in sync); 0: off, only arrival time counts")
         self.p_watchdog = d("watchdog_period_s", 0.05, "watchdog timer period")
         self.p_max_pixels = d("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS, "larger images are rejected")
+        self.p_future_tol = d("future_stamp_tolerance_s", 0.05,
+                              "with max_frame_age_s set: reject frames stamped further ahead of the "
+                              "node's clock than this (a clock jump)")
+        self.p_transport = d("image_transport", "raw",
+                             "raw: sensor_msgs/Image on `image` | compressed: sensor_msgs/CompressedImage "
+                             "(JPEG/PNG) on `image/compressed`")
+        self.p_max_failures = d("max_consecutive_failures", 30,
+                                "frames failing in a row (conversion, preprocessing, inference, limiter) "
+                                "after which the node disables itself; 0: never")
+        self.p_failures_for_error = d("failures_for_error", 3,
+                                      "/diagnostics reports ERROR from this many failures in a row (WARN before)")
         self.p_enable_on_activate = d("enable_on_activate", False,
                                       "enable at activation (simulation only; robots: call ~/enable)")
         self.p_autostart = d("autostart", True, "configure and activate at start-up")
@@ -134,6 +163,8 @@ class PolicyNode(LifecycleNode):
             raise ValueError("parameter `policy` (path of the .onnx file) is not set")
         if self.p_interface not in INTERFACES:
             raise ValueError(f"command_interface {self.p_interface!r} not one of {INTERFACES}")
+        if self.p_transport not in TRANSPORTS:
+            raise ValueError(f"image_transport {self.p_transport!r} not one of {TRANSPORTS}")
         rt = PolicyRuntime(self.p_policy, providers=self.p_providers,
                            intra_op_threads=int(self.p_threads))
         spec = rt.spec
@@ -166,7 +197,7 @@ class PolicyNode(LifecycleNode):
             raise ValueError("give both workspace_low and workspace_high, or neither")
         if self.p_ws_low is not None:
             ws = (self.p_ws_low, self.p_ws_high)
-        # A position interface's hold (the current position) is built here, never the limiter's.
+        # A position interface's hold (the last commanded position) is built here, never the limiter's.
         hold = np.clip(0.0, low, high) if self.position_interface else np.asarray(spec.hold(), np.float64)
         self.limiter = SafetyLimiter(
             low=low, high=high, max_delta=max_delta,
@@ -184,18 +215,24 @@ class PolicyNode(LifecycleNode):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._subs = [  # joint states first: when both are ready, the state is taken first
             self.create_subscription(JointState, "joint_states", self._on_joint_states, qos_profile_sensor_data),
-            self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data),
+            self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data)
+            if self.p_transport == "raw" else
+            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos_profile_sensor_data),
         ]
         self._timers = [self.create_timer(float(self.p_watchdog), self._on_watchdog),
                         self.create_timer(float(self.p_diag_period), self._publish_diagnostics)]
         self.get_logger().info(
             f"loaded {self.p_policy}: {spec.action_type} {spec.action_names}, image {spec.image_size}px, "
-            f"providers {rt.providers}; command as {self.p_interface}")
+            f"providers {rt.providers}; image from {self._subs[1].topic_name} ({self.p_transport}); "
+            f"command as {self.p_interface}")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.active = True
         if self.p_enable_on_activate:
-            self._set_enabled(True)
+            if self._cannot_enable() is None:
+                self._set_enabled(True)
+            else:  # a position interface: enabled when the first valid joint state arrives
+                self._enable_when_ready = True
         self.get_logger().info("active (commands flow only while enabled: call ~/enable true)"
                                if not self.enabled else "active and enabled")
         return SUCCESS
@@ -203,6 +240,7 @@ class PolicyNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         # Flags first, so no tick or watchdog hold can follow the deactivate hold.
         was_enabled, self.enabled, self.active = self.enabled, False, False
+        self._enable_when_ready = False
         if was_enabled:
             self._publish_hold("deactivate")
         return SUCCESS
@@ -232,14 +270,30 @@ class PolicyNode(LifecycleNode):
         if req.data and not self.active:
             res.success, res.message = False, "not active: configure and activate the node first"
             return res
+        if req.data and not self.enabled:
+            why = self._cannot_enable()
+            if why:
+                res.success, res.message = False, why
+                return res
         self._set_enabled(bool(req.data))
         res.success, res.message = True, "enabled" if self.enabled else "disabled (hold sent)"
         return res
+
+    def _cannot_enable(self) -> str | None:
+        """Why enabling now would be unsafe (None: it is safe)."""
+        if self.position_interface and (
+                self._measured is None or time.monotonic() - self._measured_at > float(self.p_obs_timeout)):
+            return (f"no valid joint_states for {self.joint_names} within obs_timeout_s="
+                    f"{float(self.p_obs_timeout)}: a position interface needs the current position to hold")
+        return None
 
     def _set_enabled(self, on: bool) -> None:
         if on and not self.enabled:
             self._new_episode()
             self._last_frame = self._pending = None  # a frame from before the enable is not acted upon
+            self.consecutive_failures = 0
+            self.disabled_because = ""
+            self._enable_when_ready = False
             self.enabled = True
         elif not on and self.enabled:
             self.enabled = False  # first: no policy command after this point
@@ -256,73 +310,122 @@ class PolicyNode(LifecycleNode):
     def _new_episode(self) -> None:
         assert self.runtime is not None and self.limiter is not None
         self.runtime.reset()
-        current = self._current_position()
-        self.limiter.reset(current if self.position_interface and current is not None else None)
+        self.limiter.reset(self._measured if self.position_interface else None)
+        self._last_command = None
+        self._newest_stamp = 0
         self.episode_ticks = 0
         self._answered = None
 
     # -- observations ----------------------------------------------------------------------------
     def _on_joint_states(self, msg: JointState) -> None:
         self._joints.append((stamp_to_ns(msg.header.stamp), time.monotonic(), msg))
+        if self.position_interface:
+            try:
+                self._measured = joint_values(msg, self.joint_names)
+                self._measured_at = time.monotonic()
+            except MessageError:
+                self.invalid_joint_states += 1  # never a hold target; the last valid one stays
+            if self._enable_when_ready and self.active and self._cannot_enable() is None:
+                self._set_enabled(True)
+                self.get_logger().info("enabled (enable_on_activate: the first valid joint state arrived)")
         pending = self._pending
         if pending is not None and self._joints[-1][0] >= pending[1]:
             self._pending = None
-            self._act(*pending)
+            self._guarded(self._act, *pending)
 
-    def _current_position(self) -> np.ndarray | None:
-        if not self._joints:
-            return None
+    def _guarded(self, fn, *args) -> None:
+        """Run one step of the frame -> command path; whatever it raises is contained."""
         try:
-            return joint_values(self._joints[-1][2], self.joint_names)
-        except MessageError:
-            return None
+            fn(*args)
+        except Exception as e:  # the node never exits on a frame: hold, count, report
+            self._fail(e, "internal error")
 
-    def _on_image(self, msg: Image) -> None:
-        received = time.monotonic()
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        self._guarded(self._frame, msg, time.monotonic())
+
+    def _frame(self, msg: Image | CompressedImage, received: float) -> None:
         if not self.active or self.runtime is None:
             return
-        stamp = self._last_stamp = stamp_to_ns(msg.header.stamp)
+        stamp = stamp_to_ns(msg.header.stamp)
+        try:
+            raw, encoding = (image_to_array(msg, int(self.p_max_pixels)) if isinstance(msg, Image)
+                             else compressed_image_to_array(msg, int(self.p_max_pixels)))
+        except ValueError as e:
+            self._fail(e, "observation")
+            return
         answered = self._answered
         if self.enabled and answered is not None and stamp and stamp == answered[0]:
-            # The same frame again (a lockstep simulator resends a frame whose command it did
-            # not get): one action per frame, so repeat the one computed for it.
-            self._publish(answered[1], stamp)
+            if raw.shape == answered[1].shape and np.array_equal(raw, answered[1]):
+                # The same frame again (a lockstep simulator resends a frame whose command it
+                # did not get): one action per frame, so repeat the one computed for it.
+                self._last_stamp = stamp
+                self._publish(answered[2], stamp)
+                return
+            self.frozen_stamps += 1  # new pixels under an old stamp: a new frame all the same
+        if stamp and stamp < self._newest_stamp:
+            self.backwards_stamps += 1
+            self._fail(MessageError(f"frame stamp went back {(self._newest_stamp - stamp) * 1e-9:.3f} s "
+                                    "behind the newest frame"), "observation")
             return
         max_age = float(self.p_max_age)
         if max_age > 0 and stamp:
             age = (self.get_clock().now().nanoseconds - stamp) * 1e-9
             if age > max_age:
-                self._reject(MessageError(f"frame stamped {age:.3f} s ago exceeds max_frame_age_s={max_age}"))
+                self._fail(MessageError(f"frame stamped {age:.3f} s ago exceeds max_frame_age_s={max_age}"),
+                           "observation")
                 return
+            if -age > float(self.p_future_tol):
+                self.future_stamps += 1
+                self._fail(MessageError(f"frame stamped {-age:.3f} s in the future (beyond "
+                                        f"future_stamp_tolerance_s={float(self.p_future_tol)}): camera "
+                                        "and node clocks disagree"), "observation")
+                return
+        self._last_stamp = stamp
+        self._newest_stamp = max(self._newest_stamp, stamp)
         t0 = time.perf_counter()
         try:
-            raw, encoding = image_to_array(msg, int(self.p_max_pixels))
             image = to_model_image(raw, self.image_size, encoding, crop=self.spec.crop)
-        except ValueError as e:  # MessageError is a ValueError; so is to_model_image's
-            self._reject(e)
+        except ValueError as e:
+            self._fail(e, "observation")
             return
         self.preprocess_latency.append(time.perf_counter() - t0)
         if self._pending is not None:  # a newer frame replaces one still waiting for its state
             self._pending = None
         if self._needs_joints and float(self.p_state_wait) > 0 and (
                 not self._joints or self._joints[-1][0] < stamp):
-            self._pending = (image, stamp, received)  # acted upon when its joint state arrives
+            self._pending = (image, stamp, received, raw)  # acted upon when its joint state arrives
             return
-        self._act(image, stamp, received)
+        self._act(image, stamp, received, raw)
 
-    def _reject(self, error: Exception) -> None:
-        self.rejected += 1
+    def _fail(self, error: Exception, kind: str) -> None:
+        """A frame that produced no command: hold, count, report; disable after too many."""
+        if kind == "observation":
+            self.rejected += 1
+        else:
+            self.failures += 1
+        self.consecutive_failures += 1
+        self.last_failure = f"{kind}: {error}"[:300]
         self._last_frame = None
-        self.get_logger().warning(f"rejected observation: {error}", throttle_duration_sec=2.0)
+        log = self.get_logger().warning if kind == "observation" else self.get_logger().error
+        log(f"no command for this frame ({self.last_failure}); holding", throttle_duration_sec=2.0)
         if self.enabled:
-            self._publish_hold("invalid observation")
+            self._publish_hold(kind)
+            limit = int(self.p_max_failures)
+            if limit and self.consecutive_failures >= limit:
+                self.enabled = False  # the hold above is the last command
+                self.disabled_because = (f"{self.consecutive_failures} frames in a row failed "
+                                         f"(max_consecutive_failures={limit}); last: {self.last_failure}")
+                self.get_logger().error(f"disabled itself: {self.disabled_because}. Fix the cause, then "
+                                        "call ~/enable true")
+        if self.consecutive_failures == int(self.p_failures_for_error) or not self.enabled and self.disabled_because:
+            self._publish_diagnostics()  # an ERROR is reported at once, not at the next period
 
-    def _act(self, image: np.ndarray, stamp: int, received: float) -> None:
+    def _act(self, image: np.ndarray, stamp: int, received: float, raw: np.ndarray) -> None:
         """One tick: the policy's action for this frame, limited, published, fed back."""
         try:
             state, ee = self._joint_inputs(stamp, received)
         except ValueError as e:
-            self._reject(e)
+            self._fail(e, "observation")
             return
         self._last_frame = received
         if not self.enabled:
@@ -331,24 +434,25 @@ class PolicyNode(LifecycleNode):
         t0 = time.perf_counter()
         try:
             action = self.runtime.act(image, state)
-        except ValueError as e:
-            self.rejected += 1
-            self.get_logger().error(f"policy failed on a frame: {e}", throttle_duration_sec=2.0)
-            self._publish_hold("policy error")
+        except InferenceError as e:
+            self._fail(e, "inference")
+            return
+        except ValueError as e:  # the observation does not fit the policy's spec
+            self._fail(e, "observation")
             return
         self.latency.append(time.perf_counter() - t0)
         invalid_before = self.limiter.stats.invalid
         applied = self.limiter.limit(action, ee)
         if self.limiter.stats.invalid != invalid_before:
-            self._publish_hold("limiter rejected the action")
+            self._fail(ValueError("limiter rejected the action (non-finite)"), "limiter")
             return
         self.runtime.set_applied_action(applied)
         self._publish(applied, stamp)
-        self._answered = (stamp, applied)
+        self._answered = (stamp, raw, applied)
         self.ticks += 1
         self.episode_ticks += 1
+        self.consecutive_failures = 0
         self.tick_times.append(received)
-        self._holding = None
 
     def _joint_inputs(self, stamp: int, now: float) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The policy's state and the end-effector position (workspace box), if needed: from
@@ -383,24 +487,23 @@ class PolicyNode(LifecycleNode):
             msg = Float64MultiArray()
             fill_float64_array(msg, action, frame_stamp_ns)
         self._pub.publish(msg)
+        self._last_command = np.asarray(action, np.float64).copy()
 
     def _publish_hold(self, why: str) -> None:
-        """The hold action: zeros (delta/velocity) or the current joint positions (position)."""
+        """The hold action: zeros (delta/velocity), or for position interfaces the last
+        commanded position (the last valid measured one before the first command), through
+        the limits and the rate limit."""
         if self.limiter is None:
             return
         assert self.runtime is not None  # set and cleared with the limiter
         if self.position_interface:
-            if self._holding is None:
-                current = self._current_position()
-                if current is None:
-                    self.get_logger().error(
-                        f"hold ({why}): no valid joint_states for {self.joint_names}; publishing nothing "
-                        "(the controller's command timeout must stop the arm)", throttle_duration_sec=2.0)
-                    return
-                # Latched: holding a fixed target, not chasing a sagging measurement.
-                self._holding = np.clip(current, self.limiter.low, self.limiter.high)
-            hold = self._holding.astype(np.float32)
-            self.limiter.reset(hold)
+            target = self._last_command if self._last_command is not None else self._measured
+            if target is None:  # not reachable while enabled: enabling needs a valid joint state
+                self.get_logger().error(
+                    f"hold ({why}): no position to hold for {self.joint_names}; publishing nothing "
+                    "(the controller's command timeout must stop the arm)", throttle_duration_sec=2.0)
+                return
+            hold = self.limiter.toward(target)
         else:
             hold = self.limiter.hold()
         self.runtime.set_applied_action(hold)
@@ -417,41 +520,61 @@ class PolicyNode(LifecycleNode):
         pending = self._pending
         if pending is not None and now - pending[2] > float(self.p_state_wait):
             self._pending = None
-            self._act(*pending)
-        if self._last_frame is None or now - self._last_frame > float(self.p_obs_timeout):
+            self._guarded(self._act, *pending)
+        if self.enabled and (self._last_frame is None or now - self._last_frame > float(self.p_obs_timeout)):
             self.stale += 1
             self._publish_hold("stale observation")
 
     # -- diagnostics ---------------------------------------------------------------------------
     def _reset_counters(self) -> None:
         self.ticks = self.rejected = self.stale = self.holds = self.episode_ticks = 0
+        self.failures = self.consecutive_failures = 0
+        self.frozen_stamps = self.backwards_stamps = self.future_stamps = self.invalid_joint_states = 0
+        self.last_failure = self.disabled_because = ""
         self.latency: deque[float] = deque(maxlen=1000)
         self.preprocess_latency: deque[float] = deque(maxlen=1000)
         self.tick_times: deque[float] = deque(maxlen=300)
         self._last_frame = None
         self._joints: deque[tuple[int, float, JointState]] = deque(maxlen=64)
-        self._last_stamp = 0
+        self._last_stamp = self._newest_stamp = 0
         self._pending = None
-        self._answered = None  # (frame stamp, its command)
+        self._answered = None
         self._needs_joints = False
-        self._holding = None
+        self._measured = None
+        self._measured_at = 0.0
+        self._last_command = None
+        self._enable_when_ready = False
         self.position_interface = False
 
     def _publish_diagnostics(self) -> None:
+        if not hasattr(self, "_diag_pub"):
+            return
         lat = np.asarray(self.latency) * 1e3 if self.latency else np.zeros(1)
         pre = np.asarray(self.preprocess_latency) * 1e3 if self.preprocess_latency else np.zeros(1)
         times = list(self.tick_times)
         rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
         status = DiagnosticStatus(name=f"{self.get_name()}: policy", hardware_id=str(self.p_policy))
-        status.level = DiagnosticStatus.OK if self.enabled else DiagnosticStatus.WARN
-        status.message = "enabled" if self.enabled else ("armed, disabled" if self.active else "inactive")
+        if self.disabled_because:
+            status.level, status.message = DiagnosticStatus.ERROR, f"disabled itself: {self.disabled_because}"
+        elif self.consecutive_failures >= max(1, int(self.p_failures_for_error)):
+            status.level = DiagnosticStatus.ERROR
+            status.message = f"{self.consecutive_failures} frames in a row failed; last: {self.last_failure}"
+        elif self.consecutive_failures:
+            status.level, status.message = DiagnosticStatus.WARN, f"frame failed: {self.last_failure}"
+        else:
+            status.level = DiagnosticStatus.OK if self.enabled else DiagnosticStatus.WARN
+            status.message = "enabled" if self.enabled else ("armed, disabled" if self.active else "inactive")
         values = {
             "inference_latency_p50_ms": f"{np.percentile(lat, 50):.3f}",
             "inference_latency_p99_ms": f"{np.percentile(lat, 99):.3f}",
             "preprocess_latency_p50_ms": f"{np.percentile(pre, 50):.3f}",
             "tick_rate_hz": f"{rate:.2f}", "ticks": str(self.ticks),
             "stale_count": str(self.stale), "rejected_count": str(self.rejected),
+            "failure_count": str(self.failures), "consecutive_failures": str(self.consecutive_failures),
+            "last_failure": self.last_failure,
             "hold_count": str(self.holds), "episode_ticks": str(self.episode_ticks),
+            "frozen_stamp_count": str(self.frozen_stamps), "backwards_stamp_count": str(self.backwards_stamps),
+            "future_stamp_count": str(self.future_stamps), "invalid_joint_states": str(self.invalid_joint_states),
         }
         if self.limiter is not None:
             values.update({f"limiter_{k}": str(v) for k, v in self.limiter.stats.as_dict().items()})

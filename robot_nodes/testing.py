@@ -200,3 +200,37 @@ def send_malformed_inputs(client: Any, image_pub: Any, joints: JointStateStream 
         image_pub.publish(image_message(client, size, size))
         time.sleep(0.03)
     return n_reject
+
+
+# -- fault injection ---------------------------------------------------------------------------
+def make_failing_policy(src: str | os.PathLike, dst: str | os.PathLike, trigger: int = 255) -> Path:
+    """A copy of the exported policy `src` whose inference fails inside onnxruntime (a Reshape
+    to an impossible shape, as a numerical or provider fault would) on every frame whose
+    pixels are all `trigger` (e.g. an all-white image), and works as `src` on every other
+    frame. Injects inference failures on live frames from outside the node."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(src))
+    g = model.graph
+    action = next(o for o in g.output if o.name == "action")
+    dims = action.type.tensor_type.shape.dim
+    n_actions = int(dims[-1].dim_value)
+    for node in g.node:  # the original action is renamed; the fault sits between it and the output
+        node.output[:] = ["action_unfaulted" if o == "action" else o for o in node.output]
+    g.node.extend([
+        helper.make_node("Cast", ["image"], ["fault_image_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMin", ["fault_image_f"], ["fault_min"], keepdims=0),
+        helper.make_node("Constant", [], ["fault_trigger"], value=helper.make_tensor(
+            "fault_trigger_v", TensorProto.FLOAT, [], [float(trigger)])),
+        helper.make_node("Equal", ["fault_min", "fault_trigger"], ["fault_on"]),
+        helper.make_node("Constant", [], ["fault_good"], value=helper.make_tensor(
+            "fault_good_v", TensorProto.INT64, [2], [-1, n_actions])),
+        helper.make_node("Constant", [], ["fault_bad"], value=helper.make_tensor(
+            "fault_bad_v", TensorProto.INT64, [1], [n_actions + 1])),
+        helper.make_node("Where", ["fault_on", "fault_bad", "fault_good"], ["fault_shape"]),
+        helper.make_node("Reshape", ["action_unfaulted", "fault_shape"], ["action"]),
+    ])
+    dst = Path(dst)
+    onnx.save(model, str(dst))
+    return dst

@@ -64,6 +64,11 @@ def read_spec(path: str | os.PathLike) -> PolicySpec:
     return PolicySpec.from_json(props[SPEC_KEY])
 
 
+class InferenceError(RuntimeError):
+    """The model failed on a valid observation: an onnxruntime error (numerical fault, provider
+    or device failure) or a non-finite output. The cause is chained; nothing was advanced."""
+
+
 class PolicyRuntime:
     """A recurrent latent policy in onnxruntime, with its spec and its own latent state."""
 
@@ -150,15 +155,21 @@ class PolicyRuntime:
 
     def act(self, image: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
         """One filter step and the policy's action for this camera frame (robot units,
-        inside the spec's limits). Invalid observations raise ValueError and change nothing."""
+        inside the spec's limits). Invalid observations raise ValueError, model failures
+        InferenceError; either way nothing changes."""
         self.validate_observation(image, state)
         feeds = self._feeds
         feeds["image"][0] = image
         if self.spec.uses_state:
             feeds["state"][0] = state
-        action, h_next, z_next = self.session.run(list(OUTPUT_NAMES), feeds)[:3]
+        try:
+            action, h_next, z_next = self.session.run(list(OUTPUT_NAMES), feeds)[:3]
+        except Exception as e:  # onnxruntime's own exception types (Fail, RuntimeException, ...)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise InferenceError(f"onnxruntime failed on this frame ({type(e).__name__}: {first[:300]}); "
+                                 "the latent state was not advanced") from e
         if not (np.all(np.isfinite(action)) and np.all(np.isfinite(h_next)) and np.all(np.isfinite(z_next))):
-            raise ValueError("the policy produced a non-finite output; the latent state was not advanced")
+            raise InferenceError("the policy produced a non-finite output; the latent state was not advanced")
         feeds["h"][...] = h_next
         feeds["z"][...] = z_next
         out = np.clip(action[0], self._low, self._high).astype(np.float32)

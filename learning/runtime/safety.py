@@ -129,6 +129,21 @@ class SafetyLimiter:
         self._prev = hold_action.copy()
         return hold_action.astype(np.float32)
 
+    def toward(self, target: Sequence[float] | np.ndarray) -> np.ndarray:
+        """A commanded target (a position interface's hold) through the limits and the rate
+        limit from the previously applied action, recorded as applied. A non-finite target
+        repeats the previous action: a hold never moves towards a corrupt value."""
+        t = np.asarray(target, dtype=np.float64).reshape(-1)
+        if t.size != self.action_dim:
+            raise ValueError(f"target has {t.size} channels, the limiter expects {self.action_dim}")
+        if not np.all(np.isfinite(t)):
+            return self._prev.astype(np.float32)
+        out = np.clip(t, self.low, self.high)
+        if self.max_delta is not None:
+            out = np.clip(out, self._prev - self.max_delta, self._prev + self.max_delta)
+        self._prev = out
+        return out.astype(np.float32)
+
     def __call__(self, action, ee_position=None) -> np.ndarray:
         return self.limit(action, ee_position)
 

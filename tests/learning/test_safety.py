@@ -100,3 +100,13 @@ def test_imports_neither_torch_nor_mujoco():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_toward_a_hold_target_is_clipped_and_rate_limited_and_ignores_non_finite_targets():
+    lim = SafetyLimiter([-1.0, -1.0], [1.0, 1.0], max_delta=0.1)
+    lim.reset([0.5, 0.5])
+    np.testing.assert_allclose(lim.toward([0.5, 0.5]), [0.5, 0.5])  # holding: no motion
+    np.testing.assert_allclose(lim.toward([5.0, -5.0]), [0.6, 0.4], atol=1e-6)  # one step, not a jump
+    np.testing.assert_allclose(lim.toward([np.nan, 0.0]), [0.6, 0.4], atol=1e-6)  # corrupt: stay
+    with pytest.raises(ValueError, match="channels"):
+        lim.toward([0.0])

@@ -87,3 +87,28 @@ def test_ee_delta_to_twist_is_metres_per_step_times_rate():
     assert lin == [0.1, 0.2, 0.3] and np.allclose(ang, [0.4, 0.5, 0.6])
     with pytest.raises(ValueError, match="joint_position"):
         action_to_twist(np.zeros(2), "joint_position", 30.0, 0.01)
+
+
+def test_compressed_images_decode_like_the_raw_ones_and_bad_ones_are_one_line_errors():
+    from sensor_msgs.msg import CompressedImage
+
+    from robot_nodes.conversions import array_to_compressed_image, compressed_image_to_array
+
+    rgb = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    msg = CompressedImage()
+    array_to_compressed_image(rgb, msg, "png")
+    arr, enc = compressed_image_to_array(msg)
+    assert enc == "bgr8" and np.array_equal(arr[:, :, ::-1], rgb)  # lossless, BGR order as OpenCV decodes
+    array_to_compressed_image(rgb[:, :, 0], msg, "png")
+    assert compressed_image_to_array(msg)[1] == "mono8"
+    array_to_compressed_image(rgb, msg, "jpeg")
+    assert msg.format == "rgb8; jpeg compressed bgr8" and compressed_image_to_array(msg)[0].shape == (30, 40, 3)
+    with pytest.raises(MessageError, match="exceeds max_image_pixels"):  # refused from the header alone
+        compressed_image_to_array(msg, max_pixels=100)
+    for data, match in ((b"", "no data"), (b"not an image at all", "neither JPEG nor PNG"),
+                        (bytes(msg.data)[:40], "no frame header|does not decode"),
+                        (bytes(msg.data)[:400], "does not decode")):
+        msg.data = data
+        with pytest.raises(MessageError, match=match) as e:
+            compressed_image_to_array(msg)
+        assert "\n" not in str(e.value)

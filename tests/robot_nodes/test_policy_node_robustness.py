@@ -58,7 +58,6 @@ def test_policy_node_survives_bad_input_from_another_process(position_policy, no
             last = image_message(client, 84, 84)  # the camera's last frame
             img_pub.publish(last)
             stopped = time.monotonic()  # the camera stops
-            hold = [0.5, -0.25]  # the current joint positions
             last_ns = stamp_to_ns(last.header.stamp)
 
             def after_last() -> list:
@@ -75,7 +74,9 @@ def test_policy_node_survives_bad_input_from_another_process(position_policy, no
                 (round(t - stopped, 3), list(m.data), frame_stamp_of(m)) for t, m in rec[-5:]]
             time.sleep(0.3)
         assert node.alive(), node.output()
-        tail = after_last()[1:]
+        answered = after_last()
+        hold = list(answered[0][1].data)  # a position interface holds its last command
+        tail = answered[1:]
         assert len(tail) >= 10 and all(list(m.data) == hold and frame_stamp_of(m) == last_ns for _, m in tail), [
             (round(t - stopped, 3), list(m.data), frame_stamp_of(m)) for t, m in tail[:12]]
         # The watchdog's timing on the node's own clock, from its diagnostics (stamped when
