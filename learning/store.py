@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import sys
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -202,8 +203,14 @@ class EpisodeWriter:
         zarr_format: int = 2,
         storage_options: dict | None = None,
         log: Callable[[str], object] | None = None,
+        durable: bool = True,
     ) -> None:
         self.path = str(path)
+        # Commits are durable on local paths: the episode's data and meta are fsynced before
+        # the commit point is appended, and the commit point after (docs/robustness.md).
+        self.durable = bool(durable) and not _is_url(self.path)
+        self._synced_ns = time.time_ns()
+        self._storage_options = storage_options
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self._lock_fd: int | None = None
         if mode not in ("w", "a"):
@@ -229,10 +236,21 @@ class EpisodeWriter:
                     raise StoreError(f"{self.path} is incompatible with this writer: {diff[0]}")
             self._recover()
         self.spec = StoreSpec.from_attrs(self.root.attrs["spec"])
+        self._load_handles()
+
+    def _load_handles(self) -> None:
         # Array handles, cached: a group lookup re-reads metadata from the store each time.
         self._handles = {f"{g}/{n}": a.with_config(_WRITE_ALL) for g in ("data", "meta")
                          for n, a in self.root[g].arrays()}
         self._ends = [int(x) for x in self._handles["meta/episode_ends"][:]]
+
+    def reopen(self) -> None:
+        """After a failed write (a full disk): drop whatever the failure left beyond the last
+        committed episode and reload the array handles, as a new writer would. Raises OSError
+        if the store is still not writable."""
+        self.root = _open_group(self.path, "r+", self._storage_options)
+        self._recover()
+        self._load_handles()
 
     # -- creation and recovery --------------------------------------------------------------
     def _create(self, spec: StoreSpec, zarr_format: int) -> None:
@@ -388,9 +406,46 @@ class EpisodeWriter:
                 provenance[name] = None  # this episode does not say: a missing marker
         for name, value in provenance.items():
             self._append_provenance(name, value)
+        if self.durable:
+            self._fsync_changed(exclude="meta/episode_ends")
         self._append_meta("episode_ends", np.int64(end))
+        if self.durable:
+            self._fsync_changed()
+            self._synced_ns = time.time_ns()
         self._ends.append(end)
         return len(self._ends) - 1
+
+    def _fsync_changed(self, exclude: str | None = None) -> None:
+        """fsync the files of this store's arrays changed since the last commit, and their
+        directories (new chunk files are created by rename). Local stores only."""
+        since = self._synced_ns - 2_000_000_000  # filesystem timestamps are coarse
+        root = Path(self.path)
+        dirs: set[Path] = set()
+        for name in self._handles:
+            if name == exclude:
+                continue
+            top = root / name
+            for dirpath, _, files in os.walk(top):
+                for f in files:
+                    p = Path(dirpath) / f
+                    try:
+                        if p.stat().st_mtime_ns < since:
+                            continue
+                    except FileNotFoundError:
+                        continue
+                    fd = os.open(p, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                    dirs.add(Path(dirpath))
+            dirs.add(top)
+        for d in dirs:
+            fd = os.open(d, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _append_meta(self, key: str, value: Any) -> None:
         arr = self._array(f"meta/{key}")
@@ -486,12 +541,15 @@ class EpisodeStream:
         self.length += len(self._buffer)
         self._buffer = []
 
-    def commit(self, success: bool) -> int:
+    def commit(self, success: bool, provenance: Mapping[str, Any] | None = None) -> int:
+        """Commit the episode; `provenance` adds to (or overrides) what was given at the start
+        (e.g. how the episode ended)."""
         self._flush()
         if self.length == 0:
             raise StoreError("cannot commit an episode with no frames")
         self._done = True
-        return self.writer._commit(self.task_id, success, self.provenance, self.start + self.length)
+        return self.writer._commit(self.task_id, success, {**self.provenance, **dict(provenance or {})},
+                                   self.start + self.length)
 
     def discard(self) -> None:
         """Drop the rows written so far (e.g. an episode aborted by the operator)."""

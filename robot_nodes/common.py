@@ -54,8 +54,14 @@ def run_node(make_node: Callable[[], Any], args: Sequence[str] | None = None) ->
     rclpy.init(args=list(sys.argv if args is None else args),
                signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
+    stopped_by: list[str] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stopped_by.append(signal.Signals(signum).name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     node = None
     code = 0
     try:
@@ -76,6 +82,8 @@ def run_node(make_node: Callable[[], Any], args: Sequence[str] | None = None) ->
         code = 1
     finally:
         if node is not None:
+            if stopped_by:  # the node may record why it stops (recorder_node: how a take ended)
+                node.stopped_by = stopped_by[0]
             shutdown = getattr(node, "on_process_exit", None)
             if shutdown is not None:
                 try:

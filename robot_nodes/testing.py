@@ -31,11 +31,12 @@ class NodeProcess:
     """A node run as `python -m robot_nodes.X --ros-args ...`; output goes to a log file. The
     child inherits this process's environment, so apply the SHM-only config first."""
 
-    def __init__(self, module: str, ros_args: Sequence[str], log: Path) -> None:
+    def __init__(self, module: str, ros_args: Sequence[str], log: Path, prefix: Sequence[str] = ()) -> None:
         ensure_safe_before_rclpy()  # the child reads the same environment
         self.log = Path(log)
         self._f = open(self.log, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", module, "--ros-args", *ros_args],
+        # `prefix`: a wrapper that execs the node (same pid), e.g. small_disk_prefix()
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", module, "--ros-args", *ros_args],
                                      cwd=ROOT, env=dict(os.environ), stdout=self._f,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -203,6 +204,24 @@ def send_malformed_inputs(client: Any, image_pub: Any, joints: JointStateStream 
 
 
 # -- fault injection ---------------------------------------------------------------------------
+def small_disk_prefix(directory: str | os.PathLike, size_mb: int, filler_mb: int) -> list[str] | None:
+    """A NodeProcess prefix giving the node a disk of `size_mb` at `directory` (a tmpfs in a
+    private mount namespace; other processes see it as /proc/<pid>/root/<directory>), of which
+    a file `filler` takes `filler_mb`: deleting it frees the space. None where this machine
+    does not allow mount namespaces (not root, no unshare)."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return None
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                            "mount -t tmpfs -o size=1m tmpfs /mnt"], capture_output=True)
+    if probe.returncode != 0:
+        return None
+    script = (f'mount -t tmpfs -o size={int(size_mb)}m tmpfs "$0" && dd if=/dev/zero of="$0/filler" bs=1M count={int(filler_mb)} '
+              '2>/dev/null && exec "$@"')
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(directory)]
+
+
 def make_failing_policy(src: str | os.PathLike, dst: str | os.PathLike, trigger: int = 255) -> Path:
     """A copy of the exported policy `src` whose inference fails inside onnxruntime (a Reshape
     to an impossible shape, as a numerical or provider fault would) on every frame whose

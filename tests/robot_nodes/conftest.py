@@ -55,8 +55,8 @@ def position_policy(policy_dir) -> Path:
 def node_process(tmp_path):
     started: list[NodeProcess] = []
 
-    def start(module: str, *ros_args: str, name: str | None = None) -> NodeProcess:
-        n = NodeProcess(module, list(ros_args), tmp_path / f"{name or module.split('.')[-1]}.log")
+    def start(module: str, *ros_args: str, name: str | None = None, prefix: tuple = ()) -> NodeProcess:
+        n = NodeProcess(module, list(ros_args), tmp_path / f"{name or module.split('.')[-1]}.log", prefix)
         started.append(n)
         return n
 

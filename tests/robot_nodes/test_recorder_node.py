@@ -17,7 +17,7 @@ pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip("rclpy")
 
 
-def _publish_tick(node, pubs, i: int, stamp_ns: int, command: bool = True) -> None:
+def _publish_tick(node, pubs, i: int, stamp_ns: int, command: bool = True, noise: bool = False) -> None:
     """A robot tick: joint state, image (value i), then the command answering the frame."""
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Float64, Float64MultiArray
@@ -29,7 +29,9 @@ def _publish_tick(node, pubs, i: int, stamp_ns: int, command: bool = True) -> No
     pubs["joint_states"].publish(js)
     img = Image()
     ns_to_stamp(stamp_ns, img.header.stamp)
-    array_to_image(np.full((48, 80, 3), i % 256, np.uint8), img, "bgr8")
+    pixels = (np.random.default_rng(i).integers(0, 256, (48, 80, 3), dtype=np.uint8) if noise
+              else np.full((48, 80, 3), i % 256, np.uint8))  # noise: incompressible, fills a disk
+    array_to_image(pixels, img, "bgr8")
     pubs["image"].publish(img)
     time.sleep(0.01)
     if command:
@@ -95,3 +97,111 @@ def test_recorder_aligns_and_survives_sigkill(tmp_path, node_process):
 
     with EpisodeWriter(store, mode="a", log=lambda m: None) as w:
         assert w.n_episodes == 1 and w.n_frames == 12
+
+
+def _publishers(node):
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Float64, Float64MultiArray
+
+    return {"image": node.create_publisher(Image, "image", qos_profile_sensor_data),
+            "joint_states": node.create_publisher(JointState, "joint_states", qos_profile_sensor_data),
+            "command": node.create_publisher(Float64MultiArray, "command", 10),
+            "reward": node.create_publisher(Float64, "reward", 10)}
+
+
+def _record(node, pubs, rec, first: int, n: int, end: bool | None = True, **kw) -> None:
+    """One take of n ticks (values first..first+n-1); end_episode(success=end) unless end is None."""
+    from std_srvs.srv import SetBool, Trigger
+
+    assert wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), 30), rec.output()
+    res = call(node, Trigger, "recorder_node/start_episode", timeout=20)
+    assert res.success, res.message
+    t0 = 1_700_000_000_000_000_000 + first * 50_000_000
+    for i in range(n):
+        _publish_tick(node, pubs, first + i, t0 + i * 50_000_000, **kw)
+    if end is not None:
+        res = call(node, SetBool, "recorder_node/end_episode", SetBool.Request(data=end))
+        assert res.success, res.message
+
+
+def test_sigint_and_sigterm_mid_take_commit_it_as_interrupted(tmp_path, node_process):
+    """A stopped recorder keeps the take in progress (success unknown, how it ended in the
+    provenance) and leaves every committed episode as it was."""
+    from learning.store import EpisodeStore
+
+    store = tmp_path / "rec.zarr"
+    with ros_context("rec_driver") as (_, _, (node,)):
+        pubs = _publishers(node)
+        for k, sig in enumerate((signal.SIGTERM, signal.SIGINT)):
+            rec = node_process("robot_nodes.recorder_node", "--params-file", "config/recorder_node.yaml",
+                               "-p", f"store:={store}", "-p", "task_id:=3", name=f"rec{k}")
+            _record(node, pubs, rec, 100 * k, 5, end=True)
+            _record(node, pubs, rec, 100 * k + 50, 8, end=None)
+            time.sleep(0.3)  # the last tick's command is in
+            assert rec.stop(sig) == 0, rec.output()
+            assert_no_inet_sockets()
+    s = EpisodeStore.open(store)
+    assert s.n_episodes == 4
+    ended = [s.provenance("ended_by")[i] for i in range(4)]
+    assert ended == ["end_episode", "SIGTERM", "end_episode", "SIGINT"], ended
+    assert list(s.provenance("success_known")) == [True, False, True, False]
+    assert list(s.episode_success) == [True, False, True, False]
+    for i, first in enumerate((0, 50, 100, 150)):
+        data = s.episode(i)
+        assert np.allclose(data["state"][:, 0], first + np.arange(len(data["state"])))
+    assert [len(s.episode(i)["action"]) for i in range(4)] == [5, 8, 5, 8]
+
+
+def test_a_full_disk_ends_the_take_keeps_the_node_and_every_committed_episode(tmp_path, node_process):
+    """The store on a 6 MB disk, 3 MB of it taken by a filler file: a take of incompressible
+    frames fills it. The node stays up, reports the error, refuses new takes while the disk
+    is full, keeps the committed episode, and records again once the filler is deleted."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from std_srvs.srv import SetBool, Trigger
+
+    from learning.store import EpisodeStore
+    from robot_nodes.testing import small_disk_prefix
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    prefix = small_disk_prefix(disk, 6, 3)
+    if prefix is None:
+        pytest.skip("no mount namespace here (needs root and unshare): cannot give the node a small disk")
+    store = disk / "rec.zarr"
+    rec = node_process("robot_nodes.recorder_node", "--params-file", "config/recorder_node.yaml",
+                       "-p", f"store:={store}", "-p", "diagnostics_period_s:=0.2", prefix=tuple(prefix))
+    with ros_context("rec_driver") as (_, _, (node,)):
+        diags: list = []
+        node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 50)
+        pubs = _publishers(node)
+        _record(node, pubs, rec, 0, 10, end=True, noise=True)
+        view = lambda p: f"/proc/{rec.proc.pid}/root{p}"  # noqa: E731 - the node's mount namespace
+        before = EpisodeStore.open(view(store)).episode(0)
+        _record(node, pubs, rec, 1000, 300, end=None, noise=True)  # ~3.6 MB of frames: the disk fills
+        assert wait_for(lambda: any(st.level == DiagnosticStatus.ERROR and "not writable" in st.message
+                                    for d in diags for st in d.status), 10), rec.output()[-2000:]
+        assert rec.alive(), rec.output()
+        res = call(node, SetBool, "recorder_node/end_episode", SetBool.Request(data=True))
+        assert not res.success  # the take is gone, and says so
+        import os
+
+        # dropping the failed take's rows would free space: another writer takes all of it first
+        with open(view(disk / "filler2"), "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        res = call(node, Trigger, "recorder_node/start_episode")
+        assert not res.success and "not writable" in res.message, res.message
+        for name in ("filler", "filler2"):
+            os.unlink(view(disk / name))  # space is back
+        _record(node, pubs, rec, 2000, 6, end=True, noise=True)
+        s = EpisodeStore.open(view(store))
+        assert s.n_episodes == 2 and [len(s.episode(i)["action"]) for i in range(2)] == [10, 6]
+        after = s.episode(0)
+        assert all(np.array_equal(before[k], after[k]) for k in before)
+        assert "No space left on device" in rec.output()
+    assert rec.stop() == 0, rec.output()

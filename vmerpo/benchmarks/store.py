@@ -1,4 +1,5 @@
-"""Episode-store benchmark: write frames/s and sampler frames/s, against a plain memmap.
+"""Episode-store benchmark: write frames/s (durable commits, and their fsync cost per
+episode) and sampler frames/s, against a plain memmap.
 
     vmerpo bench store   --out results/bench_store.json     # write + sampler
     vmerpo bench sampler --out results/bench_sampler.json   # the sampler's reads alone
@@ -46,11 +47,23 @@ def run(episodes: int = 160, length: int = 150, size: int = 64, batch: int = 64,
     with EpisodeWriter(path, bench_spec(size), mode="w", log=lambda m: None) as w:
         for i, ep in enumerate(data):
             w.add_episode(ep, task_id=i % 10, success=False)
-    write_fps = frames / (time.perf_counter() - t0)
+    t_durable = time.perf_counter() - t0
+    write_fps = frames / t_durable
     disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    # The same episodes without the fsyncs that make each commit durable: their cost per episode.
+    fast = tmp / "bench_not_durable.zarr"
+    shutil.rmtree(fast, ignore_errors=True)
+    t0 = time.perf_counter()
+    with EpisodeWriter(fast, bench_spec(size), mode="w", log=lambda m: None, durable=False) as w:
+        for i, ep in enumerate(data):
+            w.add_episode(ep, task_id=i % 10, success=False)
+    t_fast = time.perf_counter() - t0
+    shutil.rmtree(fast, ignore_errors=True)
 
     results: dict = {"frames": frames, "episodes": episodes, "image_size": size,
                      "window": [batch, seq_len], "write_frames_per_s": write_fps,
+                     "write_frames_per_s_without_fsync": frames / t_fast,
+                     "fsync_ms_per_episode": (t_durable - t_fast) / episodes * 1e3,
                      "store_bytes": disk,
                      "image_compression_ratio": frames * size * size * 3 / max(
                          sum(f.stat().st_size for f in (path / "data" / "image").rglob("*") if f.is_file()), 1)}
