@@ -27,6 +27,16 @@ Sections (each a subprocess from the outside, as a crash would hit a user):
              plus random malformed images: it stays alive, publishes only finite in-limit
              commands, counts the rejections and exits cleanly.
 
+  stops      recorder_node stopped with SIGINT or SIGTERM mid-take (>= 20 trials): the take is
+             committed, marked interrupted, and no committed episode changes; then a store
+             on a full disk (a small tmpfs in the node's own mount namespace): the node stays
+             up, refuses the take, keeps every committed episode.
+  robot      policy_node in its own process: inference failures injected on live frames (a
+             policy failing inside onnxruntime on white frames) each answered with a hold,
+             ERROR on /diagnostics, then self-disable; NaN / mismatched / wild joint states
+             on a rate-limited position interface: no command beyond the rate limit, no frame
+             without a command; frozen, future and backwards camera stamps.
+
 Every ROS process runs under the SHM-only DDS configuration (robot_nodes/netsafe.py); this
 process asserts it holds no IP socket.
 """
@@ -54,12 +64,12 @@ from robot_nodes.netsafe import ensure_safe_before_rclpy  # no rclpy, no torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SECTIONS = ("training", "collection", "recording", "corruption", "ros")
+SECTIONS = ("training", "collection", "recording", "corruption", "ros", "stops", "robot")
 # Counts: the full suite meets the issue's minimums; --quick is the CI smoke run.
 FULL = {"train_kills": 5, "blind_kills": 2, "collect_trials": 20, "record_trials": 20, "ros_trials": 3,
-        "fuzz_images": 200, "eval_cases": None}
+        "fuzz_images": 200, "eval_cases": None, "stop_trials": 20, "robot_frames": 150, "robot_seconds": 10}
 QUICK = {"train_kills": 2, "blind_kills": 1, "collect_trials": 4, "record_trials": 3, "ros_trials": 1,
-         "fuzz_images": 50, "eval_cases": 3}
+         "fuzz_images": 50, "eval_cases": 3, "stop_trials": 2, "robot_frames": 30, "robot_seconds": 3}
 # Resume is bit-exact by design (observed max difference: 0.0); 1e-6 is the bound we report
 # against, on parameters (absolute) and on the final logged metrics (relative).
 TRAIN_TOLERANCE = 1e-6
@@ -400,7 +410,7 @@ class _Ticker:
     def connected(self) -> bool:
         return all(p.get_subscription_count() > 0 for p in self.pubs.values())
 
-    def tick(self, i: int) -> None:
+    def tick(self, i: int, noise: bool = False) -> None:
         import numpy as np
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import Float64, Float64MultiArray
@@ -413,7 +423,11 @@ class _Ticker:
         self.pubs["joint_states"].publish(js)
         img = Image()
         ns_to_stamp(stamp, img.header.stamp)
-        array_to_image(np.full((48, 80, 3), i % 256, np.uint8), img, "bgr8")
+        pixels = np.full((48, 80, 3), i % 256, np.uint8)
+        if noise:  # incompressible (fills a disk), pixel (0, 0) still the tick number
+            pixels = np.random.default_rng(i).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+            pixels[:8, :8] = i % 256
+        array_to_image(pixels, img, "bgr8")
         self.pubs["image"].publish(img)
         time.sleep(0.01)
         cmd = Float64MultiArray()
@@ -901,24 +915,334 @@ def ros_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str],
     return out
 
 
+# -- (e) recorder_node stopped mid-take, and on a full disk --------------------------------------
+def stops_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str], None]) -> dict:
+    """recorder_node stopped with SIGINT or SIGTERM in the middle of a take: the take must be
+    committed, marked interrupted; no committed episode may change. Then a store on a full
+    disk (a small tmpfs in the node's own mount namespace): the node must stay up and keep
+    every committed episode."""
+    from std_srvs.srv import SetBool, Trigger
+
+    from learning.store import EpisodeStore
+    from robot_nodes.netsafe import inet_sockets_of_this_process
+    from robot_nodes.testing import NodeProcess, call, ros_context, small_disk_prefix, wait_for
+
+    store_path = wd / "stops.zarr"
+    digests: dict[int, str] = {}
+    out: dict[str, Any] = {"trials": 0, "signals": {}, "takes_lost": 0, "takes_not_marked_interrupted": 0,
+                           "changed_episodes": 0, "misaligned_episodes": 0, "unclean_exits": 0,
+                           "network_violations": 0, "errors": []}
+    tick = 0
+    with ros_context("faults_stop_driver") as (_, _, (drv,)):
+        for trial in range(counts["stop_trials"]):
+            sig = (signal.SIGINT, signal.SIGTERM)[trial % 2]
+            ns = f"/faults_stop_{trial}"
+            node = NodeProcess("robot_nodes.recorder_node",
+                               ["--params-file", "config/recorder_node.yaml", "-p", f"store:={store_path}",
+                                "-p", "task_id:=7", "-r", f"__ns:={ns}"], wd / f"stop_{trial}.log")
+            ticker = _Ticker(drv, ns)
+            srv = f"{ns}/recorder_node"
+            try:
+                if not wait_for(ticker.connected, 60) or not node.alive():
+                    out["errors"].append(f"trial {trial}: recorder did not start: {node.output()[-300:]}")
+                    continue
+                before = EpisodeStore.open(store_path).n_episodes if store_path.exists() else 0
+                assert call(drv, Trigger, f"{srv}/start_episode", timeout=20).success
+                first, n = tick, rng.randint(3, 12)
+                for _ in range(n):
+                    ticker.tick(tick)
+                    tick += 1
+                time.sleep(rng.uniform(0.05, 0.3))  # the last command is in; the take is open
+                rc = node.stop(sig)
+                out["trials"] += 1
+                out["signals"][sig.name] = out["signals"].get(sig.name, 0) + 1
+                if rc != 0 or "Traceback" in node.output():
+                    out["unclean_exits"] += 1
+                    out["errors"].append(f"trial {trial}: exit {rc}: {node.output()[-300:]}")
+                store = EpisodeStore.open(store_path)
+                if store.n_episodes != before + 1:
+                    out["takes_lost"] += 1
+                    continue
+                i = store.n_episodes - 1
+                if (store.provenance("ended_by")[i] != sig.name or bool(store.provenance("success_known")[i])
+                        or len(store.episode(i)["action"]) != n):
+                    out["takes_not_marked_interrupted"] += 1
+                for j in range(store.n_episodes):
+                    d = episode_digest(store, j)
+                    if j in digests and digests[j] != d:
+                        out["changed_episodes"] += 1
+                    digests.setdefault(j, d)
+                    if not recorded_episode_ok(store.episode(j), (first, n) if j == i else None):
+                        out["misaligned_episodes"] += 1
+            except AssertionError as e:
+                out["errors"].append(f"trial {trial}: {e}")
+            finally:
+                node.stop(signal.SIGKILL)
+                ticker.close()
+                if "IP sockets" in node.output():
+                    out["network_violations"] += 1
+
+        # a full disk
+        disk = wd / "disk"
+        disk.mkdir(exist_ok=True)
+        prefix = small_disk_prefix(disk, 6, 3)
+        full: dict[str, Any] = {"ran": prefix is not None}
+        out["full_disk"] = full
+        if prefix is None:
+            full["skipped"] = "no mount namespace here (needs root and unshare)"
+        else:
+            node = NodeProcess("robot_nodes.recorder_node",
+                               ["--params-file", "config/recorder_node.yaml", "-p", f"store:={disk / 'r.zarr'}",
+                                "-p", "task_id:=7", "-r", "__ns:=/faults_disk"], wd / "full_disk.log", prefix)
+            ticker = _Ticker(drv, "/faults_disk")
+            srv = "/faults_disk/recorder_node"
+            view = f"/proc/{node.proc.pid}/root{disk / 'r.zarr'}"
+            try:
+                assert wait_for(ticker.connected, 60), node.output()[-300:]
+                committed = []
+                for _ in range(2):
+                    assert call(drv, Trigger, f"{srv}/start_episode", timeout=20).success
+                    for _ in range(5):
+                        ticker.tick(tick, noise=True)
+                        tick += 1
+                    assert call(drv, SetBool, f"{srv}/end_episode", SetBool.Request(data=True), timeout=20).success
+                s = EpisodeStore.open(view)
+                committed = [episode_digest(s, j) for j in range(s.n_episodes)]
+                assert call(drv, Trigger, f"{srv}/start_episode", timeout=20).success
+                for _ in range(300):  # ~3.6 MB of incompressible frames on a disk with < 3 MB free
+                    ticker.tick(tick, noise=True)
+                    tick += 1
+                res = call(drv, SetBool, f"{srv}/end_episode", SetBool.Request(data=True), timeout=20)
+                full["take_refused_on_full_disk"] = not res.success
+                full["node_alive"] = node.alive()
+                full["no_space_logged"] = "No space left on device" in node.output()
+                s = EpisodeStore.open(view)
+                full["committed_episodes_lost"] = sum(
+                    j >= s.n_episodes or episode_digest(s, j) != d for j, d in enumerate(committed))
+                full["rc"] = node.stop(signal.SIGINT)
+            except AssertionError as e:
+                out["errors"].append(f"full disk: {e}")
+            finally:
+                node.stop(signal.SIGKILL)
+                ticker.close()
+            if not (full.get("node_alive") and full.get("take_refused_on_full_disk")
+                    and full.get("committed_episodes_lost") == 0 and full.get("rc") == 0):
+                out["errors"].append(f"full disk: {full}")
+        if inet_sockets_of_this_process():
+            out["network_violations"] += 1
+    log(f"  recorder stops: {out['trials']} trials {out['signals']}, takes lost {out['takes_lost']}, "
+        f"not marked {out['takes_not_marked_interrupted']}, committed changed {out['changed_episodes']}; "
+        f"full disk {out['full_disk']}")
+    return out
+
+
+# -- (f) policy_node on a robot's bad day --------------------------------------------------------
+def robot_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str], None]) -> dict:
+    """policy_node in its own process: inference failures injected on live frames (a policy
+    that fails inside onnxruntime on all-white frames); NaN, mismatched and wild joint states
+    on a position interface with a rate limit; frozen, future and backwards camera stamps."""
+    import numpy as np
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Float64MultiArray
+    from std_srvs.srv import SetBool
+
+    from learning.export import make_test_policy
+    from learning.runtime.spec import PolicySpec
+    from robot_nodes.conversions import array_to_image, frame_stamp_of, ns_to_stamp, stamp_to_ns
+    from robot_nodes.netsafe import inet_sockets_of_this_process
+    from robot_nodes.testing import (
+        JointStateStream,
+        NodeProcess,
+        call,
+        make_failing_policy,
+        ros_context,
+        wait_for,
+    )
+
+    spec = dict(image_size=64, action_names=["j0", "j1"], action_low=[-2.0, -1.0], action_high=[2.0, 1.0],
+                deter_size=32, stoch_size=8, action_type="joint_position", hold_action="current position",
+                state_names=["j0", "j1"], uses_state=True, control_hz=30.0)
+    policy = wd / "position.onnx"
+    make_test_policy(policy, PolicySpec(**spec), seed=2)  # type: ignore[arg-type]
+    failing = make_failing_policy(wd / "position.onnx", wd / "fails_on_white.onnx")
+    max_delta, n_error, n_disable = 0.05, 3, 8
+    out: dict[str, Any] = {"node_exits": 0, "network_violations": 0, "errors": []}
+
+    def frame(client, value=None, stamp_ns=None):
+        rng_px = np.random.default_rng(rng.randint(0, 2**31))
+        px = (rng_px.integers(0, 255, (64, 64, 3), dtype=np.uint8) if value is None
+              else np.full((64, 64, 3), value, np.uint8))
+        m = Image()
+        array_to_image(px, m)
+        if stamp_ns is None:
+            m.header.stamp = client.get_clock().now().to_msg()
+        else:
+            ns_to_stamp(stamp_ns, m.header.stamp)
+        return m
+
+    with ros_context("faults_robot") as (_, _, (client,)):
+        diags: list = []
+        client.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 200)
+        for case, pol in (("inference", failing), ("joints", policy), ("stamps", policy)):
+            ns = f"/faults_robot_{case}"
+            node = NodeProcess("robot_nodes.policy_node",
+                               ["--params-file", "config/policy_node.yaml", "-p", f"policy:={pol}",
+                                "-p", "obs_timeout_s:=1.0", "-p", "diagnostics_period_s:=0.2",
+                                "-p", f"max_delta:=[{max_delta}]", "-p", f"failures_for_error:={n_error}",
+                                "-p", f"max_consecutive_failures:={n_disable}", "-p", "max_frame_age_s:=5.0",
+                                "-r", f"__ns:={ns}"], wd / f"robot_{case}.log")
+            rec: list = []
+            sub = client.create_subscription(Float64MultiArray, f"{ns}/command",
+                                             lambda m, rec=rec: rec.append((time.monotonic(), m)), 1000)
+            img = client.create_publisher(Image, f"{ns}/image", qos_profile_sensor_data)
+            jsp = client.create_publisher(JointState, f"{ns}/joint_states", qos_profile_sensor_data)
+            res: dict[str, Any] = {}
+            out[case] = res
+            try:
+                assert wait_for(lambda img=img: img.get_subscription_count() > 0, 60), node.output()[-300:]  # type: ignore[misc]
+                with JointStateStream(client, jsp, ["j0", "j1"], [0.5, -0.25]) as joints:
+                    time.sleep(0.3)
+                    assert call(client, SetBool, f"{ns}/policy_node/enable", SetBool.Request(data=True),
+                                timeout=20).success
+                    if case == "inference":
+                        injected = failed_stamps = 0
+                        stamps = []
+                        for _ in range(counts["robot_frames"]):  # mostly good, single failures
+                            white = rng.random() < 0.2
+                            m = frame(client, 255 if white else None)
+                            img.publish(m)
+                            if white:
+                                injected += 1
+                                stamps.append(stamp_to_ns(m.header.stamp))
+                            time.sleep(1 / 30)
+                        for _ in range(n_disable):  # failures in a row: ERROR, then disabled
+                            m = frame(client, 255)
+                            img.publish(m)
+                            injected += 1
+                            stamps.append(stamp_to_ns(m.header.stamp))
+                            time.sleep(1 / 30)
+                        time.sleep(0.5)
+                        answered = {frame_stamp_of(m) for _, m in rec}
+                        failed_stamps = sum(s in answered for s in stamps)
+                        levels = [(st.level, st.message) for d in diags for st in d.status
+                                  if st.hardware_id == str(pol)]
+                        res.update(injected=injected, holds_answering_failures=failed_stamps,
+                                   error_reported=any(lv == DiagnosticStatus.ERROR and "in a row" in msg
+                                                      for lv, msg in levels),
+                                   disabled_itself=any(lv == DiagnosticStatus.ERROR and "disabled itself" in msg
+                                                       for lv, msg in levels))
+                    elif case == "joints":
+                        kinds = {"nan": 0, "mismatched": 0, "wild": 0, "good": 0}
+                        sent: list[int] = []
+                        t_end = time.monotonic() + counts["robot_seconds"]
+                        while time.monotonic() < t_end:
+                            r = rng.random()
+                            if r < 0.2:
+                                joints.values, joints.names, kind = [float("nan"), 0.0], ["j0", "j1"], "nan"
+                            elif r < 0.3:
+                                joints.values, joints.names, kind = [0.5, -0.25], ["j0", "jx"], "mismatched"
+                            elif r < 0.4:
+                                joints.values, joints.names, kind = [rng.uniform(-50, 50), 40.0], ["j0", "j1"], "wild"
+                            else:
+                                joints.values, joints.names, kind = [0.5, -0.25], ["j0", "j1"], "good"
+                            kinds[kind] += 1
+                            time.sleep(0.02)
+                            m = frame(client)
+                            sent.append(stamp_to_ns(m.header.stamp))
+                            img.publish(m)
+                            time.sleep(1 / 30 - 0.02)
+                        joints.values, joints.names = [0.5, -0.25], ["j0", "j1"]
+                        time.sleep(0.3)
+                        acts = np.array([m.data for _, m in rec])
+                        times = np.array([t for t, _ in rec])
+                        steps = np.abs(np.diff(acts, axis=0)) if len(acts) > 1 else np.zeros((0, 2))
+                        gaps = np.diff(times) if len(times) > 1 else np.zeros(0)
+                        answered = {frame_stamp_of(m) for _, m in rec}
+                        res.update(frames=sum(kinds.values()), joint_states=kinds, commands=len(acts),
+                                   frames_unanswered=sum(s not in answered for s in sent),
+                                   beyond_rate_limit=int((steps > max_delta + 1e-6).any(axis=1).sum()),
+                                   non_finite=int((~np.isfinite(acts)).any(axis=1).sum()),
+                                   max_gap_between_commands_s=round(float(gaps.max()), 3) if len(gaps) else None)
+                    else:
+                        first = frame(client)
+                        img.publish(first)
+                        time.sleep(0.1)
+                        frozen = stamp_to_ns(first.header.stamp) + 1_000_000  # then it froze
+                        for _ in range(10):  # a camera whose stamp froze: new pixels each time
+                            img.publish(frame(client, stamp_ns=frozen))
+                            time.sleep(1 / 30)
+                        for _ in range(5):  # a clock jump: 10 s in the future
+                            img.publish(frame(client, stamp_ns=client.get_clock().now().nanoseconds + 10**10))
+                            time.sleep(1 / 30)
+                        for _ in range(5):  # stamps going back
+                            img.publish(frame(client, stamp_ns=frozen - 10**9))
+                            time.sleep(1 / 30)
+                        time.sleep(0.5)
+                        last = {kv.key: kv.value for d in diags for st in d.status
+                                if st.hardware_id == str(pol) for kv in st.values}
+                        res.update(frozen_sent=10, frozen_acted=int(last.get("ticks", 0)) - 1,
+                                   future_sent=5, future_rejected=int(last.get("future_stamp_count", 0)),
+                                   backwards_sent=5, backwards_rejected=int(last.get("backwards_stamp_count", 0)))
+                res["alive"] = node.alive()
+                rc = node.stop(signal.SIGINT)
+                if not res["alive"] or rc != 0 or "Traceback" in node.output():
+                    out["node_exits"] += 1
+                    out["errors"].append(f"{case}: node exit {rc}: {node.output()[-300:]}")
+            except AssertionError as e:
+                out["errors"].append(f"{case}: {e}")
+            finally:
+                node.stop(signal.SIGKILL)
+                client.destroy_subscription(sub)
+                client.destroy_publisher(img)
+                client.destroy_publisher(jsp)
+                if "IP sockets" in node.output():
+                    out["network_violations"] += 1
+        if inet_sockets_of_this_process():
+            out["network_violations"] += 1
+    inf, jo, st = out.get("inference", {}), out.get("joints", {}), out.get("stamps", {})
+    if inf and (inf.get("holds_answering_failures") != inf.get("injected") or not inf.get("error_reported")
+                or not inf.get("disabled_itself")):
+        out["errors"].append(f"inference failures: {inf}")
+    if jo and (jo.get("beyond_rate_limit") or jo.get("non_finite") or jo.get("frames_unanswered")):
+        out["errors"].append(f"joint states: {jo}")
+    if st and (st.get("frozen_acted") != 10 or st.get("future_rejected") != 5 or st.get("backwards_rejected") != 5):
+        out["errors"].append(f"stamps: {st}")
+    log(f"  robot: inference {inf}\n  joints {jo}\n  stamps {st}")
+    return out
+
+
 # -- the summary -------------------------------------------------------------------------------
 def summarize(sections: dict[str, dict], counts: dict) -> dict[str, Any]:
     """Top-level counts (all must be zero) and whether the minimum trial counts were met."""
     tr = sections.get("training", {}).get("runs", {})
     col, rec = sections.get("collection", {}), sections.get("recording", {})
     cor, ros = sections.get("corruption", {}), sections.get("ros", {})
+    stops, robot = sections.get("stops", {}), sections.get("robot", {})
     s: dict[str, Any] = {
         "lost_committed_episodes": col.get("lost_committed_episodes", 0) + rec.get("lost_committed_episodes", 0),
         "corrupted_committed_episodes": (col.get("corrupted_episodes", 0) + rec.get("changed_episodes", 0)
-                                         + rec.get("misaligned_episodes", 0)),
+                                         + rec.get("misaligned_episodes", 0) + stops.get("changed_episodes", 0)
+                                         + stops.get("misaligned_episodes", 0)),
+        "takes_lost_to_sigint_sigterm": stops.get("takes_lost", 0) + stops.get("takes_not_marked_interrupted", 0),
+        "full_disk_committed_lost": stops.get("full_disk", {}).get("committed_episodes_lost", 0),
+        "policy_node_exits_under_faults": robot.get("node_exits", 0),
+        "inference_failures_injected": robot.get("inference", {}).get("injected", 0),
+        "inference_failures_held": robot.get("inference", {}).get("holds_answering_failures", 0),
+        "commands_beyond_rate_limit": robot.get("joints", {}).get("beyond_rate_limit", 0),
+        "frames_unanswered_bad_joints": robot.get("joints", {}).get("frames_unanswered", 0),
+        "stop_trials": stops.get("trials", 0),
         "unopenable_stores": col.get("unopenable_stores", 0) + rec.get("unopenable_stores", 0),
         "orphan_workers": col.get("orphan_workers", 0),
         "unrecoverable_runs": sum(not r.get("recovered", False) for r in tr.values()),
-        "policy_node_crashes": ros.get("policy_node_crashes", 0) + ros.get("unclean_exits", 0),
+        "policy_node_crashes": (ros.get("policy_node_crashes", 0) + ros.get("unclean_exits", 0)
+                                + robot.get("node_exits", 0)),
         "unsafe_commands": ros.get("nonfinite_commands", 0) + ros.get("out_of_limit_commands", 0),
         "refused_with_one_line_error": cor.get("refused_with_one_line_error", 0),
         "not_refused_cleanly": cor.get("not_refused_cleanly", 0),
-        "network_violations": rec.get("network_violations", 0) + ros.get("network_violations", 0),
+        "network_violations": (rec.get("network_violations", 0) + ros.get("network_violations", 0)
+                               + stops.get("network_violations", 0) + robot.get("network_violations", 0)),
         "training_kills": sum(r.get("kills_after_progress", 0) + r.get("kills_blind", 0) for r in tr.values()),
         "collection_trials": col.get("trials", 0),
         "recording_trials": rec.get("trials", 0),
@@ -931,7 +1255,7 @@ def summarize(sections: dict[str, dict], counts: dict) -> dict[str, Any]:
                   if r.get("kills_after_progress", 0) < counts["train_kills"]]
     for name, key, want in (("collection", "collection_trials", "collect_trials"),
                             ("recording", "recording_trials", "record_trials"),
-                            ("ros", "policy_node_trials", "ros_trials")):
+                            ("ros", "policy_node_trials", "ros_trials"), ("stops", "stop_trials", "stop_trials")):
         if name in sections and s[key] < counts[want]:
             short.append(f"{name}: {s[key]} trials < {counts[want]}")
     if "collection" in sections and not col.get("final_identical_to_uninterrupted", False):
@@ -945,7 +1269,8 @@ def summarize(sections: dict[str, dict], counts: dict) -> dict[str, Any]:
             short.append(f"{name}: {err}")
     zero = ("lost_committed_episodes", "corrupted_committed_episodes", "unopenable_stores", "orphan_workers",
             "unrecoverable_runs", "policy_node_crashes", "unsafe_commands", "not_refused_cleanly",
-            "network_violations")
+            "network_violations", "takes_lost_to_sigint_sigterm", "full_disk_committed_lost",
+            "commands_beyond_rate_limit", "frames_unanswered_bad_joints")
     s["problems"] = [f"{k} = {s[k]}" for k in zero if s[k]] + short
     s["ok"] = not s["problems"]
     return s
@@ -965,7 +1290,14 @@ def format_table(summary: dict[str, Any]) -> str:
             ("training kills (SIGKILL)", "training_kills", ""),
             ("collection kill trials", "collection_trials", ""),
             ("recorder kill trials", "recording_trials", ""),
-            ("policy_node attack trials", "policy_node_trials", "")]
+            ("policy_node attack trials", "policy_node_trials", ""),
+            ("recorder SIGINT/SIGTERM takes lost or unmarked", "takes_lost_to_sigint_sigterm", "0"),
+            ("recorder SIGINT/SIGTERM mid-take trials", "stop_trials", ""),
+            ("committed episodes lost on a full disk", "full_disk_committed_lost", "0"),
+            ("inference failures injected / held", "inference_failures_injected", ""),
+            ("  of which answered with a hold", "inference_failures_held", "all"),
+            ("commands beyond the rate limit (bad joints)", "commands_beyond_rate_limit", "0"),
+            ("frames left without a command (bad joints)", "frames_unanswered_bad_joints", "0")]
     w = max(len(r[0]) for r in rows)
     lines = [f"{'check':<{w}}  {'result':>7}  target", "-" * (w + 18)]
     lines += [f"{label:<{w}}  {summary.get(key, 0)!s:>7}  {target}" for label, key, target in rows]
@@ -996,7 +1328,7 @@ def main(argv: list[str] | None = None) -> int:
     wd.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     fns = {"training": training_section, "collection": collection_section, "recording": recording_section,
-           "corruption": corruption_section, "ros": ros_section}
+           "corruption": corruption_section, "ros": ros_section, "stops": stops_section, "robot": robot_section}
     sections: dict[str, dict] = {}
     t0 = time.perf_counter()
     try:
