@@ -153,6 +153,7 @@ def test_sigint_and_sigterm_mid_take_commit_it_as_interrupted(tmp_path, node_pro
     assert [len(s.episode(i)["action"]) for i in range(4)] == [5, 8, 5, 8]
 
 
+@pytest.mark.slow  # ~67 s; `vmerpo bench faults --only stops` runs the same case
 def test_a_full_disk_ends_the_take_keeps_the_node_and_every_committed_episode(tmp_path, node_process):
     """The store on a 6 MB disk, 3 MB of it taken by a filler file: a take of incompressible
     frames fills it. The node stays up, reports the error, refuses new takes while the disk
