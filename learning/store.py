@@ -406,24 +406,22 @@ class EpisodeWriter:
                 provenance[name] = None  # this episode does not say: a missing marker
         for name, value in provenance.items():
             self._append_provenance(name, value)
-        if self.durable:
-            self._fsync_changed(exclude="meta/episode_ends")
+        if self.durable:  # the episode first, then the commit point alone
+            self._fsync_changed(self._handles.keys() - {"meta/episode_ends"})
         self._append_meta("episode_ends", np.int64(end))
         if self.durable:
-            self._fsync_changed()
+            self._fsync_changed(["meta/episode_ends"])
             self._synced_ns = time.time_ns()
         self._ends.append(end)
         return len(self._ends) - 1
 
-    def _fsync_changed(self, exclude: str | None = None) -> None:
-        """fsync the files of this store's arrays changed since the last commit, and their
+    def _fsync_changed(self, names: Iterable[str]) -> None:
+        """fsync the files of these arrays changed since the last commit, and their
         directories (new chunk files are created by rename). Local stores only."""
         since = self._synced_ns - 2_000_000_000  # filesystem timestamps are coarse
         root = Path(self.path)
         dirs: set[Path] = set()
-        for name in self._handles:
-            if name == exclude:
-                continue
+        for name in names:
             top = root / name
             for dirpath, _, files in os.walk(top):
                 for f in files:

@@ -355,7 +355,7 @@ class PolicyNode(LifecycleNode):
             return
         answered = self._answered
         if self.enabled and answered is not None and stamp and stamp == answered[0]:
-            if raw.shape == answered[1].shape and np.array_equal(raw, answered[1]):
+            if np.array_equal(raw, answered[1]):
                 # The same frame again (a lockstep simulator resends a frame whose command it
                 # did not get): one action per frame, so repeat the one computed for it.
                 self._last_stamp = stamp
@@ -408,16 +408,18 @@ class PolicyNode(LifecycleNode):
         self._last_frame = None
         log = self.get_logger().warning if kind == "observation" else self.get_logger().error
         log(f"no command for this frame ({self.last_failure}); holding", throttle_duration_sec=2.0)
+        report_now = self.consecutive_failures == int(self.p_failures_for_error)
         if self.enabled:
             self._publish_hold(kind)
             limit = int(self.p_max_failures)
             if limit and self.consecutive_failures >= limit:
+                report_now = True
                 self.enabled = False  # the hold above is the last command
                 self.disabled_because = (f"{self.consecutive_failures} frames in a row failed "
                                          f"(max_consecutive_failures={limit}); last: {self.last_failure}")
                 self.get_logger().error(f"disabled itself: {self.disabled_because}. Fix the cause, then "
                                         "call ~/enable true")
-        if self.consecutive_failures == int(self.p_failures_for_error) or not self.enabled and self.disabled_because:
+        if report_now:
             self._publish_diagnostics()  # an ERROR is reported at once, not at the next period
 
     def _act(self, image: np.ndarray, stamp: int, received: float, raw: np.ndarray) -> None:

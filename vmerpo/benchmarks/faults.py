@@ -442,6 +442,19 @@ class _Ticker:
             self.node.destroy_publisher(p)
 
 
+def check_committed(store: Any, digests: dict[int, str], ticks: dict[int, tuple[int, int]],
+                    out: dict[str, Any]) -> None:
+    """Count committed episodes that changed since first seen (`digests`, updated) or whose
+    rows are misaligned (`ticks`: the published ticks of the episodes that say)."""
+    for i in range(store.n_episodes):
+        d = episode_digest(store, i)
+        if i in digests and digests[i] != d:
+            out["changed_episodes"] += 1
+        digests.setdefault(i, d)
+        if not recorded_episode_ok(store.episode(i), ticks.get(i)):
+            out["misaligned_episodes"] += 1
+
+
 def recorded_episode_ok(ep: dict, ticks: tuple[int, int] | None) -> bool:
     """Rows pair the image, state and command of one tick; an acknowledged episode holds
     only ticks that were published inside it."""
@@ -551,13 +564,7 @@ def recording_section(wd: Path, counts: dict, rng: random.Random, log: Callable[
                 out["errors"].append(f"trial {trial}: store does not open: {e}")
                 continue
             out["lost_committed_episodes"] += sum(i >= store.n_episodes for i in acked)
-            for i in range(store.n_episodes):
-                d = episode_digest(store, i)
-                if i in digests and digests[i] != d:
-                    out["changed_episodes"] += 1
-                digests.setdefault(i, d)
-                if not recorded_episode_ok(store.episode(i), acked.get(i)):
-                    out["misaligned_episodes"] += 1
+            check_committed(store, digests, acked, out)
         if inet_sockets_of_this_process():
             out["network_violations"] += 1
     out["acknowledged_commits"] = len(acked)
@@ -967,13 +974,7 @@ def stops_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str
                 if (store.provenance("ended_by")[i] != sig.name or bool(store.provenance("success_known")[i])
                         or len(store.episode(i)["action"]) != n):
                     out["takes_not_marked_interrupted"] += 1
-                for j in range(store.n_episodes):
-                    d = episode_digest(store, j)
-                    if j in digests and digests[j] != d:
-                        out["changed_episodes"] += 1
-                    digests.setdefault(j, d)
-                    if not recorded_episode_ok(store.episode(j), (first, n) if j == i else None):
-                        out["misaligned_episodes"] += 1
+                check_committed(store, digests, {i: (first, n)}, out)
             except AssertionError as e:
                 out["errors"].append(f"trial {trial}: {e}")
             finally:
@@ -1107,7 +1108,7 @@ def robot_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str
                     assert call(client, SetBool, f"{ns}/policy_node/enable", SetBool.Request(data=True),
                                 timeout=20).success
                     if case == "inference":
-                        injected = failed_stamps = 0
+                        injected = 0
                         stamps = []
                         for _ in range(counts["robot_frames"]):  # mostly good, single failures
                             white = rng.random() < 0.2
