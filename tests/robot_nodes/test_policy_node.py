@@ -262,24 +262,33 @@ def test_position_interface_holds_the_last_commanded_position(position_policy):
             joints([0.5, -0.25])
             pubs["image"].publish(image_msg(client))
             time.sleep(0.03)
+        def caught_up() -> list[float]:
+            # the recorder has the node's newest command (a rejected frame also leaves the
+            # watchdog holding, so counting messages cannot tell which one answered a frame)
+            assert wait_for(lambda: bool(rec) and node._last_command is not None
+                            and list(rec[-1][1].data) == list(node._last_command), 10)
+            return list(rec[-1][1].data)
+
         assert wait_for(lambda: node.ticks == 5 and len(rec) >= 5, 10)
-        last = list(rec[-1][1].data)
+        last = caught_up()
         # corrupt readings: NaN and a missing joint are rejected with the hold (the last command);
         # a wild but finite reading is an observation: the command it yields moves <= max_delta
         for values, names in (([float("nan"), 0.0], ("j0", "j1")), ([0.5, -0.25], ("j0", "jx")),
                               ([40.0, -40.0], ("j0", "j1"))):
-            n0, rejected0 = len(rec), node.rejected
+            n0, rejected0, ticks0 = len(rec), node.rejected, node.ticks
             joints(values, names)
             pubs["image"].publish(image_msg(client))
-            assert wait_for(lambda n0=n0: len(rec) > n0, 10)
             if names[1] == "jx" or values[0] != values[0]:
-                assert wait_for(lambda r0=rejected0: node.rejected == r0 + 1, 10)
-                assert list(rec[n0][1].data) == last, (rec[n0][1].data, last)
-            last = list(rec[-1][1].data)
-        # the frames stopped: the watchdog holds the last command
+                assert wait_for(lambda r0=rejected0, n0=n0: node.rejected == r0 + 1 and len(rec) > n0, 10)
+                assert node.ticks == ticks0
+                assert all(list(m.data) == last for _, m in rec[n0:]), (rec[n0:], last)
+            else:
+                assert wait_for(lambda t0=ticks0: node.ticks == t0 + 1, 10)
+            last = caught_up()
+        # the frames stopped: the watchdog holds the last command, and only that
         stale0, n0 = node.stale, len(rec)
         assert wait_for(lambda: node.stale > stale0 and len(rec) > n0, 15)
-        assert list(rec[-1][1].data) == last
+        assert all(list(m.data) == last for _, m in rec[n0:]), (rec[n0:], last)
         acts = np.array([m.data for _, m in rec])
         steps = np.abs(np.diff(np.vstack([[0.5, -0.25], acts]), axis=0))
         assert np.all(steps <= max_delta + 1e-6), steps.max()
