@@ -121,16 +121,68 @@ def stats_to_floats(stats: dict[str, torch.Tensor], k: int | None = None) -> dic
     return {n: float(v) for n, v in zip(keys, col.tolist(), strict=True)}
 
 
+class StackedAdam:
+    """Adam (torch.optim.Adam's single-tensor arithmetic, no weight decay) over stacked
+    parameters whose leading dimension is a member, each member with its own step count:
+    task learners picked a different number of times keep their own bias correction."""
+
+    def __init__(self, params: Sequence[torch.Tensor], lr: float, steps: Sequence[torch.Tensor],
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.params = list(params)
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.steps = [s.to(torch.float64).clone() for s in steps]  # [M] per parameter
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        b1, b2 = self.betas
+        for p, m, v, st in zip(self.params, self.exp_avg, self.exp_avg_sq, self.steps, strict=True):
+            g = p.grad
+            if g is None:
+                continue
+            st += 1
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            step_size = (self.lr / (1 - b1 ** st)).to(p.dtype).view(shape)
+            bc2_sqrt = (1 - b2 ** st).sqrt().to(p.dtype).view(shape)
+            denom = (v.sqrt() / bc2_sqrt).add_(self.eps)
+            p.sub_(step_size * m / denom)
+
+
+def _adam_state(opt: torch.optim.Optimizer, p: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """(step, exp_avg, exp_avg_sq) of p in a torch Adam; zeros before its first step."""
+    st = opt.state.get(p)
+    if not st:
+        return 0.0, torch.zeros_like(p), torch.zeros_like(p)
+    return float(st["step"]), st["exp_avg"], st["exp_avg_sq"]
+
+
+def _set_adam_state(opt: torch.optim.Optimizer, p: torch.Tensor, step: float, m: torch.Tensor,
+                    v: torch.Tensor) -> None:
+    if step == 0:
+        opt.state.pop(p, None)
+        return
+    opt.state[p] = {"step": torch.tensor(step, dtype=torch.float32), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+
+
 class BatchedRAC:
-    """K RAC learners (same sizes and config) updated together. Build it from K `RAC`s
-    (`from_racs`, which copies their parameters, optimizer moments, duals and generators) or
-    directly with seeds (each task initialised exactly as `RAC(..., seed=seed_k)` would be)."""
+    """K RAC learners (same sizes and config) updated together.
+
+    Built from K `RAC`s, whose parameters, Adam moments and step counts and duals it copies in
+    and `write_back` copies out; their generators and model buffers it shares (one random
+    stream and one buffer per task, so refreshing a buffer or drawing noise needs no copy)."""
 
     def __init__(self, racs: Sequence[RAC]) -> None:
-        """Stack K RACs: their parameters, optimizer moments, duals, buffers; their generators
-        are shared (one random stream per task)."""
         r0 = racs[0]
         cfg = r0.cfg
+        if any(r.cfg != cfg for r in racs):
+            raise ValueError("task learners with different RAC configurations cannot be batched")
         self.cfg = cfg
         self.K = len(racs)
         self.act_dim = r0.act_dim
@@ -143,25 +195,22 @@ class BatchedRAC:
         self.log_alpha_ent = torch.stack([r.log_alpha_ent.detach() for r in racs]).requires_grad_(True)
         self.log_alpha_cql = torch.stack([r.log_alpha_cql.detach() for r in racs]).requires_grad_(True)
         self.log_lam = torch.stack([r.log_lam.detach() for r in racs]).requires_grad_(True)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha_ent], lr=cfg.entropy_lr)
-        self.cql_opt = torch.optim.Adam([self.log_alpha_cql], lr=cfg.cql_alpha_lr)
-        self.lam_opt = torch.optim.Adam([self.log_lam], lr=cfg.lam_lr)
-        self._copy_optimizer_states(racs)
+        self.actor_opt = self._adam(racs, "actor_opt", self.actor, [list(r.actor.net.parameters()) for r in racs],
+                                    cfg.actor_lr)
+        self.critic_opt = self._adam(racs, "critic_opt", self.critic,
+                                     [list(r.critic.q1.parameters()) for r in racs]
+                                     + [list(r.critic.q2.parameters()) for r in racs], cfg.critic_lr)
+        self.alpha_opt = self._adam_scalar(racs, "alpha_opt", "log_alpha_ent", cfg.entropy_lr)
+        self.cql_opt = self._adam_scalar(racs, "cql_opt", "log_alpha_cql", cfg.cql_alpha_lr)
+        self.lam_opt = self._adam_scalar(racs, "lam_opt", "log_lam", cfg.lam_lr)
         self.behaviour: StackedMLP | None = None
         if any(r.behaviour_actor is not None for r in racs):
             if not all(r.behaviour_actor is not None for r in racs):
                 raise ValueError("either every task learner has a behaviour policy (lam_target > 0) or none")
             self.behaviour = StackedMLP.from_sequentials(
                 [r.behaviour_actor.net for r in racs if r.behaviour_actor is not None]).requires_grad_(False)
-        self.generators = [r.generator for r in racs]  # shared with the RACs: one random stream per task
-        self.buffer: Batch = {}
-        lengths = {len(r.model_buffer) for r in racs}
-        if lengths != {0}:
-            if len(lengths) != 1:
-                raise ValueError(f"task model buffers of different lengths {sorted(lengths)} cannot be stacked")
-            self.buffer = {n: torch.stack([r.model_buffer.data[n] for r in racs]) for n in r0.model_buffer.KEYS}
+        self.generators = [r.generator for r in racs]  # shared: one random stream per task
+        self.buffers = [r.model_buffer for r in racs]  # shared: one model buffer per task
         self.steps = [r.steps for r in racs]
 
     @classmethod
@@ -174,37 +223,39 @@ class BatchedRAC:
         """K fresh learners, task k initialised exactly as `RAC(..., seed=seeds[k])`."""
         return cls([RAC(obs_dim, act_dim, cfg, device, seed=s) for s in seeds])
 
-    def _copy_optimizer_states(self, racs: Sequence[RAC]) -> None:
-        """Adam's moments and step counts from the K RACs (fresh RACs: nothing to copy)."""
-        if not racs[0].actor_opt.state:
-            return
-        if len({int(r.steps) for r in racs}) != 1:
-            raise ValueError("task learners at different step counts cannot share one Adam step count")
-        for name, stacked_params, per_task in (
-                ("actor_opt", list(self.actor.parameters()), [list(r.actor.net.parameters()) for r in racs]),
-                ("critic_opt", list(self.critic.parameters()),
-                 [list(r.critic.q1.parameters()) for r in racs] + [list(r.critic.q2.parameters()) for r in racs])):
-            opt = getattr(self, name)
-            src_opts = [getattr(r, name) for r in racs]
-            n_layers = len(stacked_params) // 2  # ParameterList order: weights then biases
-            for j, p in enumerate(stacked_params):
-                is_w, layer = j < n_layers, j % n_layers
-                moments = {}
-                for key in ("exp_avg", "exp_avg_sq"):
-                    rows = []
-                    for m, params in enumerate(per_task):
-                        src = src_opts[m % len(racs)].state[params[2 * layer + (0 if is_w else 1)]][key]
-                        rows.append(src.t() if is_w else src[None])
-                    moments[key] = torch.stack(rows).to(p)
-                step = src_opts[0].state[per_task[0][0]]["step"].clone()
-                opt.state[p] = {"step": step, **moments}
-        for name, attr in (("alpha_opt", "log_alpha_ent"), ("cql_opt", "log_alpha_cql"), ("lam_opt", "log_lam")):
-            srcs = [getattr(r, name).state.get(getattr(r, attr)) for r in racs]
-            if srcs[0]:
-                p = getattr(self, attr)
-                getattr(self, name).state[p] = {
-                    "step": srcs[0]["step"].clone(),
-                    **{key: torch.stack([s[key] for s in srcs]) for key in ("exp_avg", "exp_avg_sq")}}
+    # -- optimizer state in and out --------------------------------------------------------------
+    @staticmethod
+    def _layer_param(params: Sequence[torch.Tensor], j: int, n_layers: int) -> tuple[torch.Tensor, bool]:
+        """The per-task tensor behind stacked parameter j (ParameterList order: the weights,
+        then the biases; nn.Sequential order: weight, bias per layer)."""
+        is_w = j < n_layers
+        return params[2 * (j % n_layers) + (0 if is_w else 1)], is_w
+
+    def _adam(self, racs: Sequence[RAC], name: str, net: StackedMLP, per_member: Sequence[Sequence[torch.Tensor]],
+              lr: float) -> StackedAdam:
+        stacked = list(net.parameters())
+        n_layers = len(stacked) // 2
+        opt = StackedAdam(stacked, lr, [torch.zeros(len(per_member)) for _ in stacked])
+        for j in range(len(stacked)):
+            steps, ms, vs = [], [], []
+            for m, params in enumerate(per_member):
+                q, is_w = self._layer_param(params, j, n_layers)
+                st, ea, eas = _adam_state(getattr(racs[m % self.K], name), q)
+                steps.append(st)
+                ms.append(ea.t() if is_w else ea[None])
+                vs.append(eas.t() if is_w else eas[None])
+            opt.steps[j] = torch.tensor(steps, dtype=torch.float64)
+            opt.exp_avg[j] = torch.stack(ms).to(stacked[j]).contiguous()
+            opt.exp_avg_sq[j] = torch.stack(vs).to(stacked[j]).contiguous()
+        return opt
+
+    def _adam_scalar(self, racs: Sequence[RAC], name: str, attr: str, lr: float) -> StackedAdam:
+        p = getattr(self, attr)
+        states = [_adam_state(getattr(r, name), getattr(r, attr)) for r in racs]
+        opt = StackedAdam([p], lr, [torch.tensor([s[0] for s in states], dtype=torch.float64)])
+        opt.exp_avg[0] = torch.stack([s[1] for s in states]).to(p)
+        opt.exp_avg_sq[0] = torch.stack([s[2] for s in states]).to(p)
+        return opt
 
     # -- back to per-task learners ---------------------------------------------------------------
     def actor_of(self, k: int) -> TanhGaussianActor:
@@ -214,18 +265,56 @@ class BatchedRAC:
         self.actor.load_into(k, actor.net)
         return actor
 
-    # -- the per-task random streams -------------------------------------------------------------
+    def write_back(self, racs: Sequence[RAC]) -> None:
+        """Copy parameters, Adam moments and step counts, duals, step counts (and, for RACs
+        it was not built from, model buffers and random streams) into K RACs."""
+        K = self.K
+        for k, r in enumerate(racs):
+            self.actor.load_into(k, r.actor.net)
+            self.critic.load_into(k, r.critic.q1)
+            self.critic.load_into(K + k, r.critic.q2)
+            self.critic_target.load_into(k, r.critic_target.q1)
+            self.critic_target.load_into(K + k, r.critic_target.q2)
+            with torch.no_grad():
+                r.log_alpha_ent.copy_(self.log_alpha_ent[k])
+                r.log_alpha_cql.copy_(self.log_alpha_cql[k])
+                r.log_lam.copy_(self.log_lam[k])
+            r.steps = self.steps[k]
+            if r.generator is not self.generators[k]:
+                r.generator.set_state(self.generators[k].get_state())
+            if r.model_buffer is not self.buffers[k]:
+                r.model_buffer.data = {n: v.clone() for n, v in self.buffers[k].data.items()}
+        for name, opt, per_member in (
+                ("actor_opt", self.actor_opt, [list(r.actor.net.parameters()) for r in racs]),
+                ("critic_opt", self.critic_opt, [list(r.critic.q1.parameters()) for r in racs]
+                 + [list(r.critic.q2.parameters()) for r in racs])):
+            n_layers = len(opt.params) // 2
+            for j in range(len(opt.params)):
+                for m, params in enumerate(per_member):
+                    q, is_w = self._layer_param(params, j, n_layers)
+                    ea, eas = opt.exp_avg[j][m], opt.exp_avg_sq[j][m]
+                    _set_adam_state(getattr(racs[m % K], name), q, float(opt.steps[j][m]),
+                                    ea.t() if is_w else ea[0], eas.t() if is_w else eas[0])
+        for name, opt, attr in (("alpha_opt", self.alpha_opt, "log_alpha_ent"),
+                                ("cql_opt", self.cql_opt, "log_alpha_cql"), ("lam_opt", self.lam_opt, "log_lam")):
+            for k, r in enumerate(racs):
+                _set_adam_state(getattr(r, name), getattr(r, attr), float(opt.steps[0][k]),
+                                opt.exp_avg[0][k], opt.exp_avg_sq[0][k])
+
+    # -- the per-task random streams and buffers -------------------------------------------------
     def _noise(self, n_real: int) -> dict[str, torch.Tensor]:
         """Every random number of one update, per task in the order RAC.update draws them."""
         cfg, A = self.cfg, self.act_dim
-        n_buf = len(self)
-        b_model = cfg.batch_model if n_buf else 0
+        lengths = [len(b) for b in self.buffers]
+        if len(set(x > 0 for x in lengths)) > 1:
+            raise ValueError("some task learners have model rollouts and some do not: refresh them together")
+        b_model = cfg.batch_model if lengths[0] else 0
         b_cql = b_model or n_real
         if cfg.cql_states:
             b_cql = min(b_cql, cfg.cql_states)
         draws: dict[str, list[torch.Tensor]] = {n: [] for n in
                                                 ("idx_c", "next", "uni", "cur", "nxt", "idx_a", "act")}
-        for g in self.generators:
+        for g, n_buf in zip(self.generators, lengths, strict=True):
             if n_buf:
                 draws["idx_c"].append(torch.randint(n_buf, (b_model,), generator=g))
             draws["next"].append(torch.randn(n_real + b_model, A, generator=g))
@@ -235,23 +324,25 @@ class BatchedRAC:
             if n_buf:
                 draws["idx_a"].append(torch.randint(n_buf, (b_model,), generator=g))
             draws["act"].append(torch.randn(n_real + b_model, A, generator=g))
-        return {n: torch.stack(v).to(self.device) for n, v in draws.items() if v}
+        out = {n: torch.stack(v).to(self.device) for n, v in draws.items() if v and not n.startswith("idx")}
+        out.update({n: v for n, v in draws.items() if v and n.startswith("idx")})  # type: ignore[misc]
+        return out
 
-    def __len__(self) -> int:
-        return self.buffer["obs"].shape[1] if self.buffer else 0
-
-    def _sample_buffer(self, idx: torch.Tensor) -> Batch:
-        rows = torch.arange(self.K, device=idx.device)[:, None]
-        return {n: v[rows, idx] for n, v in self.buffer.items()}
+    def _sample_buffers(self, idx: list[torch.Tensor], keys: Sequence[str]) -> Batch:
+        rows = [{n: b.data[n][i.to(b.data[n].device)] for n in keys} for b, i in zip(self.buffers, idx, strict=True)]
+        return {n: torch.stack([r[n] for r in rows]) for n in keys}
 
     # -- model rollouts --------------------------------------------------------------------------
     @torch.no_grad()
-    def refresh_rollouts(self, start_obs: torch.Tensor, rollout_fns: Sequence[RolloutFn]) -> dict[str, torch.Tensor]:
-        """RAC.refresh_rollouts for every task: start_obs [K, B, F], one rollout function per
-        task (its world-model slot); the imagined transitions go to each task's buffer."""
+    def refresh_rollouts(self, start_obs: Sequence[torch.Tensor] | torch.Tensor, rollout_fns: Sequence[RolloutFn],
+                         tasks: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """RAC.refresh_rollouts for tasks `tasks` (default: all): start_obs[i] [B, F] and
+        rollout_fns[i] (its world-model slot) for the i-th of them; the imagined transitions
+        go to each task's own buffer. Statistics are per refreshed task."""
         cfg = self.cfg
-        outs = []
-        for k, fn in enumerate(rollout_fns):
+        which = list(range(self.K)) if tasks is None else list(tasks)
+        model_rew, unc = [], []
+        for i, k in enumerate(which):
             g = self.generators[k]
 
             def policy(obs: torch.Tensor, k: int = k, g: torch.Generator = g) -> torch.Tensor:
@@ -262,21 +353,17 @@ class BatchedRAC:
                     a = a + cfg.rollout_noise * torch.randn(a.shape, generator=g).to(a)
                 return a.clamp(-1, 1)
 
-            outs.append(fn(start_obs[k], policy))
-        feat = torch.stack([o["feat"] for o in outs])
-        act = torch.stack([o["action"] for o in outs])
-        model_rew = torch.stack([o["reward"] for o in outs])
-        unc = torch.stack([o["uncertainty"] for o in outs])
-        rew = model_rew - cfg.uncertainty_penalty * unc
-        K, B, H = act.shape[:3]
-        new = {"obs": feat[:, :, :-1].reshape(K, B * H, -1), "act": act.reshape(K, B * H, -1),
-               "rew": rew.reshape(K, B * H), "next_obs": feat[:, :, 1:].reshape(K, B * H, -1),
-               "done": torch.zeros(K, B * H, device=feat.device)}
-        if not self.buffer:
-            self.buffer = {n: v[:, -cfg.model_buffer:] for n, v in new.items()}
-        else:
-            self.buffer = {n: torch.cat([self.buffer[n], new[n]], 1)[:, -cfg.model_buffer:] for n in new}
-        return {"model_reward": model_rew.mean((1, 2)), "uncertainty": unc.mean((1, 2))}
+            out = rollout_fns[i](start_obs[i], policy)
+            feat, act = out["feat"], out["action"]
+            rew = out["reward"] - cfg.uncertainty_penalty * out["uncertainty"]
+            H = act.shape[1]
+            self.buffers[k].add({
+                "obs": feat[:, :-1].reshape(-1, feat.shape[-1]), "act": act.reshape(-1, act.shape[-1]),
+                "rew": rew.reshape(-1), "next_obs": feat[:, 1:].reshape(-1, feat.shape[-1]),
+                "done": torch.zeros(feat.shape[0] * H, device=feat.device)})
+            model_rew.append(out["reward"].mean())
+            unc.append(out["uncertainty"].mean())
+        return {"model_reward": torch.stack(model_rew), "uncertainty": torch.stack(unc)}
 
     # -- one update of every task ----------------------------------------------------------------
     def update(self, real: Batch, meta_actor: TanhGaussianActor | None = None,
@@ -296,11 +383,11 @@ class BatchedRAC:
         q = net(torch.cat([x, x])).squeeze(-1)
         return q[: self.K], q[self.K:]
 
-    def _critic_step(self, real: Batch, noise: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _critic_step(self, real: Batch, noise: dict) -> dict[str, torch.Tensor]:
         cfg, K, A = self.cfg, self.K, self.act_dim
-        model = self._sample_buffer(noise["idx_c"]) if "idx_c" in noise else None
+        model = self._sample_buffers(noise["idx_c"], list(real)) if "idx_c" in noise else None
         n_real = real["obs"].shape[1]
-        batch = real if model is None else {n: torch.cat([real[n], model[n]], 1) for n in real if n in model}
+        batch = real if model is None else {n: torch.cat([real[n], model[n]], 1) for n in real}
         s_model = (model or real)["obs"]
         s_next = (model or real)["next_obs"]
         if cfg.cql_states:
@@ -331,17 +418,14 @@ class BatchedRAC:
         nB, m = batch["obs"].shape[1], B * n
         uni_logd = -A * math.log(2.0)
 
-        def split(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            qb = q[:, :nB]
-            off = nB
-            cat = torch.stack([q[:, off: off + m] - uni_logd, q[:, off + m: off + 2 * m] - logp_cur,
-                               q[:, off + 2 * m: off + 3 * m] - logp_nxt], 1)  # [K, 3, B*n]
+        def split(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            cat = torch.stack([q[:, nB: nB + m] - uni_logd, q[:, nB + m: nB + 2 * m] - logp_cur,
+                               q[:, nB + 2 * m: nB + 3 * m] - logp_nxt], 1)  # [K, 3, B*n]
             cat = cat.reshape(K, 3, B, n).permute(0, 2, 1, 3).reshape(K, B, 3 * n)
-            gap = torch.logsumexp(cat, 2).mean(1) - q[:, off + 3 * m:].mean(1)
-            return qb, cat, gap
+            return q[:, :nB], torch.logsumexp(cat, 2).mean(1) - q[:, nB + 3 * m:].mean(1)
 
-        q1, _, gap1 = split(q1_all)
-        q2, _, gap2 = split(q2_all)
+        q1, gap1 = split(q1_all)
+        q2, gap2 = split(q2_all)
         sq1, sq2 = (q1 - y) ** 2, (q2 - y) ** 2
         if model is None or math.isclose(cfg.real_ratio, n_real / nB):
             bellman = 0.5 * sq1.mean(1) + 0.5 * sq2.mean(1)
@@ -355,22 +439,22 @@ class BatchedRAC:
         cql = 0.5 * (gap1 + gap2)  # [K]
         alpha_cql = self.log_alpha_cql.exp().clamp(0.0, 1e6)
         loss = (bellman + cfg.cql_beta * alpha_cql.detach() * (cql - cfg.cql_target)).sum()
-        self.critic_opt.zero_grad(set_to_none=True)
+        self.critic_opt.zero_grad()
         loss.backward()
         self.critic_opt.step()
         cql_loss = (-self.log_alpha_cql.exp() * (cql.detach() - cfg.cql_target)).sum()
-        self.cql_opt.zero_grad(set_to_none=True)
+        self.cql_opt.zero_grad()
         cql_loss.backward()
         self.cql_opt.step()
         return {"q": q1.detach().mean(1), "bellman": bellman.detach(), "conservative_gap": cql.detach(),
                 "alpha_cql": alpha_cql.detach()}
 
-    def _actor_step(self, real: Batch, noise: dict[str, torch.Tensor], meta_actor: TanhGaussianActor | None,
+    def _actor_step(self, real: Batch, noise: dict, meta_actor: TanhGaussianActor | None,
                     omega: float) -> dict[str, torch.Tensor]:
         cfg, K = self.cfg, self.K
         n_real = real["obs"].shape[1]
         obs = real["obs"] if "idx_a" not in noise else torch.cat(
-            [real["obs"], self._sample_buffer(noise["idx_a"])["obs"]], 1)
+            [real["obs"], self._sample_buffers(noise["idx_a"], ["obs"])["obs"]], 1)
         mu_all, sd_all = _dist(self.actor(obs))
         pre = mu_all + sd_all * noise["act"]
         a, logp = torch.tanh(pre), _tanh_log_prob(pre, mu_all, sd_all)
@@ -401,72 +485,24 @@ class BatchedRAC:
             reg = b_term if omega > 0 else torch.zeros(K, device=obs.device)
         lam = self.log_lam.detach().exp() if auto_lam else torch.full((K,), cfg.lam, device=obs.device)
         loss_k = (alpha[:, None] * logp - torch.minimum(q1, q2)).mean(1) + lam * reg
-        self.actor_opt.zero_grad(set_to_none=True)
+        self.actor_opt.zero_grad()
         loss_k.sum().backward()
         self.actor_opt.step()
         extra: dict[str, torch.Tensor] = {"lam": lam}
         if auto_lam:
             lam_loss = (-self.log_lam.exp() * (reg.detach() - cfg.lam_target)).sum()
-            self.lam_opt.zero_grad(set_to_none=True)
+            self.lam_opt.zero_grad()
             lam_loss.backward()
             self.lam_opt.step()
             with torch.no_grad():
                 self.log_lam.clamp_(math.log(1e-3), math.log(1e4))
             extra["behaviour_kl"] = b_term.detach()
         ent_loss = -(self.log_alpha_ent[:, None] * (logp.detach() - self.act_dim)).mean(1).sum()
-        self.alpha_opt.zero_grad(set_to_none=True)
+        self.alpha_opt.zero_grad()
         ent_loss.backward()
         self.alpha_opt.step()
         return {"actor_loss": loss_k.detach(), "behaviour_nll": behaviour.detach(), "meta_kl": meta_kl.detach(),
                 "alpha_ent": alpha, "entropy": -logp.detach().mean(1), **extra}
-
-    # -- write back ------------------------------------------------------------------------------
-    def write_back(self, racs: Sequence[RAC]) -> None:
-        """Copy parameters, optimizer moments, duals, buffers, step counts and random streams
-        into K RACs (the ones it was built from share its generators already)."""
-        K = self.K
-        for k, r in enumerate(racs):
-            self.actor.load_into(k, r.actor.net)
-            self.critic.load_into(k, r.critic.q1)
-            self.critic.load_into(K + k, r.critic.q2)
-            self.critic_target.load_into(k, r.critic_target.q1)
-            self.critic_target.load_into(K + k, r.critic_target.q2)
-            with torch.no_grad():
-                r.log_alpha_ent.copy_(self.log_alpha_ent[k])
-                r.log_alpha_cql.copy_(self.log_alpha_cql[k])
-                r.log_lam.copy_(self.log_lam[k])
-            r.steps = self.steps[k]
-            if r.generator is not self.generators[k]:
-                r.generator.set_state(self.generators[k].get_state())
-            if self.buffer:
-                r.model_buffer.data = {n: v[k].clone() for n, v in self.buffer.items()}
-        self._write_optimizer_states(racs)
-
-    def _write_optimizer_states(self, racs: Sequence[RAC]) -> None:
-        K = self.K
-        for name, stacked_params, per_task in (
-                ("actor_opt", list(self.actor.parameters()), [list(r.actor.net.parameters()) for r in racs]),
-                ("critic_opt", list(self.critic.parameters()),
-                 [list(r.critic.q1.parameters()) for r in racs] + [list(r.critic.q2.parameters()) for r in racs])):
-            opt = getattr(self, name)
-            n_layers = len(stacked_params) // 2
-            for j, p in enumerate(stacked_params):
-                st = opt.state.get(p)
-                if not st:
-                    continue
-                is_w, layer = j < n_layers, j % n_layers
-                for m, params in enumerate(per_task):
-                    dst_opt = getattr(racs[m % K], name)
-                    q = params[2 * layer + (0 if is_w else 1)]
-                    dst_opt.state[q] = {"step": st["step"].clone(), **{
-                        key: (st[key][m].t() if is_w else st[key][m, 0]).clone()
-                        for key in ("exp_avg", "exp_avg_sq")}}
-        for name, attr in (("alpha_opt", "log_alpha_ent"), ("cql_opt", "log_alpha_cql"), ("lam_opt", "log_lam")):
-            st = getattr(self, name).state.get(getattr(self, attr))
-            if st:
-                for k, r in enumerate(racs):
-                    getattr(r, name).state[getattr(r, attr)] = {
-                        "step": st["step"].clone(), **{key: st[key][k].clone() for key in ("exp_avg", "exp_avg_sq")}}
 
 
 def update_each(racs: Sequence[RAC], reals: Sequence[Batch], meta_actor: TanhGaussianActor | None = None,

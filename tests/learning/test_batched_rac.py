@@ -122,8 +122,8 @@ def test_resuming_a_batched_learner_from_written_back_rac_state_dicts_is_exact(t
     loaded = [RAC(OBS, ACT, CFG, seed=0) for _ in seeds]
     for r, sd in zip(loaded, torch.load(tmp_path / "ckpt.pt", weights_only=False), strict=True):
         r.load_state_dict(sd)
-    for k, r in enumerate(loaded):
-        r.model_buffer.data = {n: v[k].clone() for n, v in run.buffer.items()}
+    for r, src in zip(loaded, racs, strict=True):  # RAC.state_dict leaves buffers to MerPO's checkpoint
+        r.model_buffer.data = {n: v.clone() for n, v in src.model_buffer.data.items()}
     resumed = BatchedRAC.from_racs(loaded)
     for step in range(3, 6):
         reals = stack_batches([batch(step), batch(step + 10)])
@@ -131,3 +131,33 @@ def test_resuming_a_batched_learner_from_written_back_rac_state_dicts_is_exact(t
         resumed.update(reals)
     for p, q in zip(ref.critic.parameters(), resumed.critic.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_learners_at_different_step_counts_batch_exactly():
+    """Meta-training picks tasks at random: a learner updated more often keeps its own Adam
+    bias correction and its own buffer length inside the batch."""
+    seeds = [3, 4, 5]
+    single = [RAC(OBS, ACT, CFG, seed=s) for s in seeds]
+    twins = [RAC(OBS, ACT, CFG, seed=s) for s in seeds]
+    for group in (single, twins):  # task 0 learns 3 steps, task 1 one step, task 2 none, alone
+        for k, n in enumerate((3, 1, 0)):
+            group[k].refresh_rollouts(batch(40 + k, 6)["obs"], rollout_fn(k))
+            for i in range(n):
+                group[k].refresh_rollouts(batch(60 + i, 6)["obs"], rollout_fn(k))
+                group[k].update(batch(200 + 10 * k + i))
+    assert len({len(r.model_buffer) for r in twins}) == 3 and len({r.steps for r in twins}) == 3
+    batched = BatchedRAC.from_racs(twins)
+    for step in range(4):
+        reals = [batch(500 + 10 * step + k) for k in range(3)]
+        for r, b in zip(single, reals, strict=True):
+            r.update(b)
+        batched.update(stack_batches(reals))
+    batched.write_back(twins)
+    assert max_diff(single, twins) < 1e-5
+    assert [r.steps for r in twins] == [7, 5, 4]
+    for a, b in zip(single, twins, strict=True):  # Adam's state written back as torch keeps it
+        sa, sb = a.actor_opt.state_dict()["state"], b.actor_opt.state_dict()["state"]
+        assert sa.keys() == sb.keys()
+        for i in sa:
+            assert float(sa[i]["step"]) == float(sb[i]["step"])
+            assert torch.allclose(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"], atol=1e-7)
