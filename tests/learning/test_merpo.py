@@ -274,3 +274,44 @@ def test_a_terminal_last_row_is_a_transition_with_done():
     assert torch.allclose(data["obs"][i], torch.from_numpy(cache.arrays["feat"][last]))
     assert torch.allclose(data["rew"][i], torch.tensor((cache.arrays["reward"][last] - norm.reward_mean) / norm.reward_std))
     assert not torch.allclose(data["next_obs"][i], torch.from_numpy(cache.arrays["feat"][last + 1]))  # never the next episode
+
+
+@pytest.mark.parametrize("lam_target", [0.0, 0.5])
+def test_batched_meta_steps_equal_the_per_task_loop(lam_target):
+    """The default batched inner loop gives the per-task loop's learners, pi_c and statistics
+    (with model rollouts refreshed at each learner's own step count)."""
+    cache = toy_cache()
+    norm = fit_normalizer(cache, [-2, -2], [2, 2])
+    data = {n: transitions(cache, norm, n) for n in (0, 1, 2)}
+
+    def rollout_fn(slot):
+        W = torch.linspace(-0.3, 0.3, F_DIM * F_DIM).reshape(F_DIM, F_DIM) * (slot + 1)
+        U = torch.ones(A_DIM, F_DIM) * 0.1
+
+        def fn(start, policy):
+            a = policy(start)
+            nxt = torch.tanh(start @ W + a @ U)
+            return {"feat": torch.stack([start, nxt], 1), "action": a[:, None], "reward": nxt[:, :1],
+                    "uncertainty": nxt[:, :1].abs()}
+        return fn
+
+    fns = {n: rollout_fn(n) for n in (0, 1, 2)}
+    cfg = small_cfg()
+    cfg.inner_steps = 3
+    cfg.rac.rollout_batch, cfg.rac.rollout_every, cfg.rac.lam_target = 8, 2, lam_target
+    cfg.rac.behaviour_fit_steps = 5
+    loop = MerPO(F_DIM, A_DIM, [0, 1, 2], cfg, batched=False)
+    fast = MerPO(F_DIM, A_DIM, [0, 1, 2], cfg)
+    for _ in range(4):
+        s_loop, s_fast = loop.meta_step(data, fns), fast.meta_step(data, fns)
+        assert s_loop.keys() == s_fast.keys()
+        for k in s_loop:
+            assert s_fast[k] == pytest.approx(s_loop[k], rel=1e-4, abs=1e-5), k
+    for n in (0, 1, 2):
+        a, b = loop.learners[n], fast.learners[n]
+        assert a.steps == b.steps and len(a.model_buffer) == len(b.model_buffer)
+        for p, q in zip([*a.actor.parameters(), *a.critic.parameters()],
+                        [*b.actor.parameters(), *b.critic.parameters()], strict=True):
+            assert torch.allclose(p, q, atol=1e-5)
+    for p, q in zip(loop.meta_actor.parameters(), fast.meta_actor.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5)
