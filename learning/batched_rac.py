@@ -67,7 +67,7 @@ class StackedMLP(nn.Module):
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             x = torch.baddbmm(b, x, w)
             if i < last:
-                x = F.elu(x)
+                x = F.elu(x, inplace=True)  # on baddbmm's fresh output: no copy; backward reads the result
         return x
 
     def forward_one(self, k: int, x: torch.Tensor) -> torch.Tensor:
@@ -379,8 +379,34 @@ class BatchedRAC:
         return stats
 
     def _q(self, net: StackedMLP, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([obs, act], -1)
-        q = net(torch.cat([x, x])).squeeze(-1)
+        """Both heads of every task: Q(obs, act), obs [K, N, F], act [K, N, A]."""
+        return self._q_segments(net, [(obs, act, 1)])
+
+    def _q_segments(self, net: StackedMLP, segments: Sequence[tuple[torch.Tensor, torch.Tensor, int]]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both heads of every task over row segments (states [K, R, F], actions [K, T*R*n, A],
+        n): each state is evaluated under n actions in each of T blocks, rows ordered (block,
+        state, action). The first layer is split, W = [W_state; W_action], so its state part
+        is computed once per distinct state (the conservative term evaluates each state under
+        3n actions) and broadcast; the other layers run once over all rows."""
+        w0, b0 = net.weights[0], net.biases[0]
+        f = segments[0][0].shape[-1]
+        w_s, w_a = w0[:, :f], w0[:, f:]
+        M = w0.shape[0]
+        parts = []
+        for obs, act, n in segments:
+            hs = torch.baddbmm(b0, torch.cat([obs, obs]), w_s)  # [2K, R, H]
+            if n == 1 and act.shape[1] == obs.shape[1]:
+                parts.append(torch.baddbmm(hs, torch.cat([act, act]), w_a))
+                continue
+            R, H = obs.shape[1], hs.shape[-1]
+            ha = torch.bmm(torch.cat([act, act]), w_a).view(M, -1, R, n, H)
+            parts.append((ha + hs.view(M, 1, R, 1, H)).view(M, -1, H))
+        h = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+        for i in range(1, len(net.weights)):
+            h = F.elu(h, inplace=True)
+            h = torch.baddbmm(net.biases[i], h, net.weights[i])
+        q = h.squeeze(-1)
         return q[: self.K], q[self.K:]
 
     def _critic_step(self, real: Batch, noise: dict) -> dict[str, torch.Tensor]:
@@ -394,13 +420,14 @@ class BatchedRAC:
             s_model, s_next = s_model[:, : cfg.cql_states], s_next[:, : cfg.cql_states]
         n = cfg.cql_n_actions
         B = s_model.shape[1]
-        rep_model = s_model.repeat_interleave(n, 1)
-        rep_next = s_next.repeat_interleave(n, 1)
         alpha = self.log_alpha_ent.exp().detach()[:, None]
         with torch.no_grad():
-            # one actor pass for the target's next actions and both sets of CQL actions
+            # one actor pass for the target's next actions and both sets of CQL actions, on each
+            # distinct state once (the CQL states repeat n times: their mu and sd repeat with them)
             nb = batch["next_obs"].shape[1]
-            mu, sd = _dist(self.actor(torch.cat([batch["next_obs"], rep_model, rep_next], 1)))
+            mu, sd = _dist(self.actor(torch.cat([batch["next_obs"], s_model, s_next], 1)))
+            mu = torch.cat([mu[:, :nb], mu[:, nb:].repeat_interleave(n, 1)], 1)
+            sd = torch.cat([sd[:, :nb], sd[:, nb:].repeat_interleave(n, 1)], 1)
             eps = torch.cat([noise["next"], noise["cur"], noise["nxt"]], 1)
             pre = mu + sd * eps
             acts, logps = torch.tanh(pre), _tanh_log_prob(pre, mu, sd)
@@ -411,11 +438,12 @@ class BatchedRAC:
             tq = 0.75 * torch.minimum(tq1, tq2) + 0.25 * torch.maximum(tq1, tq2) - alpha * next_logp
             y = batch["rew"] + cfg.gamma * (1 - batch["done"]) * tq
             uni = noise["uni"] * 2 - 1
-        # one critic pass (both heads, every task) over the Bellman rows, the CQL rows and the data rows
-        obs_all = torch.cat([batch["obs"], rep_model, rep_model, rep_model, real["obs"]], 1)
-        act_all = torch.cat([batch["act"], uni, a_cur, a_nxt, real["act"]], 1)
-        q1_all, q2_all = self._q(self.critic, obs_all, act_all)
+        # one critic pass (both heads, every task) over the Bellman rows, the CQL rows and the
+        # data rows; the states: the batch's, the CQL states (each under 3n actions), the data's
         nB, m = batch["obs"].shape[1], B * n
+        q1_all, q2_all = self._q_segments(self.critic, [
+            (batch["obs"], batch["act"], 1), (s_model, torch.cat([uni, a_cur, a_nxt], 1), n),
+            (real["obs"], real["act"], 1)])
         uni_logd = -A * math.log(2.0)
 
         def split(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
