@@ -378,18 +378,25 @@ class BatchedRAC:
         self.steps = [s + 1 for s in self.steps]
         return stats
 
-    def _q(self, net: StackedMLP, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both heads of every task: Q(obs, act), obs [K, N, F], act [K, N, A]."""
-        return self._q_segments(net, [(obs, act, 1)])
+    def _q(self, net: StackedMLP, obs: torch.Tensor, act: torch.Tensor,
+           frozen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both heads of every task: Q(obs, act), obs [K, N, F], act [K, N, A]. `frozen`:
+        no gradient for the critic's weights (the actor step needs dQ/da only; RAC computes
+        those weight gradients and the next critic step discards them)."""
+        return self._q_segments(net, [(obs, act, 1)], frozen)
 
-    def _q_segments(self, net: StackedMLP, segments: Sequence[tuple[torch.Tensor, torch.Tensor, int]]
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _q_segments(self, net: StackedMLP, segments: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
+                    frozen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Both heads of every task over row segments (states [K, R, F], actions [K, T*R*n, A],
         n): each state is evaluated under n actions in each of T blocks, rows ordered (block,
         state, action). The first layer is split, W = [W_state; W_action], so its state part
         is computed once per distinct state (the conservative term evaluates each state under
         3n actions) and broadcast; the other layers run once over all rows."""
-        w0, b0 = net.weights[0], net.biases[0]
+        ws: list[torch.Tensor] = list(net.weights)
+        bs: list[torch.Tensor] = list(net.biases)
+        if frozen:
+            ws, bs = [w.detach() for w in ws], [b.detach() for b in bs]
+        w0, b0 = ws[0], bs[0]
         f = segments[0][0].shape[-1]
         w_s, w_a = w0[:, :f], w0[:, f:]
         M = w0.shape[0]
@@ -403,9 +410,9 @@ class BatchedRAC:
             ha = torch.bmm(torch.cat([act, act]), w_a).view(M, -1, R, n, H)
             parts.append((ha + hs.view(M, 1, R, 1, H)).view(M, -1, H))
         h = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
-        for i in range(1, len(net.weights)):
+        for i in range(1, len(ws)):
             h = F.elu(h, inplace=True)
-            h = torch.baddbmm(net.biases[i], h, net.weights[i])
+            h = torch.baddbmm(bs[i], h, ws[i])
         q = h.squeeze(-1)
         return q[: self.K], q[self.K:]
 
@@ -486,7 +493,7 @@ class BatchedRAC:
         mu_all, sd_all = _dist(self.actor(obs))
         pre = mu_all + sd_all * noise["act"]
         a, logp = torch.tanh(pre), _tanh_log_prob(pre, mu_all, sd_all)
-        q1, q2 = self._q(self.critic, obs, a)
+        q1, q2 = self._q(self.critic, obs, a, frozen=True)
         alpha = self.log_alpha_ent.exp().detach()
         mu, sd = mu_all[:, :n_real], sd_all[:, :n_real]  # the real rows: behaviour and meta terms
         data_act = real["act"].clamp(-1 + ACTION_EPS, 1 - ACTION_EPS)

@@ -51,18 +51,19 @@ class RosEvalError(RuntimeError):
 
 @contextmanager
 def ros_session(name: str, namespace: str = "") -> Iterator[Any]:
-    """A node in its own context, spun by a MultiThreadedExecutor in a daemon thread;
+    """A node in its own context, spun by a SingleThreadedExecutor in a daemon thread
+    (robot_nodes.testing.ros_context says why not the multi-threaded one);
     teardown never hangs (docs/environment.md, the in-process pattern)."""
     ensure_safe_before_rclpy()
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
     ctx = rclpy.Context()
     # No rclpy signal handler: Ctrl-C stays a KeyboardInterrupt in the caller's thread.
     rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node(name, namespace=namespace, context=ctx)
-    executor = MultiThreadedExecutor(context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()

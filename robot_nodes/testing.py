@@ -63,16 +63,20 @@ class NodeProcess:
 
 @contextmanager
 def ros_context(*node_names: str) -> Iterator[tuple[Any, Any, list[Any]]]:
-    """Own context, nodes spun by a MultiThreadedExecutor in a daemon thread; teardown that
-    never hangs. Yields (context, executor, nodes)."""
+    """Own context, nodes spun by a SingleThreadedExecutor in a daemon thread; teardown that
+    never hangs. Yields (context, executor, nodes).
+
+    Not the MultiThreadedExecutor: its Python worker threads hold the GIL so much that the
+    caller's thread, the one that publishes test frames, slept 350 ms for a 20 ms
+    `time.sleep` (measured: 12 frames in 5 s instead of 150 with a 100 Hz joint-state stream)."""
     ensure_safe_before_rclpy()
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     nodes = [rclpy.create_node(name, context=ctx) for name in node_names]
-    executor = MultiThreadedExecutor(context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)
     for n in nodes:
         executor.add_node(n)
     thread = threading.Thread(target=executor.spin, daemon=True)

@@ -21,7 +21,7 @@ rclpy = pytest.importorskip("rclpy")
 @contextmanager
 def policy_setup(policy, command_type=None, **params):
     """A PolicyNode and a client node in one context; `rec` collects (time, msg) commands."""
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -33,7 +33,7 @@ def policy_setup(policy, command_type=None, **params):
     rclpy.init(context=ctx)
     overrides = [Parameter("policy", value=str(policy))] + [Parameter(k, value=v) for k, v in params.items()]
     node = client = None
-    executor = MultiThreadedExecutor(context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)
     thread = threading.Thread(target=executor.spin, daemon=True)
     try:
         node = PolicyNode(context=ctx, parameter_overrides=overrides)

@@ -1118,6 +1118,10 @@ def robot_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str
                                 injected += 1
                                 stamps.append(stamp_to_ns(m.header.stamp))
                             time.sleep(1 / 30)
+                        for _ in range(3):  # good frames: the failures in a row below start from 0
+                            img.publish(frame(client))
+                            time.sleep(1 / 30)
+                        time.sleep(0.2)
                         for _ in range(n_disable):  # failures in a row: ERROR, then disabled
                             m = frame(client, 255)
                             img.publish(m)

@@ -193,7 +193,7 @@ def run_benchmark(policy: str | None, sizes: list[tuple[int, int]], hz: float, d
                   warmup: float = 2.0, log_dir: Path | None = None, progress=print) -> dict[str, Any]:
     ensure_safe_before_rclpy()
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
 
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="vmerpo-ros-latency-"))
     policy = policy or str(_make_policy(log_dir / "bench_policy.onnx", 84))
@@ -201,7 +201,7 @@ def run_benchmark(policy: str | None, sizes: list[tuple[int, int]], hz: float, d
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     probe = _Probe(ctx, "bench/image", "bench/command")
-    executor = MultiThreadedExecutor(context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(probe.node)
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
