@@ -540,6 +540,33 @@ class BatchedRAC:
                 "alpha_ent": alpha, "entropy": -logp.detach().mean(1), **extra}
 
 
+# Activations above this size per batch leave the last-level cache on the 2-core CPU: measured
+# with `vmerpo bench rac-speed`, the batched learner's task-updates/s fell at the cpu preset's
+# sizes from 16 tasks (19 MiB of critic activations per layer) to 40 (47 MiB), and at the
+# paper's sizes from 1 task (17 MiB) to 4 (69 MiB). On a GPU every task goes into one batch.
+CPU_BATCH_BYTES = 24 * 2**20
+
+
+def critic_rows(cfg: RACConfig) -> int:
+    """Rows one task puts through the critic in a critic step (Bellman, conservative, data)."""
+    cql_states = cfg.batch_model or cfg.batch_real
+    if cfg.cql_states:
+        cql_states = min(cql_states, cfg.cql_states)
+    return cfg.batch_real + cfg.batch_model + 3 * cfg.cql_n_actions * cql_states + cfg.batch_real
+
+
+def task_groups(n: int, cfg: RACConfig, device: str | torch.device = "cpu") -> list[list[int]]:
+    """Split n task learners into batches: all together on a GPU; on a CPU as many as keep
+    one layer's critic activations within CPU_BATCH_BYTES, in near-equal groups."""
+    if torch.device(device).type != "cpu" or n <= 1:
+        return [list(range(n))]
+    per_task = critic_rows(cfg) * 2 * cfg.hidden * 4
+    size = max(1, CPU_BATCH_BYTES // per_task)
+    groups = math.ceil(n / size)
+    bounds = [round(i * n / groups) for i in range(groups + 1)]
+    return [list(range(bounds[i], bounds[i + 1])) for i in range(groups)]
+
+
 def update_each(racs: Sequence[RAC], reals: Sequence[Batch], meta_actor: TanhGaussianActor | None = None,
                 omega: float | None = None) -> list[dict[str, float]]:
     """The reference: K separate RAC.update calls (what meta-training ran before batching)."""

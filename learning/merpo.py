@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from learning import distributed
-from learning.batched_rac import BatchedRAC, stack_batches, stats_to_floats
+from learning.batched_rac import BatchedRAC, stack_batches, stats_to_floats, task_groups
 from learning.latents import LatentCache, rollout
 from learning.rac import RAC, RACConfig, TanhGaussianActor, TwinCritic, gaussian_kl
 
@@ -321,20 +321,23 @@ class MerPO:
         """The meta-batch's inner RAC steps as one BatchedRAC: each task draws from its own
         generators in the order the per-task loop does, so the results are the loop's."""
         r = self.cfg.rac
-        learners = [self.learners[n] for n in mine]
-        batched = BatchedRAC.from_racs(learners)
         parts: dict[str, list[torch.Tensor]] = {}
-        for _ in range(self.cfg.inner_steps):
-            due = [i for i, s in enumerate(batched.steps) if rollout_fns is not None and s % r.rollout_every == 0]
-            if due:
-                assert rollout_fns is not None  # due is empty without them
-                starts = [sample(data[mine[i]], r.rollout_batch, gens[mine[i]])["obs"] for i in due]
-                for k, v in batched.refresh_rollouts(starts, [rollout_fns[mine[i]] for i in due], due).items():
+        for group in task_groups(len(mine), r, self.device):  # one group unless the CPU's cache says otherwise
+            tasks = [mine[i] for i in group]
+            learners = [self.learners[n] for n in tasks]
+            batched = BatchedRAC.from_racs(learners)
+            for _ in range(self.cfg.inner_steps):
+                due = [i for i, s in enumerate(batched.steps)
+                       if rollout_fns is not None and s % r.rollout_every == 0]
+                if due:
+                    assert rollout_fns is not None  # due is empty without them
+                    starts = [sample(data[tasks[i]], r.rollout_batch, gens[tasks[i]])["obs"] for i in due]
+                    for k, v in batched.refresh_rollouts(starts, [rollout_fns[tasks[i]] for i in due], due).items():
+                        parts.setdefault(k, []).append(v)
+                real = stack_batches([sample(data[n], r.batch_real, gens[n]) for n in tasks])
+                for k, v in batched.update(real, self.meta_actor).items():
                     parts.setdefault(k, []).append(v)
-            real = stack_batches([sample(data[n], r.batch_real, gens[n]) for n in mine])
-            for k, v in batched.update(real, self.meta_actor).items():
-                parts.setdefault(k, []).append(v)
-        batched.write_back(learners)
+            batched.write_back(learners)
         # one host transfer for the statistics of every task and inner step
         keys = list(parts)
         flat = [torch.cat([t.reshape(-1).float() for t in parts[k]]) for k in keys]

@@ -161,3 +161,18 @@ def test_learners_at_different_step_counts_batch_exactly():
         for i in sa:
             assert float(sa[i]["step"]) == float(sb[i]["step"])
             assert torch.allclose(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"], atol=1e-7)
+
+
+def test_task_groups_keep_cpu_batches_within_the_cache_budget():
+    from learning.batched_rac import CPU_BATCH_BYTES, critic_rows, task_groups
+
+    big = dataclasses.replace(CFG, hidden=256, batch_real=256, batch_model=256, cql_n_actions=10)
+    for cfg in (CFG, big):
+        per_task = critic_rows(cfg) * 2 * cfg.hidden * 4
+        for n in (1, 4, 40):
+            groups = task_groups(n, cfg, "cpu")
+            assert sorted(i for g in groups for i in g) == list(range(n))
+            assert all(len(g) * per_task <= max(CPU_BATCH_BYTES, per_task) for g in groups)
+            assert max(map(len, groups)) - min(map(len, groups)) <= 1
+        assert task_groups(40, cfg, "cuda") == [list(range(40))]
+    assert critic_rows(big) == 256 + 256 + 3 * 10 * 256 + 256

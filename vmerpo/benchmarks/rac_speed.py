@@ -10,8 +10,10 @@ Sections, measured in one run (the machine is noisy: compare ratios):
             CPU thread (or the GPU), at the paper's and the cpu preset's sizes.
   batched   task-updates per second for K tasks (--ks at the cpu preset's sizes, --paper-ks
             at the paper's), with the default thread count (all cores): the per-task loop
-            (K RAC.update calls, as meta-training ran them) vs one BatchedRAC.update, and the
-            speed-up; each pair is measured interleaved, round by round.
+            (K RAC.update calls, as meta-training ran them) vs the batched learner as
+            meta-training runs it (one BatchedRAC.update per group of `task_groups`: on a CPU
+            as many tasks as keep a layer's critic activations in cache), and the speed-up;
+            each pair is measured interleaved, round by round.
   flops     the matmul FLOPs of one update (torch.utils.flop_counter) over its time: effective
             GFLOP/s of both learners, against the matmul peak measured in the same run (a
             [K*256, 128] x [128, 128] product on all threads).
@@ -34,7 +36,7 @@ from typing import Any
 
 import torch
 
-from learning.batched_rac import BatchedRAC, stack_batches
+from learning.batched_rac import BatchedRAC, stack_batches, task_groups
 from learning.merpo_train import preset
 from learning.rac import RAC, RACConfig
 
@@ -76,16 +78,23 @@ def time_update(cfg: RACConfig, n: int = 30, device: str = "cpu") -> float:
     return (time.perf_counter() - t) / n * 1e3
 
 
-def loop_vs_batched(cfg: RACConfig, k: int, rounds: int, device: str) -> dict[str, float]:
+def loop_vs_batched(cfg: RACConfig, k: int, rounds: int, device: str) -> dict[str, Any]:
     """Task-updates per second of the per-task loop and of the batched learner, interleaved."""
     racs = _learners(cfg, k, device)
-    batched = BatchedRAC.from_racs(_learners(cfg, k, device))
+    twins = _learners(cfg, k, device)
+    groups = task_groups(k, cfg, device)  # as meta-training batches them
+    batches = [BatchedRAC.from_racs([twins[i] for i in g]) for g in groups]
     reals = [_data(i, cfg.batch_real, device) for i in range(k)]
-    stacked = stack_batches(reals)
+    stacked = [stack_batches([reals[i] for i in g]) for g in groups]
+
+    def batched_update() -> None:
+        for b, x in zip(batches, stacked, strict=True):
+            b.update(x)
+
     for _ in range(2):  # warm-up
         for r, b in zip(racs, reals, strict=True):
             r.update(b)
-        batched.update(stacked)
+        batched_update()
     t_loop = t_batched = 0.0
     for _ in range(rounds):
         _sync(device)
@@ -95,12 +104,13 @@ def loop_vs_batched(cfg: RACConfig, k: int, rounds: int, device: str) -> dict[st
         _sync(device)
         t_loop += time.perf_counter() - t
         t = time.perf_counter()
-        batched.update(stacked)
+        batched_update()
         _sync(device)
         t_batched += time.perf_counter() - t
     loop = k * rounds / t_loop
     fast = k * rounds / t_batched
     return {"loop_task_updates_per_s": loop, "batched_task_updates_per_s": fast, "speedup": fast / loop,
+            "groups": [len(g) for g in groups],
             "loop_ms_per_round": t_loop / rounds * 1e3, "batched_ms_per_round": t_batched / rounds * 1e3}
 
 
@@ -195,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             r = loop_vs_batched(configs[name], k, rounds, args.device)
             out["batched"][f"{name}/K={k}"] = {"size": name, "K": k, "rounds": rounds, **r}
             print(f"{name:6s} {k:3d} {r['loop_task_updates_per_s']:8.1f} {r['batched_task_updates_per_s']:8.1f} "
-                  f"{r['speedup']:7.2f}x", flush=True)
+                  f"{r['speedup']:7.2f}x  groups {r['groups']}", flush=True)
 
     peak = matmul_peak(4 * 256, args.device)
     out["flops"] = {"matmul_peak_gflops": peak, "by_k": {}}
