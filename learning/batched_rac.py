@@ -387,11 +387,11 @@ class BatchedRAC:
 
     def _q_segments(self, net: StackedMLP, segments: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
                     frozen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both heads of every task over row segments (states [K, R, F], actions [K, T*R*n, A],
-        n): each state is evaluated under n actions in each of T blocks, rows ordered (block,
-        state, action). The first layer is split, W = [W_state; W_action], so its state part
-        is computed once per distinct state (the conservative term evaluates each state under
-        3n actions) and broadcast; the other layers run once over all rows."""
+        """Both heads of every task over row segments (states [K, R, F], actions [K, R*c, A],
+        c): each state is evaluated under c actions, rows ordered (state, action). The first
+        layer is split, W = [W_state; W_action], so its state part is computed once per
+        distinct state (the conservative term evaluates each state under 3n actions) and
+        broadcast; the other layers run once over all rows."""
         ws: list[torch.Tensor] = list(net.weights)
         bs: list[torch.Tensor] = list(net.biases)
         if frozen:
@@ -401,14 +401,14 @@ class BatchedRAC:
         w_s, w_a = w0[:, :f], w0[:, f:]
         M = w0.shape[0]
         parts = []
-        for obs, act, n in segments:
+        for obs, act, c in segments:
             hs = torch.baddbmm(b0, torch.cat([obs, obs]), w_s)  # [2K, R, H]
-            if n == 1 and act.shape[1] == obs.shape[1]:
+            if c == 1:
                 parts.append(torch.baddbmm(hs, torch.cat([act, act]), w_a))
                 continue
             R, H = obs.shape[1], hs.shape[-1]
-            ha = torch.bmm(torch.cat([act, act]), w_a).view(M, -1, R, n, H)
-            parts.append((ha + hs.view(M, 1, R, 1, H)).view(M, -1, H))
+            ha = torch.bmm(torch.cat([act, act]), w_a).view(M, R, c, H)
+            parts.append((ha + hs.view(M, R, 1, H)).view(M, R * c, H))  # backward: a contiguous sum
         h = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
         for i in range(1, len(ws)):
             h = F.elu(h, inplace=True)
@@ -447,16 +447,17 @@ class BatchedRAC:
             uni = noise["uni"] * 2 - 1
         # one critic pass (both heads, every task) over the Bellman rows, the CQL rows and the
         # data rows; the states: the batch's, the CQL states (each under 3n actions), the data's
+        # CQL rows ordered (state, source, action): uniform, pi(s), pi(s') for each state
         nB, m = batch["obs"].shape[1], B * n
+        cql_act = torch.stack([uni.view(K, B, n, A), a_cur.view(K, B, n, A), a_nxt.view(K, B, n, A)], 2)
         q1_all, q2_all = self._q_segments(self.critic, [
-            (batch["obs"], batch["act"], 1), (s_model, torch.cat([uni, a_cur, a_nxt], 1), n),
+            (batch["obs"], batch["act"], 1), (s_model, cql_act.view(K, 3 * m, A), 3 * n),
             (real["obs"], real["act"], 1)])
-        uni_logd = -A * math.log(2.0)
+        log_density = torch.stack([torch.full((K, B, n), -A * math.log(2.0), device=uni.device),
+                                   logp_cur.view(K, B, n), logp_nxt.view(K, B, n)], 2).view(K, B, 3 * n)
 
         def split(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            cat = torch.stack([q[:, nB: nB + m] - uni_logd, q[:, nB + m: nB + 2 * m] - logp_cur,
-                               q[:, nB + 2 * m: nB + 3 * m] - logp_nxt], 1)  # [K, 3, B*n]
-            cat = cat.reshape(K, 3, B, n).permute(0, 2, 1, 3).reshape(K, B, 3 * n)
+            cat = q[:, nB: nB + 3 * m].view(K, B, 3 * n) - log_density
             return q[:, :nB], torch.logsumexp(cat, 2).mean(1) - q[:, nB + 3 * m:].mean(1)
 
         q1, gap1 = split(q1_all)
