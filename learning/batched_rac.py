@@ -130,7 +130,8 @@ class StackedAdam:
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         self.params = list(params)
         self.lr, self.betas, self.eps = lr, betas, eps
-        self.steps = [s.to(torch.float64).clone() for s in steps]  # [M] per parameter
+        # [M] per parameter, on its device (float64: bias corrections as torch computes them)
+        self.steps = [s.to(device=p.device, dtype=torch.float64).clone() for s, p in zip(steps, self.params, strict=True)]
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
 
@@ -244,7 +245,7 @@ class BatchedRAC:
                 steps.append(st)
                 ms.append(ea.t() if is_w else ea[None])
                 vs.append(eas.t() if is_w else eas[None])
-            opt.steps[j] = torch.tensor(steps, dtype=torch.float64)
+            opt.steps[j] = torch.tensor(steps, dtype=torch.float64, device=stacked[j].device)
             opt.exp_avg[j] = torch.stack(ms).to(stacked[j]).contiguous()
             opt.exp_avg_sq[j] = torch.stack(vs).to(stacked[j]).contiguous()
         return opt
@@ -252,7 +253,7 @@ class BatchedRAC:
     def _adam_scalar(self, racs: Sequence[RAC], name: str, attr: str, lr: float) -> StackedAdam:
         p = getattr(self, attr)
         states = [_adam_state(getattr(r, name), getattr(r, attr)) for r in racs]
-        opt = StackedAdam([p], lr, [torch.tensor([s[0] for s in states], dtype=torch.float64)])
+        opt = StackedAdam([p], lr, [torch.tensor([s[0] for s in states], dtype=torch.float64, device=p.device)])
         opt.exp_avg[0] = torch.stack([s[1] for s in states]).to(p)
         opt.exp_avg_sq[0] = torch.stack([s[2] for s in states]).to(p)
         return opt
@@ -290,16 +291,17 @@ class BatchedRAC:
                  + [list(r.critic.q2.parameters()) for r in racs])):
             n_layers = len(opt.params) // 2
             for j in range(len(opt.params)):
+                steps = opt.steps[j].tolist()  # one transfer per parameter
                 for m, params in enumerate(per_member):
                     q, is_w = self._layer_param(params, j, n_layers)
                     ea, eas = opt.exp_avg[j][m], opt.exp_avg_sq[j][m]
-                    _set_adam_state(getattr(racs[m % K], name), q, float(opt.steps[j][m]),
+                    _set_adam_state(getattr(racs[m % K], name), q, steps[m],
                                     ea.t() if is_w else ea[0], eas.t() if is_w else eas[0])
         for name, opt, attr in (("alpha_opt", self.alpha_opt, "log_alpha_ent"),
                                 ("cql_opt", self.cql_opt, "log_alpha_cql"), ("lam_opt", self.lam_opt, "log_lam")):
+            steps = opt.steps[0].tolist()
             for k, r in enumerate(racs):
-                _set_adam_state(getattr(r, name), getattr(r, attr), float(opt.steps[0][k]),
-                                opt.exp_avg[0][k], opt.exp_avg_sq[0][k])
+                _set_adam_state(getattr(r, name), getattr(r, attr), steps[k], opt.exp_avg[0][k], opt.exp_avg_sq[0][k])
 
     # -- the per-task random streams and buffers -------------------------------------------------
     def _noise(self, n_real: int) -> dict[str, torch.Tensor]:

@@ -90,3 +90,36 @@ def test_the_run_pipeline_on_cuda(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["parity_ok"] and result["parity_max_abs_diff"] <= 1e-4
+
+
+@cuda
+def test_batched_learner_on_cuda_equals_single_task_updates():
+    """BatchedRAC on the GPU: parameters, buffers and statistics stay on the device and the
+    result equals K RAC.updates there (the CPU twin of this test: test_batched_rac.py)."""
+    from learning.batched_rac import BatchedRAC, stack_batches
+    from learning.rac import RAC, RACConfig
+
+    cfg = RACConfig(hidden=32, layers=2, batch_real=16, batch_model=16, cql_n_actions=3)
+    single = [RAC(12, 3, cfg, "cuda", seed=s) for s in (1, 2, 3)]
+    twins = [RAC(12, 3, cfg, "cuda", seed=s) for s in (1, 2, 3)]
+    for group in (single, twins):
+        for r in group:
+            r.model_buffer.add({k: v.cuda() for k, v in {
+                "obs": torch.randn(64, 12), "act": torch.rand(64, 3) * 2 - 1, "rew": torch.randn(64),
+                "next_obs": torch.randn(64, 12), "done": torch.zeros(64)}.items()})
+    batched = BatchedRAC.from_racs(twins)
+    for step in range(4):
+        g = torch.Generator().manual_seed(step)
+        reals = [{k: v.cuda() for k, v in {
+            "obs": torch.randn(16, 12, generator=g), "act": torch.rand(16, 3, generator=g) * 2 - 1,
+            "rew": torch.randn(16, generator=g), "next_obs": torch.randn(16, 12, generator=g),
+            "done": torch.zeros(16)}.items()} for _ in range(3)]
+        for r, b in zip(single, reals, strict=True):
+            r.update(b)
+        stats = batched.update(stack_batches(reals))
+    assert all(v.device.type == "cuda" for v in stats.values())
+    batched.write_back(twins)
+    for a, b in zip(single, twins, strict=True):
+        for p, q in zip([*a.actor.parameters(), *a.critic.parameters()], [*b.actor.parameters(), *b.critic.parameters()],
+                        strict=True):
+            assert p.device.type == "cuda" and torch.allclose(p, q, atol=1e-4)
