@@ -25,7 +25,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "sim": Benchmark("sim", "MuJoCo collection frames/s with 1 and 2 workers"),
     "policy-latency": Benchmark("policy_latency", "policy step: onnxruntime vs torch eager, batch 1"),
     "ros-latency": Benchmark("ros_latency", "ROS 2 image -> command: policy_node vs a bare relay"),
-    "rac-speed": Benchmark("rac_speed", "RAC update cost at the paper's and the cpu preset's sizes"),
+    "rac-speed": Benchmark("rac_speed", "RAC update cost; K task learners one by one vs batched (MerPO's inner loop)"),
     "world-model": Benchmark("world_model", "world model: latent uncertainty vs error, OOD actions, meta-model"),
     "learning": Benchmark("learning", "MerPO vs baselines adapted to held-out tasks, in MuJoCo"),
     "faults": Benchmark("faults", "fault injection: kill, corrupt and attack everything that holds state"),
