@@ -38,7 +38,9 @@ def slugs(md: Path) -> set[str]:
         m = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
         if in_code or not m:
             continue
-        text = re.sub(r"`|\*\*|\*|_(?=\w)|(?<=\w)_|\[([^\]]*)\]\([^)]*\)", lambda k: k.group(1) or "", m.group(1))
+        # emphasis markers go; an underscore inside a word (policy_node) is text, as on GitHub
+        text = re.sub(r"`|\*\*|\*|(?<!\w)_(?=\w)|(?<=\w)_(?!\w)|\[([^\]]*)\]\([^)]*\)",
+                      lambda k: k.group(1) or "", m.group(1))
         slug = re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
         n = seen.get(slug, 0)
         seen[slug] = n + 1
