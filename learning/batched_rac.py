@@ -169,7 +169,8 @@ def _set_adam_state(opt: torch.optim.Optimizer, p: torch.Tensor, step: float, m:
     if step == 0:
         opt.state.pop(p, None)
         return
-    opt.state[p] = {"step": torch.tensor(step, dtype=torch.float32), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+    opt.state[p] = {"step": torch.tensor(step, dtype=torch.float32),
+                    "exp_avg": m.contiguous().clone(), "exp_avg_sq": v.contiguous().clone()}
 
 
 class BatchedRAC:
@@ -270,6 +271,8 @@ class BatchedRAC:
         """Copy parameters, Adam moments and step counts, duals, step counts (and, for RACs
         it was not built from, model buffers and random streams) into K RACs."""
         K = self.K
+        if len(racs) != K:
+            raise ValueError(f"write_back needs {K} task learners, got {len(racs)}")
         for k, r in enumerate(racs):
             self.actor.load_into(k, r.actor.net)
             self.critic.load_into(k, r.critic.q1)
@@ -561,7 +564,9 @@ def critic_rows(cfg: RACConfig) -> int:
 def task_groups(n: int, cfg: RACConfig, device: str | torch.device = "cpu") -> list[list[int]]:
     """Split n task learners into batches: all together on a GPU; on a CPU as many as keep
     one layer's critic activations within CPU_BATCH_BYTES, in near-equal groups."""
-    if torch.device(device).type != "cpu" or n <= 1:
+    if n == 0:
+        return []
+    if torch.device(device).type != "cpu" or n == 1:
         return [list(range(n))]
     per_task = critic_rows(cfg) * 2 * cfg.hidden * 4
     size = max(1, CPU_BATCH_BYTES // per_task)

@@ -1141,6 +1141,7 @@ def robot_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str
                     elif case == "joints":
                         kinds = {"nan": 0, "mismatched": 0, "wild": 0, "good": 0}
                         sent: list[int] = []
+                        sent_at: list[float] = []
                         t_end = time.monotonic() + counts["robot_seconds"]
                         while time.monotonic() < t_end:
                             r = rng.random()
@@ -1157,6 +1158,7 @@ def robot_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str
                             m = frame(client)
                             sent.append(stamp_to_ns(m.header.stamp))
                             img.publish(m)
+                            sent_at.append(time.monotonic())
                             time.sleep(1 / 30 - 0.02)
                         joints.values, joints.names = [0.5, -0.25], ["j0", "j1"]
                         time.sleep(0.3)
@@ -1164,12 +1166,16 @@ def robot_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str
                         times = np.array([t for t, _ in rec])
                         steps = np.abs(np.diff(acts, axis=0)) if len(acts) > 1 else np.zeros((0, 2))
                         gaps = np.diff(times) if len(times) > 1 else np.zeros(0)
+                        frame_gaps = np.diff(sent_at) if len(sent_at) > 1 else np.zeros(0)
                         answered = {frame_stamp_of(m) for _, m in rec}
                         res.update(frames=sum(kinds.values()), joint_states=kinds, commands=len(acts),
                                    frames_unanswered=sum(s not in answered for s in sent),
                                    beyond_rate_limit=int((steps > max_delta + 1e-6).any(axis=1).sum()),
                                    non_finite=int((~np.isfinite(acts)).any(axis=1).sum()),
-                                   max_gap_between_commands_s=round(float(gaps.max()), 3) if len(gaps) else None)
+                                   max_gap_between_commands_s=round(float(gaps.max()), 3) if len(gaps) else None,
+                                   # the camera's own gaps: a command cannot come sooner than its frame
+                                   max_gap_between_frames_s=round(float(frame_gaps.max()), 3)
+                                   if len(frame_gaps) else None)
                     else:
                         first = frame(client)
                         img.publish(first)
