@@ -34,6 +34,8 @@ from learning.rac import (
     RACConfig,
     RolloutFn,
     TanhGaussianActor,
+    _tanh_log_prob,
+    gaussian_kl,
 )
 
 Batch = dict[str, torch.Tensor]
@@ -99,16 +101,6 @@ class StackedMLP(nn.Module):
 def _dist(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mu, log_std = out.chunk(2, -1)
     return mu, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
-
-
-def _tanh_log_prob(pre: torch.Tensor, mu: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
-    normal = -0.5 * ((pre - mu) / sd) ** 2 - torch.log(sd) - 0.5 * math.log(2 * math.pi)
-    jac = 2 * (math.log(2) - pre - F.softplus(-2 * pre))
-    return (normal - jac).sum(-1)
-
-
-def _kl(mu1, sd1, mu2, sd2) -> torch.Tensor:
-    return (torch.log(sd2 / sd1) + (sd1**2 + (mu1 - mu2) ** 2) / (2 * sd2**2) - 0.5).sum(-1)
 
 
 def stats_to_floats(stats: dict[str, torch.Tensor], k: int | None = None) -> dict[str, float]:
@@ -260,13 +252,6 @@ class BatchedRAC:
         return opt
 
     # -- back to per-task learners ---------------------------------------------------------------
-    def actor_of(self, k: int) -> TanhGaussianActor:
-        """Task k's actor as a `TanhGaussianActor` (a copy: for rollouts elsewhere, export)."""
-        w = self.actor.weights
-        actor = TanhGaussianActor(w[0].shape[1], self.act_dim, self.cfg.hidden, self.cfg.layers).to(w[0])
-        self.actor.load_into(k, actor.net)
-        return actor
-
     def write_back(self, racs: Sequence[RAC]) -> None:
         """Copy parameters, Adam moments and step counts, duals, step counts (and, for RACs
         it was not built from, model buffers and random streams) into K RACs."""
@@ -513,13 +498,13 @@ class BatchedRAC:
                                    "RAC.set_behaviour_policy on each task learner before batching them")
             with torch.no_grad():
                 mu_b, sd_b = _dist(self.behaviour(real["obs"]))
-            b_term = _kl(mu, sd, mu_b, sd_b).mean(1)
+            b_term = gaussian_kl(mu, sd, mu_b, sd_b).mean(1)
         if use_meta:
             assert meta_actor is not None
             with torch.no_grad():
                 mu_c, sd_c = meta_actor.dist_params(real["obs"].reshape(K * n_real, -1))
                 mu_c, sd_c = mu_c.reshape(mu.shape), sd_c.reshape(sd.shape)
-            meta_kl = _kl(mu, sd, mu_c, sd_c).mean(1)
+            meta_kl = gaussian_kl(mu, sd, mu_c, sd_c).mean(1)
             reg = omega * b_term + (1 - omega) * meta_kl
         else:
             meta_kl = torch.zeros(K, device=obs.device)
@@ -573,12 +558,6 @@ def task_groups(n: int, cfg: RACConfig, device: str | torch.device = "cpu") -> l
     groups = math.ceil(n / size)
     bounds = [round(i * n / groups) for i in range(groups + 1)]
     return [list(range(bounds[i], bounds[i + 1])) for i in range(groups)]
-
-
-def update_each(racs: Sequence[RAC], reals: Sequence[Batch], meta_actor: TanhGaussianActor | None = None,
-                omega: float | None = None) -> list[dict[str, float]]:
-    """The reference: K separate RAC.update calls (what meta-training ran before batching)."""
-    return [r.update(b, meta_actor, omega) for r, b in zip(racs, reals, strict=True)]
 
 
 def stack_batches(batches: Sequence[Batch]) -> Batch:

@@ -120,7 +120,7 @@ def test_resuming_a_batched_learner_from_written_back_rac_state_dicts_is_exact(t
     run.write_back(racs)
     torch.save([r.state_dict() for r in racs], tmp_path / "ckpt.pt")
     loaded = [RAC(OBS, ACT, CFG, seed=0) for _ in seeds]
-    for r, sd in zip(loaded, torch.load(tmp_path / "ckpt.pt", weights_only=False), strict=True):
+    for r, sd in zip(loaded, torch.load(tmp_path / "ckpt.pt", weights_only=True), strict=True):
         r.load_state_dict(sd)
     for r, src in zip(loaded, racs, strict=True):  # RAC.state_dict leaves buffers to MerPO's checkpoint
         r.model_buffer.data = {n: v.clone() for n, v in src.model_buffer.data.items()}
