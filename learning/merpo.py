@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -409,27 +409,50 @@ def adapt_rac(init_actor: TanhGaussianActor | None, init_critic: TwinCritic | No
               meta_actor: TanhGaussianActor | None = None) -> RAC:
     """RAC on one task's data, initialised from (init_actor, init_critic) when given and
     regularized towards `meta_actor` (default: init_actor, frozen)."""
-    obs_dim, act_dim = data["obs"].shape[1], data["act"].shape[1]
-    rac = RAC(obs_dim, act_dim, cfg, data["obs"].device, seed=seed)
-    if init_actor is not None and init_critic is not None:
-        rac.load_from(init_actor, init_critic)
-    if cfg.lam_target > 0:
-        rac.set_behaviour_policy(fit_behaviour_policy(data, cfg, seed=seed + 7))
+    return adapt_racs(init_actor, init_critic, [data], None if rollout_fn is None else [rollout_fn], cfg, steps,
+                      [seed], progress, meta_actor)[0]
+
+
+def adapt_racs(init_actor: TanhGaussianActor | None, init_critic: TwinCritic | None,
+               datas: Sequence[dict[str, torch.Tensor]], rollout_fns: Sequence[Callable] | None, cfg: RACConfig,
+               steps: int, seeds: Sequence[int], progress: Callable[[int, dict], None] | None = None,
+               meta_actor: TanhGaussianActor | None = None) -> list[RAC]:
+    """`adapt_rac` on several independent logs at once (one learner per log, all from the same
+    start): each learner k is what `adapt_rac(..., datas[k], ..., seed=seeds[k])` returns, to
+    float tolerance, run as batched learners (`learning.batched_rac`) in groups that fit the
+    CPU's cache. `progress` is told about the first group's steps."""
+    if len(datas) != len(seeds) or (rollout_fns is not None and len(rollout_fns) != len(datas)):
+        raise ValueError(f"{len(datas)} logs, {len(seeds)} seeds"
+                         + ("" if rollout_fns is None else f", {len(rollout_fns)} rollout functions"))
+    obs_dim, act_dim = datas[0]["obs"].shape[1], datas[0]["act"].shape[1]
+    device = datas[0]["obs"].device
     anchor = meta_actor if meta_actor is not None else (
         copy.deepcopy(init_actor).requires_grad_(False) if init_actor is not None else None)
-    g = torch.Generator().manual_seed(seed)
-    # the batched learner with one task: the same update as RAC.update (to float tolerance) in
-    # fewer, larger kernels (one actor and one critic pass per step instead of several)
-    batched = BatchedRAC.from_racs([rac])
-    for i in range(steps):
-        if rollout_fn is not None and i % cfg.rollout_every == 0:
-            batched.refresh_rollouts([sample(data, cfg.rollout_batch, g)["obs"]], [rollout_fn])
-        stats = batched.update(stack_batches([sample(data, cfg.batch_real, g)]), anchor)
-        if progress is not None:  # numbers cost a device sync: on a GPU only every 100 steps
-            host = rac.device.type == "cpu" or i % 100 == 0 or i == steps - 1
-            progress(i, stats_to_floats(stats, 0) if host else {})
-    batched.write_back([rac])
-    return rac
+    racs = []
+    for data, seed in zip(datas, seeds, strict=True):
+        rac = RAC(obs_dim, act_dim, cfg, device, seed=seed)
+        if init_actor is not None and init_critic is not None:
+            rac.load_from(init_actor, init_critic)
+        if cfg.lam_target > 0:
+            rac.set_behaviour_policy(fit_behaviour_policy(data, cfg, seed=seed + 7))
+        racs.append(rac)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    # the batched learner: the same update as RAC.update (to float tolerance) in fewer, larger
+    # kernels (one actor and one critic pass per step for every learner of a group)
+    for gi, group in enumerate(task_groups(len(racs), cfg, device)):
+        members = [racs[k] for k in group]
+        batched = BatchedRAC.from_racs(members)
+        for i in range(steps):
+            if rollout_fns is not None and i % cfg.rollout_every == 0:
+                batched.refresh_rollouts([sample(datas[k], cfg.rollout_batch, gens[k])["obs"] for k in group],
+                                         [rollout_fns[k] for k in group])
+            stats = batched.update(stack_batches([sample(datas[k], cfg.batch_real, gens[k]) for k in group]),
+                                   anchor)
+            if progress is not None and gi == 0:  # numbers cost a device sync: on a GPU every 100 steps
+                host = device.type == "cpu" or i % 100 == 0 or i == steps - 1
+                progress(i, stats_to_floats(stats, 0) if host else {})
+        batched.write_back(members)
+    return racs
 
 
 # -- MerPO-Adp -----------------------------------------------------------------------------------

@@ -392,7 +392,7 @@ class ActorMean(nn.Module):
 
 
 # -- vmerpo adapt ------------------------------------------------------------------------------
-ADAPT_STARTS = ("own", "pooled", "pooled-actor", "pooled-critic")
+ADAPT_STARTS = ("own", "pooled", "pooled-actor", "pooled-critic", "scratch")
 
 
 def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwrite: bool = False,
@@ -406,7 +406,9 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
     run's omega for merpo and rac; `rac_overrides` replaces other RAC settings (ablations);
     `start` (ablations of merpo/merpo_adp): "own" (pi_c, Q_meta), "pooled" (single-task RAC's
     pooled pretraining for both), "pooled-actor" or "pooled-critic" (that one only). The
-    KL term still pulls toward pi_c. `device` (auto|cpu|cuda) replaces the run's, e.g. to adapt
+    KL term still pulls toward pi_c. For the baselines: "own" (their pooled pretraining) or
+    "scratch" (the task's log alone, fresh networks: single-task BC and RAC as the learning
+    benchmark runs them). `device` (auto|cpu|cuda) replaces the run's, e.g. to adapt
     a GPU-trained run on a machine without one."""
     if omega is not None:
         if method not in ("merpo", "rac"):
@@ -416,6 +418,8 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
             raise ValueError(f"--omega {omega}: must be in [0, 1] (1: behaviour prior only, 0: meta-policy only)")
     if start not in ADAPT_STARTS:
         raise ValueError(f"start {start!r}: expected one of {', '.join(ADAPT_STARTS)}")
+    if start == "scratch" and method in META_METHODS:
+        raise ValueError(f"start=scratch applies to the baselines, not {method} (it starts from pi_c and Q_meta)")
     run = Path(run_dir)
     info = _read_run(run)
     if info["kind"] != "meta":
@@ -465,9 +469,15 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
                 init_actor = pooled_actor
             if start in ("pooled", "pooled-critic"):
                 init_critic = pooled_critic
+    elif start == "scratch":
+        torch.manual_seed(mc.seed)
+        init_actor = TanhGaussianActor(model.cfg.feat_dim, len(store.spec.action_names), rc.hidden,
+                                       rc.layers).to(dev)
+        init_critic = None  # adapt_rac: fresh actor and critic (seeded), no anchor
     else:
         if start != "own":
-            raise ValueError(f"start={start!r} applies to merpo and merpo_adp, not {method}")
+            raise ValueError(f"start={start!r} applies to merpo and merpo_adp (or scratch to the baselines), "
+                             f"not {method}")
         init_actor, init_critic = pretrained_baseline(run, method, log=log, progress=progress,
                                                       device=str(dev))
 
@@ -507,8 +517,9 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         train_bc(actor, data_j, n_steps, rc.batch_real, rc.actor_lr, seed=mc.seed,
                  progress=lambda i, s: bar.update(1))
     else:
-        actor = adapt_rac(init_actor, init_critic, data_j, rollout, rc, n_steps, seed=mc.seed,
-                          progress=lambda i, s: bar.update(1), meta_actor=anchor).actor
+        scratch = start == "scratch"
+        actor = adapt_rac(None if scratch else init_actor, None if scratch else init_critic, data_j, rollout, rc,
+                          n_steps, seed=mc.seed, progress=lambda i, s: bar.update(1), meta_actor=anchor).actor
     bar.close()
     omega_used = rc.omega if method in (*META_METHODS, "rac") else None  # bc, lompo: no regularizer mix
     wmt.save_checkpoint(out / "task_model.pt", theta, None, 0,

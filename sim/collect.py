@@ -25,8 +25,8 @@ import numpy as np
 
 # Fields of a collection that must match to continue it with --resume.
 RESUME_KEYS = ("family", "quality", "seed", "image_size", "max_episode_steps", "action_repeat",
-               "hand_init_noise", "goal_pin")
-RESUME_DEFAULTS = {"hand_init_noise": 0.0, "goal_pin": False}  # what stores written before a key existed were collected with
+               "hand_init_noise", "goal_pin", "aim")
+RESUME_DEFAULTS = {"hand_init_noise": 0.0, "goal_pin": False, "aim": None}  # what stores written before a key existed were collected with
 
 
 @dataclass
@@ -42,6 +42,7 @@ class CollectConfig:
     seed: int = 0
     hand_init_noise: float = 0.0  # m; hand start offset per episode (sim.envs), 0 = Meta-World's fixed start
     goal_pin: bool = False  # draw a pin under the goal marker (sim.envs: makes the goal's 3-D position visible)
+    aim: bool | None = None  # expert aimed at the tool centre (sim.policies); None: the family's default
     workers: int = 2  # 0 runs episodes in this process (debugging)
     overwrite: bool = False
     resume: bool = False
@@ -93,10 +94,10 @@ def _collection_attrs(cfg: CollectConfig) -> dict[str, Any]:
         "collection": {"family": cfg.family, "quality": cfg.quality, "seed": cfg.seed,
                        "image_size": cfg.image_size, "max_episode_steps": cfg.max_episode_steps,
                        "action_repeat": cfg.action_repeat, "hand_init_noise": cfg.hand_init_noise,
-                       "goal_pin": cfg.goal_pin, "tasks": list(cfg.tasks),
+                       "goal_pin": cfg.goal_pin, "aim": cfg.aim, "tasks": list(cfg.tasks),
                        "episodes_per_task": cfg.episodes_per_task,
                        "episode_seed": "SeedSequence([seed, task_id, episode_index])"},
-        "behavior_policies": behavior_config(cfg.family),
+        "behavior_policies": behavior_config(cfg.family, cfg.aim),
     }
 
 
@@ -110,7 +111,7 @@ class _EpisodeRunner:
         self.cfg = cfg
         self.env = make_env(cfg["family"], cfg["image_size"], cfg["max_episode_steps"],
                             cfg["action_repeat"], tasks, cfg["hand_init_noise"], cfg["goal_pin"])
-        self.policy = make_behavior_policy(cfg["quality"], self.env)
+        self.policy = make_behavior_policy(cfg["quality"], self.env, cfg.get("aim"))
         self.limiter = self.env.safety_limiter()
 
     def run(self, task_id: int, k: int) -> tuple[bool, dict[str, np.ndarray], dict[str, Any]]:

@@ -280,6 +280,7 @@ class MetaWorldImageEnv:
         tasks: TaskSet | None = None,
         hand_init_noise: float = 0.0,
         goal_pin: bool = False,
+        render: bool = True,
     ) -> None:
         self.family_spec = check_family(family)
         self.family = family
@@ -293,6 +294,10 @@ class MetaWorldImageEnv:
         self.tasks = tasks if tasks is not None else task_set(family)
         self.hand_init_noise = check_hand_init_noise(hand_init_noise)
         self.goal_pin = check_goal_pin(family, goal_pin)
+        # False: observations carry the state only (no image is rendered), for state-only
+        # learners and evaluations; the simulation, and so every state, action and reward, is
+        # the same as with images
+        self.renders = bool(render)
 
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
@@ -476,6 +481,14 @@ class MetaWorldImageEnv:
         """The point between the fingers, where Meta-World measures reach success."""
         return np.array(self._mw.tcp_center, dtype=np.float64)
 
+    def goal_position(self) -> np.ndarray:
+        """The current task's goal (world frame, metres): privileged, never recorded."""
+        return np.array(self._mw._target_pos, dtype=np.float64)
+
+    def goal_distance(self) -> float:
+        """Distance from the tool centre to the goal (m): Meta-World's reach success is < 5 cm."""
+        return float(np.linalg.norm(self.tool_centre() - self.goal_position()))
+
     def privileged_observation(self) -> np.ndarray:
         """Meta-World's full 39-d state with the goal: for scripted experts only, never
         recorded (the recorded observation does not contain the goal)."""
@@ -512,6 +525,8 @@ class MetaWorldImageEnv:
         return np.concatenate([self._raw_obs[:4], qpos[:7]]).astype(np.float32)
 
     def _observation(self) -> dict[str, np.ndarray]:
+        if not self.renders:
+            return {"state": self._state()}
         return {"image": self.render(), "state": self._state()}
 
     def close(self) -> None:
@@ -529,9 +544,10 @@ def make_env(
     tasks: TaskSet | None = None,
     hand_init_noise: float = 0.0,
     goal_pin: bool = False,
+    render: bool = True,
 ) -> MetaWorldImageEnv:
     return MetaWorldImageEnv(family, image_size, max_episode_steps, action_repeat, tasks, hand_init_noise,
-                             goal_pin)
+                             goal_pin, render)
 
 
 def goal_pin_of(env_config: dict[str, Any] | None) -> bool:

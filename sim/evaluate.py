@@ -35,6 +35,8 @@ class EpisodeResult:
     data: dict[str, np.ndarray] | None = None  # contract-1 arrays when recorded
     frames: list[np.ndarray] = field(default_factory=list)  # for videos
     limiter: dict[str, int] = field(default_factory=dict)
+    final_distance: float | None = None  # tool centre to goal at the end (m), where the env has a goal
+    min_distance: float | None = None  # and its closest approach over the episode
 
 
 def run_episode(
@@ -59,19 +61,26 @@ def run_episode(
                                              "timestamp")}
     total, success, first_success, t = 0.0, False, None, 0
     frames = [obs["image"]] if keep_frames else []
+    measure = hasattr(env, "goal_distance")
+    distance = env.goal_distance() if measure else None
+    closest = distance
     while True:
         proposed = policy.act(obs)
         applied = limiter.limit(proposed, env.ee_position() if limiter.needs_ee_position else None)
         if hasattr(policy, "set_applied_action"):
             policy.set_applied_action(applied)
         if record:
-            rows["image"].append(obs["image"])
+            if "image" in obs:  # state-only environments (render=False) record no images
+                rows["image"].append(obs["image"])
             rows["state"].append(obs["state"])
             rows["action"].append(applied)
             rows["timestamp"].append(t * env.control_dt)
         obs, reward, terminated, truncated, info = env.step(applied)
         t += 1
         total += reward
+        if measure:
+            distance = env.goal_distance()
+            closest = min(closest, distance)
         if info.get("success") and not success:
             success, first_success = True, t
         if record:
@@ -84,16 +93,17 @@ def run_episode(
     data: dict[str, np.ndarray] | None = None
     if record:
         data = {
-            "image": np.stack(rows["image"]).astype(np.uint8),
             "state": np.stack(rows["state"]).astype(np.float32),
             "action": np.stack(rows["action"]).astype(np.float32),
             "reward": np.asarray(rows["reward"], dtype=np.float32),
             "terminal": np.asarray(rows["terminal"], dtype=bool),
             "timestamp": np.asarray(rows["timestamp"], dtype=np.float64),
         }
+        if rows["image"]:
+            data["image"] = np.stack(rows["image"]).astype(np.uint8)
     stats = {k: v - stats0[k] for k, v in limiter.stats.as_dict().items()}
     return EpisodeResult(task_id, episode_index, seed, success, total, t, first_success, data,
-                         frames, stats)
+                         frames, stats, distance, closest)
 
 
 def evaluate(
@@ -158,6 +168,9 @@ def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
             "mean_return": float(np.mean([r.episode_return for r in rs])),
             "mean_length": float(np.mean([r.length for r in rs])),
             "mean_steps_to_success": float(np.mean(to_success)) if to_success else None,
+            **({"mean_final_distance": float(np.mean([r.final_distance for r in rs])),
+                "mean_min_distance": float(np.mean([r.min_distance for r in rs]))}
+               if rs and all(r.final_distance is not None for r in rs) else {}),
         }
 
     per_task: dict[str, Any] = {}
@@ -167,7 +180,8 @@ def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
                for k in ("actions", "invalid", "clipped", "rate_limited", "workspace_limited")}
     episodes = [{"task_id": r.task_id, "episode_index": r.episode_index, "seed": r.seed,
                  "success": bool(r.success), "return": float(r.episode_return), "length": r.length,
-                 "steps_to_success": r.steps_to_success} for r in results]
+                 "steps_to_success": r.steps_to_success, "final_distance": r.final_distance,
+                 "min_distance": r.min_distance} for r in results]
     return {**stats(results), "per_task": per_task, "limiter": limiter, "episode_results": episodes}
 
 

@@ -1,46 +1,68 @@
-"""The learning benchmark's aggregation: the table and JSON come from the evaluations."""
+"""The learning benchmark v2: its aggregation, its outputs and the refusals of bad input."""
 
 from __future__ import annotations
 
-import math
+import json
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from vmerpo.benchmarks.learning import _subset, bar_plot, markdown_table, summarize
+from vmerpo.benchmarks.learning import _subset, check_out, plot, results_markdown, summarize, unit_values
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def rows():
+    """merpo = bc + 0.2 on every unit (tasks 40, 41; draws 0, 1); a zero-shot method with one
+    value per task; a second world-model seed of one unit."""
     out = []
-    for q, base in (("medium", 0.5), ("mixed", 0.3)):
-        for task, off in ((40, 0.1), (41, -0.1)):
-            out.append({"quality": q, "seed": 0, "task": task, "method": "merpo",
-                        "success_rate": base + off, "episodes": 10})
-            out.append({"quality": q, "seed": 0, "task": task, "method": "bc",
-                        "success_rate": base - 0.2, "episodes": 10})
+    for task, base in ((40, 0.3), (41, 0.6)):
+        for d, off in ((0, 0.0), (1, 0.1)):
+            out.append({"quality": "medium", "method": "bc", "task": task, "draw": d, "success_rate": base + off,
+                        "mean_return": 100.0, "final_distance": 0.1, "min_distance": 0.05, "episodes": 20})
+            out.append({"quality": "medium", "method": "merpo", "task": task, "draw": d,
+                        "success_rate": base + off + 0.2, "mean_return": 200.0, "final_distance": 0.05,
+                        "min_distance": 0.02, "episodes": 20})
+            out.append({"quality": "medium", "method": "meta_policy", "task": task, "draw": d,
+                        "success_rate": 0.5, "episodes": 20, "zero_shot": True})
+    out.append({"quality": "medium", "method": "merpo", "task": 40, "draw": 0, "success_rate": 0.7,
+                "episodes": 20, "wm_seed": 1})
     return out
 
 
-def test_summary_mean_stderr_and_counts():
-    res = summarize(rows(), ["merpo", "bc"], ["medium", "mixed"])
-    m = res["merpo"]["medium"]
-    assert m["success_mean"] == pytest.approx(0.5)
-    # two units 0.6 and 0.4: sd 0.1414, se 0.1
-    assert m["success_stderr"] == pytest.approx(0.1)
-    assert m["n_episodes"] == 20 and m["n_units"] == 2
-    assert res["bc"]["mixed"]["success_mean"] == pytest.approx(0.1)
-    assert res["bc"]["mixed"]["success_stderr"] == 0.0
-    empty = summarize([], ["merpo"], ["expert"])["merpo"]["expert"]
-    assert math.isnan(empty["success_mean"]) and empty["n_episodes"] == 0
+def test_units_average_world_model_seeds_and_the_summary_has_the_issue_fields():
+    v = unit_values(rows(), "merpo", "medium")
+    assert v[(40, 0)] == pytest.approx((0.5 + 0.7) / 2)  # two world-model seeds of one unit: their mean
+    behaviour = {("medium", 40, 0): 0.4, ("medium", 40, 1): 0.4, ("medium", 41, 0): 0.6, ("medium", 41, 1): 0.6}
+    res = summarize(rows(), behaviour, ["bc", "merpo", "meta_policy"], ["medium"])["medium"]
+    bc = res["bc"]
+    assert bc["success_mean"] == pytest.approx(np.mean([0.3, 0.4, 0.6, 0.7]))
+    assert bc["n_units"] == 4 and bc["n_tasks"] == 2 and bc["n_episodes"] == 80
+    lo, hi = bc["success_ci"]
+    assert lo <= bc["success_mean"] <= hi
+    assert bc["return_mean"] == 100.0 and bc["final_distance_mean"] == pytest.approx(0.1)
+    vs = res["meta_policy"]["paired"]["vs_bc"]
+    assert vs["n_units"] == 4 and vs["mean"] == pytest.approx(0.5 - bc["success_mean"])
+    assert res["merpo"]["paired"]["vs_bc"]["mean"] > 0.2  # 0.2 everywhere, 0.3 on the averaged unit
+    assert res["behaviour"]["success_mean"] == pytest.approx(0.5)
+    assert "vs_behaviour" in res["merpo"]["paired"] and "vs_merpo" in res["bc"]["paired"]
 
 
-def test_table_and_plot(tmp_path):
-    res = summarize(rows(), ["merpo", "bc"], ["medium", "mixed"])
-    table = markdown_table(res, {"medium": 0.2, "mixed": 0.25}, ["merpo", "bc"], ["medium", "mixed"])
-    lines = table.splitlines()
-    assert lines[0] == "| method | medium | mixed |"
-    assert lines[2].startswith("| merpo | 0.50 ± 0.10 (n=20) | 0.30 ± 0.10 (n=20)")
-    assert lines[-1] == "| behaviour (held-out logs) | 0.20 | 0.25 |"
-    bar_plot(res, {"medium": 0.2, "mixed": 0.25}, ["merpo", "bc"], ["medium", "mixed"], tmp_path / "p.png", "t")
+def test_markdown_and_plot_come_from_the_results(tmp_path):
+    res = summarize(rows(), {}, ["bc", "merpo"], ["medium"])
+    doc = {"family": "reach-v3", "track": "state", "budget": "smoke", "commit": "abc", "invocations": [{}],
+           "total_minutes_all_invocations": 3.0, "results": {"state": res},
+           "settings": {"heldout_tasks": [40, 41], "draws": 2, "heldout_episodes": 5, "eval_episodes": 20,
+                        "hand_init_noise": 0.05, "aim": "tool-centre"}}
+    text = results_markdown(doc)
+    line = next(x for x in text.splitlines() if x.startswith("| merpo |"))
+    d = res["medium"]["merpo"]["paired"]["vs_bc"]
+    assert f"{d['mean']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]" in line
+    assert "| 200 | 5.0 | 2.0 | 4 |" in line  # return, final and closest distance in cm, units
+    plot(res, ["bc", "merpo"], ["medium"], tmp_path / "p.png", "t")
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
@@ -50,92 +72,109 @@ def test_bad_subsets_are_refused():
         _subset("bc,sac", ("merpo", "bc"), "--methods")
 
 
-def test_an_out_whose_world_model_is_another_preset_is_refused(tmp_path):
-    from dataclasses import replace
-
-    from vmerpo.benchmarks.learning import BUDGETS, _world_model
-
-    (tmp_path / "world_model").mkdir()
-    (tmp_path / "world_model" / "model.pt").write_bytes(b"x")  # finished, from before the marker: cpu
-    bench = replace(BUDGETS["full"], wm_preset="bench")
-    with pytest.raises(ValueError, match="preset 'cpu', not 'bench'"):
-        _world_model(tmp_path, "unused.zarr", bench, "cpu", 1, False)
-    assert _world_model(tmp_path, "unused.zarr", BUDGETS["full"], "cpu", 1, False) == str(tmp_path / "world_model")
-    (tmp_path / "world_model" / "bench_world_model.json").write_text('{"preset": "bench"}')
-    assert _world_model(tmp_path, "unused.zarr", bench, "cpu", 1, False) == str(tmp_path / "world_model")
-    with pytest.raises(ValueError, match="preset 'bench', not 'cpu'"):
-        _world_model(tmp_path, "unused.zarr", BUDGETS["full"], "cpu", 1, False)
-    # the pooled reward head's weight is part of what the shared model is (markers without it: 0)
-    pooled = replace(bench, pooled_reward_scale=10.0)
-    with pytest.raises(ValueError, match="pooled reward weight 0.0, not 10.0"):
-        _world_model(tmp_path, "unused.zarr", pooled, "cpu", 1, False)
-    (tmp_path / "world_model" / "bench_world_model.json").write_text(
-        '{"preset": "bench", "pooled_reward_scale": 10.0}')
-    assert _world_model(tmp_path, "unused.zarr", pooled, "cpu", 1, False) == str(tmp_path / "world_model")
-    with pytest.raises(ValueError, match="pooled reward weight 10.0, not 0.0"):
-        _world_model(tmp_path, "unused.zarr", bench, "cpu", 1, False)
+def test_an_out_made_with_other_settings_is_refused_and_resume_is_explicit(tmp_path):
+    settings = {"version": 2, "track": "state", "draws": 3, "aim": "tool-centre", "hand_init_noise": 0.05}
+    check_out(tmp_path / "new", settings, resume=False)  # nothing there: fine
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "settings.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=r"made with draws=3, this run asks for 1: use another --out"):
+        check_out(tmp_path / "o", {**settings, "draws": 1}, resume=True)
+    with pytest.raises(ValueError, match='made with track="state", this run asks for "pixel"'):
+        check_out(tmp_path / "o", {**settings, "track": "pixel"}, resume=True)
+    with pytest.raises(ValueError, match="pass --resume to continue it"):
+        check_out(tmp_path / "o", settings, resume=False)
+    check_out(tmp_path / "o", settings, resume=True)
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "results.json").write_text("{}")  # a first-benchmark --out
+    with pytest.raises(ValueError, match="not a learning benchmark v2 --out"):
+        check_out(tmp_path / "v1", settings, resume=True)
 
 
-def test_an_out_meta_trained_with_the_other_meta_critic_is_refused(tmp_path):
-    import json
-    from dataclasses import replace
-
-    from vmerpo.benchmarks.learning import BUDGETS, _meta_train
-
-    run = tmp_path / "runs" / "medium_s0"
-    run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"config": {"merpo": {"meta_critic_steps": 0}}}))
-    (run / "metrics.json").write_text("{}")  # finished
-    fit = replace(BUDGETS["full"], meta_critic="fit")
-    with pytest.raises(ValueError, match="meta_critic_steps=0, not 20: use another --out"):
-        _meta_train((str(tmp_path), "medium", 0, "unused.zarr", "unused", fit, "cpu"))
-    assert _meta_train((str(tmp_path), "medium", 0, "unused.zarr", "unused", BUDGETS["full"], "cpu")) == str(run)
-
-
-@pytest.mark.parametrize("k, why", [("0", "must be at least 1"), ("11", "has 10 held-out tasks")])
-def test_heldout_task_count_out_of_range_is_a_one_line_error(tmp_path, k, why):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    proc = subprocess.run([sys.executable, "-m", "vmerpo", "bench", "learning", "--family", "reach",
-                           "--heldout-tasks", k, "--out", str(tmp_path / "b"), "--no-progress"],
-                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and why in proc.stderr, proc.stderr[-2000:]
-    assert len(proc.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "b" / "data").exists()  # refused before collecting anything
-
-
-def _bench_cli(tmp_path, *args):
-    import subprocess
-    import sys
-    from pathlib import Path
-
+def _bench(tmp_path, *args):
     return subprocess.run([sys.executable, "-m", "vmerpo", "bench", "learning", "--family", "reach",
                            "--out", str(tmp_path / "b"), "--no-progress", *args],
-                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-def test_hand_init_noise_out_of_range_or_unlike_the_out_is_a_one_line_error(tmp_path):
+@pytest.mark.parametrize("args, why", [
+    (("--heldout-tasks", "0"), "must be at least 1"),
+    (("--heldout-tasks", "11"), "has 10 held-out tasks"),
+    (("--draws", "0"), "--draws 0: must be at least 1"),
+    (("--hand-init-noise", "0.5"), "hand start noise 0.5 m not supported"),
+    (("--qualities", "medium,great"), "--qualities: unknown ['great']"),
+])
+def test_bad_arguments_are_one_line_errors_before_anything_runs(tmp_path, args, why):
+    proc = _bench(tmp_path, *args)
+    assert proc.returncode == 2 and why in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_rerun_with_other_noise_or_aim_is_refused_in_one_line(tmp_path):
     pytest.importorskip("metaworld")
-    from sim.collect import CollectConfig, collect
+    out = tmp_path / "b"
+    out.mkdir()
+    base = ["--track", "state", "--budget", "smoke"]
+    # the settings file a first run writes, without running it: call the settings code directly
+    from vmerpo.benchmarks import learning
 
-    proc = _bench_cli(tmp_path, "--hand-init-noise", "0.5")
-    assert proc.returncode == 2 and "hand start noise 0.5 m not supported" in proc.stderr, proc.stderr[-2000:]
-    assert len(proc.stderr.strip().splitlines()) == 1
-    # an --out whose logs have the fixed start refuses random starts before collecting more
-    data = tmp_path / "b" / "data"
-    collect(CollectConfig(family="reach-v3", out=str(data / "expert.zarr"), tasks=[0], episodes_per_task=1,
-                          quality="expert", max_episode_steps=150, seed=100, workers=0), progress=False)
-    proc = _bench_cli(tmp_path, "--hand-init-noise", "0.05")
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "collected with hand_init_noise=0.0, this run asks for 0.05" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
-    # the same store refuses the goal pin (its images have none), and a family without a goal
-    # marker refuses the pin before collecting anything
-    proc = _bench_cli(tmp_path, "--goal-pin")
-    assert proc.returncode == 2 and "collected with goal_pin=False, this run asks for True" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
-    proc = _bench_cli(tmp_path, "--goal-pin", "--family", "drawer-close", "--out", str(tmp_path / "d"))
-    assert proc.returncode == 2 and "drawer-close-v3 draws no goal marker" in proc.stderr, proc.stderr[-2000:]
-    assert not (tmp_path / "d").exists()
+    args = learning.parse_args([*base, "--out", str(out)])
+    from sim.envs import task_set
+
+    ts = task_set("reach-v3")
+    design = learning.DESIGNS["smoke"]
+    s = learning.settings_of(args, design, "reach-v3", ts.split_ids("test")[:4], ts.split_ids("train")[:20])
+    (out / "settings.json").write_text(json.dumps(s))
+    for extra, why in ((["--hand-init-noise", "0.02"], "hand_init_noise=0.05, this run asks for 0.02"),
+                       (["--aim", "hand"], 'aim="tool-centre", this run asks for "hand"'),
+                       (["--draws", "2"], "draws=1, this run asks for 2"),
+                       (["--track", "pixel"], 'track="state", this run asks for "pixel"')):
+        proc = _bench(tmp_path, *base, *extra, "--resume")
+        assert proc.returncode == 2 and why in proc.stderr, proc.stderr[-2000:]
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["settings.json"]  # nothing ran
+
+
+def test_state_logs_equal_the_image_logs_of_the_same_seeds(tmp_path):
+    """The state track's logs are the pixel track's: same seeds, same states, actions, rewards."""
+    pytest.importorskip("metaworld")
+    from learning.store import EpisodeStore
+    from sim.collect import CollectConfig, collect
+    from vmerpo.benchmarks.learning_state import collect_state_log
+
+    kw = dict(family="reach-v3", tasks=[40, 41], episodes_per_task=1, quality="medium", seed=201,
+              hand_init_noise=0.05, aim=True)
+    collect(CollectConfig(out=str(tmp_path / "img.zarr"), workers=0, **kw), progress=False)
+    store = EpisodeStore.open(str(tmp_path / "img.zarr"))
+    log = collect_state_log(tmp_path / "s.npz", "reach-v3", "medium", [40, 41], 1, 201, 0.05, True)
+    for key in ("state", "action", "reward"):
+        np.testing.assert_array_equal(log[key], store.read(key, 0, int(store.episode_ends[-1])))
+    np.testing.assert_array_equal(log["episode_ends"], store.episode_ends)
+    np.testing.assert_array_equal(log["episode_success"], store.episode_success)
+    assert (tmp_path / "s.npz").exists()
+    again = collect_state_log(tmp_path / "s.npz", "reach-v3", "medium", [40, 41], 1, 201, 0.05, True)
+    np.testing.assert_array_equal(again["state"], log["state"])  # the cache
+
+
+def test_the_peer_adapter_trains_d3rlpy_on_our_transitions():
+    from vmerpo.benchmarks import peer
+
+    why = peer.available()
+    if why:
+        pytest.skip(why)
+    rng = np.random.default_rng(0)
+    n = 600
+    obs = rng.normal(size=(n, 3)).astype(np.float32)
+    act = np.tanh(obs[:, :2] * 2).astype(np.float32)  # actions a function of the state
+    data = {"obs": obs, "act": act, "rew": np.zeros(n, np.float32), "next_obs": obs, "done": np.zeros(n, np.float32)}
+    algo = peer.make("bc", 3, 2, peer.PeerConfig(hidden=(64, 64), batch=64), seed=0)
+    before = float(np.abs(peer.act(algo, obs) - act).mean())
+    peer.fit(algo, data, 400, seed=0)
+    after = float(np.abs(peer.act(algo, obs) - act).mean())
+    assert after < 0.5 * before
+    tuned = peer.finetuned(algo, {**data, "act": -act}, 100, seed=1)
+    assert np.abs(peer.act(tuned, obs) - peer.act(algo, obs)).mean() > 0.01  # the copy moved
+    assert float(np.abs(peer.act(algo, obs) - act).mean()) == pytest.approx(after)  # the original did not
+    iql = peer.make("iql", 3, 2, peer.PeerConfig(hidden=(32, 32), batch=32), seed=0)
+    stats = peer.fit(iql, {**data, "rew": rng.normal(size=n).astype(np.float32)}, 20, seed=0)
+    assert {"critic_loss", "v_loss", "actor_loss"} <= set(stats) and all(np.isfinite(list(stats.values())))

@@ -1,0 +1,405 @@
+"""The state track of `vmerpo bench learning`: the learners on proprioceptive state, in minutes.
+
+The same tasks, log draws, seeds and evaluation starts as the pixel track, with the world
+model's latents replaced by the robot's 11-d state (hand position, gripper, 7 arm joints;
+standardised by the meta-train logs' statistics). No image is rendered: the simulation, and so
+every logged state, action and reward, is the one the pixel track records with images
+(`sim.envs` `render=False`; tested). It separates "the RL and the task inference work" from
+"the perception works".
+
+Per quality, one job (two run at once):
+
+    collect   meta-train logs (the first N train tasks) and, per draw, a 5-episode log of each
+              held-out task                                          (reused when present)
+    pretrain  on the pooled meta-train transitions: MerPO (pi_c, Q_meta), d3rlpy's IQL and BC,
+              and IQL given the true goal
+    adapt     per (held-out task, draw): BC and single-task RAC on the log alone (from scratch),
+              MerPO from (pi_c, Q_meta), d3rlpy's IQL fine-tuned from its pooled learner
+              (RAC and MerPO batched over the units: one learner each)
+    evaluate  every policy on its task, the same 20 starts for every method and draw
+
+Zero-shot methods (meta_policy, bc_pooled, iql_pooled, iql_oracle) do not see the held-out log:
+they are evaluated once per task and that result is the unit value of every draw. The state
+track has no model of the dynamics yet, so its RAC and MerPO learn from real transitions only
+(no imagined rollouts) and LOMPO and MerPO-Adp (both need the model) are pixel-track only.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vmerpo.benchmarks.paired import Unit
+
+STATE_METHODS = ("bc", "rac", "merpo", "meta_policy", "bc_pooled", "iql_pooled", "iql_finetuned", "iql_oracle")
+ZERO_SHOT = ("meta_policy", "bc_pooled", "iql_pooled", "iql_oracle")
+PEER_METHODS = ("bc_pooled", "iql_pooled", "iql_finetuned", "iql_oracle")  # d3rlpy
+EVAL_SEED = 1000  # evaluation starts: episode_seed(EVAL_SEED, task, k), shared by methods and draws
+
+
+@dataclass(frozen=True)
+class StateBudget:
+    pretrain_steps: int  # pi_c's warm start (behaviour cloning of the pooled logs)
+    meta_steps: int  # MerPO meta-steps (meta_batch tasks x inner_steps RAC updates each)
+    adapt_steps: int  # RAC (from scratch) and MerPO (from pi_c, Q_meta) on each held-out log
+    bc_steps: int  # BC on each held-out log, from scratch
+    iql_steps: int  # d3rlpy IQL / BC on the pooled logs
+    iql_finetune_steps: int  # d3rlpy IQL on each held-out log
+
+
+STATE_BUDGETS = {
+    "smoke": StateBudget(pretrain_steps=2000, meta_steps=200, adapt_steps=500, bc_steps=1000, iql_steps=3000,
+                         iql_finetune_steps=200),
+    "full": StateBudget(pretrain_steps=2000, meta_steps=200, adapt_steps=500, bc_steps=1000, iql_steps=3000,
+                        iql_finetune_steps=200),
+}
+
+
+def state_rac_config():
+    """The `cpu` preset's RAC with two hidden layers instead of three: the input is 11 numbers,
+    not a 320-d latent, and each update costs about half (measured with `vmerpo bench rac-speed`
+    style timing: the hidden-to-hidden products dominate)."""
+    import dataclasses
+
+    from learning.merpo_train import preset
+
+    return dataclasses.replace(preset("cpu").merpo.rac, layers=2)
+
+
+# -- data ----------------------------------------------------------------------------------------
+def collect_state_log(path: Path, family: str, quality: str, tasks: list[int], episodes: int, seed: int,
+                      hand_init_noise: float, aim: bool | None) -> dict[str, np.ndarray]:
+    """The log `sim.collect` would record (same episode seeds and policies), without images:
+    states, actions, rewards and per-episode success, goal and distances. Cached as npz."""
+    if path.exists():
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    from sim.envs import make_env
+    from sim.evaluate import episode_seed, run_episode
+    from sim.policies import make_behavior_policy
+
+    env = make_env(family, hand_init_noise=hand_init_noise, render=False)
+    try:
+        policy = make_behavior_policy(quality, env, aim)
+        limiter = env.safety_limiter()
+        parts: dict[str, list] = {k: [] for k in ("state", "action", "reward", "terminal")}
+        ends, task_of, success, goal, final_d, min_d = [], [], [], [], [], []
+        n = 0
+        for task in tasks:
+            for k in range(episodes):
+                r = run_episode(env, policy, limiter, task, episode_seed(seed, task, k), k, record=True)
+                assert r.data is not None
+                for key in parts:
+                    parts[key].append(r.data[key])
+                n += len(r.data["action"])
+                ends.append(n)
+                task_of.append(task)
+                success.append(r.success)
+                goal.append(env.goal_position())
+                final_d.append(r.final_distance)
+                min_d.append(r.min_distance)
+    finally:
+        env.close()
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    out.update(episode_ends=np.asarray(ends, np.int64), episode_task=np.asarray(task_of, np.int64),
+               episode_success=np.asarray(success, bool), episode_goal=np.asarray(goal, np.float32),
+               episode_final_distance=np.asarray(final_d, np.float32),
+               episode_min_distance=np.asarray(min_d, np.float32))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **out)  # type: ignore[arg-type]
+    tmp.replace(path)
+    return out
+
+
+@dataclass
+class Features:
+    """The shared feature map: standardised state (and, for the oracle, the standardised goal)."""
+
+    state_mean: np.ndarray
+    state_std: np.ndarray
+    goal_mean: np.ndarray
+    goal_std: np.ndarray
+
+    @classmethod
+    def fit(cls, log: dict[str, np.ndarray]) -> Features:
+        return cls(log["state"].mean(0), log["state"].std(0) + 1e-6,
+                   log["episode_goal"].mean(0), log["episode_goal"].std(0) + 1e-6)
+
+    def __call__(self, state: np.ndarray, goal: np.ndarray | None = None) -> np.ndarray:
+        x = (np.asarray(state, np.float32) - self.state_mean) / self.state_std
+        if goal is None:
+            return x.astype(np.float32)
+        g = (np.asarray(goal, np.float32) - self.goal_mean) / self.goal_std
+        return np.concatenate([x, np.broadcast_to(g, x.shape[:-1] + g.shape[-1:])], -1).astype(np.float32)
+
+
+def transitions(log: dict[str, np.ndarray], feats: Features, reward_mean: float, reward_std: float,
+                task: int | None = None, oracle: bool = False) -> dict[str, np.ndarray]:
+    """(s, a, r, s', done) of every row with a successor in its episode (no true terminals here)."""
+    ends = log["episode_ends"]
+    starts = np.concatenate([[0], ends[:-1]])
+    idx, goals = [], []
+    for e, (s, t) in enumerate(zip(starts, ends, strict=True)):
+        if task is None or log["episode_task"][e] == task:
+            idx.append(np.arange(s, t - 1))
+            goals.append(np.repeat(log["episode_goal"][e][None], t - 1 - s, 0))
+    if not idx:
+        raise ValueError(f"no episodes of task {task} in the log")
+    i = np.concatenate(idx)
+    g = np.concatenate(goals) if oracle else None
+    return {"obs": feats(log["state"][i], g), "act": np.clip(log["action"][i], -1.0, 1.0).astype(np.float32),
+            "rew": ((log["reward"][i] - reward_mean) / reward_std).astype(np.float32),
+            "next_obs": feats(log["state"][i + 1], g), "done": np.zeros(len(i), np.float32)}
+
+
+def _torch(d: dict[str, np.ndarray]) -> dict[str, Any]:
+    import torch
+
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in d.items()}
+
+
+# -- policies --------------------------------------------------------------------------------------
+class FeaturePolicy:
+    """A deterministic policy on the shared features, for `sim.evaluate` (actions in [-1, 1]
+    are the env's own action units: its limits are +-1)."""
+
+    def __init__(self, act_fn, feats: Features, goal: np.ndarray | None = None) -> None:
+        self.act_fn, self.feats, self.goal = act_fn, feats, goal
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        x = self.feats(observation["state"][None], None if self.goal is None else self.goal[None])
+        return np.clip(np.asarray(self.act_fn(x), np.float32)[0], -1.0, 1.0)
+
+
+def actor_fn(actor):
+    import torch
+
+    actor = copy.deepcopy(actor).eval()
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return actor.mean_unit(torch.from_numpy(x)).numpy()
+
+    return fn
+
+
+def evaluate_policy(env, policy, task: int, episodes: int) -> dict[str, Any]:
+    from sim.evaluate import evaluate
+
+    res = evaluate(policy, env, [task], episodes, seed=EVAL_SEED)
+    return {"success_rate": res["success_rate"], "mean_return": res["mean_return"],
+            "final_distance": res.get("mean_final_distance"), "min_distance": res.get("mean_min_distance"),
+            "episodes": res["episodes"]}
+
+
+# -- one quality's job ---------------------------------------------------------------------------------
+def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Everything of one quality: logs, pooled learners, adaptations, evaluations. Each unit's
+    evaluation is cached as JSON (a killed run continues where it stopped)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from learning.baselines import method_config
+    from learning.merpo import MerPO, adapt_racs, train_bc
+    from learning.merpo_train import preset
+    from learning.rac import TanhGaussianActor
+    from sim.envs import make_env
+    from vmerpo.benchmarks import peer
+
+    out = Path(job["out"])
+    q, family = job["quality"], job["family"]
+    budget = StateBudget(**job["state_budget"])
+    methods: list[str] = job["methods"]
+    t0 = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[state {q} {(time.perf_counter() - t0) / 60:5.1f} min] {msg}", file=sys.stderr, flush=True)
+
+    log("collecting the logs (no images)")
+    train_log = collect_state_log(out / "data" / f"{q}_train.npz", family, q, job["train_tasks"],
+                                  job["episodes_per_task"], job["seeds"]["train"], job["hand_init_noise"], job["aim"])
+    heldout_logs = {d: collect_state_log(out / "data" / f"{q}_heldout_d{d}.npz", family, q, job["heldout"],
+                                         job["heldout_episodes"], job["seeds"]["heldout"][d], job["hand_init_noise"],
+                                         job["aim"]) for d in range(job["draws"])}
+    timings = {"collect_s": time.perf_counter() - t0}
+    evals_dir = out / "evals" / q
+    evals_dir.mkdir(parents=True, exist_ok=True)
+    units: list[Unit] = [(t, d) for t in job["heldout"] for d in range(job["draws"])]
+
+    def cached(method: str, task: int, draw: int | None) -> Path:
+        return evals_dir / (f"{method}_t{task}" + ("" if draw is None else f"_d{draw}") + ".json")
+
+    todo = {m for m in methods
+            if any(not cached(m, t, None if m in ZERO_SHOT else d).exists() for t, d in units)}
+    rows: list[dict[str, Any]] = []
+    env = make_env(family, hand_init_noise=job["hand_init_noise"], render=False)
+    feats = Features.fit(train_log)
+    r_mean, r_std = float(train_log["reward"].mean()), float(max(train_log["reward"].std(), 1e-6))
+    pooled = transitions(train_log, feats, r_mean, r_std)
+    per_unit = {(t, d): transitions(heldout_logs[d], feats, r_mean, r_std, task=t) for t, d in units}
+    rc = state_rac_config()
+    seed = job["seed"]
+    goals = {t: heldout_logs[0]["episode_goal"][list(heldout_logs[0]["episode_task"]).index(t)] for t in job["heldout"]}
+
+    def record(method: str, task: int, draw: int | None, policy) -> None:
+        path = cached(method, task, draw)
+        if path.exists():
+            return
+        res = evaluate_policy(env, policy, task, job["eval_episodes"])
+        path.write_text(json.dumps(res))
+
+    def adapted(method: str, actors: list) -> None:
+        for (t, d), a in zip(units, actors, strict=True):
+            record(method, t, d, FeaturePolicy(actor_fn(a), feats))
+
+    try:
+        # MerPO (model-free on states) and its zero-shot meta-policy
+        if {"merpo", "meta_policy"} & todo:
+            log(f"MerPO: pi_c warm start, {budget.meta_steps} meta-steps")
+            t = time.perf_counter()
+            cfg = copy.deepcopy(preset("cpu").merpo)
+            cfg.rac = rc
+            cfg.seed = seed
+            cfg.warm_start_steps = budget.pretrain_steps
+            tasks = sorted(set(train_log["episode_task"].tolist()))
+            merpo = MerPO(pooled["obs"].shape[1], pooled["act"].shape[1], tasks, cfg)
+            data = {n: _torch(transitions(train_log, feats, r_mean, r_std, task=n)) for n in tasks}
+            merpo.warm_start(_torch(pooled))
+            for _ in range(budget.meta_steps):
+                merpo.meta_step(data, None)
+            timings["merpo_meta_train_s"] = time.perf_counter() - t
+            if "meta_policy" in todo:
+                for task in job["heldout"]:
+                    record("meta_policy", task, None, FeaturePolicy(actor_fn(merpo.meta_actor), feats))
+            if "merpo" in todo:
+                log(f"MerPO: adapting to {len(units)} logs")
+                t = time.perf_counter()
+                racs = adapt_racs(merpo.meta_actor, merpo.meta_critic, [_torch(per_unit[u]) for u in units], None,
+                                  method_config("merpo", rc), budget.adapt_steps,
+                                  [seed * 1000 + i for i in range(len(units))])
+                timings["merpo_adapt_s"] = time.perf_counter() - t
+                adapted("merpo", [r.actor for r in racs])
+        if "rac" in todo:  # single-task RAC: the task's log alone, from scratch
+            log(f"RAC on {len(units)} logs")
+            t = time.perf_counter()
+            racs = adapt_racs(None, None, [_torch(per_unit[u]) for u in units], None, method_config("rac", rc),
+                              budget.adapt_steps, [seed * 1000 + i for i in range(len(units))])
+            timings["rac_s"] = time.perf_counter() - t
+            adapted("rac", [r.actor for r in racs])
+        if "bc" in todo:  # behaviour cloning of the task's log, from scratch
+            log(f"BC on {len(units)} logs")
+            t = time.perf_counter()
+            actors = []
+            for i, u in enumerate(units):
+                torch.manual_seed(seed * 1000 + i)
+                a = TanhGaussianActor(pooled["obs"].shape[1], pooled["act"].shape[1], rc.hidden, rc.layers)
+                train_bc(a, _torch(per_unit[u]), budget.bc_steps, rc.batch_real, rc.actor_lr, seed=seed * 1000 + i)
+                actors.append(a)
+            timings["bc_s"] = time.perf_counter() - t
+            adapted("bc", actors)
+        if {"bc_pooled", "iql_pooled", "iql_finetuned", "iql_oracle"} & todo:
+            log("d3rlpy IQL / BC on the pooled logs (and IQL fine-tuned on each log)")
+            pc = peer.PeerConfig()
+            obs_dim, act_dim = pooled["obs"].shape[1], pooled["act"].shape[1]
+            if "bc_pooled" in todo:
+                t = time.perf_counter()
+                algo = peer.make("bc", obs_dim, act_dim, pc, seed)
+                peer.fit(algo, pooled, budget.iql_steps, seed)
+                timings["bc_pooled_s"] = time.perf_counter() - t
+                for task in job["heldout"]:
+                    record("bc_pooled", task, None, FeaturePolicy(lambda x, a=algo: peer.act(a, x), feats))
+            if {"iql_pooled", "iql_finetuned"} & todo:
+                t = time.perf_counter()
+                algo = peer.make("iql", obs_dim, act_dim, pc, seed)
+                peer.fit(algo, pooled, budget.iql_steps, seed)
+                timings["iql_pooled_s"] = time.perf_counter() - t
+                for task in job["heldout"]:
+                    record("iql_pooled", task, None, FeaturePolicy(lambda x, a=algo: peer.act(a, x), feats))
+                if "iql_finetuned" in todo:
+                    t = time.perf_counter()
+                    for i, (task, d) in enumerate(units):
+                        if not cached("iql_finetuned", task, d).exists():
+                            ft = peer.finetuned(algo, per_unit[(task, d)], budget.iql_finetune_steps, seed * 1000 + i)
+                            record("iql_finetuned", task, d, FeaturePolicy(lambda x, a=ft: peer.act(a, x), feats))
+                    timings["iql_finetune_s"] = time.perf_counter() - t
+            if "iql_oracle" in todo:
+                t = time.perf_counter()
+                oracle = transitions(train_log, feats, r_mean, r_std, oracle=True)
+                algo = peer.make("iql", oracle["obs"].shape[1], act_dim, pc, seed)
+                peer.fit(algo, oracle, budget.iql_steps, seed)
+                timings["iql_oracle_s"] = time.perf_counter() - t
+                for task in job["heldout"]:
+                    record("iql_oracle", task, None,
+                           FeaturePolicy(lambda x, a=algo: peer.act(a, x), feats, goal=goals[task]))
+    finally:
+        env.close()
+    for m in methods:
+        for task, d in units:
+            res = json.loads(cached(m, task, None if m in ZERO_SHOT else d).read_text())
+            rows.append({"track": "state", "quality": q, "method": m, "task": task, "draw": d,
+                         "zero_shot": m in ZERO_SHOT, **res})
+    behaviour = {f"{t},{d}": float(np.mean(heldout_logs[d]["episode_success"][heldout_logs[d]["episode_task"] == t]))
+                 for t, d in units}
+    timings["total_s"] = time.perf_counter() - t0
+    log("done")
+    return [{"rows": rows, "behaviour": behaviour, "timings": timings, "quality": q}]
+
+
+def state_budget_dict(name: str) -> dict[str, int]:
+    return asdict(STATE_BUDGETS[name])
+
+
+def run_track(out: Path, family: str, design, heldout: list[int], train: list[int], methods: list[str],
+              args) -> tuple[list[dict], dict[tuple[str, int, int], float], dict[str, float]]:
+    """Every quality's job, `args.workers` at a time (spawned processes); returns the unit rows,
+    the held-out logs' own success per unit and the timings."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from vmerpo.benchmarks import peer
+    from vmerpo.benchmarks.learning import log_seeds
+
+    if set(methods) & set(PEER_METHODS):
+        why = peer.available()
+        if why:
+            raise RuntimeError(f"{why}; or leave out --methods {','.join(sorted(set(methods) & set(PEER_METHODS)))}")
+    aim = {"tool-centre": True, "hand": False}[args.aim]
+    jobs = [{"out": str(out / "state"), "quality": q, "family": family, "state_budget": state_budget_dict(args.budget),
+             "methods": methods, "train_tasks": train, "episodes_per_task": design.episodes_per_task,
+             "heldout": heldout, "heldout_episodes": design.heldout_episodes, "draws": design.draws,
+             "eval_episodes": design.eval_episodes, "seeds": log_seeds(q, design.draws),
+             "hand_init_noise": args.hand_init_noise, "aim": aim, "seed": args.seed}
+            for q in design.qualities]
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    behaviour: dict[tuple[str, int, int], float] = {}
+    timings: dict[str, float] = {}
+    print(f"state track: {len(jobs)} qualities x {len(heldout)} tasks x {design.draws} draw(s) x {len(methods)} "
+          f"methods, {args.workers} at a time", file=sys.stderr)
+    with ProcessPoolExecutor(max(1, args.workers), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(run_quality, j) for j in jobs]
+        for done, fut in enumerate(as_completed(futures), 1):
+            res = fut.result()[0]
+            rows += res["rows"]
+            for key, v in res["behaviour"].items():
+                t, d = (int(x) for x in key.split(","))
+                behaviour[(res["quality"], t, d)] = v
+            timings.update({f"{res['quality']}_{k}": round(v, 1) for k, v in res["timings"].items()})
+            el = time.perf_counter() - t0
+            left = len(jobs) - done
+            eta = el / done * math.ceil(left / max(1, args.workers)) * min(done, args.workers) if left else 0.0
+            print(f"state track: {done}/{len(jobs)} qualities done ({res['quality']}), {el / 60:.1f} min elapsed"
+                  + (f", about {eta / 60:.0f} min left" if left else ""), file=sys.stderr)
+    return rows, behaviour, timings
