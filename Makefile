@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-all test-experiments demo lint typecheck check bench clean
+.PHONY: venv peer test test-all test-experiments demo lint typecheck check bench clean
 
 $(STAMP): requirements.txt constraints.txt setup.py setup.cfg
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,11 +18,20 @@ $(STAMP): requirements.txt constraints.txt setup.py setup.cfg
 
 venv: $(STAMP)
 
-test: venv
+# The learning benchmark's offline-RL peer (d3rlpy IQL/BC), pinned, into the same venv with
+# --no-deps (its gymnasium pin conflicts with metaworld's; requirements-peer.txt says why).
+PEER_STAMP := $(VENV)/.peer-installed
+$(PEER_STAMP): $(STAMP) requirements-peer.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-peer.txt
+	@touch $@
+
+peer: $(PEER_STAMP)
+
+test: venv peer
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Slow tests too (reliability loops, end-to-end runs).
-test-all: venv
+test-all: venv peer
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
 
 # The tests of the one-off study scripts in experiments/ (not part of `make test`).

@@ -60,6 +60,8 @@ def summarize(store: EpisodeStore) -> dict[str, Any]:
         "tasks": tasks,
         "size_bytes": size,
         "compression_ratio": raw / size if size else None,
+        # rows/entries past the last commit, per array (a killed writer's): see format_leftover
+        "leftover": store.leftover,
     }
     for name in store.provenance_names():
         values = store.provenance(name)
@@ -101,6 +103,8 @@ def format_summary(s: dict[str, Any]) -> str:
         el, r = s["episode_length"], s["return"]
         lines.append(f"length     min {el['min']:.0f} / mean {el['mean']:.1f} / max {el['max']:.0f}")
         lines.append(f"return     mean {r['mean']:.2f} +- {r['std']:.2f}, success {s['success_rate']:.2f}")
+    if s.get("leftover"):
+        lines.append(format_leftover(s["path"], s["leftover"]))
     lines.append("")
     lines.append(f"{'task':>5}  {'name':24s} {'split':6s} {'episodes':>8} {'frames':>8} {'return':>9} {'success':>7}")
     for tid, t in s["tasks"].items():
@@ -116,6 +120,16 @@ def format_summary(s: dict[str, Any]) -> str:
                 lines.append(f"{v[:12]:>12s}  {row['episodes']:8d}  {row['success_rate']:7.2f}  "
                              f"{row['mean_return']:6.2f}")
     return "\n".join(lines)
+
+
+def format_leftover(path: str, leftover: dict[str, int]) -> str:
+    """One line: the uncommitted rows per array and what to do about them."""
+    data = [f"{k} {n}" for k, n in leftover.items() if k.startswith("data/")]
+    meta = [f"{k} {n}" for k, n in leftover.items() if not k.startswith("data/")]
+    parts = ([f"rows {', '.join(data)}"] if data else []) + ([f"entries {', '.join(meta)}"] if meta else [])
+    return (f"leftover   uncommitted {'; '.join(parts)} (an interrupted writer's): ignored by vmerpo, "
+            f"but zarr-2 readers such as diffusion_policy's ReplayBuffer refuse them; run "
+            f"`vmerpo repair {path}`")
 
 
 def contact_sheet_and_returns(store: EpisodeStore, out: str | os.PathLike, episodes: list[int],

@@ -5,7 +5,13 @@ time and `meta/episode_ends` the cumulative end index of each episode. Appending
 `meta/episode_ends` is the commit point of an episode: data arrays are written first, then the
 per-episode meta arrays, then `episode_ends`. Zarr's local store writes every file atomically
 (temp file + rename), so a killed writer leaves at worst rows and meta entries beyond the last
-commit, which the next writer truncates and every reader ignores.
+commit, which every reader ignores, `inspect` reports, and the next writer or `vmerpo repair`
+(`repair_store`) truncates.
+
+Stores are untrusted input: symlinks and special files inside a store are refused before
+anything is read or written; what array metadata declares is checked against the commit in time
+and memory bounded by the files present (`_commit_state`); only a trailing 0 in
+meta/episode_ends is taken for a commit cut short; no read allocates more than the machine has.
 
 Torch-free: the recorder node on the robot computer writes through this module.
 """
@@ -15,11 +21,14 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import math
+import numbers
 import os
+import stat
 import sys
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +61,13 @@ LOWDIM_CHUNK_ROWS = 4096
 # every chunk and say so in this attr; their readers then refuse a missing chunk.
 COMPLETE_CHUNKS_ATTR = "complete_chunks"
 _WRITE_ALL = {"write_empty_chunks": True}
+# Untrusted stores (docs/robustness.md): bounds on what array metadata may declare. A killed
+# writer leaves at most the one episode it was writing beyond the last commit; a declared length
+# further past the commit could not have been written and is refused without touching chunks.
+MAX_LEFTOVER_ROWS = 1 << 24  # 16.7 M rows: 46 hours at 100 Hz in one uncommitted episode
+MAX_CHUNK_BYTES = 1 << 31  # one decoded chunk (vmerpo writes ~1 MiB); Blosc's own limit is 2 GiB
+_LARGE_READ_BYTES = 1 << 28  # reads above this are checked against the machine's memory
+_ENDS_WINDOW = 1 << 16  # meta/episode_ends is read in windows of this many entries
 
 
 class StoreError(ValueError):
@@ -88,6 +104,7 @@ class StoreSpec:
     )
 
     def __post_init__(self) -> None:
+        self._check_types()
         if len(self.action_low) != len(self.action_names) or len(self.action_high) != len(
             self.action_names
         ):
@@ -104,6 +121,46 @@ class StoreSpec:
         ids = [int(t["id"]) for t in self.tasks]
         if len(set(ids)) != len(ids):
             raise StoreError("task table has duplicate task ids")
+
+    def _check_types(self) -> None:
+        """Every field's type, so that a spec read from a file fails with one line naming the
+        field (never a TypeError later, never silently accepted). numpy scalars count as
+        numbers; sequences are lists or tuples."""
+        for name in ("robot", "action_type", "action_units", "action_frame", "alignment"):
+            if not isinstance(getattr(self, name), str):
+                raise _spec_type_error(name, "a string", getattr(self, name))
+        if not _is_real(self.control_hz) or not math.isfinite(self.control_hz):
+            raise _spec_type_error("control_hz", "a finite number", self.control_hz)
+        if not _is_int(self.image_size):
+            raise _spec_type_error("image_size", "an integer", self.image_size)
+        for name in ("state_names", "action_names"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+                raise _spec_type_error(name, "a list of strings", value)
+        for name in ("action_low", "action_high"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not all(_is_real(x) and not math.isnan(x)
+                                                              for x in value):
+                raise _spec_type_error(name, "a list of numbers", value)
+        if self.gripper_channel is not None and not (
+                _is_int(self.gripper_channel) and 0 <= self.gripper_channel < len(self.action_names)):
+            raise _spec_type_error("gripper_channel", f"null or an action index 0..{len(self.action_names) - 1}",
+                                   self.gripper_channel)
+        hold = self.hold_action
+        if not (hold is None or isinstance(hold, str) or (
+                isinstance(hold, (list, tuple)) and all(_is_real(x) for x in hold))):
+            raise _spec_type_error("hold_action", "null, a string or a list of numbers", hold)
+        for name in ("camera", "reward_source", "env"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise _spec_type_error(name, "a JSON object", getattr(self, name))
+        if not isinstance(self.tasks, (list, tuple)):
+            raise _spec_type_error("tasks", "a list of task objects", self.tasks)
+        for i, task in enumerate(self.tasks):
+            if not isinstance(task, Mapping) or not _is_int(task.get("id")):
+                raise _spec_type_error(f"tasks[{i}]", 'an object with an integer "id"', task)
+            for key in ("name", "split"):
+                if key in task and not isinstance(task[key], str):
+                    raise _spec_type_error(f"tasks[{i}].{key}", "a string", task[key])
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -124,6 +181,8 @@ class StoreSpec:
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> StoreSpec:
+        if not isinstance(attrs, Mapping):
+            raise StoreError(f"store attrs 'spec' must be a JSON object, got {type(attrs).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         missing = [n for n in ("robot", "control_hz", "image_size", "state_names",
                                "action_names", "action_low", "action_high") if n not in attrs]
@@ -137,6 +196,20 @@ class StoreSpec:
                 "action_type", "control_hz")
         a, b = dataclasses.asdict(self), dataclasses.asdict(other)
         return [f"{k}: store has {a[k]!r}, writer has {b[k]!r}" for k in keys if a[k] != b[k]]
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
+def _spec_type_error(name: str, expected: str, value: Any) -> StoreError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return StoreError(f"spec field {name} must be {expected}, got {shown}")
 
 
 def _is_url(path: str | os.PathLike) -> bool:
@@ -225,18 +298,35 @@ class EpisodeWriter:
                 raise StoreError(f"zarr_format must be 2 or 3, got {zarr_format}")
             self.root = _open_group(self.path, "w", storage_options, zarr_format)
             self._acquire_lock()
-            self._create(spec, zarr_format)
+            try:
+                self._create(spec, zarr_format)
+            except BaseException:
+                self.close()  # a failed creation does not stay locked
+                raise
         else:
+            if not _is_url(self.path):  # symlinks and special files: refused before any read
+                _scan_local(self.path)
             self.root = _open_group(self.path, "r+", storage_options)
             self._acquire_lock()
-            stored = _read_spec(self.root, self.path)
-            if spec is not None:
-                diff = stored.compatibility_errors(spec)
-                if diff:
-                    raise StoreError(f"{self.path} is incompatible with this writer: {diff[0]}")
-            self._recover()
-        self.spec = StoreSpec.from_attrs(self.root.attrs["spec"])
-        self._load_handles()
+            try:
+                stored = _read_spec(self.root, self.path)
+                if spec is not None:
+                    diff = stored.compatibility_errors(spec)
+                    if diff:
+                        raise StoreError(f"{self.path} is incompatible with this writer: {diff[0]}")
+                self._recover()
+            except BaseException:
+                self.close()  # a refused store does not stay locked
+                raise
+        try:
+            self.spec = StoreSpec.from_attrs(self.root.attrs["spec"])
+            self._load_handles()
+        except KeyError as e:
+            self.close()
+            raise StoreError(f"{self.path}: no {e} in the store (not a vmerpo episode store?)") from None
+        except BaseException:
+            self.close()
+            raise
 
     def _load_handles(self) -> None:
         # Array handles, cached: a group lookup re-reads metadata from the store each time.
@@ -283,35 +373,23 @@ class EpisodeWriter:
         return self._handles[name]
 
     def _recover(self) -> None:
-        """Truncate whatever a killed writer left beyond the last committed episode."""
-        ends = np.asarray(self.root["meta/episode_ends"][:], dtype=np.int64)
-        n_data = min((a.shape[0] for _, a in self.root["data"].arrays()), default=0)
-        valid = _committed_prefix(ends)
-        if valid < len(ends) - 1:
-            raise StoreError(f"{self.path}: meta/episode_ends is not strictly increasing at "
-                             f"episode {valid}; the store is damaged")
-        committed_rows = int(ends[valid - 1]) if valid else 0
-        if committed_rows > n_data:
-            raise StoreError(f"{self.path}: meta/episode_ends commits {committed_rows} rows but a "
-                             f"data array has only {n_data}; the store is damaged")
-        dropped_rows = 0
-        for key in list(self._array_names("data")):
-            arr = self.root[f"data/{key}"]
-            if arr.shape[0] > committed_rows:
-                dropped_rows = max(dropped_rows, arr.shape[0] - committed_rows)
-                arr.resize((committed_rows, *arr.shape[1:]))
-        for key in list(self._array_names("meta")):
-            arr = self.root[f"meta/{key}"]
-            if arr.shape[0] > valid:
-                arr.resize((valid,))
-        if dropped_rows or valid < len(ends):
+        """Truncate whatever a killed writer left beyond the last committed episode.
+
+        Damage is refused (StoreError) before anything is changed: a committed row is never
+        dropped for a damaged commit entry (only a trailing 0, a commit cut short, is one)."""
+        files = None if _is_url(self.path) else _scan_local(self.path)
+        state = _commit_state(self.root, self.path, files)
+        if state.leftover:
+            _truncate_to_commit(state, files)
+            dropped_rows = max((n for k, n in state.leftover.items() if k.startswith("data/")),
+                               default=0)
             self.log(
                 f"{self.path}: dropped an incomplete episode left by an interrupted writer "
-                f"({dropped_rows} uncommitted rows); {valid} committed episodes kept"
+                f"({dropped_rows} uncommitted rows); {state.n_episodes} committed episodes kept"
             )
-        if not _is_url(self.path):  # temp files of an interrupted atomic write
-            for partial in Path(self.path).rglob("*.partial"):
-                partial.unlink(missing_ok=True)
+        if files is not None:  # temp files of an interrupted atomic write
+            for partial in files.partial:
+                (Path(self.path) / partial).unlink(missing_ok=True)
 
     def _array_names(self, group: str) -> Iterable[str]:
         if group not in self.root:
@@ -319,16 +397,8 @@ class EpisodeWriter:
         return [name for name, _ in self.root[group].arrays()]
 
     def _acquire_lock(self) -> None:
-        if _is_url(self.path):
-            return
-        lock_path = Path(self.path) / ".vmerpo-writer.lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreError(f"{self.path} is being written by another process") from None
-        self._lock_fd = fd
+        if not _is_url(self.path):
+            self._lock_fd = _lock_store(self.path)
 
     # -- writing -----------------------------------------------------------------------------
     @property
@@ -559,36 +629,413 @@ class EpisodeStream:
         self._done = True
 
 
-def _committed_prefix(ends: np.ndarray) -> int:
-    """Number of leading episode_ends entries that are strictly increasing.
+# -- untrusted stores: files, locks, bounded reads, the commit state ----------------------------
+@dataclass
+class _Files:
+    """The regular files of a local store (keys relative to its root), grouped by array."""
 
-    A writer killed inside the append of the commit entry leaves one trailing fill value (0),
-    never a value beyond the data rows (data is written before the commit)."""
-    prev = 0
-    for i, e in enumerate(ends):
-        if e <= prev:
-            return i
-        prev = int(e)
-    return len(ends)
+    by_array: dict[str, set[str]]  # "data/image" -> {"data/image/0.0.0.0", ...}
+    partial: list[str]  # temp files of interrupted atomic writes
 
 
-def _missing_chunks(arr: Any, rows: int) -> list[tuple[tuple[int, ...], slice]]:
-    """(chunk coordinates, row range) of the chunks covering rows [0, rows) that the store
-    lacks; one listing of the array's keys (cheap on object stores too)."""
+def _scan_local(path: str | os.PathLike) -> _Files:
+    """Walk a local store without following links. Refuses, with one line naming the path, a
+    symbolic link (an append through a linked array directory would change another store)
+    and anything that is not a regular file or directory (a FIFO blocks a read, a device
+    reads without end), before anything in the store is opened. Costs one directory listing
+    per directory (no stat per file)."""
+    root = Path(path)
+    by_array: dict[str, set[str]] = defaultdict(set)
+    partial: list[str] = []
+    if not root.is_dir():
+        return _Files(dict(by_array), partial)
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            entries = list(os.scandir(root / rel if rel else root))
+        except OSError as e:
+            raise StoreError(f"{path}: cannot list {rel or '.'} ({e.strerror or type(e).__name__})") from None
+        for entry in entries:
+            key = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_symlink():
+                raise StoreError(f"{path}: {key} is a symbolic link; a store must hold its own files "
+                                 "(refused before reading or writing through it)")
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(key)
+            elif entry.is_file(follow_symlinks=False):
+                by_array["/".join(key.split("/")[:2])].add(key)
+                if entry.name.endswith(".partial"):
+                    partial.append(key)
+            else:
+                raise StoreError(f"{path}: {key} is {_file_kind(entry)}, not a regular file "
+                                 "(refused before reading it)")
+    return _Files(dict(by_array), partial)
+
+
+def _file_kind(entry: os.DirEntry) -> str:
+    try:
+        mode = entry.stat(follow_symlinks=False).st_mode
+    except OSError:
+        return "unreadable"
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def _lock_store(path: str, shared: bool = False) -> int | None:
+    """The writer lock (flock on .vmerpo-writer.lock). shared=True (a dry run) only checks
+    that no writer holds it, and creates nothing: returns None if there is no lock file."""
+    lock_path = Path(path) / ".vmerpo-writer.lock"
+    flags = (os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT) | os.O_NOFOLLOW
+    try:
+        fd = os.open(lock_path, flags, 0o644)
+    except FileNotFoundError:
+        if shared:
+            return None
+        raise
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(f"{path} is being written by another process") from None
+    return fd
+
+
+def _unlock_store(fd: int | None) -> None:
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _first_line(e: BaseException, default: str) -> str:
+    return str(e).splitlines()[0] if str(e) else default
+
+
+def _members(root: Any, path: str, group: str) -> list[tuple[str, Any]]:
+    """("group/name", array) of the arrays under data/ or meta/ ([] if the group is absent)."""
+    try:
+        if group not in root:
+            return []
+        return [(f"{group}/{n}", a) for n, a in root[group].arrays()]
+    except Exception as e:  # garbled .zarray / zarr.json
+        raise StoreError(f"{path}: cannot read the array metadata under {group}/ "
+                         f"({type(e).__name__}: {_first_line(e, 'unreadable')})") from None
+
+
+def _row_bytes(arr: Any) -> int:
+    return math.prod(int(d) for d in arr.shape[1:]) * int(arr.dtype.itemsize)
+
+
+def _memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def _read(arr: Any, path: str, name: str, sl: slice = slice(None)) -> np.ndarray:
+    """arr[sl] (rows along axis 0). Refuses, before allocating, a read larger than this
+    machine's memory (a declared length that is not backed by data); any zarr or codec error
+    becomes one line naming the array."""
+    rows = len(range(*sl.indices(int(arr.shape[0])))) if arr.ndim else 1
+    nbytes = rows * _row_bytes(arr)
+    if nbytes > _LARGE_READ_BYTES and nbytes > _memory_bytes():
+        raise StoreError(f"{path}: reading {rows} rows of {name} needs {nbytes / 2**30:.1f} GiB, more "
+                         f"than this machine's {_memory_bytes() / 2**30:.1f} GiB of memory")
+    try:
+        return np.asarray(arr[sl])
+    except StoreError:
+        raise
+    except Exception as e:  # decompression errors, truncated/missing chunks, MemoryError
+        raise StoreError(f"{path}: cannot read {name} ({type(e).__name__}: "
+                         f"{_first_line(e, 'damaged chunk')})") from None
+
+
+def _check_array_metadata(path: str, name: str, arr: Any) -> None:
+    """What an array's metadata declares, checked before any chunk is listed or read."""
+    if arr.ndim < 1:
+        raise StoreError(f"{path}: {name} is a 0-d array; every array under data/ and meta/ has "
+                         "one row per frame or entry per episode")
+    chunk_bytes = math.prod(int(c) for c in arr.chunks) * int(arr.dtype.itemsize)
+    if chunk_bytes > MAX_CHUNK_BYTES:
+        raise StoreError(f"{path}: {name} declares chunks {tuple(arr.chunks)} of {chunk_bytes} bytes, "
+                         f"above the {MAX_CHUNK_BYTES} a reader decodes at once; the metadata is damaged")
+
+
+def _is_fill(arr: Any, value: int) -> bool:
+    fill = getattr(arr.metadata, "fill_value", None)
+    try:
+        return value == 0 or (fill is not None and value == int(fill))
+    except (TypeError, ValueError):
+        return value == 0
+
+
+def _read_committed_ends(arr: Any, path: str) -> tuple[np.ndarray, bool]:
+    """The committed prefix of meta/episode_ends, and whether one half-written commit entry
+    follows it. Read window by window and stopped at the first entry that does not increase,
+    so a huge declared length costs nothing. A writer killed inside the append of the commit
+    entry leaves exactly one trailing fill value (0): that, and only that, is a commit cut
+    short. Any other non-increasing entry is damage: refused, never taken for a half-written
+    commit (the next writer would drop a committed episode's rows)."""
+    name = "meta/episode_ends"
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise StoreError(f"{path}: {name} has shape {tuple(arr.shape)} and dtype {arr.dtype}; "
+                         "expected one integer end index per episode")
+    n = int(arr.shape[0])
+    parts: list[np.ndarray] = []
+    prev, valid, stop_value = 0, 0, 0
+    for start in range(0, n, _ENDS_WINDOW):
+        w = _read(arr, path, name, slice(start, min(n, start + _ENDS_WINDOW))).astype(np.int64)
+        before = np.concatenate([np.array([prev], np.int64), w[:-1]])
+        bad = np.flatnonzero(w <= before)
+        if bad.size:
+            i = int(bad[0])
+            parts.append(w[:i])
+            valid += i
+            prev = int(w[i - 1]) if i else prev
+            stop_value = int(w[i])
+            break
+        parts.append(w)
+        valid += len(w)
+        prev = int(w[-1])
+    ends = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    rest = n - valid
+    if rest > 1:
+        raise StoreError(f"{path}: {name} is not strictly increasing at episode {valid} ({rest} entries "
+                         "from there on); the store is damaged")
+    if rest == 1 and not _is_fill(arr, stop_value):
+        raise StoreError(f"{path}: {name}[{valid}] is {stop_value}, not above the previous end {prev}: a "
+                         "damaged commit entry (only a trailing 0, a commit cut short, is dropped); the "
+                         "store is damaged")
+    return ends, rest == 1
+
+
+@dataclass
+class CommitState:
+    """What a store has committed, and what an interrupted writer left beyond it."""
+
+    episode_ends: np.ndarray  # the committed entries of meta/episode_ends
+    half_commit: bool  # meta/episode_ends ends in one 0 entry: a commit cut short
+    leftover: dict[str, int]  # "data/x" or "meta/y" -> rows or entries past the commit
+    arrays: dict[str, Any] = field(repr=False)  # "data/x" / "meta/y" -> zarr array
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.episode_ends)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.episode_ends[-1]) if len(self.episode_ends) else 0
+
+    @property
+    def leftover_rows(self) -> int:
+        return max((n for k, n in self.leftover.items() if k.startswith("data/")), default=0)
+
+
+def _present_keys(arr: Any, files: _Files | None) -> set[str]:
+    """Store keys under an array: from the scan of a local store, else one listing."""
+    prefix = _key_prefix(arr)
+    if files is not None:
+        return files.by_array.get(prefix.rstrip("/"), set())
     from zarr.core.sync import sync
 
     sp = arr.store_path
-    prefix = f"{sp.path}/" if sp.path else ""
 
     async def keys() -> set[str]:
         return {k async for k in sp.store.list_prefix(prefix)}
 
-    present = sync(keys())
-    out = []
-    for coords, region in zip(arr._iter_chunk_coords(), arr._iter_chunk_regions(), strict=True):
-        if region[0].start < rows and prefix + arr.metadata.encode_chunk_key(coords) not in present:
-            out.append((coords, region[0]))
-    return out
+    return sync(keys())
+
+
+def _key_prefix(arr: Any) -> str:
+    p = arr.store_path.path
+    return f"{p}/" if p else ""
+
+
+def _first_missing_chunk(arr: Any, rows: int, present: set[str]) -> tuple[tuple[int, ...], slice] | None:
+    """(grid coordinates, row range) of the first stored object (chunk, or shard) covering rows
+    [0, rows) that the store lacks. Stops at the first gap, so it visits at most one more
+    coordinate than there are files: a declared length is never enumerated."""
+    step = (arr.shards or arr.chunks)[0]
+    grid = [-(-rows // step)] + [-(-int(s) // int(c)) for s, c in
+                                 zip(arr.shape[1:], (arr.shards or arr.chunks)[1:], strict=True)]
+    prefix = _key_prefix(arr)
+    for coords in _iter_grid(grid):
+        if prefix + arr.metadata.encode_chunk_key(coords) not in present:
+            return coords, slice(coords[0] * step, (coords[0] + 1) * step)
+    return None
+
+
+def _iter_grid(grid: list[int]) -> Iterator[tuple[int, ...]]:
+    """Grid coordinates in C order, lazily (itertools.product would first materialise every
+    axis: a declared length of 1e12 rows is 2.4e8 chunk indices)."""
+    if any(g <= 0 for g in grid):
+        return
+    coords = [0] * len(grid)
+    while True:
+        yield tuple(coords)
+        axis = len(grid) - 1
+        while axis >= 0:
+            coords[axis] += 1
+            if coords[axis] < grid[axis]:
+                break
+            coords[axis] = 0
+            axis -= 1
+        if axis < 0:
+            return
+
+
+def _chunk_row_index(arr: Any, rel: str) -> int | None:
+    """The grid coordinate along axis 0 of a chunk key relative to its array, or None if
+    `rel` is not one of the array's chunk keys (metadata, temp files)."""
+    md = arr.metadata
+    if md.zarr_format == 2:
+        parts = rel.split(md.dimension_separator or ".")
+    else:
+        enc = md.chunk_key_encoding
+        parts = rel.split(enc.separator)
+        if enc.name == "default":
+            if parts[0] != "c":
+                return None
+            parts = parts[1:]
+    if len(parts) != arr.ndim or not all(p.isdigit() for p in parts):
+        return None
+    coords = tuple(int(p) for p in parts)
+    return coords[0] if md.encode_chunk_key(coords) == rel else None
+
+
+def _commit_state(root: Any, path: str, files: _Files | None) -> CommitState:
+    """Validate what the arrays declare against the commit, in time and memory bounded by the
+    files present (never by a declared length), and find the rows and entries past the commit.
+
+    Refused (StoreError naming the array): a damaged meta/episode_ends, an array shorter than
+    the commit, an array declaring more than MAX_LEFTOVER_ROWS past it, oversized chunks, and
+    (stores that write every chunk) a missing chunk of committed rows."""
+    arrays = dict(_members(root, path, "data") + _members(root, path, "meta"))
+    if "meta/episode_ends" not in arrays:
+        raise StoreError(f"{path}: missing array meta/episode_ends")
+    for name, arr in arrays.items():
+        _check_array_metadata(path, name, arr)
+    complete = bool(root.attrs.get(COMPLETE_CHUNKS_ATTR, False))
+
+    def check_chunks(name: str, arr: Any, rows: int) -> None:
+        if not complete or rows <= 0:
+            return
+        missing = _first_missing_chunk(arr, rows, _present_keys(arr, files))
+        if missing:
+            coords, region = missing
+            raise StoreError(f"{path}: {name} lacks chunk {'.'.join(map(str, coords))} (rows "
+                             f"{region.start}-{min(region.stop, rows) - 1}); the store is damaged or "
+                             "incompletely copied")
+
+    ends_arr = arrays["meta/episode_ends"]
+    data_rows = [int(a.shape[0]) for k, a in arrays.items() if k.startswith("data/")]
+    if data_rows and int(ends_arr.shape[0]) > min(data_rows) + 1:  # an episode has >= 1 row
+        raise StoreError(f"{path}: meta/episode_ends declares {int(ends_arr.shape[0])} entries but a data "
+                         f"array has only {min(data_rows)} rows (every episode has one at least, plus "
+                         "one commit entry cut short): the array's metadata is damaged")
+    # the last entry may be a commit cut short, whose chunk need not exist
+    check_chunks("meta/episode_ends", ends_arr, int(ends_arr.shape[0]) - 1)
+    ends, half = _read_committed_ends(ends_arr, path)
+    n_eps = len(ends)
+    n_frames = int(ends[-1]) if n_eps else 0
+    leftover: dict[str, int] = {}
+    for name, arr in arrays.items():
+        data = name.startswith("data/")
+        n, committed = int(arr.shape[0]), (n_frames if data else n_eps)
+        if n < committed:
+            if data:
+                ep = int(np.searchsorted(ends, n, side="right"))
+                raise StoreError(f"{path}: {name} has {n} rows but meta/episode_ends commits {n_frames} "
+                                 f"(episode {ep} is cut short)")
+            raise StoreError(f"{path}: {name} has {n} entries for {n_eps} episodes")
+        if n - committed > MAX_LEFTOVER_ROWS:
+            what = "rows" if data else "entries"
+            raise StoreError(f"{path}: {name} declares {n} {what} but meta/episode_ends commits "
+                             f"{committed}; an interrupted writer leaves at most {MAX_LEFTOVER_ROWS} "
+                             f"uncommitted {what}: the array's metadata is damaged")
+        if name != "meta/episode_ends":
+            check_chunks(name, arr, committed)
+        if n > committed:
+            leftover[name] = n - committed
+    return CommitState(ends, half, dict(sorted(leftover.items())), arrays)
+
+
+def _truncate(arr: Any, rows: int, present: set[str]) -> None:
+    """Shrink an array to `rows` along axis 0 as zarr does (the stored objects wholly past the
+    new end first, then the metadata), deleting the files that exist rather than every chunk
+    of the declared shape (zarr's resize builds the set of all old chunk coordinates)."""
+    from zarr.core.sync import sync
+
+    step = (arr.shards or arr.chunks)[0]
+    first_gone = -(-rows // step)
+    prefix = _key_prefix(arr)
+    for key in sorted(present):
+        index = _chunk_row_index(arr, key[len(prefix):]) if key.startswith(prefix) else None
+        if index is not None and index >= first_gone:
+            sync(arr.store_path.store.delete(key))
+    if int(arr.shape[0]) != rows:
+        sync(arr.async_array.resize((rows, *arr.shape[1:]), delete_outside_chunks=False))
+
+
+def _truncate_to_commit(state: CommitState, files: _Files | None) -> None:
+    """Drop the rows and entries past the commit, in the reverse of the writer's order: the
+    half-written commit entry, then the per-episode meta, then the data rows. Every state in
+    between is one a killed writer could leave (committed rows and entries are never touched),
+    so a kill here loses nothing and a rerun finishes the job."""
+    meta = sorted(k for k in state.leftover if k.startswith("meta/") and k != "meta/episode_ends")
+    data = sorted(k for k in state.leftover if k.startswith("data/"))
+    order = (["meta/episode_ends"] if "meta/episode_ends" in state.leftover else []) + meta + data
+    for name in order:
+        arr = state.arrays[name]
+        keep = state.n_frames if name.startswith("data/") else state.n_episodes
+        _truncate(arr, keep, _present_keys(arr, files))
+
+
+def repair_store(path: str | os.PathLike, dry_run: bool = False,
+                 storage_options: dict | None = None) -> dict[str, Any]:
+    """`vmerpo repair`: remove what an interrupted writer left past the last commit, so that
+    every zarr-2 reader (diffusion_policy's ReplayBuffer reads data/* whole and requires each
+    array's length to equal meta/episode_ends[-1]) sees exactly the committed episodes.
+
+    Takes the writer lock (local stores), so it never races a writer; a dry run only checks that
+    no writer holds it and changes nothing. Damage is refused as `EpisodeStore.open` refuses it,
+    before anything is changed. Safe to kill at any moment: rerun to finish."""
+    path = str(path)
+    local = not _is_url(path)
+    if not _exists(path, storage_options):
+        raise FileNotFoundError(f"{path}: no such episode store")
+    files = _scan_local(path) if local else None
+    try:
+        root = _open_group(path, "r" if dry_run else "r+", storage_options)
+    except Exception as e:  # zarr raises several types for a non-store path
+        raise StoreError(f"{path}: not a zarr group ({type(e).__name__}: {_first_line(e, 'unreadable')})") from None
+    fd = _lock_store(path, shared=dry_run) if local else None
+    try:
+        if local and not dry_run:
+            files = _scan_local(path)  # as the previous holder of the lock left it
+        state = _commit_state(root, path, files)
+        partial = list(files.partial) if files is not None else []
+        if not dry_run:
+            _truncate_to_commit(state, files)
+            for p in partial:
+                (Path(path) / p).unlink(missing_ok=True)
+    finally:
+        _unlock_store(fd)
+    return {
+        "path": path,
+        "dry_run": dry_run,
+        "episodes": state.n_episodes,
+        "frames": state.n_frames,
+        "leftover": dict(state.leftover),
+        "leftover_rows": state.leftover_rows,
+        "half_commit": state.half_commit,
+        "partial_files": len(partial),
+        "changed": bool(state.leftover or partial) and not dry_run,
+    }
 
 
 def _exists(path: str, storage_options: dict | None = None) -> bool:
@@ -668,6 +1115,8 @@ class EpisodeStore:
             raise ValueError(f"load must be auto, memory or lazy, got {load!r}")
         if not _exists(path, storage_options):
             raise FileNotFoundError(f"{path}: no such episode store")
+        # symlinks and special files (FIFO, devices): refused before anything is read
+        files = None if _is_url(path) else _scan_local(path)
         try:
             root = _open_group(path, "r", storage_options)
         except Exception as e:  # zarr raises several types for a non-store path
@@ -675,10 +1124,9 @@ class EpisodeStore:
         if spec is None:
             spec = _read_spec(root, path)
         store = cls(root, path, spec, load, cache_mb)
-        store._validate_layout()
-        raw_bytes = sum(
-            int(np.prod(a.shape, dtype=np.int64)) * a.dtype.itemsize for a in store._arrays.values()
-        )
+        store._validate_layout(files)
+        # committed rows only: rows past the commit are never read
+        raw_bytes = sum(store.n_frames * _row_bytes(a) for a in store._arrays.values())
         if load == "auto":
             store.load_mode = "memory" if raw_bytes <= memory_limit_mb * 2**20 else "lazy"
         store._load_lowdim()
@@ -696,53 +1144,23 @@ class EpisodeStore:
             raise StoreError(f"{self.path}: cannot read the metadata of {name} ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
 
-    def _members(self, group: str) -> list[tuple[str, Any]]:
-        try:
-            return list(self.root[group].arrays())
-        except Exception as e:
-            raise StoreError(f"{self.path}: cannot read the array metadata under {group}/ "
-                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
-
-    def _check_chunks(self, name: str, arr: Any, rows: int) -> None:
-        """Every chunk holding committed rows must exist (stores that write all chunks)."""
-        if not rows or not self.root.attrs.get(COMPLETE_CHUNKS_ATTR, False):
-            return
-        missing = _missing_chunks(arr, rows)
-        if missing:
-            coords, region = missing[0]
-            raise StoreError(f"{self.path}: {name} lacks chunk {'.'.join(map(str, coords))} (rows "
-                             f"{region.start}-{min(region.stop, rows) - 1}); the store is damaged or "
-                             "incompletely copied")
-
-    def _validate_layout(self) -> None:
+    def _validate_layout(self, files: _Files | None = None) -> None:
         for key in META_KEYS:
             if not self._has(f"meta/{key}"):
                 raise StoreError(f"{self.path}: missing array meta/{key}")
-        ends = np.asarray(self._read_array("meta/episode_ends"), dtype=np.int64)
-        valid = _committed_prefix(ends)
-        # A killed writer can leave exactly one half-appended entry at the end; anything
-        # else out of order is damage.
-        if valid < len(ends) - 1:
-            raise StoreError(f"{self.path}: meta/episode_ends is not strictly increasing at "
-                             f"episode {valid}")
-        ends = ends[:valid]
-        self.episode_ends = ends
-        n_frames = int(ends[-1]) if len(ends) else 0
-        n_eps = len(ends)
-        self._check_chunks("meta/episode_ends", self.root["meta/episode_ends"], n_eps)
         for key in DATA_KEYS:
             name = f"data/{key}"
             if not self._has(name):
                 raise StoreError(f"{self.path}: missing array {name}")
-        for name, arr in self._members("data"):
+        # lengths, chunks and the commit; rows past the last commit are an interrupted episode:
+        # ignored by readers (reported by `vmerpo inspect`, removed by `vmerpo repair`)
+        self.commit = _commit_state(self.root, self.path, files)
+        self.episode_ends = self.commit.episode_ends
+        for full, arr in self.commit.arrays.items():
+            if not full.startswith("data/"):
+                continue
+            name = full[len("data/"):]
             self._arrays[name] = arr
-            # rows beyond the last commit are an interrupted episode: ignored by readers
-            if arr.shape[0] < n_frames:
-                ep = int(np.searchsorted(ends, arr.shape[0], side="right"))
-                raise StoreError(
-                    f"{self.path}: data/{name} has {arr.shape[0]} rows but meta/episode_ends "
-                    f"commits {n_frames} (episode {ep} is cut short)"
-                )
             if name in _DTYPES and arr.dtype != _DTYPES[name]:
                 raise StoreError(f"{self.path}: data/{name} has dtype {arr.dtype}, expected "
                                  f"{np.dtype(_DTYPES[name])}")
@@ -750,21 +1168,20 @@ class EpisodeStore:
             if name in DATA_KEYS and tuple(arr.shape[1:]) != expected:
                 raise StoreError(f"{self.path}: data/{name} has rows of shape {tuple(arr.shape[1:])}, "
                                  f"the store attrs say {expected}")
-            self._check_chunks(f"data/{name}", arr, n_frames)
-        for name, arr in self._members("meta"):
-            if arr.shape[0] < n_eps:
-                raise StoreError(f"{self.path}: meta/{name} has {arr.shape[0]} entries for "
-                                 f"{n_eps} episodes")
-            self._check_chunks(f"meta/{name}", arr, n_eps)
+
+    @property
+    def leftover(self) -> dict[str, int]:
+        """Rows (data/) and entries (meta/) past the last commit, per array: what a killed
+        writer left. vmerpo ignores them; other zarr readers may not (`vmerpo repair`)."""
+        return dict(self.commit.leftover)
 
     def _read_array(self, name: str, sl: slice = slice(None)) -> np.ndarray:
         try:
-            return np.asarray(self.root[name][sl])
-        except StoreError:
-            raise
-        except Exception as e:  # decompression errors, truncated/missing chunks
+            arr = self.root[name]
+        except Exception as e:
             raise StoreError(f"{self.path}: cannot read {name} ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else 'damaged chunk'})") from None
+                             f"{_first_line(e, 'unreadable')})") from None
+        return _read(arr, self.path, name, sl)
 
     def _read_full(self, key: str) -> np.ndarray:
         return self._read_array(f"data/{key}", slice(0, self.n_frames))
@@ -796,7 +1213,8 @@ class EpisodeStore:
         for key, arr in self._arrays.items():
             if key in self._memory:
                 continue
-            step = arr.chunks[0] * 16
+            chunk_bytes = max(1, math.prod(int(c) for c in arr.chunks) * arr.dtype.itemsize)
+            step = arr.chunks[0] * max(1, min(16, (64 << 20) // chunk_bytes))
             for start in range(0, self.n_frames, step):
                 self._read_array(f"data/{key}", slice(start, min(start + step, self.n_frames)))
                 if progress:

@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vmerpo.benchmarks.learning import _subset, check_out, plot, results_markdown, summarize, unit_values
+from vmerpo.benchmarks.learning import (
+    _subset,
+    check_out,
+    plot,
+    results_markdown,
+    summarize,
+    unit_values,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

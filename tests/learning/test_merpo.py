@@ -315,3 +315,27 @@ def test_batched_meta_steps_equal_the_per_task_loop(lam_target):
             assert torch.allclose(p, q, atol=1e-5)
     for p, q in zip(loop.meta_actor.parameters(), fast.meta_actor.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-5)
+
+
+@pytest.mark.parametrize("start", ["meta", "scratch"])
+def test_adapting_to_several_logs_at_once_equals_one_by_one(start):
+    """adapt_racs (the learning benchmark's batched adaptation over units) gives each log the
+    learner adapt_rac would give it alone, from pi_c / Q_meta or from scratch."""
+    from learning.merpo import adapt_rac, adapt_racs
+
+    cache = toy_cache(tasks=(5, 6, 7), seed=2)
+    norm = fit_normalizer(cache, [-2, -2], [2, 2])
+    logs = [transitions(cache, norm, n) for n in (5, 6, 7)]
+    cfg = small_cfg().rac
+    merpo = MerPO(F_DIM, A_DIM, [0], small_cfg())
+    actor, critic = (merpo.meta_actor, merpo.meta_critic) if start == "meta" else (None, None)
+    together = adapt_racs(actor, critic, logs, None, cfg, 15, seeds=[11, 12, 13])
+    for log, seed, rac in zip(logs, (11, 12, 13), together, strict=True):
+        alone = adapt_rac(actor, critic, log, None, cfg, 15, seed=seed)
+        for p, q in zip(rac.actor.parameters(), alone.actor.parameters(), strict=True):
+            torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
+        assert rac.steps == alone.steps == 15
+    # the learners differ from each other (each its own log and seed)
+    assert not torch.equal(next(together[0].actor.parameters()), next(together[1].actor.parameters()))
+    with pytest.raises(ValueError, match="3 logs, 2 seeds"):
+        adapt_racs(actor, critic, logs, None, cfg, 1, seeds=[1, 2])

@@ -35,6 +35,11 @@ def test_ros_eval_of_a_trained_policy_equals_vmerpo_eval(exported, tmp_path, cap
 
     assert ros["path"] == "ros" and ros["episodes"] == direct["episodes"] == 2
     # Bit for bit: the same float64 rewards summed in the same order on both paths.
-    assert ros["episode_results"] == direct["episode_results"]
-    assert ros["per_task"] == direct["per_task"]
+    # (the goal distances are measured in-process only: the ROS path's simulator is another process)
+    no_dist = lambda rs: [{k: v for k, v in r.items() if not k.endswith("_distance")} for r in rs]  # noqa: E731
+    assert no_dist(ros["episode_results"]) == no_dist(direct["episode_results"])
+    assert all(r["final_distance"] is None for r in ros["episode_results"])
+    assert all(r["final_distance"] > 0 for r in direct["episode_results"])
+    strip = lambda d: {t: {k: v for k, v in s.items() if not k.endswith("_distance")} for t, s in d.items()}  # noqa: E731
+    assert strip(ros["per_task"]) == strip(direct["per_task"])
     assert ros["success_rate"] == direct["success_rate"] and ros["mean_return"] == direct["mean_return"]

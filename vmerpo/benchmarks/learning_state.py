@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -386,6 +385,7 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
     rows: list[dict] = []
     behaviour: dict[tuple[str, int, int], float] = {}
     timings: dict[str, float] = {}
+    durations: list[float] = []
     print(f"state track: {len(jobs)} qualities x {len(heldout)} tasks x {design.draws} draw(s) x {len(methods)} "
           f"methods, {args.workers} at a time", file=sys.stderr)
     with ProcessPoolExecutor(max(1, args.workers), mp_context=mp.get_context("spawn")) as pool:
@@ -399,7 +399,8 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
             timings.update({f"{res['quality']}_{k}": round(v, 1) for k, v in res["timings"].items()})
             el = time.perf_counter() - t0
             left = len(jobs) - done
-            eta = el / done * math.ceil(left / max(1, args.workers)) * min(done, args.workers) if left else 0.0
+            durations.append(res["timings"]["total_s"])
+            eta = sum(durations) / len(durations) * left / max(1, args.workers)
             print(f"state track: {done}/{len(jobs)} qualities done ({res['quality']}), {el / 60:.1f} min elapsed"
                   + (f", about {eta / 60:.0f} min left" if left else ""), file=sys.stderr)
     return rows, behaviour, timings
