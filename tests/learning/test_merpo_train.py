@@ -191,8 +191,10 @@ def test_ablation_start_from_the_pooled_pretraining_keeps_the_kl_to_pi_c(trained
     assert not all(torch.equal(v, ref[k]) for k, v in actor("own").items())
     with pytest.raises(ValueError, match="start 'pi_c': expected one of own, pooled"):
         adapt(trained, str(heldout), tmp_path / "bad", start="pi_c", **quiet)
-    with pytest.raises(ValueError, match="applies to merpo and merpo_adp, not bc"):
+    with pytest.raises(ValueError, match=r"applies to merpo and merpo_adp \(or scratch to the baselines\), not bc"):
         adapt(trained, str(heldout), tmp_path / "bad", method="bc", start="pooled", **quiet)
+    with pytest.raises(ValueError, match="start=scratch applies to the baselines, not merpo"):
+        adapt(trained, str(heldout), tmp_path / "bad", method="merpo", start="scratch", **quiet)
 
 
 @pytest.mark.parametrize("method", ["bc", "rac", "lompo"])

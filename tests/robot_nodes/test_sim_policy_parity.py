@@ -43,8 +43,13 @@ def vmerpo_eval(policy, family, tasks, episodes, max_steps, seed=0, hand_init_no
 
 def assert_same_episodes(ros, direct):
     """Episode by episode and bit for bit: same task, seed, success, length, steps to success
-    and return (both paths sum the same float64 rewards in the same order)."""
-    assert ros["episode_results"] == direct["episode_results"]
+    and return (both paths sum the same float64 rewards in the same order). The goal distances
+    are measured in-process only (the ROS path's simulator is another process)."""
+    def drop(rs):
+        return [{k: v for k, v in r.items() if not k.endswith("_distance")} for r in rs]
+
+    assert drop(ros["episode_results"]) == drop(direct["episode_results"])
+    assert all(r["final_distance"] is None for r in ros["episode_results"])
 
 
 @pytest.mark.parametrize("noise, episodes", [(0.0, 1), (0.05, 2)])
