@@ -35,6 +35,7 @@ from learning.rac import (
     RolloutFn,
     TanhGaussianActor,
     _tanh_log_prob,
+    advantage_weights,
     gaussian_kl,
 )
 
@@ -488,10 +489,19 @@ class BatchedRAC:
         alpha = self.log_alpha_ent.exp().detach()
         mu, sd = mu_all[:, :n_real], sd_all[:, :n_real]  # the real rows: behaviour and meta terms
         data_act = real["act"].clamp(-1 + ACTION_EPS, 1 - ACTION_EPS)
-        behaviour = -_tanh_log_prob(torch.atanh(data_act), mu, sd).mean(1)  # [K]
+        logp_data = _tanh_log_prob(torch.atanh(data_act), mu, sd)  # [K, n_real]
+        behaviour = -logp_data.mean(1)  # [K]
         auto_lam = cfg.lam_target > 0
         use_meta = meta_actor is not None and omega < 1.0
         b_term = behaviour
+        if cfg.behaviour_weight == "advantage" and not auto_lam:
+            with torch.no_grad():
+                qd1, qd2 = self._q(self.critic, real["obs"], real["act"], frozen=True)
+                v = torch.minimum(q1, q2)[:, :n_real]
+                w = advantage_weights(torch.minimum(qd1, qd2) - v, cfg.awr_beta, cfg.awr_max_weight)
+            b_term = -(w * logp_data).mean(1)
+        elif cfg.behaviour_weight != "nll" and not auto_lam:
+            raise ValueError(f"behaviour_weight {cfg.behaviour_weight!r}: choose nll or advantage")
         if auto_lam:
             if self.behaviour is None:
                 raise RuntimeError("lambda by dual ascent (lam_target > 0) needs pi_beta: call "

@@ -67,6 +67,14 @@ class RACConfig:
     lam_target: float = 0.0
     lam_lr: float = 3e-4  # dual ascent step on log lambda [ours, as cql_alpha_lr]
     behaviour_fit_steps: int = 1000  # BC steps that fit pi_beta when lam_target > 0 [ours]
+    # "nll": B = -mean log pi(a_data|s) (MerPO). "advantage": B = -mean w log pi(a_data|s) with
+    # w = exp(awr_beta A / mean|A|) (clipped at awr_max_weight, batch mean 1), A = Q(s, a_data) -
+    # Q(s, a ~ pi): the data actions better than the policy's own pull harder, so the term
+    # constrains to the data's support without copying its detours [ours, MerPO v2;
+    # docs/algorithms.md says which measurement chose it]
+    behaviour_weight: str = "nll"
+    awr_beta: float = 1.0
+    awr_max_weight: float = 20.0
     entropy_lr: float = 3e-4  # alpha_ent auto-tuning to target entropy -|A| (SAC)
     entropy_init: float = 0.1  # [ours]
 
@@ -118,6 +126,14 @@ def _tanh_log_prob(pre: torch.Tensor, mu: torch.Tensor, sd: torch.Tensor) -> tor
     # log|d tanh/dx| = 2 (log 2 - x - softplus(-2x)), numerically stable
     jac = 2 * (math.log(2) - pre - F.softplus(-2 * pre))
     return (normal - jac).sum(-1)
+
+
+def advantage_weights(adv: torch.Tensor, beta: float, max_weight: float) -> torch.Tensor:
+    """Weights exp(beta A / mean|A|) over the last dimension (a batch), clipped at `max_weight`
+    and scaled to mean 1, so the weighted term stays on the plain NLL's scale."""
+    scale = adv.abs().mean(-1, keepdim=True).clamp_min(1e-6)
+    w = torch.exp((beta * adv / scale).clamp(max=math.log(max_weight)))
+    return w / w.mean(-1, keepdim=True)
 
 
 def gaussian_kl(mu1, sd1, mu2, sd2) -> torch.Tensor:
@@ -320,12 +336,21 @@ class RAC:
         a, logp = self.actor.sample(obs, self.generator)
         q1, q2 = self.critic(obs, a)
         alpha = self.log_alpha_ent.exp().detach()
-        behaviour = -self.actor.log_prob(real["obs"], real["act"]).mean()
+        logp_data = self.actor.log_prob(real["obs"], real["act"])
+        behaviour = -logp_data.mean()
         auto_lam = cfg.lam_target > 0
         use_meta = meta_actor is not None and omega < 1.0
         if auto_lam or use_meta:
             mu, sd = self.actor.dist_params(real["obs"])
         b_term = behaviour
+        if cfg.behaviour_weight == "advantage" and not auto_lam:
+            with torch.no_grad():
+                q_data = torch.minimum(*self.critic(real["obs"], real["act"]))
+                v = torch.minimum(q1, q2)[: len(real["obs"])]
+                w = advantage_weights(q_data - v, cfg.awr_beta, cfg.awr_max_weight)
+            b_term = -(w * logp_data).mean()
+        elif cfg.behaviour_weight != "nll" and not auto_lam:
+            raise ValueError(f"behaviour_weight {cfg.behaviour_weight!r}: choose nll or advantage")
         if auto_lam:  # B -> KL(pi || pi_beta): a divergence, >= 0, so a target for it makes sense
             if self.behaviour_actor is None:
                 raise RuntimeError("lambda by dual ascent (lam_target > 0) needs pi_beta: call "

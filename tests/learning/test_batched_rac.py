@@ -52,17 +52,19 @@ def max_diff(racs: list[RAC], others: list[RAC]) -> float:
     return d
 
 
-@pytest.mark.parametrize("variant", ["plain", "model+meta", "dual-lambda", "mixed-ratio"])
+@pytest.mark.parametrize("variant", ["plain", "model+meta", "dual-lambda", "mixed-ratio", "advantage"])
 def test_a_batched_update_of_k_tasks_equals_k_single_task_updates(variant):
     cfg = CFG
     if variant == "dual-lambda":
         cfg = dataclasses.replace(CFG, lam_target=0.5, cql_states=4)
+    if variant == "advantage":  # MerPO v2's advantage-weighted behaviour term, with model rows and pi_c
+        cfg = dataclasses.replace(CFG, behaviour_weight="advantage", awr_beta=2.0, awr_max_weight=5.0)
     if variant == "mixed-ratio":
         cfg = dataclasses.replace(CFG, real_ratio=0.8, batch_model=6, rollout_noise=0.1, uncertainty_penalty=1.0)
     K, seeds = 3, [5, 9, 2]
     single = [RAC(OBS, ACT, cfg, seed=s) for s in seeds]
     twins = [RAC(OBS, ACT, cfg, seed=s) for s in seeds]
-    meta = TanhGaussianActor(OBS, ACT, cfg.hidden, cfg.layers) if variant == "model+meta" else None
+    meta = TanhGaussianActor(OBS, ACT, cfg.hidden, cfg.layers) if variant in ("model+meta", "advantage") else None
     if variant == "dual-lambda":
         for r, t in zip(single, twins, strict=True):
             beh = TanhGaussianActor(OBS, ACT, cfg.hidden, cfg.layers)

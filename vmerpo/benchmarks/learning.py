@@ -67,7 +67,7 @@ DESIGNS = {
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     from vmerpo.benchmarks.learning_pixel import add_pixel_options
-    from vmerpo.benchmarks.learning_state import STATE_METHODS
+    from vmerpo.benchmarks.learning_state import EXTRA_METHODS, STATE_METHODS
 
     p = argparse.ArgumentParser(
         prog="vmerpo bench learning",
@@ -92,7 +92,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (the same settings; finished units are kept)")
     p.add_argument("--qualities", help=f"comma-separated subset of {','.join(QUALITIES)} (default: the budget's)")
-    p.add_argument("--methods", help=f"comma-separated subset (state: {','.join(STATE_METHODS)}; pixel: see "
+    p.add_argument("--methods", help=f"comma-separated subset (state: {','.join(STATE_METHODS)}; opt-in: {','.join(EXTRA_METHODS)}; pixel: see "
                                      "learning_pixel.PIXEL_METHODS); default all of the track's")
     p.add_argument("--heldout-tasks", type=int, metavar="K", help="the family's first K held-out tasks (default: "
                                                                    "the budget's)")
@@ -200,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     if args.track == "state":
-        from vmerpo.benchmarks.learning_state import STATE_METHODS, run_track
+        from vmerpo.benchmarks.learning_state import EXTRA_METHODS, STATE_METHODS, run_track
 
-        methods = _subset(args.methods or ",".join(STATE_METHODS), STATE_METHODS, "--methods")
+        methods = _subset(args.methods or ",".join(STATE_METHODS), STATE_METHODS + EXTRA_METHODS, "--methods")
         rows, behaviour, timings = run_track(out, family, design, heldout, train, methods, args)
     else:
         from vmerpo.benchmarks.learning_pixel import PIXEL_METHODS
@@ -295,6 +295,9 @@ def summarize(rows: list[dict], behaviour: dict[tuple[str, int, int], float], me
                 entry.update(return_mean=_mean([r.get("mean_return") for r in mine]),
                              final_distance_mean=_mean([r.get("final_distance") for r in mine]),
                              min_distance_mean=_mean([r.get("min_distance") for r in mine]))
+                goal_error = _mean([r.get("inference_goal_error_cm") for r in mine])
+                if goal_error is not None:  # MerPO v2's task inference, where the goal is known
+                    entry["inference_goal_error_cm_mean"] = goal_error
             paired = {}
             for other in (*PAIRED_AGAINST, "behaviour"):
                 if other != m and values.get(other) and set(v) & set(values[other]):

@@ -18,10 +18,17 @@ Per quality, one job (two run at once):
               (RAC and MerPO batched over the units: one learner each)
     evaluate  every policy on its task, the same 20 starts for every method and draw
 
-Zero-shot methods (meta_policy, bc_pooled, iql_pooled, iql_oracle) do not see the held-out log:
-they are evaluated once per task and that result is the unit value of every draw. The state
-track has no model of the dynamics yet, so its RAC and MerPO learn from real transitions only
-(no imagined rollouts) and LOMPO and MerPO-Adp (both need the model) are pixel-track only.
+MerPO is v2 (`learning.merpo_v2`): the task embedding inferred from each held-out log's
+rewards conditions pi_c (`meta_policy`: pi_c at the inferred embedding, no RAC step on the log)
+and MerPO's adaptation; `merpo_omega0` / `merpo_omega1` are its omega sweep, `merpo_no_embedding`
+the ablation without a task variable, `iql_inferred` d3rlpy's IQL on the same conditioned
+features (the peer given our task inference). `merpo_v1` / `meta_policy_v1` (opt-in) are the
+MerPO before v2.
+
+Methods that never see the held-out log (bc_pooled, iql_pooled, iql_oracle, meta_policy_v1) are
+evaluated once per task and that result is the unit value of every draw. The state track has
+no model of the dynamics yet, so its RAC and MerPO learn from real transitions only (no
+imagined rollouts) and LOMPO and MerPO-Adp (both need the model) are pixel-track only.
 """
 
 from __future__ import annotations
@@ -38,9 +45,13 @@ import numpy as np
 
 from vmerpo.benchmarks.paired import Unit
 
-STATE_METHODS = ("bc", "rac", "merpo", "meta_policy", "bc_pooled", "iql_pooled", "iql_finetuned", "iql_oracle")
-ZERO_SHOT = ("meta_policy", "bc_pooled", "iql_pooled", "iql_oracle")
-PEER_METHODS = ("bc_pooled", "iql_pooled", "iql_finetuned", "iql_oracle")  # d3rlpy
+STATE_METHODS = ("bc", "rac", "merpo", "meta_policy", "merpo_omega0", "merpo_omega1", "merpo_no_embedding",
+                 "bc_pooled", "iql_pooled", "iql_finetuned", "iql_inferred", "iql_oracle")
+# opt-in (--methods): MerPO v1 (no task variable, per-task learners averaged into pi_c)
+EXTRA_METHODS = ("merpo_v1", "meta_policy_v1")
+ZERO_SHOT = ("meta_policy_v1", "bc_pooled", "iql_pooled", "iql_oracle")  # never see the held-out log
+PEER_METHODS = ("bc_pooled", "iql_pooled", "iql_finetuned", "iql_inferred", "iql_oracle")  # d3rlpy
+V2_METHODS = ("merpo", "meta_policy", "merpo_omega0", "merpo_omega1", "iql_inferred")  # need the embedding
 EVAL_SEED = 1000  # evaluation starts: episode_seed(EVAL_SEED, task, k), shared by methods and draws
 
 
@@ -49,16 +60,17 @@ class StateBudget:
     pretrain_steps: int  # pi_c's warm start (behaviour cloning of the pooled logs)
     meta_steps: int  # MerPO meta-steps (meta_batch tasks x inner_steps RAC updates each)
     adapt_steps: int  # RAC (from scratch) and MerPO (from pi_c, Q_meta) on each held-out log
+    v2_meta_steps: int  # MerPO v2: RAC updates of the conditioned (pi_c, Q_meta) on the pooled tasks
     bc_steps: int  # BC on each held-out log, from scratch
     iql_steps: int  # d3rlpy IQL / BC on the pooled logs
     iql_finetune_steps: int  # d3rlpy IQL on each held-out log
 
 
 STATE_BUDGETS = {
-    "smoke": StateBudget(pretrain_steps=2000, meta_steps=200, adapt_steps=500, bc_steps=1000, iql_steps=3000,
-                         iql_finetune_steps=200),
-    "full": StateBudget(pretrain_steps=2000, meta_steps=200, adapt_steps=500, bc_steps=1000, iql_steps=3000,
-                        iql_finetune_steps=200),
+    "smoke": StateBudget(pretrain_steps=2000, meta_steps=200, adapt_steps=500, v2_meta_steps=3000, bc_steps=1000,
+                         iql_steps=3000, iql_finetune_steps=200),
+    "full": StateBudget(pretrain_steps=2000, meta_steps=200, adapt_steps=500, v2_meta_steps=3000, bc_steps=1000,
+                        iql_steps=3000, iql_finetune_steps=200),
 }
 
 
@@ -71,6 +83,24 @@ def state_rac_config():
     from learning.merpo_train import preset
 
     return dataclasses.replace(preset("cpu").merpo.rac, layers=2)
+
+
+def state_v2_config(budget: StateBudget, seed: int, use_embedding: bool = True):
+    """MerPO v2 on states: the state RAC with the advantage-weighted behaviour term."""
+    import dataclasses
+
+    from learning.merpo_v2 import MerPOv2Config
+
+    rac = dataclasses.replace(state_rac_config(), behaviour_weight="advantage")
+    return MerPOv2Config(rac=rac, use_embedding=use_embedding, warm_start_steps=budget.pretrain_steps,
+                         meta_steps=budget.v2_meta_steps, adapt_steps=budget.adapt_steps, seed=seed)
+
+
+def episode_ends_of(log: dict[str, np.ndarray], task: int) -> np.ndarray:
+    """Where each of `task`'s episodes ends in its `transitions` rows (one row fewer per episode)."""
+    ep = np.flatnonzero(log["episode_task"] == task)
+    lengths = np.diff(np.concatenate([[0], log["episode_ends"]]))[ep] - 1
+    return np.cumsum(lengths)
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -171,14 +201,20 @@ class FeaturePolicy:
     """A deterministic policy on the shared features, for `sim.evaluate` (actions in [-1, 1]
     are the env's own action units: its limits are +-1)."""
 
-    def __init__(self, act_fn, feats: Features, goal: np.ndarray | None = None) -> None:
+    def __init__(self, act_fn, feats: Features, goal: np.ndarray | None = None,
+                 z: np.ndarray | None = None) -> None:
+        """`goal`: the true goal (the oracle), standardised by `feats`; `z`: a task embedding,
+        appended as it is (MerPO v2, IQL given the inferred embedding)."""
         self.act_fn, self.feats, self.goal = act_fn, feats, goal
+        self.z = None if z is None or not len(z) else np.asarray(z, np.float32)[None]
 
     def reset(self) -> None:
         pass
 
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
         x = self.feats(observation["state"][None], None if self.goal is None else self.goal[None])
+        if self.z is not None:
+            x = np.concatenate([x, self.z], -1)
         return np.clip(np.asarray(self.act_fn(x), np.float32)[0], -1.0, 1.0)
 
 
@@ -264,8 +300,24 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
             record(method, t, d, FeaturePolicy(actor_fn(a), feats))
 
     try:
-        # MerPO (model-free on states) and its zero-shot meta-policy
-        if {"merpo", "meta_policy"} & todo:
+        if set(V2_METHODS) & todo:
+            v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std, units, per_unit, goals,
+                       record, timings, log)
+        if "merpo_no_embedding" in todo:  # the ablation: MerPO v2 without a task variable
+            from learning.merpo_v2 import MerPOv2
+
+            log("MerPO v2 without the task embedding (ablation)")
+            t = time.perf_counter()
+            tasks = sorted(set(train_log["episode_task"].tolist()))
+            blind = MerPOv2(pooled["obs"].shape[1], pooled["act"].shape[1], tasks,
+                            state_v2_config(budget, seed, use_embedding=False))
+            blind.fit({n: _torch(transitions(train_log, feats, r_mean, r_std, task=n)) for n in tasks})
+            infs = [blind.infer(_torch(per_unit[u])) for u in units]
+            racs = blind.adapt([_torch(per_unit[u]) for u in units], infs, [seed * 1000 + i for i in range(len(units))])
+            timings["merpo_no_embedding_s"] = time.perf_counter() - t
+            adapted("merpo_no_embedding", [r.actor for r in racs])
+        # MerPO v1 (model-free on states, no task variable) and its zero-shot meta-policy
+        if {"merpo_v1", "meta_policy_v1"} & todo:
             log(f"MerPO: pi_c warm start, {budget.meta_steps} meta-steps")
             t = time.perf_counter()
             cfg = copy.deepcopy(preset("cpu").merpo)
@@ -278,18 +330,18 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
             merpo.warm_start(_torch(pooled))
             for _ in range(budget.meta_steps):
                 merpo.meta_step(data, None)
-            timings["merpo_meta_train_s"] = time.perf_counter() - t
-            if "meta_policy" in todo:
+            timings["merpo_v1_meta_train_s"] = time.perf_counter() - t
+            if "meta_policy_v1" in todo:
                 for task in job["heldout"]:
-                    record("meta_policy", task, None, FeaturePolicy(actor_fn(merpo.meta_actor), feats))
-            if "merpo" in todo:
+                    record("meta_policy_v1", task, None, FeaturePolicy(actor_fn(merpo.meta_actor), feats))
+            if "merpo_v1" in todo:
                 log(f"MerPO: adapting to {len(units)} logs")
                 t = time.perf_counter()
                 racs = adapt_racs(merpo.meta_actor, merpo.meta_critic, [_torch(per_unit[u]) for u in units], None,
                                   method_config("merpo", rc), budget.adapt_steps,
                                   [seed * 1000 + i for i in range(len(units))])
-                timings["merpo_adapt_s"] = time.perf_counter() - t
-                adapted("merpo", [r.actor for r in racs])
+                timings["merpo_v1_adapt_s"] = time.perf_counter() - t
+                adapted("merpo_v1", [r.actor for r in racs])
         if "rac" in todo:  # single-task RAC: the task's log alone, from scratch
             log(f"RAC on {len(units)} logs")
             t = time.perf_counter()
@@ -347,6 +399,9 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
     for m in methods:
         for task, d in units:
             res = json.loads(cached(m, task, None if m in ZERO_SHOT else d).read_text())
+            inference = evals_dir / f"inference_t{task}_d{d}.json"
+            if m in V2_METHODS and inference.exists():
+                res["inference_goal_error_cm"] = json.loads(inference.read_text())["goal_error_cm"]
             rows.append({"track": "state", "quality": q, "method": m, "task": task, "draw": d,
                          "zero_shot": m in ZERO_SHOT, **res})
     behaviour = {f"{t},{d}": float(np.mean(heldout_logs[d]["episode_success"][heldout_logs[d]["episode_task"] == t]))
@@ -354,6 +409,71 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
     timings["total_s"] = time.perf_counter() - t0
     log("done")
     return [{"rows": rows, "behaviour": behaviour, "timings": timings, "quality": q}]
+
+
+def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std, units, per_unit, goals,
+               record, timings, log) -> None:
+    """MerPO v2 and what shares its task inference: the meta-policy at the inferred embedding,
+    MerPO at omega 0.4 (and 0, 1), d3rlpy's IQL given the same embeddings. Each unit's
+    inference (embedding, spread, and the goal it places, through a linear probe of the
+    meta-train embeddings) is kept in `inference_t{task}_d{draw}.json`."""
+    import torch
+
+    from learning.merpo_v2 import MerPOv2
+    from learning.task_embedding import condition, goal_probe
+    from vmerpo.benchmarks import peer
+
+    out = Path(job["out"]) / "evals" / job["quality"]
+    seed = job["seed"]
+    tasks = sorted(set(train_log["episode_task"].tolist()))
+    datas = {n: _torch(transitions(train_log, feats, r_mean, r_std, task=n)) for n in tasks}
+    ends = {n: episode_ends_of(train_log, n) for n in tasks}
+    t = time.perf_counter()
+    obs_dim, act_dim = datas[tasks[0]]["obs"].shape[1], datas[tasks[0]]["act"].shape[1]
+    m = MerPOv2(obs_dim, act_dim, tasks, state_v2_config(budget, seed))
+    m.fit(datas, ends, progress=log)
+    timings["merpo_meta_train_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    assert m.embedding is not None
+    tz = m.embedding.train_embeddings()
+    goal_of = {n: train_log["episode_goal"][list(train_log["episode_task"]).index(n)] for n in tasks}
+    W, b = goal_probe(np.stack([tz[n] for n in tasks]), np.stack([goal_of[n] for n in tasks]))
+    infs = []
+    for i, (task, d) in enumerate(units):
+        inf = m.infer(_torch(per_unit[(task, d)]), episode_ends_of(heldout_logs[d], task), seed=seed * 1000 + i)
+        infs.append(inf)
+        err = float(np.linalg.norm(inf.z @ W + b - goals[task]) * 100)
+        (out / f"inference_t{task}_d{d}.json").write_text(json.dumps(
+            {"z": inf.z.tolist(), "std": inf.std.tolist(), "goal_error_cm": err, "fallback": inf.fallback,
+             "reward_mse": inf.reward_mse}))
+    timings["merpo_inference_s"] = time.perf_counter() - t
+    log(f"task inference: goal placed {np.mean([json.loads((out / f'inference_t{u[0]}_d{u[1]}.json').read_text())['goal_error_cm'] for u in units]):.1f} cm off on average")
+    if "meta_policy" in todo:
+        for (task, d), inf in zip(units, infs, strict=True):
+            record("meta_policy", task, d, FeaturePolicy(actor_fn(m.meta_actor), feats, z=inf.z))
+    for method, omega in (("merpo", None), ("merpo_omega0", 0.0), ("merpo_omega1", 1.0)):
+        if method in todo:
+            log(f"{method}: adapting to {len(units)} logs")
+            t = time.perf_counter()
+            racs = m.adapt([_torch(per_unit[u]) for u in units], infs, [seed * 1000 + i for i in range(len(units))],
+                           omega=omega)
+            timings[f"{method}_adapt_s"] = time.perf_counter() - t
+            for (task, d), r, inf in zip(units, racs, infs, strict=True):
+                record(method, task, d, FeaturePolicy(actor_fn(r.actor), feats, z=inf.z))
+    if "iql_inferred" in todo:  # the peer on the same conditioned features
+        log("d3rlpy IQL given the inferred embeddings")
+        t = time.perf_counter()
+        rng = np.random.default_rng(seed)
+        parts = []
+        for n in tasks:
+            inf = m.train_inferences[n]
+            parts.append(condition(datas[n], inf.members[rng.integers(len(inf.members), size=len(datas[n]["obs"]))]))
+        pooled = {k: torch.cat([p[k] for p in parts]).numpy() for k in parts[0]}
+        algo = peer.make("iql", pooled["obs"].shape[1], act_dim, peer.PeerConfig(), seed)
+        peer.fit(algo, pooled, budget.iql_steps, seed)
+        timings["iql_inferred_s"] = time.perf_counter() - t
+        for (task, d), inf in zip(units, infs, strict=True):
+            record("iql_inferred", task, d, FeaturePolicy(lambda x, a=algo: peer.act(a, x), feats, z=inf.z))
 
 
 def state_budget_dict(name: str) -> dict[str, int]:
