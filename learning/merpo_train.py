@@ -51,12 +51,12 @@ from learning.merpo import (
     uncertainty_std,
 )
 from learning.merpo_v2 import MerPOv2, MerPOv2Config, TaskInference
-from learning.task_embedding import TaskEmbeddingConfig
 from learning.meta_model import ADAPT_HEADS, task_model
 from learning.meta_model import adapt as adapt_model
 from learning.rac import RACConfig, TanhGaussianActor, TwinCritic
 from learning.runtime.spec import PolicySpec
 from learning.store import EpisodeStore, StoreSpec
+from learning.task_embedding import TaskEmbeddingConfig
 
 RUN_FORMAT = "vmerpo.run"
 RUN_VERSION = 1  # bump when the run-directory layout or config schema changes
