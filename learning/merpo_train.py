@@ -470,6 +470,8 @@ class ConditionedActorMean(nn.Module):
     """`ActorMean` of a task-conditioned actor with its task's embedding fixed in the graph:
     the deployed policy takes latents only, as every other (the ONNX contract is unchanged)."""
 
+    z: torch.Tensor  # a buffer
+
     def __init__(self, actor: TanhGaussianActor, z: np.ndarray | list[float]) -> None:
         super().__init__()
         self.actor = actor
