@@ -31,8 +31,10 @@ import torch
 from learning.merpo import adapt_rac, train_bc
 from learning.rac import RACConfig, TanhGaussianActor, TwinCritic
 
-METHODS = ("merpo", "merpo_adp", "rac", "lompo", "bc")
-META_METHODS = ("merpo", "merpo_adp")  # start from the meta-trained pi_c and Q_meta, not pretrained
+METHODS = ("merpo", "merpo_adp", "meta_policy", "rac", "lompo", "bc")
+# start from the meta-trained pi_c and Q_meta, not pretrained (meta_policy: MerPO v2's pi_c at the
+# task's inferred embedding, no RAC step)
+META_METHODS = ("merpo", "merpo_adp", "meta_policy")
 __all__ = ["META_METHODS", "METHODS", "method_config", "pretrain", "train_bc"]
 
 

@@ -500,8 +500,6 @@ class BatchedRAC:
                 v = torch.minimum(q1, q2)[:, :n_real]
                 w = advantage_weights(torch.minimum(qd1, qd2) - v, cfg.awr_beta, cfg.awr_max_weight)
             b_term = -(w * logp_data).mean(1)
-        elif cfg.behaviour_weight != "nll" and not auto_lam:
-            raise ValueError(f"behaviour_weight {cfg.behaviour_weight!r}: choose nll or advantage")
         if auto_lam:
             if self.behaviour is None:
                 raise RuntimeError("lambda by dual ascent (lam_target > 0) needs pi_beta: call "

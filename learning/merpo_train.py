@@ -50,20 +50,27 @@ from learning.merpo import (
     transitions,
     uncertainty_std,
 )
+from learning.merpo_v2 import MerPOv2, MerPOv2Config, TaskInference
 from learning.meta_model import ADAPT_HEADS, task_model
 from learning.meta_model import adapt as adapt_model
 from learning.rac import RACConfig, TanhGaussianActor, TwinCritic
 from learning.runtime.spec import PolicySpec
 from learning.store import EpisodeStore, StoreSpec
+from learning.task_embedding import TaskEmbeddingConfig
 
 RUN_FORMAT = "vmerpo.run"
 RUN_VERSION = 1  # bump when the run-directory layout or config schema changes
+ALGORITHMS = ("merpo", "merpo_v2")  # merpo: MerPO as published (v1); merpo_v2: learning/merpo_v2.py
 
 
 @dataclass
 class RunConfig:
     world_model: wmt.TrainConfig = field(default_factory=wmt.TrainConfig)
     merpo: MerPOConfig = field(default_factory=MerPOConfig)
+    # "merpo" (v1: per-task learners averaged into a task-blind pi_c) or "merpo_v2" (a task
+    # embedding inferred from each log's rewards conditions pi_c and Q_meta; `merpo_v2` below)
+    algorithm: str = "merpo"
+    merpo_v2: MerPOv2Config = field(default_factory=MerPOv2Config)
     adapt_model_steps: int = 500  # theta_j steps on the new task's latents [ours]
     # which theta_j parameters adapt (meta_model.ADAPT_HEADS): all = reward + prior heads (MerPO
     # 2a); reward_offset = the reward head's output bias alone [ours], for logs too small to fit
@@ -76,20 +83,24 @@ class RunConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm {self.algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
         if self.adapt_model_heads not in ADAPT_HEADS:
             raise ValueError(f"adapt_model_heads {self.adapt_model_heads!r}: expected one of {', '.join(ADAPT_HEADS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"world_model": self.world_model.to_dict(), "merpo": self.merpo.to_dict(),
+                "merpo_v2": self.merpo_v2.to_dict(),
                 **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                   if f.name not in ("world_model", "merpo")}}
+                   if f.name not in ("world_model", "merpo", "merpo_v2")}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         d = dict(d)
         wm = wmt.TrainConfig.from_dict(d.pop("world_model"))
         mp = MerPOConfig.from_dict(d.pop("merpo"))
-        return cls(world_model=wm, merpo=mp, **d)
+        v2 = MerPOv2Config.from_dict(d.pop("merpo_v2")) if "merpo_v2" in d else MerPOv2Config()
+        return cls(world_model=wm, merpo=mp, merpo_v2=v2, **d)
 
 
 def preset(name: str) -> RunConfig:
@@ -103,6 +114,8 @@ def preset(name: str) -> RunConfig:
         # (`vmerpo bench rac-speed`).
         rac = RACConfig(hidden=128, layers=3, batch_real=128, batch_model=128, cql_n_actions=4, cql_states=64)
         return RunConfig(world_model=wmt.preset("cpu"),
+                         # MerPO v2 (algorithm merpo_v2): the same RAC sizes, the advantage-weighted term
+                         merpo_v2=MerPOv2Config(rac=dataclasses.replace(rac, behaviour_weight="advantage")),
                          merpo=MerPOConfig(rac=rac, iterations=10, steps_per_iteration=20, meta_batch=4,
                                            # 2000 RAC steps at batch 128 on the new task (MerPO: 100-500 at
                                            # 256): on held-out reach task 40 the closest approach was
@@ -124,6 +137,11 @@ def preset(name: str) -> RunConfig:
         rac = RACConfig(hidden=32, layers=2, batch_real=32, batch_model=32, cql_n_actions=2,
                         rollout_batch=32, rollout_every=2)
         return RunConfig(world_model=wmt.preset("tiny"),
+                         merpo_v2=MerPOv2Config(
+                             rac=dataclasses.replace(rac, behaviour_weight="advantage"),
+                             embedding=TaskEmbeddingConfig(dim=2, hidden=16, fit_steps=50, batch=64, infer_steps=20,
+                                                           members=2),
+                             warm_start_steps=10, meta_steps=10, adapt_steps=10),
                          merpo=MerPOConfig(rac=rac, iterations=2, steps_per_iteration=3, meta_batch=2,
                                            inner_steps=2, adapt_steps=10),
                          adapt_model_steps=20, checkpoint_every=2, log_every=1)
@@ -144,7 +162,7 @@ def load_config(spec: str) -> RunConfig:
     else:
         d = json.loads(path.read_text())
     base = preset(d.pop("preset", "paper")).to_dict()
-    for key in ("world_model", "merpo"):
+    for key in ("world_model", "merpo", "merpo_v2"):
         sub = d.pop(key, {})
         for k, v in sub.items():
             if isinstance(v, dict) and isinstance(base[key].get(k), dict):
@@ -170,6 +188,8 @@ def _computed(cfg: RunConfig) -> dict[str, Any]:
     """The config without where it runs (device, threads, prefetch)."""
     d = cfg.to_dict()
     d.pop("device")
+    if d["algorithm"] == "merpo":  # v2's settings compute nothing in a v1 run (and runs before v2 lack them)
+        d.pop("merpo_v2")
     d["world_model"] = {k: v for k, v in d["world_model"].items() if k not in wmt.RUNTIME_KEYS}
     return d
 
@@ -224,6 +244,9 @@ def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = Fals
     run = Path(out)
     _set_threads(cfg)
     ctx, _ = distributed.init(wmt.pick_device(cfg.device))  # no-op outside torchrun
+    if ctx.enabled and cfg.algorithm == "merpo_v2":
+        raise ValueError("algorithm merpo_v2 runs in one process: its meta-learner is one conditioned "
+                         "learner over all tasks (start it without torchrun)")
     main = ctx.is_main
     if not main:
         progress, log = False, (lambda m: None)
@@ -243,7 +266,7 @@ def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = Fals
         # where it runs may change on resume (a GPU run resumed on a CPU); what it computes may not
         saved, now = _computed(RunConfig.from_dict(info["config"])), _computed(cfg)
         if saved != now:
-            diff = [k for k, v in now.items() if saved[k] != v]
+            diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
             raise ValueError(f"{run}: the config differs from the run's config.json in {diff}")
         if info["data_hash"] != dhash:
             raise ValueError(f"{run}: the data differs from the run's ({info['data']}); resume with the same store")
@@ -303,6 +326,9 @@ def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = Fals
                                           for n in present]))
     if main:
         (run / "normalizer.json").write_text(json.dumps(norm.to_dict(), indent=1))
+
+    if cfg.algorithm == "merpo_v2":
+        return _train_v2(run, cfg, cache, task_data, present, wm_path, t0, main, log, progress)
 
     # 3. MerPO meta-training
     mc = cfg.merpo
@@ -369,6 +395,66 @@ def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = Fals
     return summary
 
 
+def transition_episode_ends(cache: LatentCache, task: int) -> np.ndarray:
+    """Where each of `task`'s episodes ends among `transitions(cache, norm, task)`'s rows (an
+    episode gives one row per step with a successor, and its last step when terminal)."""
+    ends = np.asarray(cache.episode_ends)
+    starts = np.concatenate([[0], ends[:-1]])
+    term = np.asarray(cache.arrays["terminal"], bool)
+    counts = [(t - s) if term[t - 1] else (t - 1 - s)
+              for e, (s, t) in enumerate(zip(starts, ends, strict=True)) if cache.episode_task[e] == task]
+    return np.cumsum(counts)
+
+
+def _train_v2(run: Path, cfg: RunConfig, cache: LatentCache, task_data: dict[int, dict[str, torch.Tensor]],
+              present: list[int], wm_path: str, t0: float, main: bool, log: Callable[[str], None],
+              progress: bool) -> dict[str, Any]:
+    """MerPO v2 meta-training on the cached latents (`learning.merpo_v2`): one checkpoint when
+    done (`--resume` after it changes nothing; the world model before it has its own)."""
+    ckpt = run / "checkpoints" / "merpo_v2.pt"
+    v2 = cfg.merpo_v2
+    m = MerPOv2(cache.arrays["feat"].shape[1], cache.arrays["action"].shape[1], present, v2)
+    if ckpt.exists():
+        m.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+        log("MerPO v2 is already meta-trained in this run (nothing to resume)")
+        stats: dict[str, Any] = torch.load(ckpt, map_location="cpu", weights_only=True).get("fit_stats", {})
+    else:
+        log(f"[3/3] MerPO v2 meta-training: task embedding, then {v2.meta_steps} RAC updates of the "
+            "conditioned meta-policy on the pooled tasks")
+        cpu = {n: {k: v.cpu() for k, v in d.items()} for n, d in task_data.items()}
+        ends = {n: transition_episode_ends(cache, n) for n in present}
+        stats = m.fit(cpu, ends, progress=log)
+        sd = m.state_dict()
+        sd["train_inferences"] = {str(n): i.z.tolist() for n, i in m.train_inferences.items()}
+        sd["fit_stats"] = {k: float(v) for k, v in stats.items()}
+        if main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(run / "tb"))
+            for k, v in stats.items():
+                writer.add_scalar(f"merpo_v2/{k}", v, v2.meta_steps)
+            writer.close()
+            _atomic_save(sd, ckpt)
+    summary = {"algorithm": "merpo_v2", "meta_steps": v2.meta_steps, "seconds": time.perf_counter() - t0,
+               "tasks": present, "world_model": wm_path, "fit": stats}
+    if main:
+        (run / "metrics.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def load_merpo_v2(run: Path, cfg: RunConfig, obs_dim: int, act_dim: int, tasks: list[int]) -> MerPOv2:
+    m = MerPOv2(obs_dim, act_dim, tasks, cfg.merpo_v2)
+    path = run / "checkpoints" / "merpo_v2.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{run}: no MerPO v2 checkpoint (checkpoints/merpo_v2.pt); finish `vmerpo train` "
+                                "with --resume")
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd.pop("train_inferences", None)
+    sd.pop("fit_stats", None)
+    m.load_state_dict(sd)
+    return m
+
+
 class _NoWriter:
     """TensorBoard on ranks other than 0: nothing is written."""
 
@@ -378,6 +464,22 @@ class _NoWriter:
 
 def meta_policy_module(model, actor: TanhGaussianActor) -> DeployedPolicy:
     return DeployedPolicy(task_model(model, 0), ActorMean(actor)).eval()
+
+
+class ConditionedActorMean(nn.Module):
+    """`ActorMean` of a task-conditioned actor with its task's embedding fixed in the graph:
+    the deployed policy takes latents only, as every other (the ONNX contract is unchanged)."""
+
+    z: torch.Tensor  # a buffer
+
+    def __init__(self, actor: TanhGaussianActor, z: np.ndarray | list[float]) -> None:
+        super().__init__()
+        self.actor = actor
+        self.register_buffer("z", torch.as_tensor(np.asarray(z, np.float32)))
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        z = self.z.to(feat.dtype).expand(feat.shape[0], -1)
+        return self.actor.pre_tanh_mean(torch.cat([feat, z], -1))
 
 
 class ActorMean(nn.Module):
@@ -425,6 +527,15 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
     if info["kind"] != "meta":
         raise ValueError(f"{run}: adapt needs a meta-trained run (this one is {info['kind']!r})")
     cfg = RunConfig.from_dict(info["config"])
+    v2 = cfg.algorithm == "merpo_v2"
+    if v2 and method == "merpo_adp":
+        raise ValueError(f"{run} is a merpo_v2 run: merpo_adp is MerPO v1's omega rule; use merpo (with --omega) "
+                         "or meta_policy")
+    if not v2 and method == "meta_policy":
+        raise ValueError(f"{run} is a MerPO v1 run: meta_policy (pi_c at the task's inferred embedding) needs a "
+                         "run trained with algorithm merpo_v2")
+    if v2 and method == "merpo" and start != "own":
+        raise ValueError(f"start={start!r} is an ablation of MerPO v1 runs; a merpo_v2 run starts from its pi_c")
     _set_threads(cfg)
     store = EpisodeStore.open(data)
     tasks = sorted(set(store.episode_task.tolist()))
@@ -456,7 +567,11 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         rc = dataclasses.replace(rc, **rac_overrides)
     anchor = None  # the KL's target, frozen (None: adapt_rac's default, a copy of init_actor)
     init_critic: TwinCritic | None
-    if method in META_METHODS:
+    m2: MerPOv2 | None = None
+    if v2 and method in ("merpo", "meta_policy"):
+        m2 = load_merpo_v2(run, cfg, model.cfg.feat_dim, len(store.spec.action_names), info["meta_train_tasks"])
+        init_actor, init_critic = m2.meta_actor, m2.meta_critic
+    elif method in META_METHODS:
         merpo = MerPO(model.cfg.feat_dim, len(store.spec.action_names), info["meta_train_tasks"], mc, dev)
         ckpt = run / "checkpoints" / "merpo.pt"
         merpo.load_state_dict(torch.load(ckpt, map_location=dev, weights_only=True))
@@ -497,6 +612,9 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         wmt.save_checkpoint(shared / "task_model.pt", theta, None, 0,
                             dataclasses.replace(cfg.world_model, model=theta.cfg), {task: 0})
     data_j = transitions(cache, norm, task, dev)
+    if m2 is not None:
+        return _adapt_v2(m2, cfg, run, data, store, task, eps, cache, theta, data_j, norm, out, method, omega,
+                         rac_overrides, steps, log)
     omega_choice = None
     if method == "merpo_adp":
         omega_choice = adaptive_omega(theta, cache, anchor if anchor is not None else init_actor, norm, rc.omega,
@@ -534,6 +652,49 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         "store_spec": store.spec.to_attrs(), "episodes": eps}, indent=1))
     return {"task": task, "method": method, "episodes": len(eps), "adapt_steps": n_steps,
             "omega": omega_used, "out": str(out)}
+
+
+def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: EpisodeStore, task: int, eps: list[int],
+              cache: LatentCache, theta, data_j: dict[str, torch.Tensor], norm: Normalizer, out: Path, method: str,
+              omega: float | None, rac_overrides: dict[str, Any] | None, steps: int | None,
+              log: Callable[[str], None]) -> dict[str, Any]:
+    """MerPO v2 at meta-test: the task's embedding from its log's rewards, then pi_c at it
+    (`meta_policy`) or MerPO's RAC from (pi_c, Q_meta) on the log (`merpo`)."""
+    v2 = cfg.merpo_v2
+    data = {k: v.cpu() for k, v in data_j.items()}
+    inf: TaskInference = m2.infer(data, transition_episode_ends(cache, task), seed=v2.seed)
+    if inf.fallback:
+        log(f"task inference: {inf.fallback}")
+    else:
+        log(f"task inference: embedding {np.round(inf.z, 2).tolist()} (posterior spread "
+            f"{float(np.linalg.norm(inf.std)):.2f}, reward error {inf.reward_mse:.3f})")
+    rc = v2.rac if omega is None else dataclasses.replace(v2.rac, omega=float(omega))
+    if rac_overrides:
+        unknown = sorted(set(rac_overrides) - {f.name for f in dataclasses.fields(RACConfig)})
+        if unknown:
+            raise ValueError(f"unknown RAC setting(s) {unknown}; see learning.rac.RACConfig")
+        rc = dataclasses.replace(rc, **rac_overrides)
+    n_steps = v2.adapt_steps if steps is None else steps
+    if method == "meta_policy":
+        actor, n_steps, omega_used = m2.meta_actor, 0, None
+    else:
+        m2.cfg = dataclasses.replace(v2, rac=rc)
+        log(f"adapting MerPO v2 to task {task}: {n_steps} RAC steps from (pi_c, Q_meta), omega {rc.omega}")
+        actor = m2.adapt([data], [inf], [v2.seed + task], steps=n_steps, omega=rc.omega)[0].actor
+        omega_used = rc.omega
+    wmt.save_checkpoint(out / "task_model.pt", theta, None, 0,
+                        dataclasses.replace(cfg.world_model, model=theta.cfg), {task: 0})
+    _atomic_save({"actor": actor.state_dict(), "rac": rc.to_dict(), "obs_dim": m2.obs_dim + m2.zdim,
+                  "act_dim": m2.act_dim, "z": inf.z.tolist()}, out / "policy.pt")
+    (out / "normalizer.json").write_text(json.dumps(norm.to_dict(), indent=1))
+    inference = {"z": inf.z.tolist(), "std": inf.std.tolist(), "reward_mse": inf.reward_mse, "fallback": inf.fallback}
+    (out / "config.json").write_text(json.dumps({
+        "format": RUN_FORMAT, "version": RUN_VERSION, "kind": "adapted", "parent": str(run), "task": task,
+        "method": method, "algorithm": "merpo_v2", "omega": omega_used, "task_inference": inference,
+        "data": str(data_path), "data_hash": data_hash(store), "config": cfg.to_dict(),
+        "store_spec": store.spec.to_attrs(), "episodes": eps}, indent=1))
+    return {"task": task, "method": method, "episodes": len(eps), "adapt_steps": n_steps, "omega": omega_used,
+            "task_inference": inference, "out": str(out)}
 
 
 def pretrained_baseline(run_dir: str | os.PathLike, method: str, log: Callable[[str], None] = print,
@@ -590,14 +751,21 @@ def load_policy(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[Deploy
         actor = TanhGaussianActor(blob["obs_dim"], blob["act_dim"], rc.hidden, rc.layers).to(device)
         actor.load_state_dict(blob["actor"])
         store_spec = StoreSpec.from_attrs(info["store_spec"])
-        module = DeployedPolicy(theta, ActorMean(actor)).eval()
+        head: nn.Module = (ConditionedActorMean(actor, blob["z"]) if "z" in blob else ActorMean(actor)).to(device)
+        module = DeployedPolicy(theta, head).eval()
         task = info["task"]
     else:
         cfg = RunConfig.from_dict(info["config"])
         model, _ = wmt.load_world_model(info["world_model"], device)
-        merpo = MerPO(model.cfg.feat_dim, model.cfg.action_dim, info["meta_train_tasks"], cfg.merpo, device)
-        merpo.load_state_dict(torch.load(run / "checkpoints" / "merpo.pt", map_location=device, weights_only=True))
-        module = meta_policy_module(model, merpo.meta_actor)
+        if cfg.algorithm == "merpo_v2":  # pi_c at the meta-train tasks' mean embedding
+            m2 = load_merpo_v2(run, cfg, model.cfg.feat_dim, model.cfg.action_dim, info["meta_train_tasks"])
+            module = DeployedPolicy(task_model(model, 0), ConditionedActorMean(
+                m2.meta_actor, np.zeros(m2.zdim, np.float32)).to(device)).eval()
+        else:
+            merpo = MerPO(model.cfg.feat_dim, model.cfg.action_dim, info["meta_train_tasks"], cfg.merpo, device)
+            merpo.load_state_dict(torch.load(run / "checkpoints" / "merpo.pt", map_location=device,
+                                             weights_only=True))
+            module = meta_policy_module(model, merpo.meta_actor)
         store_spec = EpisodeStore.open(info["data"], load="lazy").spec
         task = None
     return module, policy_spec(module, store_spec, run.name, info["data_hash"], task)

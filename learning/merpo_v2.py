@@ -56,6 +56,12 @@ class MerPOv2Config:
     meta_steps: int = 3000  # RAC updates of (pi_c, Q_meta) on the pooled conditioned logs
     adapt_steps: int = 500  # RAC updates on a new task's log
     omega: float = 0.4  # MerPO's weight of the behaviour term against the meta-policy at meta-test
+    # > 0: each meta-train task's embedding for the policies is inferred from this many random
+    # subsets of `train_inference_episodes` of its episodes (a new task's log size), so that the
+    # policies train with the spread a new task's inference has; 0: from the task's whole log
+    # [ours; an option until measured]
+    train_inference_draws: int = 0
+    train_inference_episodes: int = 5
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -64,7 +70,9 @@ class MerPOv2Config:
     @classmethod
     def from_dict(cls, d: dict) -> MerPOv2Config:
         d = dict(d)
-        return cls(rac=RACConfig(**d.pop("rac", {})), embedding=TaskEmbeddingConfig(**d.pop("embedding", {})), **d)
+        base = cls()  # a partial dict is read over the defaults (the advantage-weighted term included)
+        return cls(rac=dataclasses.replace(base.rac, **d.pop("rac", {})),
+                   embedding=dataclasses.replace(base.embedding, **d.pop("embedding", {})), **d)
 
 
 @dataclass
@@ -109,7 +117,7 @@ class MerPOv2:
             rng = np.random.default_rng(cfg.seed)
             conditioned = {}
             for n in self.tasks:
-                inf = self.infer(datas[n], ends.get(n), seed=cfg.seed * 1000 + n)
+                inf = self._infer_like_a_new_task(datas[n], ends.get(n), rng, seed=cfg.seed * 1000 + n)
                 self.train_inferences[n] = inf
                 z = inf.members[rng.integers(len(inf.members), size=len(datas[n]["obs"]))]
                 conditioned[n] = condition(datas[n], z)
@@ -129,6 +137,29 @@ class MerPOv2:
         if cfg.meta_steps:
             self.stats.update({f"meta_{k}": v for k, v in last.items()})
         return self.stats
+
+    def _infer_like_a_new_task(self, data: dict[str, torch.Tensor], ends: np.ndarray | None,
+                               rng: np.random.Generator, seed: int) -> TaskInference:
+        """A meta-train task's embedding from `train_inference_draws` random subsets of
+        `train_inference_episodes` episodes each (the whole log without episode ends), members
+        pooled."""
+        cfg = self.cfg
+        if ends is None or cfg.train_inference_draws <= 0:
+            return self.infer(data, ends, seed=seed)
+        ends = np.asarray(ends, np.int64)
+        starts = np.concatenate([[0], ends[:-1]])
+        k = min(cfg.train_inference_episodes, len(ends))
+        parts = []
+        for r in range(cfg.train_inference_draws):
+            pick = np.sort(rng.choice(len(ends), size=k, replace=False))
+            rows = np.concatenate([np.arange(starts[e], ends[e]) for e in pick])
+            sub = {key: v[torch.from_numpy(rows)] for key, v in data.items()}
+            parts.append(self.infer(sub, np.cumsum(ends[pick] - starts[pick]), seed=seed + 7919 * r))
+        if any(p.fallback for p in parts):
+            return next(p for p in parts if p.fallback)
+        members = np.concatenate([p.members for p in parts])
+        return TaskInference(members.mean(0), members.std(0), members,
+                             float(np.mean([p.reward_mse or 0.0 for p in parts])))
 
     # -- meta-test -------------------------------------------------------------------------------
     def infer(self, data: dict[str, torch.Tensor], episode_ends: np.ndarray | None = None,

@@ -68,7 +68,7 @@ class RACConfig:
     lam_lr: float = 3e-4  # dual ascent step on log lambda [ours, as cql_alpha_lr]
     behaviour_fit_steps: int = 1000  # BC steps that fit pi_beta when lam_target > 0 [ours]
     # "nll": B = -mean log pi(a_data|s) (MerPO). "advantage": B = -mean w log pi(a_data|s) with
-    # w = exp(awr_beta A / mean|A|) (clipped at awr_max_weight, batch mean 1), A = Q(s, a_data) -
+    # w = exp(awr_beta A / mean|A|) (clipped at awr_max_weight, then scaled to batch mean 1), A = Q(s, a_data) -
     # Q(s, a ~ pi): the data actions better than the policy's own pull harder, so the term
     # constrains to the data's support without copying its detours [ours, MerPO v2;
     # docs/algorithms.md says which measurement chose it]
@@ -77,6 +77,13 @@ class RACConfig:
     awr_max_weight: float = 20.0
     entropy_lr: float = 3e-4  # alpha_ent auto-tuning to target entropy -|A| (SAC)
     entropy_init: float = 0.1  # [ours]
+
+    def __post_init__(self) -> None:
+        if self.behaviour_weight not in ("nll", "advantage"):
+            raise ValueError(f"behaviour_weight {self.behaviour_weight!r}: choose nll or advantage")
+        if self.behaviour_weight == "advantage" and self.lam_target > 0:
+            raise ValueError("behaviour_weight advantage and lam_target > 0 (KL to pi_beta) are two different "
+                             "behaviour terms: choose one")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -349,8 +356,6 @@ class RAC:
                 v = torch.minimum(q1, q2)[: len(real["obs"])]
                 w = advantage_weights(q_data - v, cfg.awr_beta, cfg.awr_max_weight)
             b_term = -(w * logp_data).mean()
-        elif cfg.behaviour_weight != "nll" and not auto_lam:
-            raise ValueError(f"behaviour_weight {cfg.behaviour_weight!r}: choose nll or advantage")
         if auto_lam:  # B -> KL(pi || pi_beta): a divergence, >= 0, so a target for it makes sense
             if self.behaviour_actor is None:
                 raise RuntimeError("lambda by dual ascent (lam_target > 0) needs pi_beta: call "

@@ -149,12 +149,13 @@ class TaskEmbedding(nn.Module):
         head = copy.deepcopy(self.head).requires_grad_(False)
         g = torch.Generator().manual_seed(seed)
         n = len(rew)
+        episodes = None
         if episode_ends is not None:
             ends = np.asarray(episode_ends, np.int64)
+            if not len(ends) or ends[-1] != n or (np.diff(np.concatenate([[0], ends])) < 0).any():
+                raise ValueError(f"episode_ends {ends.tolist()[:5]}...: must rise to the log's {n} transitions")
             starts = np.concatenate([[0], ends[:-1]])
-            episodes = [torch.arange(s, t) for s, t in zip(starts, ends, strict=True)]
-        else:
-            episodes = None
+            episodes = [torch.arange(s, t) for s, t in zip(starts, ends, strict=True) if t > s]
         prior_mean, prior_std = self.z_mean.detach(), self.z_std.detach()
         M = cfg.members
         rows = []  # each member's resample of the log's rows

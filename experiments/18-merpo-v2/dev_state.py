@@ -92,7 +92,11 @@ def main() -> None:
     cfg.rac, cfg.warm_start_steps, cfg.inner_steps, cfg.meta_critic_steps = rc, a.warm, a.inner_steps, a.meta_critic_steps
     merpo = MerPO(pooled["obs"].shape[1], 4, tasks, cfg)
     env = make_env("reach-v3", hand_init_noise=0.05, render=False)
-    res = {"args": vars(a)}
+    res = {"args": vars(a), "commit": commit()}
+
+    def save(r):
+        if a.out:
+            Path(a.out).write_text(json.dumps(r, indent=1))
 
     def zero_shot(label):
         s = []
@@ -111,7 +115,8 @@ def main() -> None:
         print(f"iql fit {time.perf_counter() - t0:.0f} s")
         s = [evaluate_policy(env, _Cond(lambda x, al=algo: peer.act(al, x), feats, hz[t]), t, a.eval_episodes)["success_rate"] for t in hts]
         print(f"iql zero-shot with inferred embedding: {np.mean(s):.2f} {s}")
-        return
+        res["iql_inferred_zero_shot"] = s
+        return save(res)
     if a.mode == "pooled_rac":
         t0 = time.perf_counter()
         merpo.warm_start(pooled)
@@ -124,7 +129,8 @@ def main() -> None:
         s = [evaluate_policy(env, _Cond(actor_fn(r.actor), feats, hz[t]), t, a.eval_episodes)["success_rate"]
              for r, t in zip(racs, hts, strict=True)]
         print(f"merpo adapted from pooled rac (omega {a.omega}): {np.mean(s):.2f} {s} ({time.perf_counter() - t00:.0f} s)", flush=True)
-        return
+        res["merpo_from_pooled_rac"] = s
+        return save(res)
     merpo.warm_start(pooled)
     zero_shot("warm_start_zero_shot")
     t0 = time.perf_counter()
@@ -141,8 +147,15 @@ def main() -> None:
     res["merpo"] = s
     print(f"merpo adapted: {np.mean(s):.2f} {s} ({time.perf_counter() - t00:.0f} s)", flush=True)
     env.close()
-    if a.out:
-        Path(a.out).write_text(json.dumps(res, indent=1))
+    save(res)
+
+
+def commit() -> str:
+    import subprocess
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
 
 
 class _Cond(FeaturePolicy):

@@ -273,3 +273,46 @@ def test_pipeline_runs_on_a_world_model_with_the_bench_ensemble(family, tmp_path
                       "--method", method, "--steps", "3", "--no-progress", "--json")
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert (out / "policy.pt").exists() and json.loads((out / "config.json").read_text())["method"] == method
+
+
+def test_merpo_v2_trains_adapts_with_an_inferred_embedding_and_exports(family, tmp_path):
+    """algorithm merpo_v2 end to end on the tiny store: train, adapt (merpo and meta_policy, both
+    with the task embedding inferred from the held-out log), ONNX export with parity; --omega
+    reaches the adaptation; merpo_adp (v1's omega rule) on it is refused in one line."""
+    train_store, heldout, _ = family
+    run = tmp_path / "run2"
+    proc = vmerpo("train", "--data", str(train_store), "--config", "tiny", "--algorithm", "merpo_v2",
+                  "--out", str(run), "--no-progress", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["algorithm"] == "merpo_v2" and np.isfinite(summary["fit"]["embedding_reward_mse"])
+    assert (run / "checkpoints" / "merpo_v2.pt").exists()
+    before = (run / "checkpoints" / "merpo_v2.pt").read_bytes()
+    proc = vmerpo("train", "--data", str(train_store), "--config", "tiny", "--algorithm", "merpo_v2",
+                  "--out", str(run), "--resume", "--no-progress")
+    assert proc.returncode == 0 and (run / "checkpoints" / "merpo_v2.pt").read_bytes() == before
+    for method in ("merpo", "meta_policy"):
+        adapted = tmp_path / method
+        proc = vmerpo("adapt", "--run", str(run), "--data", str(heldout), "--out", str(adapted), "--method", method,
+                      "--no-progress", "--json")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        res = json.loads(proc.stdout)
+        inf = res["task_inference"]
+        assert len(inf["z"]) == 2 and inf["fallback"] is None and "task inference: embedding" in proc.stderr
+        assert res["adapt_steps"] == (10 if method == "merpo" else 0)
+        onnx_path = tmp_path / f"{method}.onnx"
+        proc = vmerpo("export", "--run", str(adapted), "--out", str(onnx_path), "--check", "--json")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout)["parity_ok"]
+    proc = vmerpo("adapt", "--run", str(run), "--data", str(heldout), "--out", str(tmp_path / "w0"),
+                  "--omega", "0", "--no-progress", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["omega"] == 0.0
+    assert json.loads((tmp_path / "w0" / "config.json").read_text())["omega"] == 0.0
+    import torch
+
+    a = torch.load(tmp_path / "merpo" / "policy.pt", weights_only=True)["actor"]
+    b = torch.load(tmp_path / "w0" / "policy.pt", weights_only=True)["actor"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the same start and seed: omega made the difference
+    proc = vmerpo("adapt", "--run", str(run), "--data", str(heldout), "--out", str(tmp_path / "x"),
+                  "--method", "merpo_adp", "--no-progress")
+    assert proc.returncode == 2 and "merpo_v2 run" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -25,8 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output run directory for the adapted policy")
     p.add_argument("--task", type=int, help="task id in --data when it holds several")
     p.add_argument("--steps", type=int, help="RAC steps (default: the run's config)")
-    p.add_argument("--method", default="merpo", choices=["merpo", "merpo_adp", "rac", "lompo", "bc"],
-                   help="learner to adapt (default merpo)")
+    p.add_argument("--method", default="merpo", choices=["merpo", "merpo_adp", "meta_policy", "rac", "lompo", "bc"],
+                   help="learner to adapt (default merpo). On a run trained with algorithm merpo_v2, merpo "
+                        "and meta_policy first infer the task's embedding from the log's rewards; "
+                        "meta_policy then takes pi_c at it with no RAC step, merpo_adp is v1 only")
     p.add_argument("--omega", type=float,
                    help="behaviour (1) vs meta-policy (0) regularizer weight at adaptation, for merpo and rac "
                         "(default: the run's config, MerPO's 0.4)")

@@ -17,6 +17,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="episode store with task ids and a meta-train split")
     p.add_argument("--config", default="cpu", help="preset tiny|cpu|paper or a JSON/YAML file (default cpu)")
     p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--algorithm", choices=("merpo", "merpo_v2"),
+                   help="merpo: MerPO as published (task-blind pi_c averaged from per-task learners); "
+                        "merpo_v2: a task embedding inferred from each log's rewards conditions pi_c and "
+                        "Q_meta, one conditioned learner over the pooled tasks (docs/algorithms.md; "
+                        "default: the config's, merpo)")
     p.add_argument("--world-model", help="an existing world-model run directory to reuse")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -36,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from learning.merpo_train import load_config, train
 
     cfg = load_config(args.config)
+    if args.algorithm:
+        cfg.algorithm = args.algorithm
     if args.device:
         cfg.device = args.device
         cfg.world_model.device = args.device

@@ -1,0 +1,142 @@
+"""MerPO v2 on tiny data: the task embedding, the conditioned meta-policy, the behaviour term,
+and what happens with a log that says nothing about its task."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from learning.merpo_v2 import MerPOv2, MerPOv2Config
+from learning.rac import RAC, RACConfig
+from learning.task_embedding import NoTaskSignal, TaskEmbedding, TaskEmbeddingConfig, goal_probe
+
+# a point mass on a plane: s' = s + 0.2 a; each task's reward is -|s' - goal|
+GOALS = {n: np.array([np.cos(2 * np.pi * n / 8), np.sin(2 * np.pi * n / 8)], np.float32) for n in range(8)}
+
+
+def task_log(goal: np.ndarray, episodes: int = 6, steps: int = 20, seed: int = 0) -> tuple[dict, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    obs, act, nxt = [], [], []
+    for _ in range(episodes):
+        s = rng.uniform(-1.5, 1.5, 2).astype(np.float32)
+        for _ in range(steps):
+            a = rng.uniform(-1, 1, 2).astype(np.float32)
+            s2 = np.clip(s + 0.2 * a, -2, 2)
+            obs.append(s)
+            act.append(a)
+            nxt.append(s2)
+            s = s2
+    o, a, n = (torch.from_numpy(np.stack(x)) for x in (obs, act, nxt))
+    rew = -torch.linalg.norm(n - torch.from_numpy(goal), dim=-1)
+    data = {"obs": o, "act": a, "rew": (rew - rew.mean()) / 0.5, "next_obs": n, "done": torch.zeros(len(o))}
+    return data, np.arange(1, episodes + 1) * steps
+
+
+EMB = TaskEmbeddingConfig(dim=3, hidden=64, fit_steps=1500, batch=256, infer_steps=300, members=4)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    logs = {n: task_log(GOALS[n], seed=n) for n in GOALS}
+    te = TaskEmbedding(2, 2, list(GOALS), EMB)
+    te.fit({n: d for n, (d, _) in logs.items()})
+    return te, logs
+
+
+def test_a_meta_train_tasks_embedding_is_recovered_from_its_own_log(fitted):
+    te, logs = fitted
+    train = te.train_embeddings()
+    Z = np.stack([train[n] for n in GOALS])
+    W, b = goal_probe(Z, np.stack(list(GOALS.values())))
+    hits = 0
+    for n in GOALS:
+        fresh, ends = task_log(GOALS[n], seed=100 + n)  # another log of the same task
+        inf = te.infer(fresh, ends, seed=n)
+        placed = inf.mean @ W + b
+        hits += int(np.argmin([np.linalg.norm(placed - g) for g in GOALS.values()])) == n
+        assert inf.members.shape == (EMB.members, EMB.dim) and (inf.std >= 0).all()
+        # the goal it places (through the meta-train probe) is nearer the true goal than the
+        # nearest other task's goal is (neighbouring goals are 0.77 apart)
+        assert np.linalg.norm(inf.mean @ W + b - GOALS[n]) < 0.4, n
+    assert hits == 8, f"{hits}/8 tasks placed nearest their own goal"
+
+
+def test_a_log_with_constant_rewards_is_refused_by_inference_and_falls_back_in_merpo(fitted):
+    te, logs = fitted
+    data, ends = logs[0]
+    flat = dict(data, rew=torch.full_like(data["rew"], 0.3))
+    with pytest.raises(NoTaskSignal, match="constant.*nothing to infer the task from"):
+        te.infer(flat, ends)
+    m = MerPOv2(2, 2, list(GOALS), MerPOv2Config(rac=RACConfig(hidden=16, layers=1), embedding=EMB))
+    m.embedding = te
+    inf = m.infer(flat, ends)
+    assert inf.fallback is not None and "mean task" in inf.fallback and "\n" not in inf.fallback
+    assert np.array_equal(inf.z, np.zeros(EMB.dim, np.float32))
+
+
+def test_the_meta_policys_action_changes_with_the_task_embedding():
+    logs = {n: task_log(GOALS[n], episodes=4, seed=n) for n in range(4)}
+    cfg = MerPOv2Config(rac=RACConfig(hidden=32, layers=2, batch_real=64, batch_model=64, cql_n_actions=2,
+                                      behaviour_weight="advantage"),
+                        embedding=dataclasses.replace(EMB, fit_steps=600, infer_steps=100, members=2),
+                        warm_start_steps=100, meta_steps=300, adapt_steps=20, train_inference_draws=2,
+                        train_inference_episodes=2)
+    m = MerPOv2(2, 2, list(logs), cfg)
+    m.fit({n: d for n, (d, _) in logs.items()}, {n: e for n, (_, e) in logs.items()})
+    s = np.zeros((1, 2), np.float32)
+    acts = []
+    for n in range(4):
+        x = torch.from_numpy(m.policy_input(s, m.train_inferences[n]))
+        with torch.no_grad():
+            acts.append(m.meta_actor.mean_unit(x).numpy()[0])
+    spread = max(np.linalg.norm(a - b) for a in acts for b in acts)
+    assert spread > 0.05, f"pi_c's mean action at one state moves by only {spread:.3f} across the tasks"
+    racs = m.adapt([logs[0][0]], [m.train_inferences[0]], [0])
+    assert racs[0].actor.net[0].in_features == 2 + EMB.dim  # the adapted policy is conditioned too
+    assert len(m.train_inferences[0].members) == 2 * 2  # two 2-episode subsets x 2 members
+
+
+def test_the_advantage_weighted_behaviour_term_lets_the_critic_move_the_mean_action():
+    """Data actions uniform in [-1, 1]; a critic that prefers a = +0.6. Under the plain
+    likelihood term at MerPO's lambda the policy stays at the data's mean; the advantage-weighted
+    term moves it towards what the critic prefers."""
+    torch.manual_seed(0)
+    n = 512
+    real = {"obs": torch.zeros(n, 1), "act": torch.rand(n, 1) * 2 - 1, "rew": torch.zeros(n),
+            "next_obs": torch.zeros(n, 1), "done": torch.zeros(n)}
+    means = {}
+    for weight in ("nll", "advantage"):
+        cfg = RACConfig(hidden=32, layers=2, batch_real=n, lam=50.0, omega=1.0, behaviour_weight=weight, awr_beta=2.0)
+        rac = RAC(1, 1, cfg, seed=1)
+        opt = torch.optim.Adam(rac.critic.parameters(), lr=1e-2)
+        for _ in range(300):  # the critic: Q(s, a) = -(a - 0.6)^2 on both heads
+            a = torch.rand(256, 1) * 2 - 1
+            q1, q2 = rac.critic(torch.zeros(256, 1), a)
+            loss = ((q1 + (a[:, 0] - 0.6) ** 2) ** 2).mean() + ((q2 + (a[:, 0] - 0.6) ** 2) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        for _ in range(300):
+            rac._actor_step(real, None, 1.0)
+        with torch.no_grad():
+            means[weight] = float(rac.actor.mean_unit(torch.zeros(1, 1)))
+    assert abs(means["nll"]) < 0.15, means  # pinned to the data's mean action
+    assert means["advantage"] - means["nll"] > 0.2, means
+
+
+def test_a_checkpoint_from_before_v2_is_refused_naming_the_version():
+    m = MerPOv2(2, 2, [0, 1], MerPOv2Config(rac=RACConfig(hidden=8, layers=1), embedding=EMB))
+    with pytest.raises(ValueError, match="MerPO v1 checkpoint: this is MerPO v2"):
+        m.load_state_dict({"meta_actor": {}, "meta_critic": {}})
+    with torch.no_grad():
+        for p in m.meta_actor.parameters():
+            p.add_(1.0)
+    sd = m.state_dict()
+    other = MerPOv2(2, 2, [0, 1], MerPOv2Config(rac=RACConfig(hidden=8, layers=1), embedding=EMB))
+    assert not torch.equal(next(m.meta_actor.parameters()), next(other.meta_actor.parameters()))
+    other.load_state_dict(sd)
+    for p, q in zip(m.meta_actor.parameters(), other.meta_actor.parameters(), strict=True):
+        assert torch.equal(p, q)
