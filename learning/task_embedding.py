@@ -53,6 +53,9 @@ class TaskEmbeddingConfig:
     infer_batch: int = 256  # rows per member and inference step
     prior: float = 1e-2  # weight of the N(mean, std) prior of the meta-train embeddings in inference
     min_reward_std: float = 1e-4  # below this (in normalised reward units) the log has no task signal
+    # N(0, input_noise) on the head's state inputs while fitting (standardised units): a head
+    # that cannot read the task off the exact state has to use the embedding [ours; an option]
+    input_noise: float = 0.0
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -116,7 +119,11 @@ class TaskEmbedding(nn.Module):
         mse = torch.zeros(())
         for _ in range(cfg.fit_steps if steps is None else steps):
             i = torch.randint(len(obs), (cfg.batch,), generator=g)
-            pred = self.reward(obs[i], act[i], nxt[i], self.embeddings[tid[i]])
+            o, o2 = obs[i], nxt[i]
+            if cfg.input_noise:
+                o = o + cfg.input_noise * torch.randn(o.shape, generator=g)
+                o2 = o2 + cfg.input_noise * torch.randn(o2.shape, generator=g)
+            pred = self.reward(o, act[i], o2, self.embeddings[tid[i]])
             mse = ((pred - rew[i]) ** 2).mean()
             loss = mse + cfg.l2 * (self.embeddings ** 2).sum(-1).mean()
             opt.zero_grad(set_to_none=True)

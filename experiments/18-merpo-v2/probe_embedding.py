@@ -25,6 +25,7 @@ def main() -> None:
     p.add_argument("--quality", default="medium")
     p.add_argument("--dim", type=int, default=4)
     p.add_argument("--fit-steps", type=int, default=3000)
+    p.add_argument("--input-noise", type=float, default=0.0)
     p.add_argument("--out")
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -36,7 +37,7 @@ def main() -> None:
     tasks = sorted(set(train["episode_task"].tolist()))
     tt = lambda log, t: {k: torch.from_numpy(v) for k, v in transitions(log, feats, rm, rs, task=t).items()}  # noqa
     datas = {t: tt(train, t) for t in tasks}
-    cfg = TaskEmbeddingConfig(dim=a.dim, fit_steps=a.fit_steps)
+    cfg = TaskEmbeddingConfig(dim=a.dim, fit_steps=a.fit_steps, input_noise=a.input_noise)
     te = TaskEmbedding(datas[tasks[0]]["obs"].shape[1], datas[tasks[0]]["act"].shape[1], tasks, cfg)
     t0 = time.perf_counter()
     fit = te.fit(datas)
