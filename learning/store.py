@@ -440,9 +440,7 @@ class EpisodeWriter:
     ) -> int:
         """Write one whole episode and commit it. Returns the new episode's index."""
         length = self.check_episode(data)
-        known = self.spec.task_ids()
-        if known and int(task_id) not in known:
-            raise StoreError(f"task id {task_id} is not in the store's task table {known}")
+        self.check_task(task_id)
         start = self.n_frames
         # 1. data rows (extra keys, e.g. a second camera, become data/<key> arrays too)
         for key, value in data.items():
@@ -467,6 +465,7 @@ class EpisodeWriter:
     def _commit(self, task_id: int, success: bool, provenance: Mapping[str, Any] | None,
                 end: int) -> int:
         """Per-episode meta first, then the commit point: appending to meta/episode_ends."""
+        self.check_task(task_id)
         self._append_meta("episode_task", np.int32(task_id))
         self._append_meta("episode_success", np.bool_(success))
         provenance = dict(provenance or {})
@@ -552,7 +551,35 @@ class EpisodeWriter:
 
     def stream_episode(self, task_id: int, provenance: Mapping[str, Any] | None = None) -> EpisodeStream:
         """Start an episode whose frames arrive one at a time (recorder, long recordings)."""
+        self.check_task(task_id)
         return EpisodeStream(self, task_id, provenance)
+
+    def check_task(self, task_id: int) -> None:
+        """Refuse a task id outside the store's task table (a store without a table takes any)."""
+        known = self.spec.task_ids()
+        if known and int(task_id) not in known:
+            raise StoreError(f"task id {task_id} is not in the store's task table {known}; add it first "
+                             "(EpisodeWriter.add_task; recorder_node adds its task_id itself)")
+
+    def add_task(self, task_id: int, name: str | None = None, split: str = "train",
+                 params: Mapping[str, Any] | None = None) -> bool:
+        """Extend the store's task table with `task_id` (`split` train or test). Returns False
+        when the table has it already with that split; a different split is refused."""
+        if split not in ("train", "test"):
+            raise StoreError(f"split {split!r}: choose train or test")
+        if not _is_int(task_id) and not isinstance(task_id, np.integer):
+            raise StoreError(f"task id {task_id!r}: must be an integer")
+        for t in self.spec.tasks:
+            if int(t["id"]) == int(task_id):
+                if t.get("split") != split:
+                    raise StoreError(f"task id {task_id} is in the store's task table with split "
+                                     f"{t.get('split')!r}, not {split!r}")
+                return False
+        entry = {"id": int(task_id), "name": name or f"task {task_id}", "params": dict(params or {}), "split": split}
+        spec = dataclasses.replace(self.spec, tasks=[*self.spec.tasks, entry])
+        self.root.attrs.update({"spec": spec.to_attrs()})
+        self.spec = spec
+        return True
 
     def close(self) -> None:
         if self._lock_fd is not None:

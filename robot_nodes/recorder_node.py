@@ -70,6 +70,7 @@ class RecorderNode(Node):
         self.store_path = d("store", "", "path or URL of the zarr episode store (appended to)")
         self.task_id = d("task_id", 0, "task id of recorded episodes")
         self.task_name = d("task_name", "", "task name for the store's task table")
+        self.split = d("split", "train", "the task's split in the store's task table: train (meta-training) or test")
         robot = d("robot", "robot", "robot name for the store attrs")
         self.control_hz = d("control_hz", 0.0, "tick rate; 0: every camera frame is a tick")
         self.image_size = d("image_size", 64, "model image side written to the store")
@@ -110,11 +111,19 @@ class RecorderNode(Node):
                     "intrinsics": None, "preprocess": preprocess_spec(int(self.image_size), self.crop)},
             reward_source=reward,
             tasks=[{"id": int(self.task_id), "name": self.task_name or f"task {self.task_id}",
-                    "params": {}, "split": "train"}],
+                    "params": {}, "split": self.split}],
             env={"source": "ros recorder_node"},
         )
+        if self.split not in ("train", "test"):
+            raise ValueError(f"split {self.split!r} not one of ('train', 'test')")
         self.writer = EpisodeWriter(self.store_path, spec, mode="a",
                                     log=lambda m: self.get_logger().warning(m))
+        try:  # an existing store's table gains this task id (another task of the family)
+            if self.writer.add_task(int(self.task_id), self.task_name or None, self.split):
+                self.get_logger().info(f"task {self.task_id} added to the store's task table ({self.split})")
+        except Exception:
+            self.writer.close()
+            raise
         self.stream: EpisodeStream | None = None
         self.ticks: deque[dict] = deque()
         self.joints: deque[tuple[int, JointState]] = deque(maxlen=200)

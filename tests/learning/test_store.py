@@ -198,3 +198,26 @@ def test_fsspec_url_store(tmp_path):
         check_episode(store.episode(k), k)
     with pytest.raises(FileExistsError):
         EpisodeWriter(url, spec(), mode="w")
+
+
+def test_a_task_outside_the_table_is_refused_before_any_row_and_add_task_extends_it(tmp_path):
+    """A streaming episode of an unknown task id is refused at its start (it used to commit,
+    after which every reader refused the store); add_task extends the table, persistently."""
+    path = make_store(tmp_path / "s.zarr", n=2)  # tasks 0 (test), 1, 2 (train)
+    with EpisodeWriter(path, mode="a") as w:
+        with pytest.raises(StoreError, match=r"task id 9 is not in the store's task table \[0, 1, 2\]"):
+            w.stream_episode(task_id=9)
+        assert w.n_frames == EpisodeStore.open(path).n_frames  # nothing written
+        assert w.add_task(9, "new goal", split="test") is True
+        assert w.add_task(9, split="test") is False  # already there
+        with pytest.raises(StoreError, match="with split 'test', not 'train'"):
+            w.add_task(9, split="train")
+        with pytest.raises(StoreError, match="split 'val': choose train or test"):
+            w.add_task(10, split="val")
+        stream = w.stream_episode(task_id=9)
+        for row in (dict(zip(episode(3).keys(), vals, strict=True)) for vals in zip(*episode(3).values(), strict=True)):
+            stream.append(row)
+        stream.commit(success=False)
+    store = EpisodeStore.open(path)
+    assert store.n_episodes == 3 and int(store.episode_task[2]) == 9
+    assert store.spec.task_ids("test") == [0, 9] and store.spec.task_ids("train") == [1, 2]

@@ -153,6 +153,27 @@ def test_sigint_and_sigterm_mid_take_commit_it_as_interrupted(tmp_path, node_pro
     assert [len(s.episode(i)["action"]) for i in range(4)] == [5, 8, 5, 8]
 
 
+def test_a_second_task_recorded_into_the_store_extends_its_task_table(tmp_path, node_process):
+    """recorder_node with another task_id (and split) on an existing store adds the task to the
+    table; the store stays readable and both takes keep their task ids."""
+    from learning.store import EpisodeStore
+
+    store = tmp_path / "rec.zarr"
+    with ros_context("rec_driver") as (_, _, (node,)):
+        pubs = _publishers(node)
+        for k, (task, split) in enumerate(((3, "train"), (8, "test"))):
+            rec = node_process("robot_nodes.recorder_node", "--params-file", "config/recorder_node.yaml",
+                               "-p", f"store:={store}", "-p", f"task_id:={task}", "-p", f"split:={split}",
+                               name=f"rec{k}")
+            _record(node, pubs, rec, 100 * k, 4, end=True)
+            assert rec.stop(signal.SIGINT) == 0, rec.output()
+            assert_no_inet_sockets()
+    assert "task 8 added to the store's task table (test)" in rec.output()
+    s = EpisodeStore.open(store)
+    assert list(s.episode_task) == [3, 8]
+    assert s.spec.task_ids("train") == [3] and s.spec.task_ids("test") == [8]
+
+
 @pytest.mark.slow  # ~67 s; `vmerpo bench faults --only stops` runs the same case
 def test_a_full_disk_ends_the_take_keeps_the_node_and_every_committed_episode(tmp_path, node_process):
     """The store on a 6 MB disk, 3 MB of it taken by a filler file: a take of incompressible
