@@ -49,6 +49,7 @@ class BagImportConfig:
     joint_states_topic: str | None = None
     task_id: int = 0
     task_name: str = ""
+    split: str = "train"  # the task's split in the store's task table (train | test)
     episode_gap_s: float = 1.0  # a camera pause longer than this ends an episode
     marker_topic: str | None = None  # every message on it starts a new episode
     control_hz: float = 0.0  # 0: every camera frame is a tick
@@ -342,9 +343,47 @@ def _spec(cfg: BagImportConfig, plan: dict, camera: dict) -> StoreSpec:
         action_low=list(low), action_high=list(high), action_type=action_type,
         camera={k: v for k, v in camera.items() if k != "command_type"}, reward_source=reward_source,
         tasks=[{"id": int(cfg.task_id), "name": cfg.task_name or f"task {cfg.task_id}", "params": {},
-                "split": "train"}],
+                "split": cfg.split}],
         env={"source": "rosbag2 import", "bag": str(cfg.bag), **cfg.extra},
     )
+
+
+RATE_TOLERANCE = 0.02  # measured camera rates of one robot differ by this much between bags
+
+
+def _reuse_store_spec(cfg: BagImportConfig, spec: StoreSpec, plan: dict) -> StoreSpec:
+    """Appending to an existing store: what the flags leave to the bag (action limits and
+    names, the measured rate) comes from the store instead, so bags of one robot append with
+    default options; a real disagreement is refused with the numbers."""
+    import dataclasses
+    from pathlib import Path
+
+    from learning.store import EpisodeStore
+
+    if not Path(cfg.out).exists():
+        return spec
+    stored = EpisodeStore.open(cfg.out, load="lazy").spec
+    changes: dict[str, Any] = {"tasks": stored.tasks}
+    if cfg.action_low is None and cfg.action_high is None:
+        acts = plan["actions"]
+        lo, hi = np.asarray(stored.action_low), np.asarray(stored.action_high)
+        if acts.shape[1] == len(lo):
+            out = (acts.min(0) < lo - 1e-6) | (acts.max(0) > hi + 1e-6)
+            if out.any():
+                raise ValueError(f"the bag's commands span {acts.min(0).round(4).tolist()} .. "
+                                 f"{acts.max(0).round(4).tolist()}, outside {cfg.out}'s action limits "
+                                 f"{stored.action_low} .. {stored.action_high}")
+            changes.update(action_low=list(stored.action_low), action_high=list(stored.action_high))
+    if cfg.action_names is None and len(stored.action_names) == len(spec.action_names):
+        changes["action_names"] = list(stored.action_names)
+    if not cfg.control_hz:
+        measured = float(spec.control_hz)
+        if abs(measured - stored.control_hz) > RATE_TOLERANCE * stored.control_hz:
+            raise ValueError(f"the bag's camera runs at {measured:.3f} Hz, {cfg.out} was recorded at "
+                             f"{stored.control_hz:.3f} Hz (more than {RATE_TOLERANCE:.0%} apart): pass "
+                             f"--control-hz {stored.control_hz:g} to thin it to the store's rate")
+        changes["control_hz"] = stored.control_hz
+    return dataclasses.replace(spec, **changes)
 
 
 def _write(reader, typestore, cfg, image_conns, plan, reward_fn, log) -> dict[str, Any]:
@@ -381,8 +420,12 @@ def _write(reader, typestore, cfg, image_conns, plan, reward_fn, log) -> dict[st
                       "measured_hz": round(hz, 3), "command_type": reader.connections and
                       next(c.msgtype for c in reader.connections if c.topic == cfg.command_topic)}
             spec = _spec(cfg, plan, camera)
+            if not cfg.overwrite:
+                spec = _reuse_store_spec(cfg, spec, plan)
             writer = EpisodeWriter(cfg.out, spec, mode="w" if cfg.overwrite else "a",
                                    overwrite=cfg.overwrite, zarr_format=cfg.zarr_format, log=log)
+            if writer.add_task(int(cfg.task_id), cfg.task_name or None, cfg.split):
+                log(f"task {cfg.task_id} added to {cfg.out}'s task table ({cfg.split})")
         # Episodes are contiguous in time: write each one as soon as all its images are in.
         while next_episode < len(plan["episodes"]) and all(
                 (next_episode, rr) in images for rr in range(len(plan["episodes"][next_episode]["ticks"]))):

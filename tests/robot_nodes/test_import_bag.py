@@ -163,3 +163,29 @@ def test_marker_topic_splits_episodes(tmp_path):
                "--episode-marker-topic", "/episode_start")
     assert r.returncode == 0, r.stderr
     assert list(EpisodeStore.open(tmp_path / "m.zarr").episode_lengths) == [8, 12]
+
+
+def test_bags_of_two_tasks_append_with_default_options_and_extend_the_task_table(tmp_path):
+    """Two bags of task 3 and one of task 4 append into one store with no limits or rate given
+    (they come from the store); task 4 joins the table with its split. A bag whose commands
+    leave the store's limits is refused in one line with the numbers."""
+    from learning.store import EpisodeStore
+
+    out = tmp_path / "logs.zarr"
+    common = ["--out", out, "--image-topic", "/cam/image", "--command-topic", "/cmd",
+              "--joint-states-topic", "/joint_states", "--reward-topic", "/reward"]
+    for i, (task, split) in enumerate(((3, "train"), (3, "train"), (4, "test"))):
+        bag = tmp_path / f"bag{i}"
+        write_bag(bag, "mcap")
+        r = vmerpo(bag, *common, "--task-id", task, "--split", split, *(["--append"] if i else []))
+        assert r.returncode == 0, r.stderr
+    assert "task 4 added to" in r.stderr
+    s = EpisodeStore.open(out)
+    assert list(s.episode_task) == [3, 3, 3, 3, 4, 4]
+    assert s.spec.task_ids("train") == [3] and s.spec.task_ids("test") == [4]
+    bag = tmp_path / "wide"
+    write_bag(bag, "mcap", episodes=(30,))  # commands up to 0.29; the store's limits end at 0.20
+    r = vmerpo(bag, *common, "--task-id", 3, "--append")
+    assert r.returncode == 2 and "outside" in r.stderr and "action limits" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert EpisodeStore.open(out).n_episodes == 6
