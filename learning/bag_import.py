@@ -22,6 +22,7 @@ the images that become rows and streams them into the store, so large bags never
 from __future__ import annotations
 
 import importlib
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class BagImportConfig:
     success_topic: str | None = None  # std_msgs/Bool; an episode succeeded if any True
     reward_fn: str | None = None  # module:function
     min_episode_length: int = 2
+    bad_frames: str = "skip"  # skip: an undecodable image drops its row (counted); refuse: stop, naming it
     overwrite: bool = False
     zarr_format: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
@@ -187,7 +189,13 @@ def import_bag(cfg: BagImportConfig, log: Callable[[str], None] | None = None) -
         if cfg.marker_topic and not mk_conns:
             raise ValueError(f"{cfg.bag}: no marker topic {cfg.marker_topic}")
         plan = _plan(reader, typestore, cfg, image_conns, cmd_conns, js_conns, rw_conns, sc_conns, mk_conns, log)
-        return _write(reader, typestore, cfg, image_conns, plan, reward_fn, log)
+        existed = Path(cfg.out).exists()
+        try:
+            return _write(reader, typestore, cfg, image_conns, plan, reward_fn, log)
+        except BaseException:
+            if not existed and Path(cfg.out).exists():  # a failed import leaves no store behind
+                shutil.rmtree(cfg.out, ignore_errors=True)
+            raise
     finally:
         reader.close()
 
@@ -356,7 +364,6 @@ def _reuse_store_spec(cfg: BagImportConfig, spec: StoreSpec, plan: dict) -> Stor
     names, the measured rate) comes from the store instead, so bags of one robot append with
     default options; a real disagreement is refused with the numbers."""
     import dataclasses
-    from pathlib import Path
 
     from learning.store import EpisodeStore
 
@@ -399,16 +406,28 @@ def _write(reader, typestore, cfg, image_conns, plan, reward_fn, log) -> dict[st
     committed = []
     next_episode = 0
     msgtype = image_conns[0].msgtype
+    skipped: set[tuple[int, int]] = set()  # undecodable frames (bad_frames skip)
+    frames_skipped: dict[int, int] = {}  # per written episode
     index = -1
     for conn, t, raw in reader.messages(connections=list(image_conns)):
         index += 1
         if index not in want:
             continue
         e, r = want[index]
-        msg = typestore.deserialize_cdr(raw, conn.msgtype)
-        arr, enc = decode_image(msg, msgtype)
+        try:
+            msg = typestore.deserialize_cdr(raw, conn.msgtype)
+            arr, enc = decode_image(msg, msgtype)
+            image = to_model_image(arr, int(cfg.image_size), enc, crop=cfg.crop)
+        except Exception as err:  # noqa: BLE001 - any undecodable frame: named, then skipped or refused
+            where = f"image message {index} at log time {t * 1e-9:.3f} s (episode {e}, row {r})"
+            if cfg.bad_frames == "refuse":
+                raise ValueError(f"{cfg.bag}: {where} cannot be decoded ({err}); --bad-frames skip drops "
+                                 "such frames") from None
+            skipped.add((e, r))
+            log(f"skipped {where}: {err}")
+            continue
         source_shape = source_shape or list(arr.shape)
-        images[(e, r)] = to_model_image(arr, int(cfg.image_size), enc, crop=cfg.crop)
+        images[(e, r)] = image
         stamp = _ns(msg.header.stamp)
         stamps[(e, r)] = stamp if stamp > 0 else t
         if writer is None:
@@ -428,34 +447,47 @@ def _write(reader, typestore, cfg, image_conns, plan, reward_fn, log) -> dict[st
                 log(f"task {cfg.task_id} added to {cfg.out}'s task table ({cfg.split})")
         # Episodes are contiguous in time: write each one as soon as all its images are in.
         while next_episode < len(plan["episodes"]) and all(
-                (next_episode, rr) in images for rr in range(len(plan["episodes"][next_episode]["ticks"]))):
-            committed.append(_write_episode(writer, cfg, plan, next_episode, images, stamps, reward_fn))
+                (next_episode, rr) in images or (next_episode, rr) in skipped
+                for rr in range(len(plan["episodes"][next_episode]["ticks"]))):
+            bad = sum((next_episode, rr) in skipped for rr in range(len(plan["episodes"][next_episode]["ticks"])))
+            n = _write_episode(writer, cfg, plan, next_episode, images, stamps, reward_fn, skipped, log)
+            if n:
+                committed.append(n)
+                frames_skipped[writer.n_episodes - 1] = bad
             for rr in range(len(plan["episodes"][next_episode]["ticks"])):
                 images.pop((next_episode, rr), None)
             next_episode += 1
     if writer is None:
-        raise ValueError(f"{cfg.bag}: no image could be decoded")
+        raise ValueError(f"{cfg.bag}: no image could be decoded" + (f" ({len(skipped)} undecodable)" if skipped else ""))
     n_episodes = writer.n_episodes
     writer.close()
     return {"bag": str(cfg.bag), "out": str(cfg.out), "episodes_imported": len(committed),
             "rows": int(sum(committed)), "episodes_in_store": n_episodes,
-            "ticks_dropped": plan["dropped"], "episodes_split": plan["n_split"]}
+            "ticks_dropped": plan["dropped"], "episodes_split": plan["n_split"],
+            "frames_skipped": len(skipped), "frames_skipped_per_episode": {str(k): v for k, v in frames_skipped.items()}}
 
 
-def _write_episode(writer, cfg, plan, e, images, stamps, reward_fn) -> int:
+def _write_episode(writer, cfg, plan, e, images, stamps, reward_fn, skipped=frozenset(), log=None) -> int:
+    """Episode e without its undecodable frames' rows; 0 (nothing written) if fewer than
+    `min_episode_length` rows are left."""
     ep = plan["episodes"][e]
-    ticks = [tk for _, tk in ep["ticks"]]
+    rows = [r for r in range(len(ep["ticks"])) if (e, r) not in skipped]
+    if len(rows) < max(1, cfg.min_episode_length):
+        if log is not None:
+            log(f"episode {e} of the bag not imported: {len(rows)} decodable frames")
+        return 0
+    ticks = [ep["ticks"][r][1] for r in rows]
     by_frame = plan["by_frame"]
     actions = []
-    for r, tk in enumerate(ticks):
+    for r, tk in zip(rows, ticks, strict=True):
         # A command that names its frame wins over "first command after the image".
         actions.append(by_frame.get(stamps[(e, r)], tk.action))
     data = {
-        "image": np.stack([images[(e, r)] for r in range(len(ticks))]),
+        "image": np.stack([images[(e, r)] for r in rows]),
         "state": np.stack([tk.state for tk in ticks]).astype(np.float32),
         "action": np.stack(actions).astype(np.float32),
         "terminal": np.zeros(len(ticks), bool),
-        "timestamp": np.array([stamps[(e, r)] * 1e-9 for r in range(len(ticks))]),
+        "timestamp": np.array([stamps[(e, r)] * 1e-9 for r in rows]),
     }
     success = ep["success"]
     if cfg.reward == "topic":
@@ -470,5 +502,6 @@ def _write_episode(writer, cfg, plan, e, images, stamps, reward_fn) -> int:
                              f"for an episode of {len(ticks)} rows")
         data["reward"] = rewards
     writer.add_episode(data, task_id=int(cfg.task_id), success=bool(success),
-                       provenance={"behavior": "rosbag2", "bag_episode": int(ep["index"])})
+                       provenance={"behavior": "rosbag2", "bag_episode": int(ep["index"]),
+                                   "frames_skipped": len(ep["ticks"]) - len(rows)})
     return len(ticks)

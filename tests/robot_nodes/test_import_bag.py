@@ -17,9 +17,10 @@ T0 = 1_700_000_000_000_000_000
 CAM_DT = 33_000_000
 
 
-def write_bag(path: Path, storage: str, episodes=(12, 9), gap_s=2.0, frame_stamped=False) -> None:
+def write_bag(path: Path, storage: str, episodes=(12, 9), gap_s=2.0, frame_stamped=False, bad=()) -> None:
     """Camera 30 Hz (80x60 bgr8, pixel = frame index), joint states 100 Hz, a command 5 ms
-    after each image (value = frame index / 100), a reward after each command, success."""
+    after each image (value = frame index / 100), a reward after each command, success.
+    Frames in `bad` carry a truncated image (undecodable)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -44,7 +45,7 @@ def write_bag(path: Path, storage: str, episodes=(12, 9), gap_s=2.0, frame_stamp
             img = np.full((60, 80, 3), frame % 256, np.uint8)
             msgs.append((t, "/cam/image", "sensor_msgs/msg/Image", T["sensor_msgs/msg/Image"](
                 header=stamp(t), height=60, width=80, encoding="bgr8", is_bigendian=0, step=240,
-                data=img.reshape(-1))))
+                data=img.reshape(-1)[: 100 if frame in bad else None])))
             label = f"frame_stamp_ns={t}" if frame_stamped else "action"
             layout = T["std_msgs/msg/MultiArrayLayout"](dim=[T["std_msgs/msg/MultiArrayDimension"](
                 label=label, size=2, stride=2)], data_offset=0)
@@ -189,3 +190,27 @@ def test_bags_of_two_tasks_append_with_default_options_and_extend_the_task_table
     assert r.returncode == 2 and "outside" in r.stderr and "action limits" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert EpisodeStore.open(out).n_episodes == 6
+
+
+def test_an_undecodable_frame_is_skipped_and_counted_or_refused_leaving_no_store(tmp_path):
+    from learning.store import EpisodeStore
+
+    bag = tmp_path / "bag"
+    write_bag(bag, "mcap", bad=(5,))
+    args = ["--image-topic", "/cam/image", "--command-topic", "/cmd", "--joint-states-topic", "/joint_states",
+            "--reward-topic", "/reward"]
+    out = tmp_path / "refused.zarr"
+    r = vmerpo(bag, "--out", out, *args, "--bad-frames", "refuse")
+    assert r.returncode == 2 and "image message 5" in r.stderr and "episode 0, row 5" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()  # a failed import leaves no store behind: the rerun starts clean
+    out = tmp_path / "logs.zarr"
+    r = vmerpo(bag, "--out", out, *args, "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["frames_skipped"] == 1 and summary["frames_skipped_per_episode"] == {"0": 1, "1": 0}
+    s = EpisodeStore.open(out)
+    assert list(s.episode_lengths) == [11, 9] and list(s.provenance("frames_skipped")) == [1, 0]
+    img = s.episode(0)["image"][:, 0, 0, 0]
+    assert list(img) == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11]  # frame 5's row is gone, the rest aligned
+    assert np.allclose(s.episode(0)["action"][:, 0], img / 100.0)

@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="fn(episode: dict of arrays, success: bool|None) -> rewards [T]")
     p.add_argument("--success", type=_bools, help="per-episode success, e.g. 1,0,1 (sparse-success)")
     p.add_argument("--success-topic", help="std_msgs/Bool; an episode succeeded if any message is true")
+    p.add_argument("--bad-frames", choices=["skip", "refuse"], default="skip",
+                   help="an image that cannot be decoded: skip its row (counted per episode in the summary "
+                        "and the episode's provenance; default) or refuse the bag naming the frame")
     p.add_argument("--append", action="store_true",
                    help="append to an existing store: action limits, action names and the rate come from "
                         "the store unless given (a measured camera rate within 2 %% of the store's is taken "
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         action_names=args.action_names, action_low=args.action_low, action_high=args.action_high,
         action_type=args.action_type, robot=args.robot, reward=reward, reward_topic=args.reward_topic,
         success=args.success, success_topic=args.success_topic, reward_fn=args.reward_fn,
-        overwrite=args.overwrite, zarr_format=args.zarr_format,
+        overwrite=args.overwrite, zarr_format=args.zarr_format, bad_frames=args.bad_frames,
     )
     summary = import_bag(cfg, log=lambda m: print(m, file=sys.stderr))
     if args.json:
@@ -97,5 +100,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"imported {summary['episodes_imported']} episodes ({summary['rows']} rows) from "
               f"{summary['bag']} into {summary['out']} ({summary['episodes_in_store']} episodes in the store; "
-              f"{summary['ticks_dropped']} ticks dropped)")
+              f"{summary['ticks_dropped']} ticks dropped, {summary['frames_skipped']} undecodable frames skipped)")
     return 0
