@@ -1,8 +1,10 @@
 """`vmerpo <verb>`: the command line (contract 4).
 
 Each verb lives in `vmerpo/commands/<verb>.py` with `add_arguments(parser)` and
-`run(args) -> int`; this file only dispatches. Bad input (ValueError, OSError from the
-layers) becomes one line on stderr and exit code 2; `--debug` shows the traceback.
+`run(args) -> int`; this file only dispatches. Bad input (ValueError, OSError, KeyError from
+the layers; TypeError, MemoryError, pickle.UnpicklingError and RuntimeError, which damaged or
+oversized inputs raise inside torch, numpy and zarr) becomes one line on stderr and exit code
+2; `--debug` shows the traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +12,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import pickle
 import sys
+
+# Raised by the layers for bad input (ValueError, OSError, KeyError) or inside torch, numpy and
+# zarr on damaged or oversized input: one line, exit 2 (named by type where it is not a ValueError).
+INPUT_ERRORS = (ValueError, OSError, KeyError, TypeError, MemoryError, pickle.UnpicklingError, RuntimeError)
 
 # verb -> (module under vmerpo.commands, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
@@ -85,10 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vmerpo {args.verb}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, KeyError) as e:
+    except INPUT_ERRORS as e:
         if args.debug:
             raise
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        text = str(e).strip()
+        msg = text.splitlines()[0] if text else type(e).__name__
+        if not isinstance(e, (ValueError, OSError, KeyError)):
+            msg = (f"{type(e).__name__}: {msg}" if text else msg) + " (--debug shows the traceback)"
         print(f"vmerpo {args.verb}: error: {msg}", file=sys.stderr)
         return 2
 
