@@ -763,8 +763,8 @@ def load_policy(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[Deploy
                 m2.meta_actor, np.zeros(m2.zdim, np.float32)).to(device)).eval()
         else:
             merpo = MerPO(model.cfg.feat_dim, model.cfg.action_dim, info["meta_train_tasks"], cfg.merpo, device)
-            merpo.load_state_dict(torch.load(run / "checkpoints" / "merpo.pt", map_location=device,
-                                             weights_only=True))
+            ckpt = run / "checkpoints" / "merpo.pt"
+            merpo.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
             module = meta_policy_module(model, merpo.meta_actor)
         store_spec = EpisodeStore.open(info["data"], load="lazy").spec
         task = None
