@@ -54,6 +54,12 @@ _DTYPES = {
     "episode_success": np.bool_,
 }
 ACTION_TYPES = ("ee_delta", "twist", "joint_position", "joint_velocity")
+# Stores written by other tools (diffusion_policy's ReplayBuffer and the like): their arrays may
+# carry other names (StoreSpec.keys maps ours to theirs), and these may be absent
+# (StoreSpec.absent), read as: no terminations, row times from control_hz, every episode the
+# table's one task, success unknown (False).
+OPTIONAL_KEYS = ("terminal", "timestamp", "episode_task", "episode_success")
+MAPPABLE_KEYS = DATA_KEYS + ("episode_task", "episode_success")
 IMAGE_CHUNK_BYTES = 1 << 20  # ~1 MiB raw per image chunk: 85 frames of 64x64x3
 LOWDIM_CHUNK_ROWS = 4096
 # zarr skips chunks that hold only the fill value, and reads an absent chunk as fill values:
@@ -102,6 +108,10 @@ class StoreSpec:
         "row t: observation at tick t (image + state), the action commanded in response, "
         "the reward of the transition t -> t+1; terminal = true termination only"
     )
+    # Only for stores written by other tools (`vmerpo spec`): our array name -> theirs (under
+    # data/, or meta/ for episode_task/episode_success), and the OPTIONAL_KEYS they lack.
+    keys: dict[str, str] = field(default_factory=dict)
+    absent: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -121,6 +131,30 @@ class StoreSpec:
         ids = [int(t["id"]) for t in self.tasks]
         if len(set(ids)) != len(ids):
             raise StoreError("task table has duplicate task ids")
+        bad = sorted(set(self.keys) - set(MAPPABLE_KEYS))
+        if bad:
+            raise StoreError(f"spec keys maps {bad[0]!r}, which is not one of {', '.join(MAPPABLE_KEYS)}")
+        odd = [v for v in self.keys.values() if not v or "/" in v or v.startswith(".")]
+        if odd:
+            raise StoreError(f"spec keys maps to {odd[0]!r}: give an array name under data/ or meta/ "
+                             "(no '/', not starting with '.')")
+        bad = sorted(set(self.absent) - set(OPTIONAL_KEYS))
+        if bad:
+            raise StoreError(f"spec absent lists {bad[0]!r}; only {', '.join(OPTIONAL_KEYS)} may be absent "
+                             "(image, state, action and reward are needed to learn)")
+        if "episode_task" in self.absent and len(self.tasks) != 1:
+            raise StoreError(f"spec absent lists episode_task, so every episode is one task, but the task "
+                             f"table has {len(self.tasks)}; give exactly one task")
+
+    @property
+    def foreign(self) -> bool:
+        """True for the spec of a store written by another tool (keys mapped or arrays absent)."""
+        return bool(self.keys or self.absent)
+
+    def array_name(self, key: str) -> str:
+        """The store's array of our `key`: data/<name> or meta/<name>."""
+        group = "meta" if key in META_KEYS else "data"
+        return f"{group}/{self.keys.get(key, key)}"
 
     def _check_types(self) -> None:
         """Every field's type, so that a spec read from a file fails with one line naming the
@@ -153,6 +187,11 @@ class StoreSpec:
         for name in ("camera", "reward_source", "env"):
             if not isinstance(getattr(self, name), Mapping):
                 raise _spec_type_error(name, "a JSON object", getattr(self, name))
+        if not isinstance(self.keys, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.keys.items()):
+            raise _spec_type_error("keys", "an object of array names", self.keys)
+        if not isinstance(self.absent, (list, tuple)) or not all(isinstance(x, str) for x in self.absent):
+            raise _spec_type_error("absent", "a list of array names", self.absent)
         if not isinstance(self.tasks, (list, tuple)):
             raise _spec_type_error("tasks", "a list of task objects", self.tasks)
         for i, task in enumerate(self.tasks):
@@ -177,7 +216,11 @@ class StoreSpec:
         return [int(t["id"]) for t in self.tasks if split is None or t.get("split") == split]
 
     def to_attrs(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        attrs = json.loads(json.dumps(dataclasses.asdict(self)))
+        for name in ("keys", "absent"):  # only for other tools' stores: vmerpo's attrs unchanged
+            if not attrs[name]:
+                del attrs[name]
+        return attrs
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> StoreSpec:
@@ -294,6 +337,8 @@ class EpisodeWriter:
         if not exists or (mode == "w" and overwrite):
             if spec is None:
                 raise StoreError(f"creating {self.path} needs a StoreSpec")
+            if spec.foreign:
+                raise StoreError("spec keys/absent describe another tool's store; a vmerpo store has every array")
             if zarr_format not in (2, 3):
                 raise StoreError(f"zarr_format must be 2 or 3, got {zarr_format}")
             self.root = _open_group(self.path, "w", storage_options, zarr_format)
@@ -309,6 +354,10 @@ class EpisodeWriter:
             self.root = _open_group(self.path, "r+", storage_options)
             self._acquire_lock()
             try:
+                if not written_by_vmerpo(self.root):
+                    raise StoreError(f"{self.path} was not written by vmerpo (its attrs have no format "
+                                     f"{FORMAT_NAME!r}): vmerpo reads such stores but appends only to its own; "
+                                     "write new episodes to a new store")
                 stored = _read_spec(self.root, self.path)
                 if spec is not None:
                     diff = stored.compatibility_errors(spec)
@@ -1075,12 +1124,37 @@ def _exists(path: str, storage_options: dict | None = None) -> bool:
     return fs.exists(root)
 
 
+# `--spec FILE` of the verbs: the spec of a store that carries none (written by another tool),
+# by resolved path; consulted by EpisodeStore.open only where the store's attrs have no spec.
+_SPEC_FILES: dict[str, StoreSpec] = {}
+
+
+def use_spec(path: str | os.PathLike, spec: StoreSpec) -> None:
+    """Describe the store at `path` with `spec` wherever it is opened in this process without
+    one, unless its own attrs hold a spec (`vmerpo <verb> --spec FILE`)."""
+    _SPEC_FILES[_spec_key(path)] = spec
+
+
+def _spec_key(path: str | os.PathLike) -> str:
+    return str(path) if _is_url(path) else os.path.realpath(path)
+
+
+def written_by_vmerpo(root: Any) -> bool:
+    return root.attrs.get("format") == FORMAT_NAME
+
+
 def _read_spec(root, path: str) -> StoreSpec:
     attrs = dict(root.attrs)
     if "spec" in attrs:
         return StoreSpec.from_attrs(attrs["spec"])
-    raise StoreError(f"{path}: group attrs have no 'spec' (not written by vmerpo; use "
-                     "EpisodeStore.open(..., spec=StoreSpec(...)) to describe it)")
+    if not written_by_vmerpo(root):
+        override = _SPEC_FILES.get(_spec_key(path))
+        if override is not None:
+            return override
+        raise StoreError(f"{path}: a zarr store with no vmerpo spec (written by another tool?): "
+                         f"`vmerpo inspect {path}` shows what it holds, `vmerpo spec {path} --control-hz HZ` "
+                         "describes it (or pass --spec FILE)")
+    raise StoreError(f"{path}: group attrs have no 'spec' (damaged: a vmerpo store always has one)")
 
 
 class ChunkCache:
@@ -1172,29 +1246,50 @@ class EpisodeStore:
                              f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
 
     def _validate_layout(self, files: _Files | None = None) -> None:
-        for key in META_KEYS:
-            if not self._has(f"meta/{key}"):
-                raise StoreError(f"{self.path}: missing array meta/{key}")
-        for key in DATA_KEYS:
-            name = f"data/{key}"
-            if not self._has(name):
-                raise StoreError(f"{self.path}: missing array {name}")
+        spec = self.spec
+        self.foreign = not written_by_vmerpo(self.root)
+        if spec.foreign and not self.foreign:
+            raise StoreError(f"{self.path}: a vmerpo store whose spec maps keys or lists absent arrays "
+                             "(keys/absent describe other tools' stores only)")
+        # every array the store lacks, named at once
+        names = {k: spec.array_name(k) for k in MAPPABLE_KEYS}
+        missing = [names[k] for k in MAPPABLE_KEYS if k not in spec.absent and not self._has(names[k])]
+        missing += [f"meta/{k}" for k in ("episode_ends",) if not self._has(f"meta/{k}")]
+        if missing:
+            hint = "" if not self.foreign else (
+                f" (map other names with `vmerpo spec {self.path} --key image=NAME`, or mark "
+                f"{'/'.join(OPTIONAL_KEYS)} absent; `vmerpo inspect` lists its arrays)")
+            raise StoreError(f"{self.path}: missing array{'s' if len(missing) > 1 else ''} "
+                             f"{', '.join(missing)}{hint}")
         # lengths, chunks and the commit; rows past the last commit are an interrupted episode:
         # ignored by readers (reported by `vmerpo inspect`, removed by `vmerpo repair`)
         self.commit = _commit_state(self.root, self.path, files)
         self.episode_ends = self.commit.episode_ends
+        self._names = {k: v for k, v in names.items() if v in self.commit.arrays}
+        ours = {v: k for k, v in self._names.items() if k in DATA_KEYS}
         for full, arr in self.commit.arrays.items():
             if not full.startswith("data/"):
                 continue
-            name = full[len("data/"):]
+            name = ours.get(full, full[len("data/"):])
+            if full not in ours and name in DATA_KEYS:
+                continue  # another tool's array named like one of ours that the spec maps elsewhere
+            self._names.setdefault(name, full)
             self._arrays[name] = arr
-            if name in _DTYPES and arr.dtype != _DTYPES[name]:
-                raise StoreError(f"{self.path}: data/{name} has dtype {arr.dtype}, expected "
-                                 f"{np.dtype(_DTYPES[name])}")
+            self._check_dtype(name, full, arr)
             expected = self.spec.trailing_shape(name)
             if name in DATA_KEYS and tuple(arr.shape[1:]) != expected:
-                raise StoreError(f"{self.path}: data/{name} has rows of shape {tuple(arr.shape[1:])}, "
+                raise StoreError(f"{self.path}: {full} has rows of shape {tuple(arr.shape[1:])}, "
                                  f"the store attrs say {expected}")
+
+    def _check_dtype(self, name: str, full: str, arr: Any) -> None:
+        if name not in _DTYPES or arr.dtype == _DTYPES[name]:
+            return
+        # another tool's numbers are read as ours (float64 state, int terminal, ...); images are
+        # RGB uint8 in every store
+        kinds = {"state": "fiu", "action": "fiu", "reward": "fiu", "timestamp": "fiu", "terminal": "biu"}
+        if self.foreign and arr.dtype.kind in kinds.get(name, ""):
+            return
+        raise StoreError(f"{self.path}: {full} has dtype {arr.dtype}, expected {np.dtype(_DTYPES[name])}")
 
     @property
     def leftover(self) -> dict[str, int]:
@@ -1211,12 +1306,14 @@ class EpisodeStore:
         return _read(arr, self.path, name, sl)
 
     def _read_full(self, key: str) -> np.ndarray:
-        return self._read_array(f"data/{key}", slice(0, self.n_frames))
+        return self._read_array(self._names[key], slice(0, self.n_frames))
 
     def _load_lowdim(self) -> None:
         for key, arr in self._arrays.items():
             if arr.ndim <= 2:
                 values = self._read_full(key)
+                if key in _DTYPES and values.dtype != _DTYPES[key]:  # another tool's (checked kinds)
+                    values = values.astype(_DTYPES[key])
                 if values.dtype.kind == "f":
                     bad = ~np.isfinite(values)
                     if bad.any():
@@ -1226,8 +1323,22 @@ class EpisodeStore:
                                          f"(NaN/inf) at row {row}, episode {ep}")
                 self._memory[key] = values
         E = self.n_episodes
-        self.episode_task = self._read_array("meta/episode_task", slice(0, E)).astype(np.int64)
-        self.episode_success = self._read_array("meta/episode_success", slice(0, E)).astype(bool)
+        # what another tool's store lacks (spec.absent): no terminations, row times from the
+        # rate, the table's one task, success unknown
+        self.absent = [k for k in OPTIONAL_KEYS if k not in self._names]
+        if "terminal" in self.absent:
+            self._memory["terminal"] = np.zeros(self.n_frames, bool)
+        if "timestamp" in self.absent:
+            rows = np.arange(self.n_frames) - np.repeat(self.episode_starts, self.episode_lengths)
+            self._memory["timestamp"] = rows / float(self.spec.control_hz)
+        if "episode_task" in self.absent:
+            self.episode_task = np.full(E, self.spec.task_ids()[0], np.int64)
+        else:
+            self.episode_task = self._read_array(self._names["episode_task"], slice(0, E)).astype(np.int64)
+        if "episode_success" in self.absent:
+            self.episode_success = np.zeros(E, bool)
+        else:
+            self.episode_success = self._read_array(self._names["episode_success"], slice(0, E)).astype(bool)
         known = set(self.spec.task_ids())
         if known:
             unknown = sorted(set(self.episode_task.tolist()) - known)
@@ -1243,7 +1354,7 @@ class EpisodeStore:
             chunk_bytes = max(1, math.prod(int(c) for c in arr.chunks) * arr.dtype.itemsize)
             step = arr.chunks[0] * max(1, min(16, (64 << 20) // chunk_bytes))
             for start in range(0, self.n_frames, step):
-                self._read_array(f"data/{key}", slice(start, min(start + step, self.n_frames)))
+                self._read_array(self._names[key], slice(start, min(start + step, self.n_frames)))
                 if progress:
                     progress(min(start + step, self.n_frames), self.n_frames)
 
@@ -1266,9 +1377,15 @@ class EpisodeStore:
 
     @property
     def data_keys(self) -> list[str]:
-        return list(self._arrays)
+        return list(self._arrays) + [k for k in ("terminal", "timestamp") if k in self.absent]
+
+    def array_name(self, key: str) -> str | None:
+        """The store's array holding our `key` (None where the store lacks it: spec.absent)."""
+        return self._names.get(key)
 
     def array_shape(self, key: str) -> tuple[int, ...]:
+        if key not in self._arrays:
+            return tuple(self._memory[key].shape)
         return (self.n_frames, *self._arrays[key].shape[1:])
 
     def chunk_rows(self, key: str) -> int:
@@ -1287,7 +1404,7 @@ class EpisodeStore:
             chunk = self.cache.get(
                 (key, c),
                 lambda c=c: self._read_array(  # type: ignore[misc]  # c bound per chunk
-                    f"data/{key}", slice(c * cs, min((c + 1) * cs, self.n_frames))),
+                    self._names[key], slice(c * cs, min((c + 1) * cs, self.n_frames))),
             )
             lo = max(start - c * cs, 0)
             hi = min(stop - c * cs, len(chunk))
@@ -1314,9 +1431,10 @@ class EpisodeStore:
         return values
 
     def provenance_names(self) -> list[str]:
+        mapped = set(self._names.values())
         return sorted(
             n[len("episode_"):] for n, _ in self.root["meta"].arrays()
-            if n.startswith("episode_") and n not in META_KEYS
+            if n.startswith("episode_") and n not in META_KEYS and f"meta/{n}" not in mapped
         )
 
     def episode_returns(self) -> np.ndarray:

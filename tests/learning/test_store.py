@@ -56,7 +56,7 @@ def test_foreign_store_opens_with_a_spec(tmp_path):
     root.create_array("meta/episode_ends", data=np.array([len(ep["image"])], np.int64))
     root.create_array("meta/episode_task", data=np.array([0], np.int32))
     root.create_array("meta/episode_success", data=np.array([True]))
-    with pytest.raises(StoreError, match="no 'spec'"):
+    with pytest.raises(StoreError, match="no vmerpo spec .*vmerpo spec"):
         EpisodeStore.open(path)
     store = EpisodeStore.open(path, spec=spec())
     check_episode(store.episode(0), 3)
