@@ -30,6 +30,7 @@ from learning.store import (
     repair_store,
 )
 from tests.learning.storeutil import check_episode, episode, make_store, spec
+from vmerpo.benchmarks.faults import replay_buffer_episode, replay_buffer_read
 from vmerpo.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,29 +77,6 @@ def _add_leftovers(path: Path, k: int = 7, half_commit: bool = True) -> int:
         ends = root["meta/episode_ends"]
         ends.resize((ends.shape[0] + 1,))
     return len(ep["image"])
-
-
-def replay_buffer_read(path: Path) -> dict[str, Any]:
-    """diffusion_policy's ReplayBuffer.copy_from_path with the numpy backend, as it reads a
-    zarr-2 store: every meta/ array and every data/ array whole, then its constructor's check
-    that every data array ends where meta/episode_ends does."""
-    src_root: Any = zarr.open_group(str(path), mode="r")
-    meta = {key: (np.array(value) if len(value.shape) == 0 else value[:])
-            for key, value in src_root["meta"].arrays()}
-    data = {key: value[:] for key, value in src_root["data"].arrays()}
-    root: dict[str, Any] = {"meta": meta, "data": data}
-    assert "episode_ends" in root["meta"]
-    for key, value in root["data"].items():
-        assert value.shape[0] == root["meta"]["episode_ends"][-1], \
-            f"ReplayBuffer: data/{key} has {value.shape[0]} rows, episode_ends[-1] is {root['meta']['episode_ends'][-1]}"
-    return root
-
-
-def replay_buffer_episode(root: dict, i: int) -> dict[str, np.ndarray]:
-    """ReplayBuffer.get_episode."""
-    ends = root["meta"]["episode_ends"]
-    start = 0 if i == 0 else int(ends[i - 1])
-    return {k: v[start:int(ends[i])] for k, v in root["data"].items()}
 
 
 # -- declared lengths ---------------------------------------------------------------------------

@@ -19,10 +19,18 @@ Sections (each a subprocess from the outside, as a crash would hit a user):
              episodes (>= 20 trials): every episode whose commit was acknowledged survives,
              unchanged and aligned (image, state and command of the same tick).
   corruption damaged stores (truncated/garbled/missing chunks, missing arrays, bad attrs,
-             wrong dtype, NaN, length mismatch) through `vmerpo inspect` and EpisodeStore, and
-             damaged ONNX policies (truncated, random bytes, empty, missing/garbled/mismatched
-             metadata, renamed inputs) through `vmerpo eval` and PolicyRuntime: each refused
-             with exit code 2 / a ValueError and ONE line naming the problem, no traceback.
+             wrong dtype, NaN, length mismatch; and untrusted ones: 1e12 declared rows, rows
+             past the commit beyond the leftover bound, a damaged last commit entry, oversized
+             chunks, symlinked array directories and chunks, a FIFO or device in place of a
+             chunk, spec fields of a wrong type) through `vmerpo inspect` and EpisodeStore,
+             each timed and its memory measured against bounds (1 s, 100 MiB); an append to
+             the damage that could destroy data must be refused with no file changed, in the
+             store or outside it; leftover rows of a killed writer are reported by inspect
+             and removed by `vmerpo repair` so that diffusion_policy's reader sees exactly the
+             committed episodes. Damaged ONNX policies (truncated, random bytes, empty,
+             missing/garbled/mismatched metadata, renamed inputs) through `vmerpo eval` and
+             PolicyRuntime. Each refused with exit code 2 / a ValueError and ONE line naming
+             the problem, no traceback.
   ros        policy_node in its own process fed robot_nodes.testing's malformed-input set
              plus random malformed images: it stays alive, publishes only finite in-limit
              commands, counts the rejections and exits cleanly.
@@ -575,6 +583,146 @@ def recording_section(wd: Path, counts: dict, rng: random.Random, log: Callable[
 
 
 # -- (c) corrupted stores and policies ---------------------------------------------------------
+# Every store refusal is measured (what a user waits for, what it costs): REFUSAL_BOUND_S and
+# REFUSAL_BOUND_MB bound the refusal itself (the issue: a declared length of 1e12 rows refused in
+# under a second), HANG_TIMEOUT_S turns a hang (a FIFO read) into a recorded failure.
+REFUSAL_BOUND_S = 1.0
+REFUSAL_BOUND_MB = 100.0
+HANG_TIMEOUT_S = 60.0
+LOCK_NAME = ".vmerpo-writer.lock"
+
+
+def run_measured(cmd: list[str], timeout: float = HANG_TIMEOUT_S) -> dict[str, Any]:
+    """Run `cmd` in its own process group and measure it: wall seconds from start to exit, and
+    the peak resident memory of that one process (the rusage wait4 returns for the reaped child:
+    ru_maxrss, KiB on Linux; not RUSAGE_CHILDREN, whose maximum covers every child so far). At
+    `timeout` the group is SIGKILLed and the run recorded as timed out: a hang is a result,
+    never a stuck suite."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    streams: dict[str, bytes] = {}
+
+    def drain(name: str, f: Any) -> None:
+        streams[name] = f.read()
+
+    readers = [threading.Thread(target=drain, args=(n, f), daemon=True)
+               for n, f in (("stdout", p.stdout), ("stderr", p.stderr))]
+    for t in readers:
+        t.start()
+    killed = threading.Event()
+
+    def kill() -> None:
+        killed.set()
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    try:  # exited but not reaped: the pid (and group) stay ours until wait4
+        os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
+    finally:
+        timer.cancel()
+        timer.join()
+    seconds = time.perf_counter() - t0
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    for t in readers:
+        t.join(timeout=10)
+    for f in (p.stdout, p.stderr):
+        if f is not None:
+            f.close()
+    return {"rc": p.returncode, "stdout": streams.get("stdout", b"").decode(errors="replace"),
+            "stderr": streams.get("stderr", b"").decode(errors="replace"), "seconds": seconds,
+            "peak_rss_mb": usage.ru_maxrss / 1024, "timed_out": killed.is_set() and p.returncode == -signal.SIGKILL}
+
+
+def probe_store(what: str, path: str, warm: str) -> None:
+    """One API check in a fresh interpreter (run by the corruption section as
+    `python -c "...probe_store(...)"`), so that a hang is killed and memory is this check's
+    alone. Opens and verifies the undamaged store `warm` first (lazy imports, codecs), then
+    calls, on `path`, "open" = EpisodeStore.open(load="lazy") + verify() or "append" =
+    EpisodeWriter(mode="a") + add_episode. Prints one line, PROBE {json}: exit_code (2 for a
+    ValueError, 1 for any other exception, 0 if accepted), message, seconds (the call alone),
+    peak_rss_mb and rss_growth_mb (the process's peak RSS after the call minus before it: what
+    the call added to the high-water mark of an undamaged open+verify), and traced_peak_mb (the
+    peak of Python and numpy allocations during a second, identical call under tracemalloc; not
+    made after an accepted append, which would append again)."""
+    import gc
+    import resource
+    import tracemalloc
+
+    import numpy as np
+
+    from learning.store import EpisodeStore, EpisodeWriter
+    from learning.synthetic import synthetic_episode
+
+    EpisodeStore.open(warm, load="lazy").verify()
+    ep = synthetic_episode(np.random.default_rng(11), 20, 32)
+
+    def call() -> dict[str, Any]:
+        try:
+            if what == "open":
+                EpisodeStore.open(path, load="lazy").verify()
+            else:
+                with EpisodeWriter(path, mode="a", log=lambda m: None) as w:
+                    w.add_episode(ep, task_id=0, success=True)
+            return {"exit_code": 0, "message": "accepted"}
+        except ValueError as e:
+            return {"exit_code": 2, "message": str(e)}
+        except Exception as e:  # noqa: BLE001 - an unexpected type is a failure, recorded
+            return {"exit_code": 1, "message": f"{type(e).__name__}: {e}"}
+
+    gc.collect()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    out = call()
+    out["seconds"] = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out.update(peak_rss_mb=peak / 1024, rss_growth_mb=(peak - before) / 1024, traced_peak_mb=None)
+    if what == "open" or out["exit_code"] != 0:
+        tracemalloc.start()
+        call()
+        out["traced_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    print("PROBE " + json.dumps(out), flush=True)
+
+
+def run_probe(what: str, path: Path, warm: Path) -> dict[str, Any]:
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from vmerpo.benchmarks.faults import probe_store; "
+            "probe_store(*sys.argv[2:])")
+    r = run_measured([sys.executable, "-c", code, str(ROOT), what, str(path), str(warm)])
+    line = next((ln for ln in r["stdout"].splitlines() if ln.startswith("PROBE ")), None)
+    if line is None:  # killed (a hang), or died
+        why = "timed out (a hang)" if r["timed_out"] else f"died (exit {r['rc']})"
+        tail = (r["stderr"].strip().splitlines() or [""])[-1]
+        return {"exit_code": r["rc"], "message": f"{why}: {tail}".rstrip(": "), "seconds": r["seconds"],
+                "peak_rss_mb": r["peak_rss_mb"], "rss_growth_mb": None, "traced_peak_mb": None,
+                "timed_out": r["timed_out"]}
+    return {**json.loads(line[len("PROBE "):]), "timed_out": False}
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every entry under `root` without following links or opening special files: a regular
+    file by its sha256, a link by its target, anything else by its kind (writer lock files
+    aside: taking the lock is not a change). To prove that nothing changed."""
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if name == LOCK_NAME:
+                continue
+            if p.is_symlink():
+                out[rel] = "link:" + os.readlink(p)
+            elif p.is_file():
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+            elif not p.is_dir():
+                out[rel] = "special"
+    return out
+
+
 def _zarr_json(path: Path) -> Path:
     return path / ".zarray" if (path / ".zarray").exists() else path / "zarr.json"
 
@@ -598,8 +746,89 @@ def _store_attrs(d: dict) -> dict:
     return d.get("attributes", d)  # zarr 3 keeps attrs inside zarr.json
 
 
+def _declare_rows(p: Path, name: str, rows: int) -> None:
+    """Edit an array's metadata to declare `rows` along axis 0, writing no chunk."""
+    _edit_json(_zarr_json(p / name), lambda d: d["shape"].__setitem__(0, rows))
+
+
+def _committed_frames(p: Path) -> int:
+    import zarr
+
+    ends: Any = zarr.open_group(str(p), mode="r")["meta/episode_ends"]
+    return int(ends[-1])
+
+
+def _past_the_bound(p: Path, name: str) -> None:
+    from learning.store import MAX_LEFTOVER_ROWS
+
+    _declare_rows(p, name, _committed_frames(p) + MAX_LEFTOVER_ROWS + 1)
+
+
+def _damage_last_end(p: Path) -> None:
+    """The last commit entry made non-zero and not above the one before: damage that an
+    unguarded writer takes for a commit cut short, deleting that committed episode's rows."""
+    import zarr
+
+    ends: Any = zarr.open_group(str(p), mode="r+")["meta/episode_ends"]
+    e = ends[:]
+    ends[len(e) - 1] = int(e[-2]) - 3
+
+
+def _victim(p: Path) -> Path:
+    """Another store beside `p`, one episode longer: through a link its arrays hold rows past
+    p's commit, which an append to p would truncate (as a killed writer's leftovers)."""
+    import numpy as np
+
+    from learning.store import EpisodeWriter
+    from learning.synthetic import synthetic_episode
+
+    v = p.with_name(p.stem + "-victim.zarr")
+    shutil.copytree(p, v)
+    with EpisodeWriter(v, mode="a", log=lambda m: None) as w:
+        w.add_episode(synthetic_episode(np.random.default_rng(7), 20, 32), task_id=0, success=True)
+    return v
+
+
+def _link_array_dir(p: Path, name: str) -> None:
+    v = _victim(p)
+    shutil.rmtree(p / name)
+    (p / name).symlink_to(v / name, target_is_directory=True)
+
+
+def _link_chunk(p: Path, name: str) -> None:
+    chunk = _first_chunk(p / name)
+    target = _victim(p) / chunk.relative_to(p)
+    chunk.unlink()
+    chunk.symlink_to(target)
+
+
+def _fifo_chunk(p: Path, name: str) -> None:
+    chunk = _first_chunk(p / name)
+    chunk.unlink()
+    os.mkfifo(chunk)
+
+
+def _device_chunk(p: Path, name: str) -> str | None:
+    """/dev/zero's character device (1, 5) in place of a chunk: it reads without end. Creating
+    a device node needs root; otherwise a link to /dev/zero (refused as a link; said so)."""
+    import stat
+
+    chunk = _first_chunk(p / name)
+    chunk.unlink()
+    try:
+        os.mknod(chunk, 0o644 | stat.S_IFCHR, os.makedev(1, 5))
+        return None
+    except PermissionError:
+        chunk.symlink_to("/dev/zero")
+        return "not root: a symbolic link to /dev/zero instead of a device node"
+
+
+def _spec_set(fn: Callable[[dict], None]) -> Callable[[Path, random.Random], None]:
+    return lambda p, r: _edit_json(_attrs_path(p), lambda d: fn(_store_attrs(d)))
+
+
 STORE_CASES: dict[str, tuple[Callable[[Path, random.Random], object], tuple[str, ...]]] = {
-    # name: (damage, words one of which the error must contain)
+    # name: (damage, words one of which the error must contain); a damage may return a note
     "truncated image chunk": (lambda p, r: _first_chunk(p / "data/image").write_bytes(
         _first_chunk(p / "data/image").read_bytes()[:40]), ("data/image",)),
     "garbled image chunk": (lambda p, r: _first_chunk(p / "data/image").write_bytes(
@@ -625,7 +854,39 @@ STORE_CASES: dict[str, tuple[Callable[[Path, random.Random], object], tuple[str,
     "NaN in data/action": (lambda p, r: _set_value(p, "data/action", (7, 1), float("nan")), ("data/action",)),
     "length mismatch": (lambda p, r: _resize(p, "data/action", -5), ("data/action",)),
     "unknown task id": (lambda p, r: _set_value(p, "meta/episode_task", (0,), 99), ("episode_task", "task")),
+    # untrusted stores (issue 27): refused in bounded time and memory, naming the array
+    "1e12 rows declared on data/image": (lambda p, r: _declare_rows(p, "data/image", 10**12),
+                                         ("data/image declares 1000000000000",)),
+    "1e12 rows declared on data/state": (lambda p, r: _declare_rows(p, "data/state", 10**12),
+                                         ("data/state declares 1000000000000",)),
+    "1e12 entries declared on meta/episode_ends": (lambda p, r: _declare_rows(p, "meta/episode_ends", 10**12),
+                                                   ("meta/episode_ends declares 1000000000000",)),
+    "rows past the commit beyond MAX_LEFTOVER_ROWS": (lambda p, r: _past_the_bound(p, "data/action"),
+                                                      ("data/action declares",)),
+    "damaged last meta/episode_ends entry": (lambda p, r: _damage_last_end(p), ("meta/episode_ends[4]",)),
+    "oversized declared chunk": (lambda p, r: _edit_json(_zarr_json(p / "data/state"),
+                                 lambda d: d["chunks"].__setitem__(0, 2**40)), ("data/state declares chunks",)),
+    "data/image a symlink to another store's array": (lambda p, r: _link_array_dir(p, "data/image"),
+                                                      ("data/image is a symbolic link",)),
+    "chunk file a symlink into another store": (lambda p, r: _link_chunk(p, "data/action"),
+                                                ("data/action/0.0 is a symbolic link",)),
+    "FIFO in place of a chunk": (lambda p, r: _fifo_chunk(p, "data/image"), ("data/image/0.0.0.0 is a FIFO",)),
+    "character device (/dev/zero) in place of a chunk": (lambda p, r: _device_chunk(p, "data/reward"),
+                                                         ("data/reward/0 is",)),
+    "spec field of a wrong type (control_hz a string)": (_spec_set(lambda a: a["spec"].update(control_hz="30")),
+                                                         ("spec field control_hz",)),
+    "spec field of a wrong type (an action_low entry a string)": (
+        _spec_set(lambda a: a["spec"]["action_low"].__setitem__(1, "x")), ("spec field action_low",)),
+    "spec attrs not an object": (_spec_set(lambda a: a.update(spec=["not", "an", "object"])),
+                                 ("'spec' must be a JSON object",)),
 }
+# The damage under which an append could destroy data (a commit entry taken for a commit cut
+# short, an array or chunk of another store reached through a link, a declared length an
+# append would resize from): each also gets an EpisodeWriter append, which must be refused with
+# no byte of the store and no file outside it changed.
+APPEND_CASES = ("damaged last meta/episode_ends entry", "data/image a symlink to another store's array",
+                "chunk file a symlink into another store", "1e12 rows declared on data/image",
+                "rows past the commit beyond MAX_LEFTOVER_ROWS")
 
 
 def _set_value(p: Path, name: str, index: tuple, value: Any) -> None:
@@ -734,33 +995,269 @@ def _check_message(line: str, words: tuple[str, ...]) -> bool:
     return any(w.lower() in line.lower() for w in words)
 
 
+def _store_row(name: str, tool: str, words: tuple[str, ...], exit_code: int, message: str, one_line: bool,
+               seconds: float, within: bool, **extra: Any) -> dict:
+    return {"target": "store", "case": name, "tool": tool, "exit_code": exit_code, "one_line": one_line,
+            "names_problem": _check_message(message, words), "message": message, "seconds": round(seconds, 4),
+            "within_bounds": within, **extra}
+
+
+def _probe_row(name: str, tool: str, words: tuple[str, ...], p: dict[str, Any], extra: dict) -> dict:
+    growth, traced = p["rss_growth_mb"], p["traced_peak_mb"]
+    within = (not p["timed_out"] and p["seconds"] <= REFUSAL_BOUND_S and growth is not None
+              and growth <= REFUSAL_BOUND_MB and (traced is None or traced <= REFUSAL_BOUND_MB))
+    return _store_row(name, tool, words, p["exit_code"], p["message"], "\n" not in p["message"], p["seconds"],
+                      within, peak_rss_mb=round(p["peak_rss_mb"], 1),
+                      rss_growth_mb=None if growth is None else round(growth, 1),
+                      traced_peak_mb=None if traced is None else round(traced, 2), timed_out=p["timed_out"], **extra)
+
+
+def store_damage_cases(wd: Path, rng: random.Random, names: list[str] | None = None) -> dict[str, Any]:
+    """STORE_CASES (all, or `names`), each on a fresh copy of a small store, each through:
+    `vmerpo inspect` (a subprocess: exit code, one line on stderr, wall time and peak RSS, also
+    above the start-up of `vmerpo inspect` on a missing store, which imports as much and refuses
+    at once) and EpisodeStore.open+verify (a fresh interpreter, probe_store: the call's time,
+    peak-RSS growth and tracemalloc peak); APPEND_CASES also through an EpisodeWriter append,
+    with every file of the store and beside it (a linked victim store) compared before and
+    after. A row is refused cleanly only with exit code 2 / a ValueError, one line naming the
+    problem, within REFUSAL_BOUND_S and REFUSAL_BOUND_MB, and (appends) nothing changed."""
+    import statistics
+
+    chosen = list(STORE_CASES) if names is None else names
+    good = make_small_store(wd / "good.zarr")
+    runs = [run_measured(vmerpo_cmd("inspect", str(wd / "no-such-store.zarr"))) for _ in range(3)]
+    startup = {"seconds": round(statistics.median(r["seconds"] for r in runs), 4),
+               "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in runs), 1)}
+    control = run_measured(vmerpo_cmd("inspect", str(good)))
+    controls = {"inspect good store": control["rc"] == 0, "inspect missing store": all(r["rc"] == 2 for r in runs)}
+    cases: list[dict] = []
+    for i, name in enumerate(chosen):
+        damage, words = STORE_CASES[name]
+        case_dir = wd / f"store_{i}"
+        case_dir.mkdir()
+        path = case_dir / "store.zarr"
+        shutil.copytree(good, path)
+        note = damage(path, rng)
+        extra = {"note": note} if isinstance(note, str) else {}
+
+        r = run_measured(vmerpo_cmd("inspect", str(path)))
+        one, line = one_line_error(r["stderr"])
+        over_s, over_mb = r["seconds"] - startup["seconds"], r["peak_rss_mb"] - startup["peak_rss_mb"]
+        cases.append(_store_row(
+            name, "vmerpo inspect", words, r["rc"], line if not r["timed_out"] else f"timed out after "
+            f"{HANG_TIMEOUT_S:.0f} s", one and not r["timed_out"], r["seconds"],
+            not r["timed_out"] and over_s <= REFUSAL_BOUND_S and over_mb <= REFUSAL_BOUND_MB,
+            seconds_over_startup=round(over_s, 4), peak_rss_mb=round(r["peak_rss_mb"], 1),
+            rss_over_startup_mb=round(over_mb, 1), timed_out=r["timed_out"], **extra))
+
+        cases.append(_probe_row(name, "EpisodeStore.open+verify", words, run_probe("open", path, good), extra))
+
+        if name in APPEND_CASES:
+            store_before = snapshot(path)
+            around_before = {k: v for k, v in snapshot(case_dir).items() if not k.startswith("store.zarr")}
+            app = run_probe("append", path, good)
+            store_after = snapshot(path)
+            around_after = {k: v for k, v in snapshot(case_dir).items() if not k.startswith("store.zarr")}
+            row = _probe_row(name, "EpisodeWriter append", words, app, extra)
+            row.update(target="append", files_outside=len(around_before),
+                       store_files_changed=sorted(k for k in set(store_before) | set(store_after)
+                                                  if store_before.get(k) != store_after.get(k))[:10],
+                       outside_files_changed=sorted(k for k in set(around_before) | set(around_after)
+                                                    if around_before.get(k) != around_after.get(k))[:10])
+            cases.append(row)
+    for c in cases:
+        c["refused_cleanly"] = bool(c["exit_code"] == 2 and c["one_line"] and c["names_problem"]
+                                    and c["within_bounds"] and not c.get("store_files_changed")
+                                    and not c.get("outside_files_changed"))
+    return {"cases": cases, "controls": controls, "startup": startup,
+            "bounds": {"seconds": REFUSAL_BOUND_S, "rss_mb": REFUSAL_BOUND_MB, "hang_timeout_s": HANG_TIMEOUT_S},
+            "good_store": str(good)}
+
+
+# -- leftover rows: inspect reports them, repair removes them, a zarr-2 reader then works ---------
+def replay_buffer_read(path: Path) -> dict[str, Any]:
+    """diffusion_policy's ReplayBuffer.copy_from_path with the numpy backend, as it reads a
+    zarr-2 store: every meta/ array and every data/ array whole, then its constructor's check
+    that every data array ends where meta/episode_ends does. (The reference reader of the
+    fault suite and of tests/learning/test_store_hardening.py.)"""
+    import numpy as np
+    import zarr
+
+    src_root: Any = zarr.open_group(str(path), mode="r")
+    meta = {key: (np.array(value) if len(value.shape) == 0 else value[:])
+            for key, value in src_root["meta"].arrays()}
+    data = {key: value[:] for key, value in src_root["data"].arrays()}
+    root: dict[str, Any] = {"meta": meta, "data": data}
+    assert "episode_ends" in root["meta"]
+    for key, value in root["data"].items():
+        assert value.shape[0] == root["meta"]["episode_ends"][-1], \
+            f"ReplayBuffer: data/{key} has {value.shape[0]} rows, episode_ends[-1] is {root['meta']['episode_ends'][-1]}"
+    return root
+
+
+def replay_buffer_episode(root: dict, i: int) -> dict[str, Any]:
+    """ReplayBuffer.get_episode."""
+    ends = root["meta"]["episode_ends"]
+    start = 0 if i == 0 else int(ends[i - 1])
+    return {k: v[start:int(ends[i])] for k, v in root["data"].items()}
+
+
+KILLED_WRITER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from learning.store import EpisodeWriter
+from learning.synthetic import synthetic_episode
+with EpisodeWriter(sys.argv[2], mode="a", log=lambda m: None) as w:
+    ep = synthetic_episode(np.random.default_rng(5), 400, 32)
+    s = w.stream_episode(task_id=0)
+    for t in range(400):  # more than one image chunk (341 rows): rows reach the disk uncommitted
+        s.append({k: v[t] for k, v in ep.items()})
+    print("streamed", flush=True)
+    time.sleep(120)
+"""
+
+
+def _kill_streaming_writer(path: Path) -> str:
+    """SIGKILL a writer streaming an episode once its first chunk of rows is on disk."""
+    p = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(ROOT), str(path)], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    timer = threading.Timer(HANG_TIMEOUT_S, lambda: os.killpg(p.pid, signal.SIGKILL))
+    timer.start()
+    try:
+        line = p.stdout.readline() if p.stdout else ""
+    finally:
+        timer.cancel()
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.communicate()
+    return line.strip()
+
+
+def _cut_short_commit(path: Path) -> str:
+    """What a writer killed inside its commit leaves (the moment is too short to hit with a
+    signal): an episode's data rows and per-episode meta entries, and the commit entry resized
+    but never written (the fill value 0)."""
+    import numpy as np
+    import zarr
+
+    from learning.synthetic import synthetic_episode
+
+    root: Any = zarr.open_group(str(path), mode="r+")
+    write_all = {"write_empty_chunks": True}
+    for key, value in synthetic_episode(np.random.default_rng(6), 20, 32).items():
+        root[f"data/{key}"].with_config(write_all).append(value)
+    root["meta/episode_task"].with_config(write_all).append(np.array([1], np.int32))
+    root["meta/episode_success"].with_config(write_all).append(np.array([True]))
+    ends = root["meta/episode_ends"]
+    ends.resize((ends.shape[0] + 1,))
+    return "cut short"
+
+
+def leftover_repair_checks(wd: Path, good: Path, log: Callable[[str], None] = print) -> list[dict]:
+    """After a writer SIGKILLed mid-episode and after a commit cut short: `vmerpo inspect` exits
+    0 and reports the leftover rows (naming the arrays and `vmerpo repair`); diffusion_policy's
+    reader refuses the store; `vmerpo repair` removes them; the reader then sees exactly the
+    committed episodes, byte for byte, and inspect reports nothing left over."""
+    import numpy as np
+
+    reference = replay_buffer_read(good)
+    n_ref = len(reference["meta"]["episode_ends"])
+    out: list[dict[str, Any]] = []
+    for name, leave in (("writer SIGKILLed mid-episode", _kill_streaming_writer),
+                        ("commit cut short (zero tail entry)", _cut_short_commit)):
+        path = wd / f"leftover_{len(out)}.zarr"
+        shutil.copytree(good, path)
+        how = leave(path)
+        r: dict[str, Any] = {"case": name, "writer": how}
+        insp = run_measured(vmerpo_cmd("inspect", str(path)))
+        line = next((ln for ln in insp["stdout"].splitlines() if ln.startswith("leftover")), "")
+        r["inspect_exit_code"], r["inspect_leftover_line"] = insp["rc"], line
+        r["inspect_reports_leftover"] = insp["rc"] == 0 and "data/image" in line and "vmerpo repair" in line
+        try:
+            replay_buffer_read(path)
+            r["reader_before_repair"] = "read"
+        except AssertionError as e:
+            r["reader_before_repair"] = f"refused: {e}"
+        rep = run_measured(vmerpo_cmd("repair", str(path)))
+        r["repair_exit_code"], r["repair_output"] = rep["rc"], (rep["stdout"] + rep["stderr"]).strip()
+        try:
+            root = replay_buffer_read(path)
+            eps = len(root["meta"]["episode_ends"])
+            same = eps == n_ref and all(
+                np.array_equal(replay_buffer_episode(root, k)[key], replay_buffer_episode(reference, k)[key])
+                for k in range(n_ref) for key in reference["data"])
+            r["reader_after_repair"] = f"{eps} episodes"
+        except AssertionError as e:
+            r["reader_after_repair"], same = f"refused: {e}", False
+        r["reader_sees_exactly_the_committed_episodes"] = same
+        after = run_measured(vmerpo_cmd("inspect", str(path)))
+        r["inspect_after_repair_clean"] = after["rc"] == 0 and not any(
+            ln.startswith("leftover") for ln in after["stdout"].splitlines())
+        r["ok"] = bool(r["inspect_reports_leftover"] and r["reader_before_repair"].startswith("refused")
+                       and rep["rc"] == 0 and same and r["inspect_after_repair_clean"])
+        log(f"  leftover rows, {name}: inspect {'reports them' if r['inspect_reports_leftover'] else 'SILENT'}, "
+            f"reader before repair {r['reader_before_repair'][:60]!r}, repair exit {rep['rc']}, reader after: "
+            f"{r['reader_after_repair']}, identical {same}")
+        out.append(r)
+    return out
+
+
+def store_damage_markdown(cor: dict) -> str:
+    """The store-damage table of a corruption section (its JSON), in Markdown."""
+    def yn(b: Any) -> str:
+        return "yes" if b else "**no**"
+
+    st, b = cor.get("startup", {}), cor.get("bounds", {})
+    lines = [f"Bounds: each refusal within {b.get('seconds')} s and {b.get('rss_mb')} MiB; a hang is killed after "
+             f"{b.get('hang_timeout_s')} s. `vmerpo inspect`: the process's wall time and peak RSS (wait4), in "
+             f"brackets above the start-up of `vmerpo inspect` on a missing store ({st.get('seconds')} s, "
+             f"{st.get('peak_rss_mb')} MiB). API and append: the call alone, in a fresh interpreter after an "
+             "undamaged open+verify; memory = its peak-RSS growth over that, and the tracemalloc peak (Python "
+             "and numpy allocations) of a second, identical call.", "",
+             "| case | tool | exit | one line | names the problem | time (s) | memory (MiB) | clean | message |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in cor.get("cases", []):
+        if c["target"] == "onnx":
+            continue
+        if c["tool"] == "vmerpo inspect":
+            t = f"{c['seconds']:.2f} ({c['seconds_over_startup']:+.2f})"
+            m = f"{c['peak_rss_mb']:.0f} ({c['rss_over_startup_mb']:+.1f})"
+        else:
+            t = f"{c['seconds']:.4f}"
+            m = "?" if c.get("rss_growth_mb") is None else f"{c['rss_growth_mb']:+.1f}"
+            if c.get("traced_peak_mb") is not None:
+                m += f"; {c['traced_peak_mb']:.2f} traced"
+        msg = c["message"].split(": ", 1)[-1] if c["message"].startswith("/") else c["message"]
+        if c["target"] == "append":
+            msg += (f" [store files changed: {len(c['store_files_changed'])}, files outside changed: "
+                    f"{len(c['outside_files_changed'])}]")
+        msg = msg.replace("|", "\\|")
+        lines.append(f"| {c['case']} | {c['tool']} | {c['exit_code']} | {yn(c['one_line'])} "
+                     f"| {yn(c['names_problem'])} | {t} | {m} | {yn(c['refused_cleanly'])} | {msg[:150]} |")
+    rep = cor.get("leftover_repair", [])
+    if rep:
+        lines += ["", "| leftover rows | inspect reports them | reader before repair | `vmerpo repair` exit "
+                  "| reader after repair | exactly the committed episodes | inspect clean after |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rep:
+            before = "refused" if r["reader_before_repair"].startswith("refused") else "**read**"
+            lines.append(f"| {r['case']} | {yn(r['inspect_reports_leftover'])} | {before} | {r['repair_exit_code']} "
+                         f"| {r['reader_after_repair']} | {yn(r['reader_sees_exactly_the_committed_episodes'])} "
+                         f"| {yn(r['inspect_after_repair_clean'])} |")
+    return "\n".join(lines)
+
+
 def corruption_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str], None]) -> dict:
     from learning.export import make_test_policy
     from learning.runtime.policy_runtime import PolicyRuntime
-    from learning.store import EpisodeStore
 
-    cases: list[dict] = []
-    good_store = make_small_store(wd / "good.zarr")
-    control = run(vmerpo_cmd("inspect", str(good_store)))
-    controls = {"inspect good store": control.returncode == 0}
-    for name, (damage, words) in STORE_CASES.items():
-        path = wd / f"store_{len(cases)}.zarr"
-        shutil.copytree(good_store, path)
-        damage(path, rng)
-        proc = run(vmerpo_cmd("inspect", str(path)))
-        one, line = one_line_error(proc.stderr)
-        cases.append({"target": "store", "case": name, "tool": "vmerpo inspect", "exit_code": proc.returncode,
-                      "one_line": one, "names_problem": _check_message(line, words), "message": line})
-        try:  # the API the trainers use: open + decompress every chunk
-            EpisodeStore.open(path, load="lazy").verify()
-            api: dict[str, Any]
-            api = {"exit_code": 0, "one_line": False, "message": "accepted"}
-        except ValueError as e:
-            api = {"exit_code": 2, "one_line": "\n" not in str(e), "message": str(e)}
-        except Exception as e:  # noqa: BLE001 - an unexpected type is a failure, recorded
-            api = {"exit_code": 1, "one_line": False, "message": f"{type(e).__name__}: {e}"}
-        cases.append({"target": "store", "case": name, "tool": "EpisodeStore.open+verify", **api,
-                      "names_problem": _check_message(api["message"], words)})
+    store = store_damage_cases(wd, rng)
+    cases: list[dict] = store["cases"]
+    controls = dict(store["controls"])
+    leftover = leftover_repair_checks(wd, Path(store["good_store"]), log=log)
 
     good = wd / "good.onnx"
     make_test_policy(good, policy_spec_for_reach(), seed=0)
@@ -769,6 +1266,7 @@ def corruption_section(wd: Path, counts: dict, rng: random.Random, log: Callable
     control = run(vmerpo_cmd("eval", "--policy", str(good), *eval_args))
     controls["eval good policy"] = control.returncode == 0
     n_eval = counts["eval_cases"] if counts["eval_cases"] is not None else len(ONNX_CASES)
+    api: dict[str, Any]
     for j, (name, (damage_onnx, words)) in enumerate(ONNX_CASES.items()):
         path = wd / f"policy_{j}.onnx"
         damage_onnx(good, path, rng)
@@ -789,13 +1287,20 @@ def corruption_section(wd: Path, counts: dict, rng: random.Random, log: Callable
             cases.append({"target": "onnx", "case": name, "tool": "vmerpo eval", "exit_code": proc.returncode,
                           "one_line": one, "names_problem": _check_message(line, words), "message": line})
     for c in cases:
-        c["refused_cleanly"] = bool(c["exit_code"] == 2 and c["one_line"] and c["names_problem"])
+        if "refused_cleanly" not in c:  # the store rows also carry bounds and (appends) changes
+            c["refused_cleanly"] = bool(c["exit_code"] == 2 and c["one_line"] and c["names_problem"])
     bad = [c for c in cases if not c["refused_cleanly"]]
+    changed = [c for c in cases if c.get("store_files_changed") or c.get("outside_files_changed")]
     log(f"  corruption: {len(cases) - len(bad)}/{len(cases)} refused with one line naming the problem"
         + "".join(f"\n    NOT CLEAN: {c['target']} {c['case']} via {c['tool']}: exit {c['exit_code']}, "
+                  f"{'out of bounds, ' if not c.get('within_bounds', True) else ''}"
                   f"{c['message'][:160]!r}" for c in bad))
-    return {"cases": cases, "controls": controls, "refused_with_one_line_error": len(cases) - len(bad),
-            "not_refused_cleanly": len(bad)}
+    out = {"cases": cases, "controls": controls, "startup": store["startup"], "bounds": store["bounds"],
+           "leftover_repair": leftover, "refused_with_one_line_error": len(cases) - len(bad),
+           "not_refused_cleanly": len(bad), "appends_changing_files": len(changed),
+           "errors": [f"leftover rows, {r['case']}: {r}" for r in leftover if not r["ok"]]}
+    log(store_damage_markdown(out))
+    return out
 
 
 # -- (d) policy_node under malformed input -----------------------------------------------------
@@ -1252,6 +1757,7 @@ def summarize(sections: dict[str, dict], counts: dict) -> dict[str, Any]:
         "unsafe_commands": ros.get("nonfinite_commands", 0) + ros.get("out_of_limit_commands", 0),
         "refused_with_one_line_error": cor.get("refused_with_one_line_error", 0),
         "not_refused_cleanly": cor.get("not_refused_cleanly", 0),
+        "appends_changing_files": cor.get("appends_changing_files", 0),
         "network_violations": (rec.get("network_violations", 0) + ros.get("network_violations", 0)
                                + stops.get("network_violations", 0) + robot.get("network_violations", 0)),
         "training_kills": sum(r.get("kills_after_progress", 0) + r.get("kills_blind", 0) for r in tr.values()),
@@ -1280,6 +1786,7 @@ def summarize(sections: dict[str, dict], counts: dict) -> dict[str, Any]:
             short.append(f"{name}: {err}")
     zero = ("lost_committed_episodes", "corrupted_committed_episodes", "unopenable_stores", "orphan_workers",
             "unrecoverable_runs", "policy_node_crashes", "unsafe_commands", "not_refused_cleanly",
+            "appends_changing_files",
             "network_violations", "takes_lost_to_sigint_sigterm", "full_disk_committed_lost",
             "commands_beyond_rate_limit", "frames_unanswered_bad_joints")
     s["problems"] = [f"{k} = {s[k]}" for k in zero if s[k]] + short
@@ -1297,6 +1804,7 @@ def format_table(summary: dict[str, Any]) -> str:
             ("non-finite or out-of-limit commands", "unsafe_commands", "0"),
             ("corrupt inputs refused with one line", "refused_with_one_line_error", "all"),
             ("corrupt inputs not refused cleanly", "not_refused_cleanly", "0"),
+            ("appends to damaged stores changing a file", "appends_changing_files", "0"),
             ("IP sockets opened by ROS processes", "network_violations", "0"),
             ("training kills (SIGKILL)", "training_kills", ""),
             ("collection kill trials", "collection_trials", ""),
@@ -1327,7 +1835,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections to run")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill times and damage")
     ap.add_argument("--workdir", help="keep the stores, runs and logs here (default: a temp dir, removed)")
+    ap.add_argument("--table", metavar="FAULTS.json", help="print the store-damage table (Markdown) of an "
+                    "earlier run's JSON and exit")
     args = ap.parse_args(argv)
+    if args.table:
+        print(store_damage_markdown(json.loads(Path(args.table).read_text())["sections"].get("corruption", {})))
+        return 0
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(only) - set(SECTIONS)
     if unknown:
