@@ -29,6 +29,7 @@ def summarize(store: EpisodeStore) -> dict[str, Any]:
     returns = store.episode_returns()
     names = {int(t["id"]): t for t in store.spec.tasks}
     tasks: dict[str, Any] = {}
+    known = "episode_success" not in store.absent  # another tool's store may not say
     for tid in sorted(set(store.episode_task.tolist()) | set(names)):
         mask = store.episode_task == tid
         info = names.get(tid, {})
@@ -38,7 +39,7 @@ def summarize(store: EpisodeStore) -> dict[str, Any]:
             "episodes": int(mask.sum()),
             "frames": int(lengths[mask].sum()),
             "mean_return": float(returns[mask].mean()) if mask.any() else None,
-            "success_rate": float(store.episode_success[mask].mean()) if mask.any() else None,
+            "success_rate": float(store.episode_success[mask].mean()) if mask.any() and known else None,
         }
     size = store_size_bytes(store.path)
     raw = sum(int(np.prod(store.array_shape(k))) * _itemsize(store, k) for k in store.data_keys)
@@ -56,13 +57,16 @@ def summarize(store: EpisodeStore) -> dict[str, Any]:
         "reward_source": store.spec.reward_source,
         "episode_length": _stats(lengths),
         "return": _stats(returns),
-        "success_rate": float(store.episode_success.mean()) if store.n_episodes else None,
+        "success_rate": float(store.episode_success.mean()) if store.n_episodes and known else None,
         "tasks": tasks,
         "size_bytes": size,
         "compression_ratio": raw / size if size else None,
         # rows/entries past the last commit, per array (a killed writer's): see format_leftover
         "leftover": store.leftover,
     }
+    if store.foreign:  # another tool's store, read through its spec
+        out["keys"] = dict(store.spec.keys)
+        out["absent"] = list(store.absent)
     for name in store.provenance_names():
         values = store.provenance(name)
         if values.dtype == object:  # categorical provenance: a breakdown per value
@@ -78,7 +82,8 @@ def summarize(store: EpisodeStore) -> dict[str, Any]:
 
 
 def _itemsize(store: EpisodeStore, key: str) -> int:
-    return int(store._arrays[key].dtype.itemsize)
+    arr = store._arrays.get(key)  # None: an array another tool's store lacks (read as a default)
+    return int((arr if arr is not None else store._memory[key]).dtype.itemsize)
 
 
 def _stats(x: np.ndarray) -> dict[str, float] | None:
@@ -102,7 +107,12 @@ def format_summary(s: dict[str, Any]) -> str:
     if s["episodes"]:
         el, r = s["episode_length"], s["return"]
         lines.append(f"length     min {el['min']:.0f} / mean {el['mean']:.1f} / max {el['max']:.0f}")
-        lines.append(f"return     mean {r['mean']:.2f} +- {r['std']:.2f}, success {s['success_rate']:.2f}")
+        success = "unknown" if s["success_rate"] is None else f"{s['success_rate']:.2f}"
+        lines.append(f"return     mean {r['mean']:.2f} +- {r['std']:.2f}, success {success}")
+    if s.get("keys") is not None:
+        lines.append("written by another tool; keys " + (", ".join(f"{k} <- {v}" for k, v in s["keys"].items())
+                                                          or "as vmerpo's") + "; absent "
+                     + (", ".join(s["absent"]) or "none"))
     if s.get("leftover"):
         lines.append(format_leftover(s["path"], s["leftover"]))
     lines.append("")

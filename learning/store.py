@@ -1129,13 +1129,22 @@ def _exists(path: str, storage_options: dict | None = None) -> bool:
 _SPEC_FILES: dict[str, StoreSpec] = {}
 
 
-def use_spec(path: str | os.PathLike, spec: StoreSpec) -> None:
-    """Describe the store at `path` with `spec` wherever it is opened in this process without
-    one, unless its own attrs hold a spec (`vmerpo <verb> --spec FILE`)."""
-    _SPEC_FILES[_spec_key(path)] = spec
+def use_spec(spec: StoreSpec | None, path: str | os.PathLike | None = None) -> None:
+    """Describe the store at `path` (every store, if None) with `spec` wherever it is opened in
+    this process while its attrs hold no spec (`vmerpo <verb> --spec FILE`); None forgets it."""
+    if spec is None:
+        _SPEC_FILES.pop(_spec_key(path), None)
+    else:
+        _SPEC_FILES[_spec_key(path)] = spec
 
 
-def _spec_key(path: str | os.PathLike) -> str:
+def spec_file_for(path: str | os.PathLike) -> StoreSpec | None:
+    return _SPEC_FILES.get(_spec_key(path), _SPEC_FILES.get("*"))
+
+
+def _spec_key(path: str | os.PathLike | None) -> str:
+    if path is None:
+        return "*"
     return str(path) if _is_url(path) else os.path.realpath(path)
 
 
@@ -1148,7 +1157,7 @@ def _read_spec(root, path: str) -> StoreSpec:
     if "spec" in attrs:
         return StoreSpec.from_attrs(attrs["spec"])
     if not written_by_vmerpo(root):
-        override = _SPEC_FILES.get(_spec_key(path))
+        override = spec_file_for(path)
         if override is not None:
             return override
         raise StoreError(f"{path}: a zarr store with no vmerpo spec (written by another tool?): "

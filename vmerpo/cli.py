@@ -23,6 +23,7 @@ INPUT_ERRORS = (ValueError, OSError, KeyError, TypeError, MemoryError, pickle.Un
 VERBS: dict[str, tuple[str, str]] = {
     "collect": ("collect", "collect MuJoCo episodes with a behaviour policy into a zarr store"),
     "inspect": ("inspect", "summarise and validate an episode store (--json, --plot, --video)"),
+    "spec": ("spec", "describe a store written by another tool (ReplayBuffer layout) so every verb reads it"),
     "repair": ("repair", "truncate the uncommitted rows a killed writer left in a store (--dry-run)"),
     "import-bag": ("import_bag", "import a rosbag2 (sqlite3/MCAP) recording into a zarr store"),
     "train-model": ("train_model", "train the latent world model (LOMPO RSSM + prior ensemble)"),

@@ -336,7 +336,7 @@ def meta_checks(model: WorldModel, cfg, test_store: EpisodeStore, horizon: int, 
             log(f"task {task}: eta {eta_task:g} by leave-one-episode-out ({eta_rule}) {eta_info['scores']}")
         adapted = _adapted(model, cache, adapt_steps, eta_task, seed, heads[0])
         scratch = adapt(model, cache, steps=adapt_steps, init="scratch", seed=seed)
-        row = {"task": task, "eta": eta_task if np.isfinite(eta_task) else "inf (phi)", "phi": prediction_losses(phi, held_eps, horizon),
+        row: dict[str, Any] = {"task": task, "eta": eta_task if np.isfinite(eta_task) else "inf (phi)", "phi": prediction_losses(phi, held_eps, horizon),
                "adapted": prediction_losses(adapted, held_eps, horizon),
                "scratch_heads": prediction_losses(scratch, held_eps, horizon)}
         if eta_info is not None:

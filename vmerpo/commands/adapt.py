@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from vmerpo.commands.options import add_spec_file, apply_spec_file
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
@@ -22,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--run", required=True, help="meta-trained run directory (from vmerpo train)")
     p.add_argument("--data", required=True, help="episode store with the new task's small log")
+    add_spec_file(p)
     p.add_argument("--out", required=True, help="output run directory for the adapted policy")
     p.add_argument("--task", type=int, help="task id in --data when it holds several")
     p.add_argument("--steps", type=int, help="RAC steps (default: the run's config)")
@@ -41,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from learning.merpo_train import adapt
 
+    apply_spec_file(args)
     summary = adapt(args.run, args.data, args.out, overwrite=args.overwrite, task=args.task,
                     steps=args.steps, progress=not args.no_progress, method=args.method, omega=args.omega,
                     device=args.device, log=lambda msg: print(msg, file=sys.stderr))

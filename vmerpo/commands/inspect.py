@@ -13,6 +13,7 @@ from learning.inspect_store import (
     summarize,
 )
 from learning.store import EpisodeStore
+from vmerpo.commands.options import add_spec_file, apply_spec_file
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,7 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "Validate an episode store and summarise it: episodes, frames, tasks, lengths, returns "
         "and success per task (and per behaviour quality), image shape, size on disk and "
         "compression. Every chunk is decompressed to check for damage unless --quick. "
-        "Exit code 2 with one line naming the array/episode if the store is invalid."
+        "Exit code 2 with one line naming the array/episode if the store is invalid. A store "
+        "written by another tool (the same layout, no vmerpo spec) is described instead: its "
+        "arrays' shapes and dtypes, its episodes, the key mapping vmerpo would use and what it "
+        "still lacks for training (`vmerpo spec` writes the spec)."
     )
     p.add_argument("store", help="path or fsspec URL of a zarr episode store")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -30,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="episode indices for --plot/--video, comma-separated, or 'all' (default 0,1,2)")
     p.add_argument("--quick", action="store_true", help="skip decompressing every image chunk")
     p.add_argument("--overwrite", action="store_true", help="replace existing --plot/--video files")
+    add_spec_file(p)
 
 
 def _episodes(spec: str, n: int) -> list[int]:
@@ -51,6 +56,17 @@ def run(args: argparse.Namespace) -> int:
     for out in (args.plot, args.video):
         if out and Path(out).exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    apply_spec_file(args)
+    from learning.store_foreign import describe, format_description, needs_description
+
+    if needs_description(args.store):  # another tool's store, not yet described by a spec
+        d = describe(args.store)
+        if args.json:
+            json.dump(d, sys.stdout, indent=2)
+            print()
+        else:
+            print(format_description(d))
+        return 0
     store = EpisodeStore.open(args.store, load="lazy")
     if not args.quick:
         store.verify()

@@ -45,3 +45,20 @@ def add_episode_options(p: argparse.ArgumentParser, tasks_default: str, action_r
         p.add_argument("--action-repeat", type=int, default=1, help="simulator steps per action (default 1)")
     add_hand_init_noise(p)
     add_goal_pin(experimental_group(p))
+
+
+def add_spec_file(p: argparse.ArgumentParser) -> None:
+    """--spec FILE: the spec of a store written by another tool that carries none."""
+    p.add_argument("--spec", metavar="FILE",
+                   help="YAML/JSON spec of a store written by another tool that carries none in its attrs "
+                        "(`vmerpo spec STORE --out FILE` writes one); used for every store this command reads "
+                        "that has no spec of its own")
+
+
+def apply_spec_file(args: argparse.Namespace) -> None:
+    """Describe every store this command opens without a spec of its own with the --spec file."""
+    if getattr(args, "spec", None):
+        from learning.store import use_spec
+        from learning.store_foreign import load_spec_file
+
+        use_spec(load_spec_file(args.spec))

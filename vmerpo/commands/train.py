@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from vmerpo.commands.options import add_spec_file, apply_spec_file
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
@@ -15,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "checkpoints into --out; --resume continues a killed run exactly."
     )
     p.add_argument("--data", required=True, help="episode store with task ids and a meta-train split")
+    add_spec_file(p)
     p.add_argument("--config", default="cpu", help="preset tiny|cpu|paper or a JSON/YAML file (default cpu)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--algorithm", choices=("merpo", "merpo_v2"),
@@ -40,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from learning.merpo_train import load_config, train
 
+    apply_spec_file(args)
     cfg = load_config(args.config)
     if args.algorithm:
         cfg.algorithm = args.algorithm

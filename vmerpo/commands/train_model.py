@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from vmerpo.commands.options import add_spec_file, apply_spec_file
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="episode store (logs.zarr)")
+    add_spec_file(p)
     p.add_argument("--config", default="cpu",
                    help="preset tiny|cpu|bench|paper, or a JSON/YAML file {preset, overrides, model: {...}}")
     p.add_argument("--out", required=True, help="run directory (config, checkpoints, TensorBoard, PNGs)")
@@ -26,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     from learning.world_model_train import load_config, train
 
+    apply_spec_file(args)
     cfg = load_config(args.config)
     overrides = {k: v for k, v in (("device", args.device), ("steps", args.steps), ("seed", args.seed))
                  if v is not None}
