@@ -1,12 +1,14 @@
 """rosbag2 (sqlite3 or MCAP) -> contract-1 episode store, with the `rosbags` library.
 
-Torch-free and ROS-free: runs wherever the store does. Alignment is the recorder node's
-(contract 1): ticks follow the camera, thinned to `control_hz`; a tick's state is the newest
-joint state logged at or before its image; its action is the first command logged after the
-image (or the command that names the frame, `frame_stamp_ns=` in a Float64MultiArray's
-layout label, as vmerpo's policy node writes); trailing ticks with no command are dropped.
-Times are the bag's log times (one clock for every topic); the stored timestamp is the
-image's header stamp when it has one.
+Torch-free and ROS-free: runs wherever the store does. Alignment is `learning.alignment`'s,
+the one rule recorder_node and policy_node follow (contract 1): ticks follow the camera,
+thinned to `control_hz`; a tick's state is the newest joint state stamped at or before its
+image (header stamps; the bag's log time only for a message whose header stamp is zero,
+counted per episode in the `rows_log_time` provenance and in the summary); its action is the
+first command logged after the image, or the command that names the frame
+(`frame_stamp_ns=` in a Float64MultiArray's layout label, as vmerpo's policy node writes);
+trailing ticks with no command are dropped. The stored timestamp is the image's header stamp
+(its log time if it has none).
 
 Episodes split where the camera pauses longer than `episode_gap_s`, or at each message on a
 marker topic. Images are resized by the one preprocessing function (centre crop, recorded in
@@ -31,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from learning.alignment import first_answers, is_tick, message_time, newest_at_or_before_each
 from learning.store import EpisodeWriter, StoreSpec
 from perception.preprocess import decode_compressed, preprocess_spec, to_model_image
 
@@ -76,10 +79,12 @@ class BagImportConfig:
 
 @dataclass
 class _Tick:
-    time: int  # log time, ns
-    stamp: int  # image header stamp, ns (log time if the header has none)
+    time: int  # the image's log time, ns (the receive side: commands, rewards)
+    stamp: int  # the image's header stamp, ns (its log time if the header has none)
     state: np.ndarray
-    action: np.ndarray | None = None
+    action: np.ndarray
+    command_time: int  # log time of the command that answers it
+    log_time: bool = False  # image or joint state paired by log time (no header stamp)
     reward: float = 0.0
 
 
@@ -201,32 +206,38 @@ def import_bag(cfg: BagImportConfig, log: Callable[[str], None] | None = None) -
 
 
 def _plan(reader, typestore, cfg, image_conns, cmd_conns, js_conns, rw_conns, sc_conns, mk_conns, log):
-    """Pass 1: tick times, episodes, states, actions, rewards (images not decoded)."""
+    """Pass 1: tick times, episodes, states, actions, rewards (images not decoded: only their
+    headers are read). The pairing is `learning.alignment`'s, as recorder_node's and policy_node's."""
     small = [c for group in (cmd_conns, js_conns, rw_conns, sc_conns, mk_conns) if group for c in group]
     image_ids = {c.id for c in image_conns}
-    image_times: list[int] = []
+    image_log: list[int] = []  # log times (actions, rewards, markers: the receive side)
+    image_stamps: list[int] = []  # header stamps, 0 where none (what a command names)
     commands: list[tuple[int, np.ndarray, int | None]] = []
-    joints: list[tuple[int, Any]] = []
+    joints: list[tuple[int, int, Any]] = []  # (log time, header stamp, message)
     rewards: list[tuple[int, float]] = []
     successes: list[tuple[int, bool]] = []
     markers: list[int] = []
     for conn, t, raw in reader.messages(connections=list(image_conns) + small):
         if conn.id in image_ids:
-            image_times.append(t)
+            image_log.append(t)
+            try:
+                image_stamps.append(_ns(typestore.deserialize_cdr(raw, conn.msgtype).header.stamp))
+            except Exception:  # noqa: BLE001 - an undeserialisable image: pass 2 names and skips it
+                image_stamps.append(0)
             continue
         msg = typestore.deserialize_cdr(raw, conn.msgtype)
         if cmd_conns and conn in cmd_conns:
             values, frame = _command_values(msg, conn.msgtype)
             commands.append((t, values, frame))
         elif js_conns and conn in js_conns:
-            joints.append((t, msg))
+            joints.append((t, _ns(msg.header.stamp), msg))
         elif rw_conns and conn in rw_conns:
             rewards.append((t, float(msg.data)))
         elif sc_conns and conn in sc_conns:
             successes.append((t, bool(msg.data)))
         else:
             markers.append(t)
-    if not image_times:
+    if not image_log:
         raise ValueError(f"{cfg.bag}: no messages on {cfg.image_topic}")
     if not commands:
         raise ValueError(f"{cfg.bag}: no messages on {cfg.command_topic}")
@@ -235,67 +246,80 @@ def _plan(reader, typestore, cfg, image_conns, cmd_conns, js_conns, rw_conns, sc
         raise ValueError(f"{cfg.bag}: commands on {cfg.command_topic} have varying lengths {sorted(dims)}")
     state_names = cfg.state_names
     if state_names is None:
-        state_names = list(joints[0][1].name) if joints else []
+        state_names = list(joints[0][2].name) if joints else []
     if not state_names:
         raise ValueError("no state: give --joint-states-topic (or --state-names)")
 
-    # Episode boundaries: camera gaps and markers.
+    # Frame times: header stamps, log time where an image has none.
+    image_times, image_unstamped = zip(*(message_time(s, t) for s, t in zip(image_stamps, image_log, strict=True)),
+                                       strict=True)
+    # Joint states in time order (a stable sort keeps the log order of equal times).
+    js_pairs = [message_time(s, t) for t, s, _ in joints]
+    order = sorted(range(len(joints)), key=lambda k: js_pairs[k][0])
+    js_times = np.array([js_pairs[k][0] for k in order], dtype=np.int64)
+    js_unstamped = [js_pairs[k][1] for k in order]
+    js_msgs = [joints[k][2] for k in order]
+
+    # Episode boundaries: camera gaps and markers; ticks thinned to the control rate.
     gap = int(cfg.episode_gap_s * 1e9)
     episodes: list[list[int]] = [[]]
     markers_left = sorted(markers)
     last_tick = None
-    period = int(0.75e9 / cfg.control_hz) if cfg.control_hz else 0
     for i, t in enumerate(image_times):
         new = False
         if episodes[-1] and t - image_times[i - 1] > gap:
             new = True
-        while markers_left and markers_left[0] <= t:
+        while markers_left and markers_left[0] <= image_log[i]:
             markers_left.pop(0)
             new = new or bool(episodes[-1])
         if new:
             episodes.append([])
             last_tick = None
-        if last_tick is not None and t - last_tick < period:
+        if not is_tick(t, last_tick, cfg.control_hz):
             continue  # thinned to the control rate
         episodes[-1].append(i)
         last_tick = t
 
     cmd_times = np.array([t for t, _, _ in commands], dtype=np.int64)
-    by_frame = {f: v for _, v, f in commands if f is not None}
-    js_times = np.array([t for t, _ in joints], dtype=np.int64)
+    if np.any(np.diff(cmd_times) < 0):  # a bag is read in log-time order; be safe all the same
+        commands = [commands[k] for k in np.argsort(cmd_times, kind="stable")]
+        cmd_times = np.sort(cmd_times, kind="stable")
+    cmd_frames = [f for _, _, f in commands]
     plan = []
     dropped = 0
     for ep_index, frames in enumerate(episodes):
         ticks: list[tuple[int, _Tick]] = []
-        end_t = image_times[frames[-1]] if frames else 0
-        for i in frames:
-            t = image_times[i]
-            j = int(np.searchsorted(js_times, t, side="right")) - 1
+        end_t = image_log[frames[-1]] if frames else 0
+        state_of = newest_at_or_before_each(js_times, [image_times[i] for i in frames])
+        action_of = first_answers([image_stamps[i] for i in frames], [image_log[i] for i in frames],
+                                  cmd_frames, cmd_times, deadlines=[end_t + gap] * len(frames))
+        for i, j, c in zip(frames, state_of, action_of, strict=True):
+            t = image_log[i]
             if j < 0:
                 dropped += 1
                 continue
             try:
-                state = _joint_values(joints[j][1], state_names)
+                state = _joint_values(js_msgs[j], state_names)
             except ValueError as e:
                 log(f"tick at {t * 1e-9:.3f}s skipped: {e}")
                 dropped += 1
                 continue
-            c = int(np.searchsorted(cmd_times, t, side="right"))  # first command after the image
-            action = commands[c][1] if c < len(commands) and commands[c][0] <= end_t + gap else None
-            ticks.append((i, _Tick(time=t, stamp=t, state=state, action=action)))
-        # Frame-stamped commands answer exactly their frame (stamps checked in pass 2).
-        ticks = [(i, tk) for i, tk in ticks if tk.action is not None]
+            if c < 0:
+                continue  # no command answers it (trailing ticks)
+            ticks.append((i, _Tick(time=t, stamp=image_times[i], state=state, action=commands[c][1],
+                                   command_time=int(cmd_times[c]),
+                                   log_time=bool(image_unstamped[i] or js_unstamped[j]))))
         for n, (_, tk) in enumerate(ticks):
+            # the rewards logged from the tick's command up to the next tick
             t_next = ticks[n + 1][1].time if n + 1 < len(ticks) else tk.time + gap
-            c_t = cmd_times[int(np.searchsorted(cmd_times, tk.time, side="right"))] \
-                if np.any(cmd_times > tk.time) else tk.time
+            c_t = tk.command_time
             tk.reward = float(sum(r for rt, r in rewards if c_t <= rt < max(t_next, c_t + 1)))
         success = None
         if cfg.success is not None:
             if ep_index < len(cfg.success):
                 success = bool(cfg.success[ep_index])
         elif successes and frames:
-            start_t = image_times[frames[0]]
+            start_t = image_log[frames[0]]
             success = any(v for st, v in successes if start_t <= st <= end_t + gap)
         if len(ticks) < cfg.min_episode_length:
             dropped += len(ticks)
@@ -308,7 +332,7 @@ def _plan(reader, typestore, cfg, image_conns, cmd_conns, js_conns, rw_conns, sc
         raise ValueError(f"{cfg.bag}: no episode with at least {cfg.min_episode_length} aligned ticks")
     A = dims.pop()
     all_actions = np.stack([tk.action for ep in plan for _, tk in ep["ticks"]])
-    return {"episodes": plan, "state_names": state_names, "action_dim": A, "by_frame": by_frame,
+    return {"episodes": plan, "state_names": state_names, "action_dim": A,
             "actions": all_actions, "dropped": dropped, "n_split": len(episodes)}
 
 
@@ -400,7 +424,6 @@ def _write(reader, typestore, cfg, image_conns, plan, reward_fn, log) -> dict[st
         for r, (i, _) in enumerate(ep["ticks"]):
             want[i] = (e, r)
     images: dict[tuple[int, int], np.ndarray] = {}
-    stamps: dict[tuple[int, int], int] = {}
     source_shape = None
     writer = None
     committed = []
@@ -408,6 +431,7 @@ def _write(reader, typestore, cfg, image_conns, plan, reward_fn, log) -> dict[st
     msgtype = image_conns[0].msgtype
     skipped: set[tuple[int, int]] = set()  # undecodable frames (bad_frames skip)
     frames_skipped: dict[int, int] = {}  # per written episode
+    log_time_rows = 0  # rows paired by log time (an image or joint state without a header stamp)
     index = -1
     for conn, t, raw in reader.messages(connections=list(image_conns)):
         index += 1
@@ -428,8 +452,6 @@ def _write(reader, typestore, cfg, image_conns, plan, reward_fn, log) -> dict[st
             continue
         source_shape = source_shape or list(arr.shape)
         images[(e, r)] = image
-        stamp = _ns(msg.header.stamp)
-        stamps[(e, r)] = stamp if stamp > 0 else t
         if writer is None:
             times = [tk.time for ep in plan["episodes"] for _, tk in ep["ticks"]]
             hz = (len(times) - 1) / ((times[-1] - times[0]) * 1e-9) if len(times) > 1 and times[-1] > times[0] else 30.0
@@ -450,9 +472,10 @@ def _write(reader, typestore, cfg, image_conns, plan, reward_fn, log) -> dict[st
                 (next_episode, rr) in images or (next_episode, rr) in skipped
                 for rr in range(len(plan["episodes"][next_episode]["ticks"]))):
             bad = sum((next_episode, rr) in skipped for rr in range(len(plan["episodes"][next_episode]["ticks"])))
-            n = _write_episode(writer, cfg, plan, next_episode, images, stamps, reward_fn, skipped, log)
+            n, n_log = _write_episode(writer, cfg, plan, next_episode, images, reward_fn, skipped, log)
             if n:
                 committed.append(n)
+                log_time_rows += n_log
                 frames_skipped[writer.n_episodes - 1] = bad
             for rr in range(len(plan["episodes"][next_episode]["ticks"])):
                 images.pop((next_episode, rr), None)
@@ -461,34 +484,34 @@ def _write(reader, typestore, cfg, image_conns, plan, reward_fn, log) -> dict[st
         raise ValueError(f"{cfg.bag}: no image could be decoded" + (f" ({len(skipped)} undecodable)" if skipped else ""))
     n_episodes = writer.n_episodes
     writer.close()
-    return {"bag": str(cfg.bag), "out": str(cfg.out), "episodes_imported": len(committed),
-            "rows": int(sum(committed)), "episodes_in_store": n_episodes,
+    if log_time_rows:
+        log(f"{cfg.bag}: {log_time_rows} rows paired by bag log time (an image or joint state without a "
+            "header stamp; provenance rows_log_time)")
+    return {"bag": str(cfg.bag), "out": str(cfg.out), "task_id": int(cfg.task_id),
+            "episodes_imported": len(committed), "rows": int(sum(committed)), "episodes_in_store": n_episodes,
             "ticks_dropped": plan["dropped"], "episodes_split": plan["n_split"],
-            "frames_skipped": len(skipped), "frames_skipped_per_episode": {str(k): v for k, v in frames_skipped.items()}}
+            "frames_skipped": len(skipped), "frames_skipped_per_episode": {str(k): v for k, v in frames_skipped.items()},
+            "rows_log_time": int(log_time_rows)}
 
 
-def _write_episode(writer, cfg, plan, e, images, stamps, reward_fn, skipped=frozenset(), log=None) -> int:
-    """Episode e without its undecodable frames' rows; 0 (nothing written) if fewer than
-    `min_episode_length` rows are left."""
+def _write_episode(writer, cfg, plan, e, images, reward_fn, skipped=frozenset(), log=None) -> tuple[int, int]:
+    """Episode e without its undecodable frames' rows: (rows written, of them paired by log
+    time); (0, 0) (nothing written) if fewer than `min_episode_length` rows are left."""
     ep = plan["episodes"][e]
     rows = [r for r in range(len(ep["ticks"])) if (e, r) not in skipped]
     if len(rows) < max(1, cfg.min_episode_length):
         if log is not None:
-            log(f"episode {e} of the bag not imported: {len(rows)} decodable frames")
-        return 0
+            log(f"episode {ep['index']} of {cfg.bag} not imported: {len(rows)} decodable frames")
+        return 0, 0
     ticks = [ep["ticks"][r][1] for r in rows]
-    by_frame = plan["by_frame"]
-    actions = []
-    for r, tk in zip(rows, ticks, strict=True):
-        # A command that names its frame wins over "first command after the image".
-        actions.append(by_frame.get(stamps[(e, r)], tk.action))
     data = {
         "image": np.stack([images[(e, r)] for r in rows]),
         "state": np.stack([tk.state for tk in ticks]).astype(np.float32),
-        "action": np.stack(actions).astype(np.float32),
+        "action": np.stack([tk.action for tk in ticks]).astype(np.float32),
         "terminal": np.zeros(len(ticks), bool),
-        "timestamp": np.array([stamps[(e, r)] * 1e-9 for r in rows]),
+        "timestamp": np.array([tk.stamp * 1e-9 for tk in ticks]),
     }
+    n_log = sum(tk.log_time for tk in ticks)
     success = ep["success"]
     if cfg.reward == "topic":
         data["reward"] = np.array([tk.reward for tk in ticks], np.float32)
@@ -503,5 +526,6 @@ def _write_episode(writer, cfg, plan, e, images, stamps, reward_fn, skipped=froz
         data["reward"] = rewards
     writer.add_episode(data, task_id=int(cfg.task_id), success=bool(success),
                        provenance={"behavior": "rosbag2", "bag_episode": int(ep["index"]),
-                                   "frames_skipped": len(ep["ticks"]) - len(rows)})
-    return len(ticks)
+                                   "frames_skipped": len(ep["ticks"]) - len(rows), "rows_log_time": int(n_log)})
+    return len(ticks), int(n_log)
+

@@ -52,6 +52,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
+from learning.alignment import StampedHistory, message_time  # noqa: E402
 from learning.runtime.policy_runtime import InferenceError, PolicyRuntime  # noqa: E402
 from learning.runtime.safety import SafetyLimiter  # noqa: E402
 from learning.runtime.spec import POSITION_TYPES  # noqa: E402
@@ -75,10 +76,11 @@ SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FA
 
 class PolicyNode(LifecycleNode):
     _last_frame: float | None
-    _pending: tuple[np.ndarray, int, float, np.ndarray] | None
+    _pending: tuple[np.ndarray, int, float, np.ndarray, int] | None
     _answered: tuple[int, np.ndarray, np.ndarray] | None  # (frame stamp, its pixels, its command)
     _measured: np.ndarray | None  # the newest valid joint positions (position interfaces)
     _last_command: np.ndarray | None  # the last command published this episode
+    unstamped_joint_states: int  # joint states without a header stamp (paired by arrival)
 
     def __init__(self, node_name: str = "policy_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
@@ -318,7 +320,10 @@ class PolicyNode(LifecycleNode):
 
     # -- observations ----------------------------------------------------------------------------
     def _on_joint_states(self, msg: JointState) -> None:
-        self._joints.append((stamp_to_ns(msg.header.stamp), time.monotonic(), msg))
+        t, unstamped = message_time(stamp_to_ns(msg.header.stamp), self.get_clock().now().nanoseconds)
+        self.unstamped_joint_states += unstamped
+        self._joints.add(t, msg)
+        self._joint_received = time.monotonic()
         if self.position_interface:
             try:
                 self._measured = joint_values(msg, self.joint_names)
@@ -329,7 +334,7 @@ class PolicyNode(LifecycleNode):
                 self._set_enabled(True)
                 self.get_logger().info("enabled (enable_on_activate: the first valid joint state arrived)")
         pending = self._pending
-        if pending is not None and self._joints[-1][0] >= pending[1]:
+        if pending is not None and self._joints[-1][0] >= pending[4]:
             self._pending = None
             self._guarded(self._act, *pending)
 
@@ -347,6 +352,8 @@ class PolicyNode(LifecycleNode):
         if not self.active or self.runtime is None:
             return
         stamp = stamp_to_ns(msg.header.stamp)
+        # the time its joint state is paired by: the stamp, or the arrival if it has none
+        pair_t = message_time(stamp, self.get_clock().now().nanoseconds)[0]
         try:
             raw, encoding = (image_to_array(msg, int(self.p_max_pixels)) if isinstance(msg, Image)
                              else compressed_image_to_array(msg, int(self.p_max_pixels)))
@@ -392,10 +399,10 @@ class PolicyNode(LifecycleNode):
         if self._pending is not None:  # a newer frame replaces one still waiting for its state
             self._pending = None
         if self._needs_joints and float(self.p_state_wait) > 0 and (
-                not self._joints or self._joints[-1][0] < stamp):
-            self._pending = (image, stamp, received, raw)  # acted upon when its joint state arrives
+                not self._joints or self._joints[-1][0] < pair_t):
+            self._pending = (image, stamp, received, raw, pair_t)  # acted upon when its joint state arrives
             return
-        self._act(image, stamp, received, raw)
+        self._act(image, stamp, received, raw, pair_t)
 
     def _fail(self, error: Exception, kind: str) -> None:
         """A frame that produced no command: hold, count, report; disable after too many."""
@@ -422,10 +429,10 @@ class PolicyNode(LifecycleNode):
         if report_now:
             self._publish_diagnostics()  # an ERROR is reported at once, not at the next period
 
-    def _act(self, image: np.ndarray, stamp: int, received: float, raw: np.ndarray) -> None:
+    def _act(self, image: np.ndarray, stamp: int, received: float, raw: np.ndarray, pair_t: int) -> None:
         """One tick: the policy's action for this frame, limited, published, fed back."""
         try:
-            state, ee = self._joint_inputs(stamp, received)
+            state, ee = self._joint_inputs(pair_t, received)
         except ValueError as e:
             self._fail(e, "observation")
             return
@@ -456,18 +463,19 @@ class PolicyNode(LifecycleNode):
         self.consecutive_failures = 0
         self.tick_times.append(received)
 
-    def _joint_inputs(self, stamp: int, now: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def _joint_inputs(self, t: int, now: float) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The policy's state and the end-effector position (workspace box), if needed: from
-        the newest joint state stamped at or before the frame (else the newest one)."""
+        the newest joint state stamped at or before the frame (`learning.alignment`, the rule
+        the recorder and import-bag follow). A frame with none gets the hold: the logs never
+        hold such a row."""
         if not self._needs_joints:
             return None, None
-        if not self._joints or now - self._joints[-1][1] > float(self.p_obs_timeout):
+        if not self._joints or now - self._joint_received > float(self.p_obs_timeout):
             raise MessageError("no joint_states newer than obs_timeout_s")
-        msg = self._joints[-1][2]
-        for s, _, m in reversed(self._joints):
-            if s <= stamp:
-                msg = m
-                break
+        msg = self._joints.at_or_before(t)
+        if msg is None:
+            raise MessageError(f"no joint state stamped at or before the frame ({t * 1e-9:.3f} s; the oldest kept "
+                               f"is {self._joints[0][0] * 1e-9:.3f} s): camera and joint clocks disagree?")
         state = joint_values(msg, self.spec.state_names).astype(np.float32) if self.spec.uses_state else None
         assert self.limiter is not None  # _needs_joints is set with the limiter
         ee = joint_values(msg, self.p_ee_names) if self.limiter.needs_ee_position else None
@@ -537,7 +545,9 @@ class PolicyNode(LifecycleNode):
         self.preprocess_latency: deque[float] = deque(maxlen=1000)
         self.tick_times: deque[float] = deque(maxlen=300)
         self._last_frame = None
-        self._joints: deque[tuple[int, float, JointState]] = deque(maxlen=64)
+        self._joints = StampedHistory(maxlen=2048)  # joint states in stamp order
+        self._joint_received = 0.0  # when the newest joint state arrived (monotonic)
+        self.unstamped_joint_states = 0
         self._last_stamp = self._newest_stamp = 0
         self._pending = None
         self._answered = None
@@ -577,6 +587,7 @@ class PolicyNode(LifecycleNode):
             "hold_count": str(self.holds), "episode_ticks": str(self.episode_ticks),
             "frozen_stamp_count": str(self.frozen_stamps), "backwards_stamp_count": str(self.backwards_stamps),
             "future_stamp_count": str(self.future_stamps), "invalid_joint_states": str(self.invalid_joint_states),
+            "unstamped_joint_states": str(self.unstamped_joint_states),
         }
         if self.limiter is not None:
             values.update({f"limiter_{k}": str(v) for k, v in self.limiter.stats.as_dict().items()})

@@ -18,10 +18,13 @@ until the store is writable again.
 `image_transport: compressed` records from `<image>/compressed` (sensor_msgs/CompressedImage,
 JPEG or PNG) through the same preprocessing function.
 
-Alignment (contract 1): ticks follow the camera, thinned to `control_hz` by the image stamps;
-a tick's state is the newest joint state stamped at or before the image; its action is the
-first command received after the image arrived (or, when the command names the frame it
-answers, as policy_node's do, exactly that frame's); its reward is what the `reward` topic
+Alignment (contract 1) is `learning.alignment`'s, the rule import-bag and policy_node follow:
+ticks follow the camera, thinned to `control_hz` by the image stamps; a tick's state is the
+newest joint state stamped at or before the image (a message without a header stamp counts
+at its arrival on the node's clock, the live form of a bag's log time; the episode's
+`rows_log_time` provenance counts such rows); its action is the first command received after
+the image arrived (or, when the command names the frame it answers, as policy_node's do,
+exactly that frame's); its reward is what the `reward` topic
 reports for the transition that action caused (reward_source: topic), or 1 on the last row
 of a successful episode (reward_source: sparse-success). Images go through the one
 preprocessing function (`to_model_image`).
@@ -47,6 +50,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64, Float64MultiArray  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
+from learning.alignment import StampedHistory, answers, is_tick, message_time  # noqa: E402
 from learning.store import EpisodeStream, EpisodeWriter, StoreError, StoreSpec  # noqa: E402
 from perception.preprocess import preprocess_spec, to_model_image  # noqa: E402
 from robot_nodes.common import declare, run_node  # noqa: E402
@@ -126,11 +130,13 @@ class RecorderNode(Node):
             raise
         self.stream: EpisodeStream | None = None
         self.ticks: deque[dict] = deque()
-        self.joints: deque[tuple[int, JointState]] = deque(maxlen=200)
+        self.joints = StampedHistory(maxlen=2048)  # joint states in stamp order
         self.last_tick_ns: int | None = None
         self.rejected = 0
         self.dropped = 0
         self.rows = 0
+        self.rows_log_time = 0  # rows of the take paired by arrival time (a message without a stamp)
+        self.unstamped = 0  # images and joint states without a header stamp
         self.committed = 0
         self.write_error = ""  # set by a failed write; cleared when the store is writable again
         self.stopped_by = "shutdown"  # run_node records the signal that stopped the process
@@ -169,7 +175,7 @@ class RecorderNode(Node):
             int(self.task_id), {"behavior": self.behavior, "source": "recorder_node"})
         self.ticks.clear()
         self.last_tick_ns = None
-        self.rows = 0
+        self.rows = self.rows_log_time = 0
         self.success_seen = False
         res.success, res.message = True, f"recording episode {self.writer.n_episodes}"
         return res
@@ -198,7 +204,8 @@ class RecorderNode(Node):
                 self.stream.discard()
                 self.stream = None
                 return False, "episode had no complete row (image + state + command); discarded"
-            index = self.stream.commit(success, {"ended_by": ended_by, "success_known": success_known})
+            index = self.stream.commit(success, {"ended_by": ended_by, "success_known": success_known,
+                                                 "rows_log_time": self.rows_log_time})
         except Exception as e:  # a full disk, a vanished mount: the take ends, the node stays
             self._write_failed(e)
             return False, f"the take could not be written: {self.write_error}"
@@ -246,6 +253,7 @@ class RecorderNode(Node):
                             "reward": np.float32(tick["reward"] or 0.0), "terminal": False,
                             "timestamp": tick["stamp"] * 1e-9})
         self.rows += 1
+        self.rows_log_time += tick["log_time"]
 
     def _finalize(self) -> None:
         """Write every tick that has its action and a successor (its transition is over)."""
@@ -262,21 +270,29 @@ class RecorderNode(Node):
             self.dropped += 1
 
     # -- topics --------------------------------------------------------------------------------
+    def _arrival_time(self, msg) -> tuple[int, bool]:
+        """The message's header stamp, or its arrival on the node's clock if it has none."""
+        t, unstamped = message_time(stamp_to_ns(msg.header.stamp), self.get_clock().now().nanoseconds)
+        if unstamped:
+            self.unstamped += 1
+        return t, unstamped
+
     def _on_joint_states(self, msg: JointState) -> None:
-        self.joints.append((stamp_to_ns(msg.header.stamp), msg))
+        t, unstamped = self._arrival_time(msg)
+        self.joints.add(t, (msg, unstamped))
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         if self.stream is None:
             return
-        stamp = stamp_to_ns(msg.header.stamp)
-        if self.control_hz and self.last_tick_ns is not None:
-            if stamp - self.last_tick_ns < 0.75e9 / float(self.control_hz):
-                return  # thinned to the control rate (25 % tolerance for jitter)
-        joint = next((m for s, m in reversed(self.joints) if s <= stamp), None)
+        frame = stamp_to_ns(msg.header.stamp)  # what a command answering it names (0: none)
+        stamp, unstamped = self._arrival_time(msg)
+        if not is_tick(stamp, self.last_tick_ns, float(self.control_hz)):
+            return  # thinned to the control rate (25 % tolerance for jitter)
+        joint = self.joints.at_or_before(stamp)
         try:
             if joint is None:
                 raise MessageError("no joint state at or before the image stamp")
-            state = joint_values(joint, self.state_names).astype(np.float32)
+            state = joint_values(joint[0], self.state_names).astype(np.float32)
             raw, encoding = (image_to_array(msg) if isinstance(msg, Image)
                              else compressed_image_to_array(msg))
             image = to_model_image(raw, int(self.image_size), encoding, crop=self.crop)
@@ -285,8 +301,9 @@ class RecorderNode(Node):
             self.get_logger().warning(f"frame not recorded: {e}", throttle_duration_sec=2.0)
             return
         self.last_tick_ns = stamp
-        self.ticks.append({"stamp": stamp, "received": time.monotonic(), "image": image,
-                           "state": state, "action": None, "reward": None})
+        self.ticks.append({"stamp": stamp, "frame": frame, "received": time.monotonic(), "image": image,
+                           "state": state, "action": None, "reward": None,
+                           "log_time": bool(unstamped or joint[1])})
         self._finalize_guarded()
 
     def _on_command(self, msg) -> None:
@@ -303,13 +320,8 @@ class RecorderNode(Node):
             self.rejected += 1
             return
         now = time.monotonic()
-        for tick in self.ticks:
-            if tick["action"] is not None:
-                continue
-            if frame is not None and frame != 0:
-                if tick["stamp"] == frame:
-                    tick["action"] = action
-            elif tick["received"] <= now:
+        for tick in self.ticks:  # the first command that answers a tick is its action
+            if tick["action"] is None and answers(tick["frame"], tick["received"], frame, now):
                 tick["action"] = action
         self._finalize_guarded()
 
@@ -350,6 +362,7 @@ class RecorderNode(Node):
         values = {"committed_episodes": str(self.writer.n_episodes), "committed_this_run": str(self.committed),
                   "rows_in_take": str(self.rows if self.stream is not None else 0),
                   "rejected_frames": str(self.rejected), "dropped_ticks": str(self.dropped),
+                  "unstamped_messages": str(self.unstamped),
                   "write_error": self.write_error}
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])

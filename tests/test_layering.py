@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ["perception", "learning", "sim", "robot_nodes"]
 TOP_LEVEL = {"perception", "learning", "sim", "robot_nodes", "vmerpo"}
 # Modules the robot computer imports: numpy, opencv, onnxruntime, zarr, rclpy only.
-TORCH_FREE = ["perception/preprocess.py", "learning/store.py", "learning/sampler.py",
+TORCH_FREE = ["perception/preprocess.py", "learning/store.py", "learning/sampler.py", "learning/alignment.py",
               "learning/inspect_store.py", "learning/runtime", "robot_nodes"]
 
 

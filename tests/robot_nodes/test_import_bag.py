@@ -17,10 +17,13 @@ T0 = 1_700_000_000_000_000_000
 CAM_DT = 33_000_000
 
 
-def write_bag(path: Path, storage: str, episodes=(12, 9), gap_s=2.0, frame_stamped=False, bad=()) -> None:
-    """Camera 30 Hz (80x60 bgr8, pixel = frame index), joint states 100 Hz, a command 5 ms
-    after each image (value = frame index / 100), a reward after each command, success.
-    Frames in `bad` carry a truncated image (undecodable)."""
+def write_bag(path: Path, storage: str, episodes=(12, 9), gap_s=2.0, frame_stamped=False, bad=(),
+              image_lag_ns=0, stamped_joints=True, t0=T0) -> None:
+    """Camera 30 Hz (80x60 bgr8, pixel = frame index), joint states 100 Hz (position 0 = its
+    time in s since T0), a command 5 ms after each image (value = frame index / 100), a reward
+    after each command, success. Frames in `bad` carry a truncated image (undecodable). An
+    image is logged `image_lag_ns` after its capture (its header stamp); joint states without
+    a header stamp unless `stamped_joints`."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -33,20 +36,20 @@ def write_bag(path: Path, storage: str, episodes=(12, 9), gap_s=2.0, frame_stamp
         return Header(stamp=Time(sec=ns // 10**9, nanosec=ns % 10**9), frame_id="cam")
 
     msgs = []  # (t, topic, type, msg)
-    frame, t_ep = 0, T0
+    frame, t_ep = 0, t0
     for n in episodes:
         for k in range(n):
             t = t_ep + k * CAM_DT
             for j in range(4):
                 jt = t - 10_000_000 + j * 10_000_000
                 msgs.append((jt, "/joint_states", "sensor_msgs/msg/JointState", T["sensor_msgs/msg/JointState"](
-                    header=stamp(jt), name=["a", "b"], position=np.array([jt * 1e-9 - T0 * 1e-9, 1.0]),
+                    header=stamp(jt if stamped_joints else 0), name=["a", "b"], position=np.array([jt * 1e-9 - T0 * 1e-9, 1.0]),
                     velocity=np.zeros(0), effort=np.zeros(0))))
             img = np.full((60, 80, 3), frame % 256, np.uint8)
             msgs.append((t, "/cam/image", "sensor_msgs/msg/Image", T["sensor_msgs/msg/Image"](
-                header=stamp(t), height=60, width=80, encoding="bgr8", is_bigendian=0, step=240,
+                header=stamp(t - image_lag_ns), height=60, width=80, encoding="bgr8", is_bigendian=0, step=240,
                 data=img.reshape(-1)[: 100 if frame in bad else None])))
-            label = f"frame_stamp_ns={t}" if frame_stamped else "action"
+            label = f"frame_stamp_ns={t - image_lag_ns}" if frame_stamped else "action"
             layout = T["std_msgs/msg/MultiArrayLayout"](dim=[T["std_msgs/msg/MultiArrayDimension"](
                 label=label, size=2, stride=2)], data_offset=0)
             msgs.append((t + 5_000_000, "/cmd", "std_msgs/msg/Float64MultiArray", T["std_msgs/msg/Float64MultiArray"](
@@ -214,3 +217,46 @@ def test_an_undecodable_frame_is_skipped_and_counted_or_refused_leaving_no_store
     img = s.episode(0)["image"][:, 0, 0, 0]
     assert list(img) == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11]  # frame 5's row is gone, the rest aligned
     assert np.allclose(s.episode(0)["action"][:, 0], img / 100.0)
+
+
+def test_state_is_the_newest_joint_state_stamped_at_or_before_the_image_not_by_log_time(tmp_path):
+    """The camera's images reach the bag 25 ms after their capture (header stamp), as on a
+    robot: the state is the newest joint state *stamped* at or before the capture, the rule
+    recorder_node and policy_node follow (by log time it would be 25 ms later). A frame with
+    no joint state before its capture is no row; commands naming frames still pair exactly."""
+    from learning.store import EpisodeStore
+
+    lag = 25_000_000
+    bag = tmp_path / "bag"
+    write_bag(bag, "mcap", episodes=(12,), image_lag_ns=lag, frame_stamped=True)
+    out = tmp_path / "logs.zarr"
+    r = vmerpo(bag, "--out", out, "--image-topic", "/cam/image", "--command-topic", "/cmd",
+               "--joint-states-topic", "/joint_states", "--reward-topic", "/reward", "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["rows_log_time"] == 0 and summary["ticks_dropped"] == 1, summary
+    ep = EpisodeStore.open(out).episode(0)
+    frames = np.arange(1, 12)  # frame 0 was captured before the first joint state: dropped
+    capture = frames * CAM_DT - lag  # ns since T0
+    # joint states every 10 ms from -10 ms around each frame: the newest at or before the capture
+    js = np.array(sorted({k * CAM_DT + d for k in range(12) for d in (-10_000_000, 0, 10_000_000, 20_000_000)}))
+    want = np.array([js[js <= c].max() for c in capture]) * 1e-9
+    assert np.allclose(ep["state"][:, 0], want, atol=1e-6)
+    assert not np.allclose(ep["state"][:, 0], frames * CAM_DT * 1e-9, atol=1e-6)  # what log time gave
+    assert np.allclose(ep["timestamp"] - T0 * 1e-9, capture * 1e-9, atol=1e-6)  # the header stamp
+    assert np.all(ep["image"][:, 0, 0, 0] == frames) and np.allclose(ep["action"][:, 0], frames / 100.0)
+
+
+def test_joint_states_without_a_header_stamp_pair_by_log_time_and_say_so(tmp_path):
+    from learning.store import EpisodeStore
+
+    bag = tmp_path / "bag"
+    write_bag(bag, "sqlite3", stamped_joints=False)
+    out = tmp_path / "logs.zarr"
+    r = vmerpo(bag, "--out", out, "--image-topic", "/cam/image", "--command-topic", "/cmd",
+               "--joint-states-topic", "/joint_states", "--reward-topic", "/reward")
+    assert r.returncode == 0, r.stderr
+    assert "21 rows paired by bag log time" in r.stderr and "21 rows paired by log time" in r.stdout, r
+    s = EpisodeStore.open(out)
+    assert list(s.provenance("rows_log_time")) == [12, 9]
+    assert np.allclose(s.episode(0)["state"][:, 0], np.arange(12) * CAM_DT * 1e-9, atol=1e-5)

@@ -295,6 +295,40 @@ def test_position_interface_holds_the_last_commanded_position(position_policy):
         assert all(np.all(np.isfinite(m.data)) for _, m in rec)
 
 
+def test_the_state_is_the_newest_joint_state_stamped_at_or_before_the_frame(position_policy):
+    """The alignment rule the recorder and import-bag store rows by (learning/alignment.py):
+    the newest joint state stamped at or before the frame (an equal stamp counts); a frame
+    older than every joint state gets the hold, not the newest state (which no row holds)."""
+    from sensor_msgs.msg import JointState
+
+    from robot_nodes.conversions import ns_to_stamp
+
+    with policy_setup(position_policy, obs_timeout_s=3.0) as (node, client, pubs, rec):
+        seen: list = []
+        act = node.runtime.act
+        node.runtime.act = lambda image, state: (seen.append(state.copy()), act(image, state))[1]
+        now = client.get_clock().now().nanoseconds
+        for values, dt in (([0.1, 0.2], -200), ([0.3, 0.4], -100), ([0.5, 0.6], 0)):
+            js = JointState(name=["j0", "j1"], position=values)
+            ns_to_stamp(now + dt * 1_000_000, js.header.stamp)
+            pubs["joint_states"].publish(js)
+            assert wait_for(lambda n=now + dt * 1_000_000: len(node._joints) and node._joints[-1][0] == n, 10)
+        assert enable(client).success
+
+        def frame(dt_ms):
+            msg = image_msg(client)
+            ns_to_stamp(now + dt_ms * 1_000_000, msg.header.stamp)
+            pubs["image"].publish(msg)
+
+        frame(-300)  # before every joint state: hold, counted as rejected
+        assert wait_for(lambda: node.rejected == 1, 10)
+        assert "no joint state stamped at or before the frame" in node.last_failure and not seen
+        for dt_ms, n in ((-150, 1), (-100, 2), (50, 3)):
+            frame(dt_ms)
+            assert wait_for(lambda n=n: len(seen) == n, 10)
+        assert np.allclose(np.array(seen), [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]])
+
+
 def test_configure_refuses_a_policy_that_does_not_match(ee_policy):
     from rclpy.parameter import Parameter
 

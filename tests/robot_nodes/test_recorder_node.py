@@ -92,6 +92,7 @@ def test_recorder_aligns_and_survives_sigkill(tmp_path, node_process):
     assert np.allclose(data["reward"], idx)
     assert np.allclose(np.diff(data["timestamp"]), 0.05)
     assert s.episode_task[0] == 7 and bool(s.episode_success[0])
+    assert list(s.provenance("rows_log_time")) == [0]  # every message had its header stamp
     # The next writer drops the killed episode's uncommitted rows and keeps episode 0.
     from learning.store import EpisodeWriter
 
@@ -172,6 +173,49 @@ def test_a_second_task_recorded_into_the_store_extends_its_task_table(tmp_path, 
     s = EpisodeStore.open(store)
     assert list(s.episode_task) == [3, 8]
     assert s.spec.task_ids("train") == [3] and s.spec.task_ids("test") == [8]
+
+
+def test_messages_without_a_header_stamp_pair_by_arrival_time_and_are_counted(tmp_path, node_process):
+    """The alignment rule's fallback (learning/alignment.py), live: an image or joint state
+    whose header stamp is zero counts at its arrival on the node's clock (a bag's log time),
+    so an unstamped camera still records; the episode's `rows_log_time` says how many rows."""
+    from std_msgs.msg import Float64, Float64MultiArray
+    from std_srvs.srv import SetBool, Trigger
+
+    from learning.store import EpisodeStore
+    from robot_nodes.conversions import array_to_image, fill_float64_array
+
+    store = tmp_path / "rec.zarr"
+    rec = node_process("robot_nodes.recorder_node", "--params-file", "config/recorder_node.yaml",
+                       "-p", f"store:={store}")
+    with ros_context("rec_driver") as (_, _, (node,)):
+        from sensor_msgs.msg import Image, JointState
+
+        pubs = _publishers(node)
+        assert wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), 30), rec.output()
+        assert call(node, Trigger, "recorder_node/start_episode", timeout=20).success
+        t_start = time.time()
+        for i in range(6):
+            pubs["joint_states"].publish(JointState(name=list(META_STATE), position=[float(i)] * len(META_STATE)))
+            time.sleep(0.02)  # the joint state arrives first: it is the newest at the image's arrival
+            img = Image()
+            array_to_image(np.full((48, 80, 3), i, np.uint8), img, "bgr8")
+            pubs["image"].publish(img)
+            time.sleep(0.02)
+            cmd = Float64MultiArray()
+            fill_float64_array(cmd, [i / 1000.0] * 4)
+            pubs["command"].publish(cmd)
+            pubs["reward"].publish(Float64(data=float(i)))
+            time.sleep(0.02)
+        res = call(node, SetBool, "recorder_node/end_episode", SetBool.Request(data=True))
+        assert res.success, res.message
+        assert rec.stop(signal.SIGINT) == 0, rec.output()
+    s = EpisodeStore.open(store)
+    data = s.episode(0)
+    assert len(data["action"]) == 6 and list(s.provenance("rows_log_time")) == [6]
+    assert np.allclose(data["state"][:, 0], np.arange(6)) and np.allclose(data["action"][:, 0], np.arange(6) / 1000)
+    ts = data["timestamp"]  # arrival times on the node's clock (system time here)
+    assert np.all(np.diff(ts) > 0) and abs(ts[0] - t_start) < 30
 
 
 @pytest.mark.slow  # ~67 s; `vmerpo bench faults --only stops` runs the same case

@@ -30,8 +30,9 @@ def _bools(text: str) -> list[bool]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Import a rosbag2 recording (sqlite3 or MCAP) into a zarr episode store: ticks follow the "
-        "camera (thinned to --control-hz), state = newest joint state before each image, action = "
-        "first command after it; episodes split on camera gaps or marker messages; images resized "
+        "camera (thinned to --control-hz), state = newest joint state stamped at or before each image "
+        "(header stamps; the bag's log time only for a message without one, counted in the summary), "
+        "action = first command after it; episodes split on camera gaps or marker messages; images resized "
         "by the one preprocessing function (centre crop). A reward source is required: "
         "--reward-topic, --reward sparse-success (with --success or --success-topic), or --reward-fn."
     )
@@ -100,5 +101,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"imported {summary['episodes_imported']} episodes ({summary['rows']} rows) from "
               f"{summary['bag']} into {summary['out']} ({summary['episodes_in_store']} episodes in the store; "
-              f"{summary['ticks_dropped']} ticks dropped, {summary['frames_skipped']} undecodable frames skipped)")
+              f"{summary['ticks_dropped']} ticks dropped, {summary['frames_skipped']} undecodable frames skipped"
+              + (f", {summary['rows_log_time']} rows paired by log time" if summary["rows_log_time"] else "") + ")")
     return 0
