@@ -19,6 +19,9 @@ command line or a success topic), or a user function `module:function` called as
 
 Two passes over the bag: the first reads times and the small topics, the second decodes only
 the images that become rows and streams them into the store, so large bags never sit in RAM.
+Each episode's provenance names its bag (`bag`, the absolute path) and its index in the bag
+(`bag_episode`); appending a bag whose episodes the store already holds skips those, so an
+interrupted batch import (`import_bags`) continues where it stopped.
 """
 
 from __future__ import annotations
@@ -195,6 +198,17 @@ def import_bag(cfg: BagImportConfig, log: Callable[[str], None] | None = None) -
             raise ValueError(f"{cfg.bag}: no marker topic {cfg.marker_topic}")
         plan = _plan(reader, typestore, cfg, image_conns, cmd_conns, js_conns, rw_conns, sc_conns, mk_conns, log)
         existed = Path(cfg.out).exists()
+        if existed and not cfg.overwrite:
+            plan = _without_imported(cfg, plan, log)
+            if not plan["episodes"]:
+                from learning.store import EpisodeStore
+
+                return {"bag": str(cfg.bag), "out": str(cfg.out), "task_id": int(cfg.task_id),
+                        "episodes_imported": 0, "rows": 0,
+                        "episodes_in_store": EpisodeStore.open(cfg.out, load="lazy").n_episodes,
+                        "episodes_already_in_store": plan["already"], "ticks_dropped": plan["dropped"],
+                        "episodes_split": plan["n_split"], "frames_skipped": 0, "frames_skipped_per_episode": {},
+                        "rows_log_time": 0}
         try:
             return _write(reader, typestore, cfg, image_conns, plan, reward_fn, log)
         except BaseException:
@@ -336,6 +350,32 @@ def _plan(reader, typestore, cfg, image_conns, cmd_conns, js_conns, rw_conns, sc
             "actions": all_actions, "dropped": dropped, "n_split": len(episodes)}
 
 
+def bag_key(bag: str | Path) -> str:
+    """How an episode's provenance names its bag (`bag`): the bag's absolute path."""
+    return str(Path(bag).resolve())
+
+
+def _without_imported(cfg: BagImportConfig, plan: dict, log) -> dict:
+    """Appending: the bag's episodes that the store already holds (provenance `bag` and
+    `bag_episode`, written by an earlier import of the same bag path) are not imported again,
+    so rerunning an interrupted batch with --append continues where it stopped."""
+    from learning.store import EpisodeStore
+
+    store = EpisodeStore.open(cfg.out, load="lazy")
+    try:
+        bags, indices = store.provenance("bag"), store.provenance("bag_episode")
+    except KeyError:  # no episode of the store came from a bag
+        return plan
+    key = bag_key(cfg.bag)
+    done = {int(i) for b, i in zip(bags, indices, strict=True) if b == key}
+    keep = [ep for ep in plan["episodes"] if ep["index"] not in done]
+    already = len(plan["episodes"]) - len(keep)
+    if already:
+        log(f"{cfg.bag}: {already} of its {len(plan['episodes'])} episodes are already in {cfg.out} "
+            "(imported before from this path): not imported again")
+    return {**plan, "episodes": keep, "already": already}
+
+
 def _joint_values(msg, names: Sequence[str]) -> np.ndarray:
     index = {n: i for i, n in enumerate(msg.name)}
     missing = [n for n in names if n not in index]
@@ -453,8 +493,7 @@ def _write(reader, typestore, cfg, image_conns, plan, reward_fn, log) -> dict[st
         source_shape = source_shape or list(arr.shape)
         images[(e, r)] = image
         if writer is None:
-            times = [tk.time for ep in plan["episodes"] for _, tk in ep["ticks"]]
-            hz = (len(times) - 1) / ((times[-1] - times[0]) * 1e-9) if len(times) > 1 and times[-1] > times[0] else 30.0
+            hz = _tick_rate(plan)
             camera = {"topic": cfg.image_topic, "encoding": "rgb8", "source_encoding": enc,
                       "source_size": source_shape[:2], "crop": cfg.crop, "intrinsics": None,
                       "preprocess": preprocess_spec(int(cfg.image_size), cfg.crop),
@@ -489,9 +528,21 @@ def _write(reader, typestore, cfg, image_conns, plan, reward_fn, log) -> dict[st
             "header stamp; provenance rows_log_time)")
     return {"bag": str(cfg.bag), "out": str(cfg.out), "task_id": int(cfg.task_id),
             "episodes_imported": len(committed), "rows": int(sum(committed)), "episodes_in_store": n_episodes,
+            "episodes_already_in_store": plan.get("already", 0),
             "ticks_dropped": plan["dropped"], "episodes_split": plan["n_split"],
             "frames_skipped": len(skipped), "frames_skipped_per_episode": {str(k): v for k, v in frames_skipped.items()},
             "rows_log_time": int(log_time_rows)}
+
+
+def _tick_rate(plan: dict) -> float:
+    """Ticks per second within the episodes, by the image stamps (the pauses between episodes
+    are not ticks: counting them made two bags of one camera measure different rates)."""
+    n = span = 0
+    for ep in plan["episodes"]:
+        stamps = [tk.stamp for _, tk in ep["ticks"]]
+        if len(stamps) > 1 and stamps[-1] > stamps[0]:
+            n, span = n + len(stamps) - 1, span + stamps[-1] - stamps[0]
+    return n / (span * 1e-9) if span else 30.0
 
 
 def _write_episode(writer, cfg, plan, e, images, reward_fn, skipped=frozenset(), log=None) -> tuple[int, int]:
@@ -525,7 +576,178 @@ def _write_episode(writer, cfg, plan, e, images, reward_fn, skipped=frozenset(),
                              f"for an episode of {len(ticks)} rows")
         data["reward"] = rewards
     writer.add_episode(data, task_id=int(cfg.task_id), success=bool(success),
-                       provenance={"behavior": "rosbag2", "bag_episode": int(ep["index"]),
+                       provenance={"behavior": "rosbag2", "bag": bag_key(cfg.bag), "bag_episode": int(ep["index"]),
                                    "frames_skipped": len(ep["ticks"]) - len(rows), "rows_log_time": int(n_log)})
     return len(ticks), int(n_log)
 
+
+# -- many bags into one store -------------------------------------------------------------------
+BAG_SUFFIXES = (".mcap", ".db3")
+MANIFEST_KEYS = ("bag", "task_id", "task_name", "split", "success")
+
+
+def expand_bags(paths: Sequence[str | Path]) -> list[str]:
+    """Bag paths from the command line: a rosbag2 directory (it has a metadata.yaml) or a
+    .mcap/.db3 file is one bag; any other directory stands for the bags directly inside it
+    (subdirectories with a metadata.yaml, .mcap and .db3 files), sorted by name."""
+    out: list[str] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"bag {p} not found")
+        if p.is_file() or (p / "metadata.yaml").exists():
+            out.append(str(p))
+            continue
+        found = sorted(c for c in p.iterdir()
+                       if (c.is_dir() and (c / "metadata.yaml").exists())
+                       or (c.is_file() and c.suffix in BAG_SUFFIXES))
+        if not found:
+            raise ValueError(f"{p}: neither a rosbag2 (no metadata.yaml) nor a directory of bags (no "
+                             f"subdirectory with a metadata.yaml, no {' or '.join(BAG_SUFFIXES)} file in it)")
+        out.extend(str(c) for c in found)
+    return out
+
+
+def read_manifest(path: str | Path) -> list[dict[str, Any]]:
+    """A manifest: a YAML or JSON list of {bag, task_id, task_name?, split?, success?}
+    entries, for bags of different tasks. A relative `bag` is relative to the manifest's
+    directory; a directory of bags stands for each of them (with the entry's task). Returns
+    one entry per bag, in order."""
+    import json
+
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"manifest {p} not found") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+        raise ValueError(f"manifest {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: "
+                         f"{' '.join(str(e).split())}") from None
+    form = "a list of {bag, task_id, task_name?, split?, success?} entries"
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"manifest {p}: expected {form}, got {type(data).__name__}")
+    entries = []
+    for n, entry in enumerate(data):
+        where = f"manifest {p}, entry {n}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected a mapping like {{bag: ..., task_id: ...}}, got {entry!r:.80}")
+        unknown = sorted(set(map(str, entry)) - set(MANIFEST_KEYS))
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {unknown}; an entry has {', '.join(MANIFEST_KEYS)}")
+        if not isinstance(entry.get("bag"), str) or not entry["bag"]:
+            raise ValueError(f"{where}: `bag` (a path) is required")
+        task = entry.get("task_id")
+        if not isinstance(task, int) or isinstance(task, bool) or task < 0:
+            raise ValueError(f"{where}: `task_id` (an integer >= 0) is required, got {task!r}")
+        name = entry.get("task_name", "")
+        if not isinstance(name, str):
+            raise ValueError(f"{where}: `task_name` must be a string, got {name!r}")
+        split = entry.get("split", "train")
+        if split not in ("train", "test"):
+            raise ValueError(f"{where}: `split` must be train or test, got {split!r}")
+        success = entry.get("success")
+        if success is not None and not (isinstance(success, list)
+                                        and all(isinstance(x, bool) or x in (0, 1) for x in success)):
+            raise ValueError(f"{where}: `success` must be a list of per-episode true/false (1/0), got {success!r}")
+        bag = Path(entry["bag"]) if Path(entry["bag"]).is_absolute() else p.parent / entry["bag"]
+        for b in expand_bags([bag]):
+            entries.append({"bag": b, "task_id": task, "task_name": name, "split": split,
+                            "success": None if success is None else [bool(x) for x in success]})
+    return entries
+
+
+def _error_line(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    text = " ".join(text.split()) or type(e).__name__
+    return text if isinstance(e, (ValueError, OSError, KeyError)) else f"{type(e).__name__}: {text}"
+
+
+def import_bags(configs: Sequence[BagImportConfig], log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Import several bags into one store, one after the other: the first creates the store
+    (or appends, or overwrites, as its config says), the others append with the store's
+    limits, rate and spec. Returns {"out", "bags": [per-bag summaries], "total"}.
+
+    A bag that fails stops the batch with one line (ValueError) that names it, the bags
+    imported before it and those not tried. The store is append-only: every episode committed
+    before the failure stays (the earlier bags', and those of the failing bag written before
+    it failed); rerunning with --append and the same bags continues, because episodes the
+    store already holds from a bag path are skipped. A failure of the first bag into a new
+    store leaves no store behind."""
+    log = log or (lambda m: print(m, file=sys.stderr))
+    import dataclasses
+
+    from learning.store import EpisodeStore
+
+    if not configs:
+        raise ValueError("no bag to import")
+    keys = [bag_key(c.bag) for c in configs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"bag {twice[0]} is listed twice")
+    out = configs[0].out
+    summaries: list[dict[str, Any]] = []
+    for n, cfg in enumerate(configs):
+        if n:
+            cfg = dataclasses.replace(cfg, overwrite=False)  # the first bag made the store
+        log(f"[{n + 1}/{len(configs)}] {cfg.bag} (task {cfg.task_id}, {cfg.split})")
+        exists = Path(out).exists()
+        before = EpisodeStore.open(out, load="lazy").n_episodes if exists and not cfg.overwrite else 0
+        try:
+            summaries.append(import_bag(cfg, log=log))
+        except Exception as e:
+            if len(configs) == 1:
+                raise
+            done = [s["bag"] for s in summaries]
+            rest = [c.bag for c in configs[n + 1:]]
+            try:
+                partial = EpisodeStore.open(out, load="lazy").n_episodes - before if Path(out).exists() else 0
+            except Exception:  # noqa: BLE001 - only for the message
+                partial = 0
+            kept = []
+            if done:
+                kept.append(f"{len(done)} bag(s) imported before it stay in {out} ({_names(done)})")
+            if partial:
+                kept.append(f"{partial} of this bag's episodes stay in {out}")
+            if kept:
+                what = " and ".join(kept) + " (the store keeps every committed episode)"
+            else:
+                what = "nothing was imported" + ("" if Path(out).exists() else f" and {out} was not created")
+            resume = (f"fix it and rerun with --append (not --overwrite) and the same bags: the bags' episodes "
+                      f"already in {out} are skipped" if Path(out).exists() else "fix it and rerun")
+            why = _error_line(e).removeprefix(f"{cfg.bag}: ")
+            raise ValueError(f"bag {n + 1} of {len(configs)}, {cfg.bag}, failed: {why} -- {what}; "
+                             + (f"not tried: {_names(rest)}; " if rest else "") + resume) from e
+    total = {k: int(sum(s[k] for s in summaries))
+             for k in ("episodes_imported", "rows", "frames_skipped", "ticks_dropped", "episodes_already_in_store",
+                       "rows_log_time")}
+    total["bags"] = len(summaries)
+    total["episodes_in_store"] = summaries[-1]["episodes_in_store"]
+    return {"out": str(out), "bags": summaries, "total": total}
+
+
+def _names(bags: Sequence[str], most: int = 6) -> str:
+    shown = [str(b) for b in bags[:most]]
+    return ", ".join(shown) + (f" and {len(bags) - most} more" if len(bags) > most else "")
+
+
+def format_batch_summary(result: dict[str, Any]) -> str:
+    """The batch import's one summary: a line per bag, then the totals."""
+    rows = [(s["bag"], str(s["task_id"]), str(s["episodes_imported"]), str(s["rows"]), str(s["frames_skipped"]),
+             str(s["ticks_dropped"]), str(s["episodes_already_in_store"]), str(s["rows_log_time"]))
+            for s in result["bags"]]
+    t = result["total"]
+    rows.append((f"total ({t['bags']} bags)", "", str(t["episodes_imported"]), str(t["rows"]),
+                 str(t["frames_skipped"]), str(t["ticks_dropped"]), str(t["episodes_already_in_store"]),
+                 str(t["rows_log_time"])))
+    head = ("bag", "task", "episodes", "frames", "skipped frames", "dropped ticks", "already in store",
+            "log-time rows")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                              for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+    lines = [f"imported {t['episodes_imported']} episodes ({t['rows']} frames) from {t['bags']} bags into "
+             f"{result['out']} ({t['episodes_in_store']} episodes in the store)", fmt(head)]
+    lines += [fmt(r) for r in rows]
+    return "\n".join(lines)

@@ -260,3 +260,104 @@ def test_joint_states_without_a_header_stamp_pair_by_log_time_and_say_so(tmp_pat
     s = EpisodeStore.open(out)
     assert list(s.provenance("rows_log_time")) == [12, 9]
     assert np.allclose(s.episode(0)["state"][:, 0], np.arange(12) * CAM_DT * 1e-9, atol=1e-5)
+
+
+BAG_ARGS = ["--image-topic", "/cam/image", "--command-topic", "/cmd", "--joint-states-topic", "/joint_states",
+            "--reward-topic", "/reward"]
+
+
+def test_a_directory_of_bags_and_a_manifest_import_into_one_store_with_one_summary(tmp_path):
+    """`import-bag DIR --manifest FILE`: the two bags in DIR (sorted) of task 3, then the
+    manifest's bag of task 4, into one store with default options; one summary at the end."""
+    from learning.store import EpisodeStore
+
+    (tmp_path / "bags").mkdir()
+    write_bag(tmp_path / "bags" / "b_second", "sqlite3")
+    write_bag(tmp_path / "bags" / "a_first", "mcap")
+    (tmp_path / "other").mkdir()
+    # other episode lengths and pauses: the same camera rate all the same (measured within episodes)
+    write_bag(tmp_path / "other" / "place", "mcap", episodes=(10, 8), gap_s=3.5)
+    (tmp_path / "other" / "notes.txt").write_text("not a bag")
+    manifest = tmp_path / "more.yaml"
+    manifest.write_text("- {bag: other/place, task_id: 4, task_name: place, split: train}\n")
+    out = tmp_path / "logs.zarr"
+    r = vmerpo(tmp_path / "bags", "--manifest", manifest, "--out", out, *BAG_ARGS, "--task-id", 3,
+               "--task-name", "pick")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith("imported 6 episodes (60 frames) from 3 bags into") and len(lines) == 6, r.stdout
+    rows = [ln.split() for ln in lines[2:]]
+    assert [Path(x[0]).name for x in rows[:3]] == ["a_first", "b_second", "place"]
+    assert [x[1:4] for x in rows[:3]] == [["3", "2", "21"], ["3", "2", "21"], ["4", "2", "18"]]
+    assert rows[3][:3] == ["total", "(3", "bags)"] and rows[3][3:5] == ["6", "60"]
+    assert "[3/3]" in r.stderr and "task 4 added to" in r.stderr
+    s = EpisodeStore.open(out)
+    assert list(s.episode_task) == [3, 3, 3, 3, 4, 4] and list(s.episode_lengths) == [12, 9, 12, 9, 10, 8]
+    assert s.spec.task_ids("train") == [3, 4]
+    assert {t["id"]: t["name"] for t in s.spec.tasks} == {3: "pick", 4: "place"}
+    bags = [Path(b).name for b in s.provenance("bag")]
+    assert bags == ["a_first", "a_first", "b_second", "b_second", "place", "place"]
+    assert list(s.provenance("bag_episode")) == [0, 1, 0, 1, 0, 1]
+
+
+def test_a_failing_bag_names_what_was_imported_and_a_rerun_with_append_continues(tmp_path):
+    """The second of three bags fails in its second episode (an undecodable frame, refused):
+    one line names it, the bag imported before it, its episode already committed and the bag
+    not tried. Everything committed stays; rerunning with --append imports exactly the rest."""
+    from learning.store import EpisodeStore
+
+    bags = tmp_path / "bags"
+    bags.mkdir()
+    write_bag(bags / "a", "mcap")
+    write_bag(bags / "b", "mcap", bad=(15,))  # frame 15: episode 1, row 3
+    write_bag(bags / "c", "mcap")
+    out = tmp_path / "logs.zarr"
+    r = vmerpo(bags, "--out", out, *BAG_ARGS, "--bad-frames", "refuse")
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("vmerpo import-bag: error: bag 2 of 3, ") and f"{bags / 'b'}, failed: " in err, err
+    assert "image message 15" in err and "1 bag(s) imported before it stay in" in err
+    assert "1 of this bag's episodes stay" in err and f"not tried: {bags / 'c'}" in err
+    assert "rerun with --append" in err
+    s = EpisodeStore.open(out)
+    assert [Path(b).name for b in s.provenance("bag")] == ["a", "a", "b"]
+    r = vmerpo(bags, "--out", out, *BAG_ARGS, "--append", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert [b["episodes_already_in_store"] for b in result["bags"]] == [2, 1, 0]
+    assert [b["episodes_imported"] for b in result["bags"]] == [0, 1, 2] and result["total"]["episodes_in_store"] == 6
+    s = EpisodeStore.open(out)
+    assert [Path(b).name for b in s.provenance("bag")] == ["a", "a", "b", "b", "c", "c"]
+    assert list(s.provenance("bag_episode")) == [0, 1, 0, 1, 0, 1]
+    assert list(s.episode_lengths) == [12, 9, 12, 8, 12, 9]  # b's frame 15 skipped on the rerun
+
+
+def test_bag_lists_and_manifests_are_checked_before_anything_is_imported(tmp_path):
+    from learning.bag_import import expand_bags, read_manifest
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="nor a directory of bags"):
+        expand_bags([tmp_path / "empty"])
+    with pytest.raises(FileNotFoundError, match="not found"):
+        expand_bags([tmp_path / "nope"])
+    (tmp_path / "x.mcap").write_bytes(b"")
+    (tmp_path / "bag").mkdir()
+    (tmp_path / "bag" / "metadata.yaml").write_text("")
+    assert expand_bags([tmp_path]) == [str(tmp_path / "bag"), str(tmp_path / "x.mcap")]
+    assert expand_bags([tmp_path / "bag"]) == [str(tmp_path / "bag")]
+    m = tmp_path / "m.json"
+    for text, match in (('{"bag": "x.mcap"}', "expected a list"),
+                        ('[{"bag": "x.mcap", "task": 1}]', r"unknown keys \['task'\]"),
+                        ('[{"bag": "x.mcap"}]', "task_id"),
+                        ('[{"bag": "x.mcap", "task_id": 1, "split": "val"}]', "split"),
+                        ('[{"bag": "x.mcap", "task_id": 1', "not valid JSON")):
+        m.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            read_manifest(m)
+    m.write_text('[{"bag": "x.mcap", "task_id": 1, "success": [1, 0]}, {"bag": ".", "task_id": 2, "split": "test"}]')
+    got = read_manifest(m)
+    assert [(Path(e["bag"]).name, e["task_id"], e["split"], e["success"]) for e in got] == [
+        ("x.mcap", 1, "train", [True, False]), ("bag", 2, "test", None), ("x.mcap", 2, "test", None)]
+    r = vmerpo(tmp_path / "bag", "--out", tmp_path / "o.zarr", *BAG_ARGS[:-2], "--reward", "sparse-success",
+               "--manifest", m)
+    assert r.returncode == 2 and "listed twice" in r.stderr, r.stderr
