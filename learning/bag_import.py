@@ -668,7 +668,9 @@ def _error_line(e: BaseException) -> str:
 def import_bags(configs: Sequence[BagImportConfig], log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Import several bags into one store, one after the other: the first creates the store
     (or appends, or overwrites, as its config says), the others append with the store's
-    limits, rate and spec. Returns {"out", "bags": [per-bag summaries], "total"}.
+    limits, rate and spec. A store the batch creates without --action-low/--action-high gets
+    the range of every bag's commands (not the first bag's only). Returns {"out", "bags":
+    [per-bag summaries], "total"}.
 
     A bag that fails stops the batch with one line (ValueError) that names it, the bags
     imported before it and those not tried. The store is append-only: every episode committed
@@ -688,6 +690,18 @@ def import_bags(configs: Sequence[BagImportConfig], log: Callable[[str], None] |
     if twice:
         raise ValueError(f"bag {twice[0]} is listed twice")
     out = configs[0].out
+    configs = list(configs)
+    first = configs[0]
+    if (len(configs) > 1 and (first.overwrite or not Path(out).exists())
+            and first.action_low is None and first.action_high is None):
+        # A new store's default limits are the observed range: of every bag, not the first's only
+        # (later bags append within the store's limits, and the first bag is rarely the widest).
+        span = _command_range(configs)
+        if span is not None:
+            configs[0] = dataclasses.replace(first, action_low=[float(x) - 1e-6 for x in span[0]],
+                                             action_high=[float(x) + 1e-6 for x in span[1]])
+            log(f"action limits of {out}: the commands' range over the {len(configs)} bags, "
+                f"{np.round(span[0], 4).tolist()} .. {np.round(span[1], 4).tolist()}")
     summaries: list[dict[str, Any]] = []
     for n, cfg in enumerate(configs):
         if n:
@@ -726,6 +740,34 @@ def import_bags(configs: Sequence[BagImportConfig], log: Callable[[str], None] |
     total["bags"] = len(summaries)
     total["episodes_in_store"] = summaries[-1]["episodes_in_store"]
     return {"out": str(out), "bags": summaries, "total": total}
+
+
+def _command_range(configs: Sequence[BagImportConfig]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(low, high) of every command in the bags, or None where they cannot say (a bag without
+    the topic, commands of different lengths: the import itself names that)."""
+    typestore = _typestore()
+    low = high = None
+    for cfg in configs:
+        try:
+            reader = _open(cfg.bag)
+        except (OSError, ValueError):
+            return None
+        try:
+            conns = _connection(reader, cfg.command_topic, COMMAND_TYPES, "command", cfg.bag)
+            for conn, _, raw in reader.messages(connections=conns):
+                values = _command_values(typestore.deserialize_cdr(raw, conn.msgtype), conn.msgtype)[0]
+                if low is None or high is None:
+                    low, high = values.copy(), values.copy()
+                elif values.shape != low.shape:
+                    return None
+                else:
+                    np.minimum(low, values, out=low)
+                    np.maximum(high, values, out=high)
+        except ValueError:
+            return None
+        finally:
+            reader.close()
+    return None if low is None or high is None else (low, high)
 
 
 def _names(bags: Sequence[str], most: int = 6) -> str:

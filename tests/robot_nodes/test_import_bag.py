@@ -18,12 +18,14 @@ CAM_DT = 33_000_000
 
 
 def write_bag(path: Path, storage: str, episodes=(12, 9), gap_s=2.0, frame_stamped=False, bad=(),
-              image_lag_ns=0, stamped_joints=True, t0=T0) -> None:
+              image_lag_ns=0, stamped_joints=True, t0=T0, compressed=False, joint_phase_ns=None) -> None:
     """Camera 30 Hz (80x60 bgr8, pixel = frame index), joint states 100 Hz (position 0 = its
     time in s since T0), a command 5 ms after each image (value = frame index / 100), a reward
     after each command, success. Frames in `bad` carry a truncated image (undecodable). An
     image is logged `image_lag_ns` after its capture (its header stamp); joint states without
-    a header stamp unless `stamped_joints`."""
+    a header stamp unless `stamped_joints`. `compressed`: JPEG CompressedImage messages.
+    `joint_phase_ns`: joint states on a 100 Hz grid of their own (this phase, unaligned with
+    the camera, through the pauses too), each logged 2 ms after its stamp."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -40,15 +42,23 @@ def write_bag(path: Path, storage: str, episodes=(12, 9), gap_s=2.0, frame_stamp
     for n in episodes:
         for k in range(n):
             t = t_ep + k * CAM_DT
-            for j in range(4):
+            for j in range(4 if joint_phase_ns is None else 0):
                 jt = t - 10_000_000 + j * 10_000_000
                 msgs.append((jt, "/joint_states", "sensor_msgs/msg/JointState", T["sensor_msgs/msg/JointState"](
                     header=stamp(jt if stamped_joints else 0), name=["a", "b"], position=np.array([jt * 1e-9 - T0 * 1e-9, 1.0]),
                     velocity=np.zeros(0), effort=np.zeros(0))))
             img = np.full((60, 80, 3), frame % 256, np.uint8)
-            msgs.append((t, "/cam/image", "sensor_msgs/msg/Image", T["sensor_msgs/msg/Image"](
-                header=stamp(t - image_lag_ns), height=60, width=80, encoding="bgr8", is_bigendian=0, step=240,
-                data=img.reshape(-1)[: 100 if frame in bad else None])))
+            if compressed:
+                import cv2
+
+                jpeg = cv2.imencode(".jpg", img)[1].reshape(-1)
+                msgs.append((t, "/cam/image", "sensor_msgs/msg/CompressedImage", T["sensor_msgs/msg/CompressedImage"](
+                    header=stamp(t - image_lag_ns), format="bgr8; jpeg compressed bgr8",
+                    data=jpeg[: 100 if frame in bad else None])))
+            else:
+                msgs.append((t, "/cam/image", "sensor_msgs/msg/Image", T["sensor_msgs/msg/Image"](
+                    header=stamp(t - image_lag_ns), height=60, width=80, encoding="bgr8", is_bigendian=0, step=240,
+                    data=img.reshape(-1)[: 100 if frame in bad else None])))
             label = f"frame_stamp_ns={t - image_lag_ns}" if frame_stamped else "action"
             layout = T["std_msgs/msg/MultiArrayLayout"](dim=[T["std_msgs/msg/MultiArrayDimension"](
                 label=label, size=2, stride=2)], data_offset=0)
@@ -58,6 +68,11 @@ def write_bag(path: Path, storage: str, episodes=(12, 9), gap_s=2.0, frame_stamp
             frame += 1
         msgs.append((t + 7_000_000, "/success", "std_msgs/msg/Bool", T["std_msgs/msg/Bool"](data=n % 2 == 0)))
         t_ep = t + int(gap_s * 1e9)
+    if joint_phase_ns is not None:
+        for jt in range(t0 - 50_000_000 + joint_phase_ns, t + 50_000_000, 10_000_000):
+            msgs.append((jt + 2_000_000, "/joint_states", "sensor_msgs/msg/JointState", T["sensor_msgs/msg/JointState"](
+                header=stamp(jt if stamped_joints else 0), name=["a", "b"], position=np.array([(jt - T0) * 1e-9, 1.0]),
+                velocity=np.zeros(0), effort=np.zeros(0))))
     msgs.sort(key=lambda m: m[0])
     with Writer(path, version=9, storage_plugin=plugin) as w:
         conns = {}
@@ -361,3 +376,42 @@ def test_bag_lists_and_manifests_are_checked_before_anything_is_imported(tmp_pat
     r = vmerpo(tmp_path / "bag", "--out", tmp_path / "o.zarr", *BAG_ARGS[:-2], "--reward", "sparse-success",
                "--manifest", m)
     assert r.returncode == 2 and "listed twice" in r.stderr, r.stderr
+
+
+def test_bags_of_two_tasks_append_with_default_options_and_vmerpo_train_meta_trains_on_them(tmp_path):
+    """Issue 27's bags as a robot records them (JPEG CompressedImage at 30 Hz captured 25 ms
+    before it is logged, joint states at 100 Hz on their own clock phase, a forward-command
+    topic): two of task 3 (one batch: the store's default limits span both bags' commands) and
+    one of task 4 (--append, default options) go into one store; the states are the newest
+    stamped at or before each capture; `vmerpo train` (tiny preset) meta-trains on both tasks."""
+    pytest.importorskip("torch")
+    from learning.store import EpisodeStore
+
+    lag, phase = 25_000_000, 3_700_000
+    for name, eps in (("pick_a", (12, 9)), ("pick_b", (12, 10)), ("place", (10, 12))):
+        write_bag(tmp_path / name, "mcap", episodes=eps, compressed=True, image_lag_ns=lag, joint_phase_ns=phase)
+    out = tmp_path / "logs.zarr"
+    r = vmerpo(tmp_path / "pick_a", tmp_path / "pick_b", "--out", out, *BAG_ARGS, "--task-id", 3)
+    assert r.returncode == 0, r.stderr
+    assert "the commands' range over the 2 bags" in r.stderr
+    r = vmerpo(tmp_path / "place", "--out", out, *BAG_ARGS, "--task-id", 4, "--task-name", "place", "--append")
+    assert r.returncode == 0, r.stderr
+    s = EpisodeStore.open(out)
+    assert list(s.episode_task) == [3, 3, 3, 3, 4, 4] and s.spec.task_ids("train") == [3, 4]
+    assert np.allclose(s.spec.action_high, [0.21, 0.0], atol=1e-5)  # pick_b's 22nd frame, not pick_a's 0.20
+    ep = s.episode(0)
+    capture = np.round((ep["timestamp"] - T0 * 1e-9) * 1e9).astype(np.int64)
+    grid = np.arange(-50_000_000 + phase, capture.max() + 1, 10_000_000)
+    assert np.allclose(ep["state"][:, 0], [grid[grid <= c].max() * 1e-9 for c in capture], atol=1e-6)
+
+    run = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "vmerpo", "train", "--data", str(out), "--config", "tiny",
+                        "--out", str(run), "--no-progress", "--json"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout)["tasks"] == [3, 4]
+    assert json.loads((run / "config.json").read_text())["meta_train_tasks"] == [3, 4]
+    import torch
+
+    ckpt = torch.load(run / "checkpoints" / "merpo.pt", weights_only=True)
+    assert sorted(ckpt["learners"]) == ["3", "4"] and ckpt["step"] > 0  # a RAC learner per task, meta-steps done

@@ -44,8 +44,9 @@ many bags into one store:
   vmerpo import-bag bags/ --out logs.zarr --task-id 3 ...   every bag in bags/ (sorted), task 3
   vmerpo import-bag a/ b.mcap --manifest more.yaml ...      the listed bags, then the manifest's
   The first bag creates the store (or appends with --append, or replaces it with --overwrite),
-  the others append with the store's action limits, names and rate. One summary at the end:
-  per bag its task, episodes, frames, skipped frames and dropped ticks; then the totals.
+  the others append with the store's action limits, names and rate; a store the import creates
+  without --action-low/--action-high gets the range of every bag's commands. One summary at
+  the end: per bag its task, episodes, frames, skipped frames and dropped ticks; the totals.
   A manifest (YAML or JSON) lists bags of several tasks; paths are relative to the file:
     - {bag: pick_a/, task_id: 3, task_name: pick red}
     - {bag: pick_b.mcap, task_id: 4, split: test, success: [1, 0]}
