@@ -129,6 +129,10 @@ def test_store_damage_is_measured_from_the_outside_and_a_hang_is_a_recorded_fail
     table = faults.store_damage_markdown(out)
     assert table.count("\n| ") == len(rows) + 1 and "**no**" in table
 
+    # the peak RSS is the child's own, not this (larger) process's carried through fork and exec
+    small = faults.run_measured([sys.executable, "-c", "pass"])
+    big = faults.run_measured([sys.executable, "-c", "x = bytearray(150 * 2**20); x[::4096] = b'1' * len(x[::4096])"])
+    assert small["rc"] == 0 and small["peak_rss_mb"] < 40 and 150 < big["peak_rss_mb"] < 200, (small, big)
     t0 = time.perf_counter()
     hung = faults.run_measured([sys.executable, "-c", "import time; time.sleep(60)"], timeout=0.5)
     assert hung["timed_out"] and hung["rc"] == -signal.SIGKILL and time.perf_counter() - t0 < 10

@@ -52,6 +52,7 @@ process asserts it holds no IP socket.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -592,50 +593,52 @@ HANG_TIMEOUT_S = 60.0
 LOCK_NAME = ".vmerpo-writer.lock"
 
 
+# Runs the measured command as its own child and reports that child's wait4 rusage. The
+# intermediary is needed: Linux carries a parent's peak RSS into a child's ru_maxrss through
+# fork and exec (seen: 403 MiB for `vmerpo inspect` spawned by the suite after the training
+# section, 48 MiB from a shell), while this small interpreter passes on only its own ~10 MiB.
+_MEASURE = """import json, os, signal, sys, time
+t = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"seconds": time.perf_counter() - t, "maxrss_kb": usage.ru_maxrss}, f)
+code = os.waitstatus_to_exitcode(status)
+if code < 0:
+    signal.signal(-code, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
+sys.exit(code)
+"""
+
+
 def run_measured(cmd: list[str], timeout: float = HANG_TIMEOUT_S) -> dict[str, Any]:
-    """Run `cmd` in its own process group and measure it: wall seconds from start to exit, and
-    the peak resident memory of that one process (the rusage wait4 returns for the reaped child:
-    ru_maxrss, KiB on Linux; not RUSAGE_CHILDREN, whose maximum covers every child so far). At
+    """Run `cmd` in its own process group and measure it: wall seconds from its start to its
+    exit, and the peak resident memory of that one process (ru_maxrss of wait4, taken by a small
+    intermediary so that this process's own peak does not leak into it; see _MEASURE). At
     `timeout` the group is SIGKILLed and the run recorded as timed out: a hang is a result,
     never a stuck suite."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    streams: dict[str, bytes] = {}
-
-    def drain(name: str, f: Any) -> None:
-        streams[name] = f.read()
-
-    readers = [threading.Thread(target=drain, args=(n, f), daemon=True)
-               for n, f in (("stdout", p.stdout), ("stderr", p.stderr))]
-    for t in readers:
-        t.start()
-    killed = threading.Event()
-
-    def kill() -> None:
-        killed.set()
+    with tempfile.TemporaryDirectory(prefix="vmerpo-measure-") as tmp:
+        usage_file = Path(tmp) / "usage.json"
+        p = subprocess.Popen([sys.executable, "-c", _MEASURE, str(usage_file), *cmd], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    timer = threading.Timer(timeout, kill)
-    timer.start()
-    try:  # exited but not reaped: the pid (and group) stay ours until wait4
-        os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
-    finally:
-        timer.cancel()
-        timer.join()
-    seconds = time.perf_counter() - t0
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    for t in readers:
-        t.join(timeout=10)
-    for f in (p.stdout, p.stderr):
-        if f is not None:
-            f.close()
-    return {"rc": p.returncode, "stdout": streams.get("stdout", b"").decode(errors="replace"),
-            "stderr": streams.get("stderr", b"").decode(errors="replace"), "seconds": seconds,
-            "peak_rss_mb": usage.ru_maxrss / 1024, "timed_out": killed.is_set() and p.returncode == -signal.SIGKILL}
+            out, err = p.communicate(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate()
+            timed_out = True
+        usage = json.loads(usage_file.read_text()) if usage_file.exists() else None
+    return {"rc": p.returncode, "stdout": out.decode(errors="replace"), "stderr": err.decode(errors="replace"),
+            "seconds": usage["seconds"] if usage else time.perf_counter() - t0,
+            "peak_rss_mb": usage["maxrss_kb"] / 1024 if usage else None, "timed_out": timed_out}
 
 
 def probe_store(what: str, path: str, warm: str) -> None:
@@ -645,12 +648,11 @@ def probe_store(what: str, path: str, warm: str) -> None:
     calls, on `path`, "open" = EpisodeStore.open(load="lazy") + verify() or "append" =
     EpisodeWriter(mode="a") + add_episode. Prints one line, PROBE {json}: exit_code (2 for a
     ValueError, 1 for any other exception, 0 if accepted), message, seconds (the call alone),
-    peak_rss_mb and rss_growth_mb (the process's peak RSS after the call minus before it: what
-    the call added to the high-water mark of an undamaged open+verify), and traced_peak_mb (the
-    peak of Python and numpy allocations during a second, identical call under tracemalloc; not
-    made after an accepted append, which would append again)."""
+    peak_rss_mb (VmHWM, this process's peak RSS, reset to its RSS just before the call through
+    /proc/self/clear_refs) and rss_growth_mb (that peak minus the RSS before the call), and
+    traced_peak_mb (the peak of Python and numpy allocations during a second, identical call
+    under tracemalloc; not made after an accepted append, which would append again)."""
     import gc
-    import resource
     import tracemalloc
 
     import numpy as np
@@ -675,18 +677,30 @@ def probe_store(what: str, path: str, warm: str) -> None:
             return {"exit_code": 1, "message": f"{type(e).__name__}: {e}"}
 
     gc.collect()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:  # reset this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)
+        Path("/proc/self/clear_refs").write_text("5")
+        reset = True
+    except OSError:
+        reset = False
+    before = _proc_status_mb("VmRSS" if reset else "VmHWM")
     t0 = time.perf_counter()
     out = call()
     out["seconds"] = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out.update(peak_rss_mb=peak / 1024, rss_growth_mb=(peak - before) / 1024, traced_peak_mb=None)
+    peak = _proc_status_mb("VmHWM")
+    out.update(peak_rss_mb=peak, rss_growth_mb=peak - before, peak_reset=reset, traced_peak_mb=None)
     if what == "open" or out["exit_code"] != 0:
         tracemalloc.start()
         call()
         out["traced_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
     print("PROBE " + json.dumps(out), flush=True)
+
+
+def _proc_status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise KeyError(key)
 
 
 def run_probe(what: str, path: Path, warm: Path) -> dict[str, Any]:
@@ -1002,14 +1016,17 @@ def _store_row(name: str, tool: str, words: tuple[str, ...], exit_code: int, mes
             "within_bounds": within, **extra}
 
 
+def _round(x: float | None, nd: int) -> float | None:
+    return None if x is None else round(x, nd)
+
+
 def _probe_row(name: str, tool: str, words: tuple[str, ...], p: dict[str, Any], extra: dict) -> dict:
     growth, traced = p["rss_growth_mb"], p["traced_peak_mb"]
     within = (not p["timed_out"] and p["seconds"] <= REFUSAL_BOUND_S and growth is not None
               and growth <= REFUSAL_BOUND_MB and (traced is None or traced <= REFUSAL_BOUND_MB))
     return _store_row(name, tool, words, p["exit_code"], p["message"], "\n" not in p["message"], p["seconds"],
-                      within, peak_rss_mb=round(p["peak_rss_mb"], 1),
-                      rss_growth_mb=None if growth is None else round(growth, 1),
-                      traced_peak_mb=None if traced is None else round(traced, 2), timed_out=p["timed_out"], **extra)
+                      within, peak_rss_mb=_round(p["peak_rss_mb"], 1), rss_growth_mb=_round(growth, 1),
+                      traced_peak_mb=_round(traced, 2), timed_out=p["timed_out"], **extra)
 
 
 def store_damage_cases(wd: Path, rng: random.Random, names: list[str] | None = None) -> dict[str, Any]:
@@ -1027,7 +1044,7 @@ def store_damage_cases(wd: Path, rng: random.Random, names: list[str] | None = N
     good = make_small_store(wd / "good.zarr")
     runs = [run_measured(vmerpo_cmd("inspect", str(wd / "no-such-store.zarr"))) for _ in range(3)]
     startup = {"seconds": round(statistics.median(r["seconds"] for r in runs), 4),
-               "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in runs), 1)}
+               "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] or 0.0 for r in runs), 1)}
     control = run_measured(vmerpo_cmd("inspect", str(good)))
     controls = {"inspect good store": control["rc"] == 0, "inspect missing store": all(r["rc"] == 2 for r in runs)}
     cases: list[dict] = []
@@ -1042,13 +1059,14 @@ def store_damage_cases(wd: Path, rng: random.Random, names: list[str] | None = N
 
         r = run_measured(vmerpo_cmd("inspect", str(path)))
         one, line = one_line_error(r["stderr"])
-        over_s, over_mb = r["seconds"] - startup["seconds"], r["peak_rss_mb"] - startup["peak_rss_mb"]
+        over_s = r["seconds"] - startup["seconds"]
+        over_mb = None if r["peak_rss_mb"] is None else round(r["peak_rss_mb"] - startup["peak_rss_mb"], 1)
         cases.append(_store_row(
             name, "vmerpo inspect", words, r["rc"], line if not r["timed_out"] else f"timed out after "
             f"{HANG_TIMEOUT_S:.0f} s", one and not r["timed_out"], r["seconds"],
-            not r["timed_out"] and over_s <= REFUSAL_BOUND_S and over_mb <= REFUSAL_BOUND_MB,
-            seconds_over_startup=round(over_s, 4), peak_rss_mb=round(r["peak_rss_mb"], 1),
-            rss_over_startup_mb=round(over_mb, 1), timed_out=r["timed_out"], **extra))
+            not r["timed_out"] and over_s <= REFUSAL_BOUND_S and over_mb is not None and over_mb <= REFUSAL_BOUND_MB,
+            seconds_over_startup=round(over_s, 4), peak_rss_mb=_round(r["peak_rss_mb"], 1),
+            rss_over_startup_mb=over_mb, timed_out=r["timed_out"], **extra))
 
         cases.append(_probe_row(name, "EpisodeStore.open+verify", words, run_probe("open", path, good), extra))
 
@@ -1212,11 +1230,12 @@ def store_damage_markdown(cor: dict) -> str:
 
     st, b = cor.get("startup", {}), cor.get("bounds", {})
     lines = [f"Bounds: each refusal within {b.get('seconds')} s and {b.get('rss_mb')} MiB; a hang is killed after "
-             f"{b.get('hang_timeout_s')} s. `vmerpo inspect`: the process's wall time and peak RSS (wait4), in "
-             f"brackets above the start-up of `vmerpo inspect` on a missing store ({st.get('seconds')} s, "
-             f"{st.get('peak_rss_mb')} MiB). API and append: the call alone, in a fresh interpreter after an "
-             "undamaged open+verify; memory = its peak-RSS growth over that, and the tracemalloc peak (Python "
-             "and numpy allocations) of a second, identical call.", "",
+             f"{b.get('hang_timeout_s')} s. `vmerpo inspect`: the process's wall time and peak RSS (its own "
+             f"wait4 ru_maxrss), in brackets above the start-up of `vmerpo inspect` on a missing store "
+             f"({st.get('seconds')} s, {st.get('peak_rss_mb')} MiB), which imports as much and refuses at once. "
+             "API and append: the call alone, in a fresh interpreter after an undamaged open+verify; memory = "
+             "its peak RSS minus the RSS before it (VmHWM reset by /proc/self/clear_refs), then the tracemalloc "
+             "peak (Python and numpy allocations) of a second, identical call.", "",
              "| case | tool | exit | one line | names the problem | time (s) | memory (MiB) | clean | message |",
              "|---|---|---|---|---|---|---|---|---|"]
     for c in cor.get("cases", []):
@@ -1224,7 +1243,7 @@ def store_damage_markdown(cor: dict) -> str:
             continue
         if c["tool"] == "vmerpo inspect":
             t = f"{c['seconds']:.2f} ({c['seconds_over_startup']:+.2f})"
-            m = f"{c['peak_rss_mb']:.0f} ({c['rss_over_startup_mb']:+.1f})"
+            m = "?" if c["peak_rss_mb"] is None else f"{c['peak_rss_mb']:.0f} ({c['rss_over_startup_mb']:+.1f})"
         else:
             t = f"{c['seconds']:.4f}"
             m = "?" if c.get("rss_growth_mb") is None else f"{c['rss_growth_mb']:+.1f}"
