@@ -3,6 +3,7 @@
     vmerpo bench faults --out results/faults.json            # full counts (~15 min, 2 cores)
     vmerpo bench faults --quick --out /tmp/faults.json       # reduced counts (the slow test)
     vmerpo bench faults --only corruption,ros                # some sections
+    vmerpo bench faults --table results/faults.json          # its store-damage table (Markdown)
 
 Sections (each a subprocess from the outside, as a crash would hit a user):
 
@@ -58,6 +59,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -1249,13 +1251,13 @@ def store_damage_markdown(cor: dict) -> str:
             m = "?" if c.get("rss_growth_mb") is None else f"{c['rss_growth_mb']:+.1f}"
             if c.get("traced_peak_mb") is not None:
                 m += f"; {c['traced_peak_mb']:.2f} traced"
-        msg = c["message"].split(": ", 1)[-1] if c["message"].startswith("/") else c["message"]
+        msg = re.sub(r"\S*\.zarr: ", "", c["message"])  # the store's path: one per case, in the JSON
         if c["target"] == "append":
             msg += (f" [store files changed: {len(c['store_files_changed'])}, files outside changed: "
                     f"{len(c['outside_files_changed'])}]")
         msg = msg.replace("|", "\\|")
         lines.append(f"| {c['case']} | {c['tool']} | {c['exit_code']} | {yn(c['one_line'])} "
-                     f"| {yn(c['names_problem'])} | {t} | {m} | {yn(c['refused_cleanly'])} | {msg[:150]} |")
+                     f"| {yn(c['names_problem'])} | {t} | {m} | {yn(c['refused_cleanly'])} | {msg[:160]} |")
     rep = cor.get("leftover_repair", [])
     if rep:
         lines += ["", "| leftover rows | inspect reports them | reader before repair | `vmerpo repair` exit "
