@@ -1155,7 +1155,10 @@ def written_by_vmerpo(root: Any) -> bool:
 def _read_spec(root, path: str) -> StoreSpec:
     attrs = dict(root.attrs)
     if "spec" in attrs:
-        return StoreSpec.from_attrs(attrs["spec"])
+        try:
+            return StoreSpec.from_attrs(attrs["spec"])
+        except StoreError as e:  # which store's spec is wrong
+            raise StoreError(f"{path}: {e}") from None
     if not written_by_vmerpo(root):
         override = spec_file_for(path)
         if override is not None:

@@ -17,7 +17,8 @@ import zarr
 
 from learning.store import EpisodeStore, EpisodeWriter, StoreError, StoreSpec, use_spec
 from learning.store_foreign import describe, guess_keys, infer_spec, load_spec_file
-from tests.learning.test_store_hardening import _snapshot, replay_buffer_episode, replay_buffer_read
+from tests.learning.test_store_hardening import _snapshot
+from vmerpo.benchmarks.faults import replay_buffer_episode, replay_buffer_read
 from vmerpo.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
