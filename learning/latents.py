@@ -115,9 +115,10 @@ def encode_store(model: WorldModel, store: EpisodeStore, episodes: Sequence[int]
 
 def rollout(model: WorldModel, feat: torch.Tensor, policy: Callable[[torch.Tensor, int], torch.Tensor],
             horizon: int, generator: torch.Generator, slot: int | torch.Tensor = 0,
-            uncertainty: str | None = None) -> dict[str, torch.Tensor]:
+            uncertainty: str | None = None, sample: bool = True) -> dict[str, torch.Tensor]:
     """Imagine `horizon` steps from posterior states feat [B, Z+D] of real rows under
-    `policy(feat, t) -> action` (robot units), a random prior member per step and sequence.
+    `policy(feat, t) -> action` (robot units), a random prior member per step and sequence
+    (sample=False: that member's mean, a mode like the real rows' latents).
 
     Returns feat [B, H+1, F] (start included), action [B, H, A], reward [B, H] (of each
     imagined transition) and uncertainty [B, H] (the model's penalty, LOMPO's u).
@@ -126,7 +127,7 @@ def rollout(model: WorldModel, feat: torch.Tensor, policy: Callable[[torch.Tenso
     z, h = feat[:, :Z], feat[:, Z:]
     if not torch.is_tensor(slot):
         slot = torch.full((feat.shape[0],), int(slot), dtype=torch.long, device=feat.device)
-    return model.imagine(h, z, policy, horizon, slot, generator, uncertainty)
+    return model.imagine(h, z, policy, horizon, slot, generator, uncertainty, sample)
 
 
 def replay_actions(actions: torch.Tensor) -> Callable[[torch.Tensor, int], torch.Tensor]:

@@ -50,7 +50,7 @@ from learning.merpo import (
     transitions,
     uncertainty_std,
 )
-from learning.merpo_v2 import MerPOv2, MerPOv2Config, TaskInference
+from learning.merpo_v2 import Imagination, MerPOv2, MerPOv2Config, TaskInference
 from learning.meta_model import ADAPT_HEADS, task_model
 from learning.meta_model import adapt as adapt_model
 from learning.rac import RACConfig, TanhGaussianActor, TwinCritic
@@ -328,7 +328,7 @@ def train(data: str, cfg: RunConfig, out: str | os.PathLike, resume: bool = Fals
         (run / "normalizer.json").write_text(json.dumps(norm.to_dict(), indent=1))
 
     if cfg.algorithm == "merpo_v2":
-        return _train_v2(run, cfg, cache, task_data, present, wm_path, t0, main, log, progress)
+        return _train_v2(run, cfg, cache, task_data, present, wm_path, t0, main, log, progress, model, norm)
 
     # 3. MerPO meta-training
     mc = cfg.merpo
@@ -408,9 +408,10 @@ def transition_episode_ends(cache: LatentCache, task: int) -> np.ndarray:
 
 def _train_v2(run: Path, cfg: RunConfig, cache: LatentCache, task_data: dict[int, dict[str, torch.Tensor]],
               present: list[int], wm_path: str, t0: float, main: bool, log: Callable[[str], None],
-              progress: bool) -> dict[str, Any]:
-    """MerPO v2 meta-training on the cached latents (`learning.merpo_v2`): one checkpoint when
-    done (`--resume` after it changes nothing; the world model before it has its own)."""
+              progress: bool, model, norm: Normalizer) -> dict[str, Any]:
+    """MerPO v2 meta-training on the cached latents (`learning.merpo_v2`), imagining with the
+    world model's prior ensemble: one checkpoint when done (`--resume` after it changes
+    nothing; the world model before it has its own)."""
     ckpt = run / "checkpoints" / "merpo_v2.pt"
     v2 = cfg.merpo_v2
     m = MerPOv2(cache.arrays["feat"].shape[1], cache.arrays["action"].shape[1], present, v2)
@@ -423,7 +424,8 @@ def _train_v2(run: Path, cfg: RunConfig, cache: LatentCache, task_data: dict[int
             "conditioned meta-policy on the pooled tasks")
         cpu = {n: {k: v.cpu() for k, v in d.items()} for n, d in task_data.items()}
         ends = {n: transition_episode_ends(cache, n) for n in present}
-        stats = m.fit(cpu, ends, progress=log)
+        imagination = Imagination(copy.deepcopy(model).cpu(), norm, m.obs_dim, v2.rac.horizon)
+        stats = m.fit(cpu, ends, progress=log, imagination=imagination)
         sd = m.state_dict()
         sd["train_inferences"] = {str(n): i.z.tolist() for n, i in m.train_inferences.items()}
         sd["fit_stats"] = {k: float(v) for k, v in stats.items()}
@@ -679,7 +681,9 @@ def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: Epi
         actor, n_steps, omega_used = m2.meta_actor, 0, None
     else:
         m2.cfg = dataclasses.replace(v2, rac=rc)
-        log(f"adapting MerPO v2 to task {task}: {n_steps} RAC steps from (pi_c, Q_meta), omega {rc.omega}")
+        m2.attach(Imagination(copy.deepcopy(theta).cpu(), norm, m2.obs_dim, rc.horizon), m2.trained_uncertainty_std)
+        log(f"adapting MerPO v2 to task {task}: {n_steps} RAC steps from (pi_c, Q_meta), omega {rc.omega}"
+            + (f", imagining {rc.horizon} steps (lambda_u {rc.uncertainty_penalty})" if m2.imagination else ""))
         actor = m2.adapt([data], [inf], [v2.seed + task], steps=n_steps, omega=rc.omega)[0].actor
         omega_used = rc.omega
     wmt.save_checkpoint(out / "task_model.pt", theta, None, 0,

@@ -9,6 +9,12 @@ term that constrains without copying the data (docs/algorithms.md, "MerPO v2").
       pi_c, Q_meta     one conditioned RAC learner on [s, e] over every task's transitions:
                        behaviour cloning warm start, then `meta_steps` RAC updates with the
                        advantage-weighted behaviour term (omega = 1: pi_c is its own anchor)
+      imagination      with a world model (latents, the pixel track and `vmerpo train`): the
+                       learners also train on imagined transitions, `horizon` steps of the prior
+                       ensemble from real rows under the current policy, each step from a random
+                       member's mean (a mode, as the real rows' latents are), rewarded by the
+                       task's reward head r_hat(s, a, s', e) and penalised by lambda_u times the
+                       members' disagreement in units of its std on real data (LOMPO/MOPO)
     meta-test (task j, its small log D_j)
       e_j              inferred from D_j's rewards, the head frozen; constant rewards: the
                        mean embedding (the meta-policy's average task), said in one line
@@ -34,8 +40,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from learning.merpo import adapt_racs, train_bc
-from learning.rac import RAC, RACConfig, TanhGaussianActor, TwinCritic
+from learning.latents import rollout
+from learning.merpo import Normalizer, adapt_racs, sample, train_bc
+from learning.rac import RAC, RACConfig, RolloutFn, TanhGaussianActor, TwinCritic
 from learning.task_embedding import (
     Inference,
     NoTaskSignal,
@@ -49,7 +56,10 @@ VERSION = 2
 
 @dataclass
 class MerPOv2Config:
-    rac: RACConfig = field(default_factory=lambda: RACConfig(behaviour_weight="advantage"))
+    # horizon and uncertainty_penalty act only with a world model (imagined transitions):
+    # LOMPO's horizon 5, MOPO's lambda_u 1 on the std-normalised disagreement [ours: to be measured]
+    rac: RACConfig = field(default_factory=lambda: RACConfig(behaviour_weight="advantage", horizon=5,
+                                                             uncertainty_penalty=1.0))
     embedding: TaskEmbeddingConfig = field(default_factory=TaskEmbeddingConfig)
     use_embedding: bool = True  # False: the ablation without a task variable (v1's blind policies)
     warm_start_steps: int = 2000  # behaviour cloning of the pooled logs before RAC
@@ -62,6 +72,8 @@ class MerPOv2Config:
     # [ours; an option until measured]
     train_inference_draws: int = 0
     train_inference_episodes: int = 5
+    # with a world model: train on imagined transitions too (False: real rows only, an ablation)
+    imagine: bool = True
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -87,6 +99,55 @@ class TaskInference:
     fallback: str | None = None
 
 
+class Imagination:
+    """The world model's prior ensemble as MerPO v2's learners imagine with it: `horizon` steps
+    from real latent rows under the learner's policy (unit actions), each step a random member's
+    mean; the reward from the task embedding's head at the row's embedding (or, without an
+    embedding, the world model's phi reward head), the disagreement of the members (LOMPO's u)
+    divided by its std on real rows with the logged actions (`calibrate`)."""
+
+    def __init__(self, world_model, norm: Normalizer, feat_dim: int, horizon: int,
+                 uncertainty_std: float | None = None) -> None:
+        self.world_model = world_model.eval().requires_grad_(False)
+        self.norm = norm
+        self.feat_dim = feat_dim
+        self.horizon = horizon
+        self.uncertainty_std = uncertainty_std
+
+    @torch.no_grad()
+    def calibrate(self, data: dict[str, torch.Tensor], seed: int = 0, n: int = 2048) -> float:
+        """The std of u on real rows (their logged actions, one step): the penalty's unit."""
+        g = torch.Generator().manual_seed(seed)
+        b = sample(data, n, g)
+        feat = b["obs"][:, :self.feat_dim]
+        out = rollout(self.world_model, feat, lambda f, t: self.norm.to_robot(b["act"]), 1, g, 0, sample=False)
+        self.uncertainty_std = max(float(out["uncertainty"].std()), 1e-6)
+        return self.uncertainty_std
+
+    def rollout_fn(self, embedding: TaskEmbedding | None, generator: torch.Generator) -> RolloutFn:
+        """RAC's rollout interface on conditioned rows: obs = [latent, z] (z standardised)."""
+        if self.uncertainty_std is None:
+            raise RuntimeError("Imagination.calibrate before rolling out")
+        F, norm, ustd = self.feat_dim, self.norm, self.uncertainty_std
+
+        def fn(start_obs: torch.Tensor, policy_unit: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+            feat, z = start_obs[:, :F], start_obs[:, F:]
+            out = rollout(self.world_model, feat, lambda f, t: norm.to_robot(policy_unit(torch.cat([f, z], -1))),
+                          self.horizon, generator, 0, sample=False)
+            feats, act = out["feat"], norm.to_unit(out["action"]).clamp(-1, 1)
+            B, H = act.shape[:2]
+            if embedding is not None:
+                e = embedding.raw(z).repeat_interleave(H, 0)
+                reward = embedding.reward(feats[:, :-1].reshape(B * H, F), act.reshape(B * H, -1),
+                                          feats[:, 1:].reshape(B * H, F), e).reshape(B, H)
+            else:
+                reward = (out["reward"] - norm.reward_mean) / norm.reward_std
+            return {"feat": torch.cat([feats, z[:, None].expand(B, H + 1, z.shape[-1])], -1), "action": act,
+                    "reward": reward, "uncertainty": out["uncertainty"] / ustd}
+
+        return fn
+
+
 class MerPOv2:
     def __init__(self, obs_dim: int, act_dim: int, tasks: Sequence[int], cfg: MerPOv2Config) -> None:
         self.cfg = cfg
@@ -100,12 +161,16 @@ class MerPOv2:
             self.meta_critic = TwinCritic(obs_dim + self.zdim, act_dim, cfg.rac.hidden, cfg.rac.layers)
         self.train_inferences: dict[int, TaskInference] = {}
         self.stats: dict[str, float] = {}
+        self.imagination: Imagination | None = None  # set by fit, or `attach` for adaptation
+        self.trained_uncertainty_std: float | None = None  # the penalty unit of a loaded checkpoint
 
     # -- meta-train ------------------------------------------------------------------------------
     def fit(self, datas: dict[int, dict[str, torch.Tensor]], episode_ends: dict[int, np.ndarray] | None = None,
-            progress: Callable[[str], None] | None = None) -> dict[str, float]:
+            progress: Callable[[str], None] | None = None,
+            imagination: Imagination | None = None) -> dict[str, float]:
         """Everything of meta-training on the tasks' transitions (`episode_ends[n]`: where each
-        episode's transitions end in `datas[n]`, for the bootstrap over episodes)."""
+        episode's transitions end in `datas[n]`, for the bootstrap over episodes); with
+        `imagination` (latents of a world model) on imagined transitions too."""
         cfg = self.cfg
         say = progress or (lambda msg: None)
         ends = episode_ends or {}
@@ -131,11 +196,23 @@ class MerPOv2:
         rac = RAC(self.obs_dim + self.zdim, self.act_dim, meta_cfg, seed=cfg.seed + 13,
                   actor=self.meta_actor, critic=self.meta_critic)
         g = torch.Generator().manual_seed(cfg.seed + 17)
-        for _ in range(cfg.meta_steps):
+        self.imagination = imagination if cfg.imagine else None
+        fn = None
+        if self.imagination is not None:
+            self.stats["uncertainty_std"] = self.imagination.calibrate(pooled, seed=cfg.seed + 19)
+            fn = self.imagination.rollout_fn(self.embedding, torch.Generator().manual_seed(cfg.seed + 23))
+        imagined: list[dict[str, float]] = []
+        for i in range(cfg.meta_steps):
+            if fn is not None and i % r.rollout_every == 0:
+                idx = torch.randint(len(pooled["obs"]), (r.rollout_batch,), generator=g)
+                imagined.append(rac.refresh_rollouts(pooled["obs"][idx], fn))
             idx = torch.randint(len(pooled["obs"]), (r.batch_real,), generator=g)
             last = rac.update({k: v[idx] for k, v in pooled.items()})
         if cfg.meta_steps:
             self.stats.update({f"meta_{k}": v for k, v in last.items()})
+        if imagined:
+            for k in imagined[0]:
+                self.stats[f"imagined_{k}"] = float(np.mean([s[k] for s in imagined]))
         return self.stats
 
     def _infer_like_a_new_task(self, data: dict[str, torch.Tensor], ends: np.ndarray | None,
@@ -190,15 +267,27 @@ class MerPOv2:
               steps: int | None = None, omega: float | None = None) -> list[RAC]:
         """MerPO on each new task's log: from (pi_c, Q_meta), regularized towards pi_c(., z_j)."""
         cfg = dataclasses.replace(self.cfg.rac, omega=self.cfg.omega if omega is None else omega)
+        fns = None
+        imagination = self.imagination
+        if imagination is not None and self.cfg.imagine:
+            fns = [imagination.rollout_fn(self.embedding, torch.Generator().manual_seed(int(s) + 29)) for s in seeds]
         return adapt_racs(self.meta_actor, self.meta_critic,
-                          [self.conditioned(d, i) for d, i in zip(datas, infs, strict=True)], None, cfg,
+                          [self.conditioned(d, i) for d, i in zip(datas, infs, strict=True)], fns, cfg,
                           self.cfg.adapt_steps if steps is None else steps, seeds)
+
+    def attach(self, imagination: Imagination | None, uncertainty_std: float | None) -> None:
+        """The world model to imagine with when adapting a loaded checkpoint (with the penalty
+        unit measured at meta-training)."""
+        if imagination is not None and uncertainty_std is not None:
+            imagination.uncertainty_std = uncertainty_std
+            self.imagination = imagination
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"version": VERSION, "config": self.cfg.to_dict(), "tasks": self.tasks,
                 "meta_actor": self.meta_actor.state_dict(), "meta_critic": self.meta_critic.state_dict(),
-                "embedding": None if self.embedding is None else self.embedding.state_dict()}
+                "embedding": None if self.embedding is None else self.embedding.state_dict(),
+                "uncertainty_std": None if self.imagination is None else self.imagination.uncertainty_std}
 
     def load_state_dict(self, sd: dict) -> None:
         version = sd.get("version", 1)
@@ -206,6 +295,7 @@ class MerPOv2:
             raise ValueError(f"a MerPO v{version} checkpoint: this is MerPO v{VERSION}; retrain it")
         self.meta_actor.load_state_dict(sd["meta_actor"])
         self.meta_critic.load_state_dict(sd["meta_critic"])
+        self.trained_uncertainty_std = sd.get("uncertainty_std")
         if self.embedding is not None:
             self.embedding.load_state_dict(sd["embedding"])
 

@@ -138,6 +138,10 @@ class TaskEmbedding(nn.Module):
         e = torch.as_tensor(e, dtype=torch.float32)
         return ((e - self.z_mean) / self.z_std).detach().cpu().numpy().astype(np.float32)
 
+    def raw(self, z: torch.Tensor) -> torch.Tensor:
+        """Standardised embedding(s) back to the head's input units (the inverse of `standardise`)."""
+        return z * self.z_std.to(z) + self.z_mean.to(z)
+
     def train_embeddings(self) -> dict[int, np.ndarray]:
         """Each meta-train task's own embedding, standardised."""
         return {t: self.standardise(self.embeddings[i]) for i, t in enumerate(self.tasks)}

@@ -300,9 +300,11 @@ class WorldModel(nn.Module):
 
     def imagine(self, h: torch.Tensor, z: torch.Tensor, policy: Callable[[torch.Tensor, int], torch.Tensor],
                 horizon: int, slot: torch.Tensor, generator: torch.Generator,
-                uncertainty: str | None = None) -> dict[str, torch.Tensor]:
+                uncertainty: str | None = None, sample: bool = True) -> dict[str, torch.Tensor]:
         """Roll the prior ensemble H steps from (h, z) [B, .]; each step draws z' from a random
         member per sequence (LOMPO). `policy(feat [B, F], t) -> action [B, A]` (robot units).
+        sample=False takes the drawn member's mean instead of a sample from it: imagined states
+        are then modes, like the mode filter's real latents (`learning.latents`).
 
         Returns feat [B, H+1, F] (start included), action [B, H, A], reward [B, H] (of the
         transition t -> t+1, from s_{t+1}) and uncertainty [B, H] of each imagined step.
@@ -315,7 +317,7 @@ class WorldModel(nn.Module):
             mu, std = self.prior(h, slot, a)  # [B, K, Z]
             k = torch.randint(self.cfg.ensemble, (h.shape[0],), generator=generator).to(h.device)
             pick = torch.arange(h.shape[0], device=h.device)
-            z = mu[pick, k] + std[pick, k] * _randn(mu[:, 0], generator)
+            z = mu[pick, k] + std[pick, k] * _randn(mu[:, 0], generator) if sample else mu[pick, k]
             feat = torch.cat([z, h], -1)
             feats.append(feat)
             actions.append(a)

@@ -174,7 +174,7 @@ class ToyModel:
         self.target = torch.as_tensor(target, dtype=torch.float32)
         self.known = None if known is None else torch.as_tensor(known, dtype=torch.float32)
 
-    def imagine(self, h, z, policy, horizon, slot, generator, uncertainty=None):
+    def imagine(self, h, z, policy, horizon, slot, generator, uncertainty=None, sample=True):
         feat, feats, actions, rewards = torch.cat([z, h], -1), [], [], []
         feats.append(feat)
         for t in range(horizon):

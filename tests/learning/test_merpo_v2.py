@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from learning.merpo_v2 import MerPOv2, MerPOv2Config
+from learning.merpo import Normalizer
+from learning.merpo_v2 import Imagination, MerPOv2, MerPOv2Config
 from learning.rac import RAC, RACConfig
 from learning.task_embedding import NoTaskSignal, TaskEmbedding, TaskEmbeddingConfig, goal_probe
 
@@ -140,3 +141,78 @@ def test_a_checkpoint_from_before_v2_is_refused_naming_the_version():
     other.load_state_dict(sd)
     for p, q in zip(m.meta_actor.parameters(), other.meta_actor.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def _small_world_model():
+    from perception.world_model import WorldModel, WorldModelConfig
+
+    torch.manual_seed(0)
+    return WorldModel(WorldModelConfig(image_size=32, input_size=64, cnn_depth=4, deter=16, stoch=6, hidden=16,
+                                       reward_hidden=16, ensemble=3, action_dim=2))
+
+
+def test_the_uncertainty_penalty_lowers_imagined_rewards_where_members_disagree():
+    """Imagined transitions from a world model: reward r_hat(s, a, s', e) minus lambda_u times
+    the members' disagreement (in its std on real rows); where the members agree, nothing."""
+    import copy
+
+    wm = _small_world_model()
+    F = 6 + 16
+    norm = Normalizer(np.full(2, -1.0, np.float32), np.ones(2, np.float32))
+    te = TaskEmbedding(F, 2, [0, 1], TaskEmbeddingConfig(dim=2, hidden=16, layers=1))
+    g = torch.Generator().manual_seed(0)
+    data = {"obs": torch.randn(256, F + 2, generator=g), "act": torch.rand(256, 2, generator=g) * 2 - 1}
+    im = Imagination(wm, norm, F, horizon=3)
+    assert im.calibrate(data) > 0
+    start = data["obs"][:64]
+
+    def imagined(penalty: float, model) -> dict[str, torch.Tensor]:
+        im.world_model = model
+        rac = RAC(F + 2, 2, RACConfig(hidden=16, layers=1, horizon=3, uncertainty_penalty=penalty), seed=1)
+        rac.refresh_rollouts(start, im.rollout_fn(te, torch.Generator().manual_seed(2)))
+        return rac.model_buffer.data
+
+    free, penalised = imagined(0.0, wm), imagined(2.0, wm)
+    torch.testing.assert_close(free["obs"], penalised["obs"])  # the same imagined transitions
+    u = (free["rew"] - penalised["rew"]) / 2.0
+    assert len(u) == 64 * 3 and (u > 0).all()  # random members disagree everywhere
+    # every imagined row carries its start row's task embedding
+    torch.testing.assert_close(free["obs"][:, F:], start[:, F:].repeat_interleave(3, 0))
+    torch.testing.assert_close(free["next_obs"][:, F:], start[:, F:].repeat_interleave(3, 0))
+    agreeing = copy.deepcopy(wm)
+    with torch.no_grad():
+        for p in (agreeing.heads.prior_w1, agreeing.heads.prior_b1, agreeing.heads.prior_w2, agreeing.heads.prior_b2):
+            p[:, 1:] = p[:, :1]
+    free, penalised = imagined(0.0, agreeing), imagined(2.0, agreeing)
+    torch.testing.assert_close(free["rew"], penalised["rew"], atol=1e-5, rtol=0)
+
+
+def test_meta_training_with_a_world_model_imagines_and_adaptation_does_too():
+    wm = _small_world_model()
+    F = 6 + 16
+    norm = Normalizer(np.full(2, -1.0, np.float32), np.ones(2, np.float32))
+    g = torch.Generator().manual_seed(3)
+    datas, ends = {}, {}
+    for n in range(3):
+        obs, nxt = torch.randn(120, F, generator=g), torch.randn(120, F, generator=g)
+        act = torch.rand(120, 2, generator=g) * 2 - 1
+        rew = act[:, 0] * (1.0 if n % 2 else -1.0) + 0.1 * n
+        datas[n] = {"obs": obs, "act": act, "rew": rew, "next_obs": nxt, "done": torch.zeros(120)}
+        ends[n] = np.arange(1, 7) * 20
+    cfg = MerPOv2Config(rac=RACConfig(behaviour_weight="advantage", hidden=32, layers=1, horizon=2,
+                                      uncertainty_penalty=1.0, rollout_every=5, rollout_batch=32),
+                        embedding=TaskEmbeddingConfig(dim=2, hidden=32, fit_steps=100, infer_steps=30, members=2),
+                        warm_start_steps=20, meta_steps=20, adapt_steps=10)
+    m = MerPOv2(F, 2, [0, 1, 2], cfg)
+    stats = m.fit(datas, ends, imagination=Imagination(wm, norm, F, cfg.rac.horizon))
+    assert stats["uncertainty_std"] > 0 and stats["imagined_uncertainty"] > 0
+    sd = m.state_dict()
+    assert sd["uncertainty_std"] == stats["uncertainty_std"]
+    loaded = MerPOv2(F, 2, [0, 1, 2], cfg)
+    loaded.load_state_dict(sd)
+    loaded.attach(Imagination(wm, norm, F, cfg.rac.horizon), loaded.trained_uncertainty_std)
+    inf = loaded.infer(datas[1], ends[1])
+    rac = loaded.adapt([datas[1]], [inf], [0])[0]
+    assert len(rac.model_buffer) == 2 * 32 * 2  # refreshed at steps 0 and 5, horizon 2
+    off = MerPOv2(F, 2, [0, 1, 2], dataclasses.replace(cfg, imagine=False))
+    assert "imagined_uncertainty" not in off.fit(datas, ends, imagination=Imagination(wm, norm, F, 2))
