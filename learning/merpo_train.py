@@ -103,6 +103,14 @@ class RunConfig:
         return cls(world_model=wm, merpo=mp, merpo_v2=v2, **d)
 
 
+def _v2_rac(rac: RACConfig, horizon: int | None = None) -> RACConfig:
+    """A preset's RAC sizes with MerPO v2's own settings (MerPOv2Config's defaults): the
+    advantage-weighted behaviour term, the imagination horizon and the uncertainty penalty."""
+    v2 = MerPOv2Config().rac
+    return dataclasses.replace(rac, behaviour_weight=v2.behaviour_weight, horizon=horizon or v2.horizon,
+                               uncertainty_penalty=v2.uncertainty_penalty)
+
+
 def preset(name: str) -> RunConfig:
     """tiny: seconds (tests). cpu: the 2-core CPU budget (smaller than the paper, says so).
     paper: MerPO's published loop on LOMPO's model (GPU)."""
@@ -114,8 +122,8 @@ def preset(name: str) -> RunConfig:
         # (`vmerpo bench rac-speed`).
         rac = RACConfig(hidden=128, layers=3, batch_real=128, batch_model=128, cql_n_actions=4, cql_states=64)
         return RunConfig(world_model=wmt.preset("cpu"),
-                         # MerPO v2 (algorithm merpo_v2): the same RAC sizes, the advantage-weighted term
-                         merpo_v2=MerPOv2Config(rac=dataclasses.replace(rac, behaviour_weight="advantage")),
+                         # MerPO v2 (algorithm merpo_v2): the same RAC sizes, v2's behaviour term and imagination
+                         merpo_v2=MerPOv2Config(rac=_v2_rac(rac)),
                          merpo=MerPOConfig(rac=rac, iterations=10, steps_per_iteration=20, meta_batch=4,
                                            # 2000 RAC steps at batch 128 on the new task (MerPO: 100-500 at
                                            # 256): on held-out reach task 40 the closest approach was
@@ -138,7 +146,7 @@ def preset(name: str) -> RunConfig:
                         rollout_batch=32, rollout_every=2)
         return RunConfig(world_model=wmt.preset("tiny"),
                          merpo_v2=MerPOv2Config(
-                             rac=dataclasses.replace(rac, behaviour_weight="advantage"),
+                             rac=_v2_rac(rac, horizon=2),
                              embedding=TaskEmbeddingConfig(dim=2, hidden=16, fit_steps=50, batch=64, infer_steps=20,
                                                            members=2),
                              warm_start_steps=10, meta_steps=10, adapt_steps=10),

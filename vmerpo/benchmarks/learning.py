@@ -93,7 +93,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="continue the run in --out (the same settings; finished units are kept)")
     p.add_argument("--qualities", help=f"comma-separated subset of {','.join(QUALITIES)} (default: the budget's)")
     p.add_argument("--methods", help=f"comma-separated subset (state: {','.join(STATE_METHODS)}; opt-in: {','.join(EXTRA_METHODS)}; pixel: see "
-                                     "learning_pixel.PIXEL_METHODS); default all of the track's")
+                                     "learning_pixel.PIXEL_METHODS, opt-in PIXEL_EXTRA_METHODS: merpo_v1, merpo_adp, meta_policy_v1, merpo_no_embedding); default all of the track's")
     p.add_argument("--heldout-tasks", type=int, metavar="K", help="the family's first K held-out tasks (default: "
                                                                    "the budget's)")
     p.add_argument("--draws", type=int, metavar="D", help="independent held-out logs per task (default: the budget's)")
@@ -205,10 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         methods = _subset(args.methods or ",".join(STATE_METHODS), STATE_METHODS + EXTRA_METHODS, "--methods")
         rows, behaviour, timings = run_track(out, family, design, heldout, train, methods, args)
     else:
-        from vmerpo.benchmarks.learning_pixel import PIXEL_METHODS
+        from vmerpo.benchmarks.learning_pixel import PIXEL_EXTRA_METHODS, PIXEL_METHODS
         from vmerpo.benchmarks.learning_pixel import run_track as run_pixel
 
-        methods = _subset(args.methods or ",".join(PIXEL_METHODS), PIXEL_METHODS, "--methods")
+        methods = _subset(args.methods or ",".join(PIXEL_METHODS), PIXEL_METHODS + PIXEL_EXTRA_METHODS, "--methods")
         rows, behaviour, timings = run_pixel(out, family, design, heldout, train, methods, args)
     timings["total_s"] = time.perf_counter() - t0
 

@@ -5,10 +5,13 @@ shared by every method and quality. Per quality:
 
     collect   meta-train logs of the first N train tasks, and per draw a 5-episode log of each
               held-out task (the same seeds as the state track: `learning.log_seeds`)
-    train     `vmerpo train --world-model WM`: latents + MerPO meta-training
+    train     `vmerpo train --world-model WM --algorithm merpo_v2`: latents + MerPO v2 meta-training
+              (imagining with WM); with the opt-in methods also v1 and v2 without the embedding
     adapt     every method to every (held-out task, draw) log (`vmerpo adapt --method`); BC and
               single-task RAC learn from the log alone (`start=scratch`), LOMPO from its pooled
-              pretraining, MerPO from (pi_c, Q_meta); meta_policy is pi_c with no adaptation
+              pretraining, MerPO from (pi_c, Q_meta) at the embedding inferred from the log;
+              meta_policy is pi_c at that embedding with no adaptation; ablations: omega 0 and 1,
+              no uncertainty penalty in the adaptation's imagined transitions (METHOD_PLAN)
     evaluate  each adapted policy on its task, the same starts for every method and draw
 
 Each stage's outputs are kept under --out/pixel and reused by --resume.
@@ -27,8 +30,30 @@ from typing import Any
 
 from vmerpo.commands.options import add_goal_pin, experimental_group
 
-PIXEL_METHODS = ("bc", "rac", "lompo", "merpo", "merpo_adp", "meta_policy")
+PIXEL_METHODS = ("bc", "rac", "lompo", "merpo", "meta_policy", "merpo_omega0", "merpo_omega1",
+                 "merpo_no_uncertainty")
+# opt-in: MerPO v1 (its own meta-training runs) and the ablation without the task embedding
+# (a second v2 meta-training per quality and world model)
+PIXEL_EXTRA_METHODS = ("merpo_v1", "merpo_adp", "meta_policy_v1", "merpo_no_embedding")
 SCRATCH = ("bc", "rac")  # single-task: the held-out log alone, fresh networks
+# method -> (meta-training run kind, `vmerpo adapt --method`, adapt keyword arguments). Run kinds:
+# "v2" MerPO v2 (`--algorithm merpo_v2`; the baselines use its latents and pooled data too),
+# "v2_noemb" v2 without the task embedding, "v1" MerPO as published
+METHOD_PLAN: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "bc": ("v2", "bc", {"start": "scratch"}),
+    "rac": ("v2", "rac", {"start": "scratch"}),
+    "lompo": ("v2", "lompo", {}),
+    "merpo": ("v2", "merpo", {}),
+    "meta_policy": ("v2", "meta_policy", {}),
+    "merpo_omega0": ("v2", "merpo", {"omega": 0.0}),
+    "merpo_omega1": ("v2", "merpo", {"omega": 1.0}),
+    "merpo_no_uncertainty": ("v2", "merpo", {"rac_overrides": {"uncertainty_penalty": 0.0}}),
+    "merpo_no_embedding": ("v2_noemb", "merpo", {}),
+    "merpo_v1": ("v1", "merpo", {}),
+    "merpo_adp": ("v1", "merpo_adp", {}),
+    "meta_policy_v1": ("v1", "merpo", {"steps": 0}),
+}
+ZERO_SHOT = ("meta_policy", "meta_policy_v1")
 EVAL_SEED = 1000  # as the state track: the same starts for every method and draw
 
 
@@ -40,7 +65,9 @@ class Budget:
     wm_steps: int  # world-model steps (0: the preset's)
     wm_seeds: int  # independent shared world models (and MerPO runs on each)
     adapt_steps: int = 0  # RAC/BC steps on each small log (0: the preset's)
-    meta_iterations: int = 0  # MerPO iterations (0: the preset's); baselines pretrain as many updates
+    meta_iterations: int = 0  # MerPO v1 iterations (0: the preset's); baselines pretrain as many updates
+    v2_meta_steps: int = 0  # MerPO v2 RAC updates of (pi_c, Q_meta) (0: the preset's); warm start and
+    # the embedding's fit scale with it
     wm_preset: str = ""  # world-model preset ("": the `config` preset's; --world-model picks another)
     meta_critic: str = "polyak"  # Q_meta: polyak mean of the task critics (MerPO) or "fit" (--meta-critic)
     goal_pin: bool = False  # draw the pin under the goal marker in logs and evaluations (--goal-pin)
@@ -48,7 +75,8 @@ class Budget:
 
 
 BUDGETS = {
-    "smoke": Budget(config="cpu", wm_steps=1000, wm_seeds=1, meta_iterations=5, adapt_steps=1000),
+    "smoke": Budget(config="cpu", wm_steps=1000, wm_seeds=1, meta_iterations=5, adapt_steps=1000,
+                    v2_meta_steps=1000),
     "full": Budget(config="cpu", wm_steps=0, wm_seeds=2),
 }
 
@@ -119,8 +147,9 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
     timings["world_model_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    keys = [(q, s) for q in qualities for s in range(budget.wm_seeds)]
-    todo = [(str(out), q, s, stores[q][0], wm_dirs[s], budget, args.device, args.seed) for q, s in keys]
+    kinds = sorted({METHOD_PLAN[m][0] for m in methods})
+    keys = [(q, s, k) for q in qualities for s in range(budget.wm_seeds) for k in kinds]
+    todo = [(str(out), q, s, k, stores[q][0], wm_dirs[s], budget, args.device, args.seed) for q, s, k in keys]
     runs = dict(zip(keys, _pool_map(_meta_train, todo, args.workers, "meta-train", progress), strict=True))
     timings["meta_train_s"] = time.perf_counter() - t
 
@@ -220,13 +249,23 @@ def _pool_map(fn, jobs: list, workers: int, desc: str, progress: bool) -> list:
 
 
 def _meta_train(job: tuple) -> str:
-    out, q, wm_seed, data, wm_dir, budget, device, seed = job
+    out, q, wm_seed, kind, data, wm_dir, budget, device, seed = job
     from learning.merpo_train import preset, train
 
-    run = Path(out) / "runs" / f"{q}_s{wm_seed}"
+    run = Path(out) / "runs" / (f"{q}_s{wm_seed}" if kind == "v1" else f"{q}_s{wm_seed}_{kind}")
     cfg = preset(budget.config)
     cfg.device = device
     cfg.merpo.seed = seed + wm_seed
+    if kind != "v1":
+        v2 = cfg.merpo_v2
+        v2.seed = seed + wm_seed
+        v2.use_embedding = kind == "v2"
+        if budget.v2_meta_steps:
+            scale = budget.v2_meta_steps / v2.meta_steps
+            v2.meta_steps = budget.v2_meta_steps
+            v2.warm_start_steps = max(1, round(v2.warm_start_steps * scale))
+            v2.embedding.fit_steps = max(1, round(v2.embedding.fit_steps * scale))
+        cfg.algorithm = "merpo_v2"
     if budget.meta_iterations:
         cfg.merpo.iterations = budget.meta_iterations
     if budget.meta_critic == "fit":
@@ -253,10 +292,10 @@ def _adapt(args: tuple) -> str:
     from learning.merpo_train import adapt
 
     if not (Path(dst) / "policy.pt").exists():
-        real = "merpo" if method == "meta_policy" else method
-        n = 0 if method == "meta_policy" else (steps or None)  # pi_c itself: no RAC step on the log
-        adapt(run, data, dst, overwrite=True, task=task, method=real, progress=False, steps=n,
-              start="scratch" if method in SCRATCH else "own", log=lambda msg: print(msg, file=sys.stderr))
+        _, real, kwargs = METHOD_PLAN[method]
+        kwargs = {"steps": steps or None, **kwargs}  # meta_policy_v1: pi_c itself, no RAC step on the log
+        adapt(run, data, dst, overwrite=True, task=task, method=real, progress=False,
+              log=lambda msg: print(msg, file=sys.stderr), **kwargs)
     return str(dst)
 
 
@@ -266,16 +305,18 @@ def _adapt_all(out: Path, runs: dict, stores: dict, heldout: list[int], draws: i
     processes busy without two of them writing one file: (1) LOMPO's pooled pretraining, one
     job per run; (2) per (run, task, draw) one cheap adaptation first (meta_policy or BC when
     asked for), which also makes the shared theta_j and latents; (3) the rest in parallel."""
-    pre = [(run, m) for run in runs.values() for m in methods if m == "lompo"]
+    pre = [(run, "lompo") for (q, s, kind), run in runs.items() if kind == METHOD_PLAN["lompo"][0]
+           and "lompo" in methods]
     _pool_map(_pretrain, pre, workers, "pretrain LOMPO", progress)
-    order = sorted(methods, key=lambda m: (m != "meta_policy", m != "bc"))  # cheapest first
+    order = sorted(methods, key=lambda m: (m not in ZERO_SHOT, m != "bc"))  # cheapest first
     jobs: list[tuple] = []
     first: list[tuple] = []
     rest: list[tuple] = []
-    for (q, s), run in runs.items():
+    for (q, s, kind), run in runs.items():
         for d in range(draws):
             for task in heldout:
-                for i, m in enumerate(order):
+                # the first adaptation per (run, task, draw) also makes the shared theta_j and latents
+                for i, m in enumerate(m for m in order if METHOD_PLAN[m][0] == kind):
                     dst = str(out / "adapted" / f"{q}_s{s}_d{d}_t{task}_{m}")
                     (first if i == 0 else rest).append((run, stores[q][1][d], dst, task, m, budget.adapt_steps))
                     jobs.append((q, s, task, d, m, dst))
@@ -313,7 +354,7 @@ def _evaluate(out: Path, family: str, jobs: list, episodes: int, hand_init_noise
     rows, todo = [], []
     for q, s, task, d, m, policy_dir in jobs:
         row = {"track": "pixel", "quality": q, "wm_seed": s, "task": task, "draw": d, "method": m,
-               "zero_shot": m == "meta_policy", "policy": policy_dir}
+               "zero_shot": m in ZERO_SHOT, "policy": policy_dir}
         path = cache_dir / f"{Path(policy_dir).name}.json"
         if path.exists():
             row.update(json.loads(path.read_text()))
