@@ -142,6 +142,10 @@ class StoreSpec:
         if bad:
             raise StoreError(f"spec absent lists {bad[0]!r}; only {', '.join(OPTIONAL_KEYS)} may be absent "
                              "(image, state, action and reward are needed to learn)")
+        both = sorted(set(self.keys) & set(self.absent))
+        if both:
+            raise StoreError(f"spec keys maps {both[0]!r} to {self.keys[both[0]]!r} and absent lists it too; "
+                             "give one of them")
         if "episode_task" in self.absent and len(self.tasks) != 1:
             raise StoreError(f"spec absent lists episode_task, so every episode is one task, but the task "
                              f"table has {len(self.tasks)}; give exactly one task")

@@ -39,6 +39,7 @@ from learning.store import (
     _open_group,
     _read,
     _scan_local,
+    _spec_type_error,
     _unlock_store,
 )
 
@@ -53,6 +54,8 @@ COMMON_NAMES: dict[str, tuple[str, ...]] = {
     "episode_task": ("episode_task", "task", "task_id", "episode_task_id"),
     "episode_success": ("episode_success", "success", "is_success"),
 }
+SPEC_REQUIRED = ("robot", "control_hz", "image_size", "state_names", "action_names", "action_low",
+                 "action_high")  # what StoreSpec.from_attrs needs
 NEEDED = ("image", "state", "action", "reward")  # what learning cannot do without
 ABSENT_MEANS = {
     "terminal": "no terminations (every episode ends by a time limit)",
@@ -98,11 +101,16 @@ def describe(path: str | os.PathLike, keys: Mapping[str, str] | None = None) -> 
         raise StoreError(f"{path}: missing array meta/episode_ends (the layout's commit point: "
                          "data/<key> concatenated over time plus meta/episode_ends)")
     state = _commit_state(root, path, None if _is_url(path) else _scan_local(path))
-    mapping = {**guess_keys(list(data), list(meta)), **dict(keys or {})}
+    given = dict(keys or {})
+    mapping = {**guess_keys(list(data), list(meta)), **given}
     attrs = dict(root.attrs)
     lacking: list[str] = []
+    for key, name in given.items():  # a name given explicitly must exist (a typo is not "absent")
+        group, members = ("meta", meta) if key in META_KEYS else ("data", data)
+        if name not in members:
+            lacking.append(f"{group}/{name} (mapped by --key {key}={name}): no such array")
     for key in NEEDED:
-        if mapping.get(key) not in data:
+        if mapping.get(key) not in data and key not in given:
             lacking.append(f"data/{key}: no array of that name or a common alias "
                            f"({', '.join(COMMON_NAMES[key])}); map one with --key {key}=NAME")
     image = data.get(mapping.get("image", ""))
@@ -197,7 +205,13 @@ def infer_spec(path: str | os.PathLike, fields: Mapping[str, Any] | None = None,
     checked by opening the store with it."""
     path = str(path)
     fields = dict(fields or {})
-    d = describe(path, {**dict(fields.pop("keys", {}) or {}), **dict(keys or {})})
+    file_keys, file_tasks = fields.pop("keys", None) or {}, fields.pop("tasks", None) or []
+    if not isinstance(file_keys, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in file_keys.items()):
+        raise _spec_type_error("keys", "an object of array names", file_keys)
+    if not isinstance(file_tasks, (list, tuple)):
+        raise _spec_type_error("tasks", "a list of task objects", file_tasks)
+    d = describe(path, {**dict(file_keys), **dict(keys or {})})
     if d["written_by_vmerpo"]:
         raise StoreError(f"{path} is a vmerpo store: its spec is its writer's (`vmerpo inspect` shows it)")
     blocking = [m for m in d["missing_for_training"] if not m.startswith("a spec")]
@@ -225,7 +239,7 @@ def infer_spec(path: str | os.PathLike, fields: Mapping[str, Any] | None = None,
         pad = np.where(hi > lo, 0.0, np.maximum(np.abs(lo), 1.0) * 1e-3)  # a constant channel
         fields.setdefault("action_low", [float(x) for x in lo - pad])
         fields.setdefault("action_high", [float(x) for x in hi + pad])
-    table = [_parse_task(t) for t in tasks] or list(fields.pop("tasks", []) or [])
+    table = [_parse_task(t) for t in tasks] or list(file_tasks)
     if not table:
         if "episode_task" in d["absent"]:
             table = [{"id": 0, "name": "task 0", "split": "train"}]
@@ -277,8 +291,17 @@ def write_spec(path: str | os.PathLike, spec: StoreSpec, force: bool = False) ->
 
 
 def load_spec_file(file: str | os.PathLike) -> StoreSpec:
-    """A StoreSpec from a YAML or JSON file (what `vmerpo spec --out FILE` writes)."""
-    return StoreSpec.from_attrs(read_fields(file))
+    """A StoreSpec from a YAML or JSON file (what `vmerpo spec --out FILE` writes); a field
+    missing or of a wrong type is refused in one line naming the file."""
+    fields = read_fields(file)
+    missing = [n for n in SPEC_REQUIRED if n not in fields]
+    if missing:
+        raise StoreError(f"spec file {file} lacks {', '.join(missing)} (`vmerpo spec STORE --out FILE` "
+                         "writes a complete one)")
+    try:
+        return StoreSpec.from_attrs(fields)
+    except StoreError as e:
+        raise StoreError(f"spec file {file}: {e}") from None
 
 
 def read_fields(file: str | os.PathLike) -> dict[str, Any]:

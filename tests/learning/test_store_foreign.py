@@ -271,3 +271,42 @@ def test_vmerpo_train_meta_trains_on_a_replay_buffer_store(tmp_path):
     info = json.loads(proc.stdout)
     assert sorted(info["tasks"]) == [0, 1] and info["meta_steps"] > 0, info
     assert json.loads((tmp_path / "run" / "config.json").read_text())["meta_train_tasks"] == [0, 1]
+
+
+def test_an_explicit_key_to_no_array_is_refused_not_read_as_absent(tmp_path, capsys):
+    """A typo in --key episode_task=NAME must not turn a two-task store into one task."""
+    path = write_rb_store(tmp_path / "rb.zarr")
+    assert main(["spec", str(path), "--control-hz", "10", "--action-type", "ee_delta",
+                 "--key", "episode_task=task_idz", "--out", str(tmp_path / "s.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "meta/task_idz (mapped by --key episode_task=task_idz)" in err, err
+    assert not (tmp_path / "s.yaml").exists()
+    assert main(["spec", str(path), "--control-hz", "10", "--action-type", "ee_delta", "--key", "image=pixels"]) == 2
+    assert "data/pixels (mapped by --key image=pixels): no such array" in capsys.readouterr().err
+    with pytest.raises(StoreError, match="keys maps 'episode_task' to 'task' and absent lists it too"):
+        StoreSpec(robot="r", control_hz=10, image_size=SIZE, state_names=["a", "b"], action_names=["x", "y"],
+                  action_low=[-1, -1], action_high=[1, 1], tasks=[{"id": 0}], keys={"episode_task": "task"},
+                  absent=["episode_task"])
+
+
+def test_spec_files_of_the_wrong_form_are_one_line_naming_the_file_and_field(tmp_path, capsys):
+    path = write_rb_store(tmp_path / "rb.zarr")
+    for text, want in (("control_hz: 10\naction_type: ee_delta\ntasks: 5\n", "spec field tasks must be a list"),
+                       ("control_hz: 10\naction_type: ee_delta\nkeys: [img]\n", "spec field keys must be an object"),
+                       ("control_hz: 10\naction_type: ee_delta\nkeys: {image: 5}\n",
+                        "spec field keys must be an object")):
+        (tmp_path / "from.yaml").write_text(text)
+        assert main(["spec", str(path), "--from", str(tmp_path / "from.yaml"), "--out", str(tmp_path / "o.yaml")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and want in err and "TypeError" not in err, err
+    (tmp_path / "partial.yaml").write_text("control_hz: 10\n")
+    assert main(["inspect", str(path), "--spec", str(tmp_path / "partial.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"spec file {tmp_path / 'partial.yaml'} lacks robot, image_size" in err, err
+    assert main(["spec", str(path), "--control-hz", "10", "--action-type", "ee_delta",
+                 "--out", str(tmp_path / "good.json")]) == 0
+    fields = json.loads((tmp_path / "good.json").read_text())
+    (tmp_path / "bad.json").write_text(json.dumps({**fields, "absent": "terminal"}))
+    assert main(["inspect", str(path), "--spec", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"spec file {tmp_path / 'bad.json'}: spec field absent must be a list" in err, err
