@@ -19,8 +19,9 @@ command line or a success topic), or a user function `module:function` called as
 
 Two passes over the bag: the first reads times and the small topics, the second decodes only
 the images that become rows and streams them into the store, so large bags never sit in RAM.
-Each episode's provenance names its bag (`bag`, the absolute path) and its index in the bag
-(`bag_episode`); appending a bag whose episodes the store already holds skips those, so an
+Each episode's provenance names its bag (`bag`, the absolute path; `bag_start_ns`, its first
+message's log time, which tells a new recording at the same path apart) and its index in the
+bag (`bag_episode`); appending a bag whose episodes the store already holds skips those, so an
 interrupted batch import (`import_bags`) continues where it stopped.
 """
 
@@ -197,6 +198,7 @@ def import_bag(cfg: BagImportConfig, log: Callable[[str], None] | None = None) -
         if cfg.marker_topic and not mk_conns:
             raise ValueError(f"{cfg.bag}: no marker topic {cfg.marker_topic}")
         plan = _plan(reader, typestore, cfg, image_conns, cmd_conns, js_conns, rw_conns, sc_conns, mk_conns, log)
+        plan["bag_start_ns"] = int(reader.start_time)  # which recording: a path can be recorded again
         existed = Path(cfg.out).exists()
         if existed and not cfg.overwrite:
             plan = _without_imported(cfg, plan, log)
@@ -356,9 +358,11 @@ def bag_key(bag: str | Path) -> str:
 
 
 def _without_imported(cfg: BagImportConfig, plan: dict, log) -> dict:
-    """Appending: the bag's episodes that the store already holds (provenance `bag` and
-    `bag_episode`, written by an earlier import of the same bag path) are not imported again,
-    so rerunning an interrupted batch with --append continues where it stopped."""
+    """Appending: the bag's episodes that the store already holds (provenance `bag`,
+    `bag_start_ns` and `bag_episode`, written by an earlier import of the same recording at the
+    same path) are not imported again, so rerunning an interrupted batch with --append
+    continues where it stopped. Another recording made later at the same path (its first
+    message at another time) is imported whole."""
     from learning.store import EpisodeStore
 
     store = EpisodeStore.open(cfg.out, load="lazy")
@@ -366,8 +370,16 @@ def _without_imported(cfg: BagImportConfig, plan: dict, log) -> dict:
         bags, indices = store.provenance("bag"), store.provenance("bag_episode")
     except KeyError:  # no episode of the store came from a bag
         return plan
-    key = bag_key(cfg.bag)
-    done = {int(i) for b, i in zip(bags, indices, strict=True) if b == key}
+    try:
+        starts = store.provenance("bag_start_ns")
+    except KeyError:  # imported before bag_start_ns was recorded: the path alone says
+        starts = np.full(len(bags), -1, np.int64)
+    key, start = bag_key(cfg.bag), int(plan["bag_start_ns"])
+    same_path = [(int(s), int(i)) for b, s, i in zip(bags, starts, indices, strict=True) if b == key]
+    done = {i for s, i in same_path if s in (-1, start)}
+    if same_path and not done:
+        log(f"{cfg.bag}: {cfg.out} holds episodes imported from this path before, of another recording "
+            "(its first message at another time): this one is imported whole")
     keep = [ep for ep in plan["episodes"] if ep["index"] not in done]
     already = len(plan["episodes"]) - len(keep)
     if already:
@@ -443,7 +455,10 @@ def _reuse_store_spec(cfg: BagImportConfig, spec: StoreSpec, plan: dict) -> Stor
             if out.any():
                 raise ValueError(f"the bag's commands span {acts.min(0).round(4).tolist()} .. "
                                  f"{acts.max(0).round(4).tolist()}, outside {cfg.out}'s action limits "
-                                 f"{stored.action_low} .. {stored.action_high}")
+                                 f"{stored.action_low} .. {stored.action_high}, which are fixed when a "
+                                 "store is created: import every bag into a new store in one batch "
+                                 "(`vmerpo import-bag BAG... --out NEW`), or create it with "
+                                 "--action-low/--action-high wide enough for every bag (the robot's limits)")
             changes.update(action_low=list(stored.action_low), action_high=list(stored.action_high))
     if cfg.action_names is None and len(stored.action_names) == len(spec.action_names):
         changes["action_names"] = list(stored.action_names)
@@ -576,7 +591,8 @@ def _write_episode(writer, cfg, plan, e, images, reward_fn, skipped=frozenset(),
                              f"for an episode of {len(ticks)} rows")
         data["reward"] = rewards
     writer.add_episode(data, task_id=int(cfg.task_id), success=bool(success),
-                       provenance={"behavior": "rosbag2", "bag": bag_key(cfg.bag), "bag_episode": int(ep["index"]),
+                       provenance={"behavior": "rosbag2", "bag": bag_key(cfg.bag),
+                                   "bag_start_ns": int(plan["bag_start_ns"]), "bag_episode": int(ep["index"]),
                                    "frames_skipped": len(ep["ticks"]) - len(rows), "rows_log_time": int(n_log)})
     return len(ticks), int(n_log)
 

@@ -206,6 +206,7 @@ def test_bags_of_two_tasks_append_with_default_options_and_extend_the_task_table
     write_bag(bag, "mcap", episodes=(30,))  # commands up to 0.29; the store's limits end at 0.20
     r = vmerpo(bag, *common, "--task-id", 3, "--append")
     assert r.returncode == 2 and "outside" in r.stderr and "action limits" in r.stderr, r.stderr
+    assert "in one batch" in r.stderr  # what to do instead: the limits of a store are fixed
     assert len(r.stderr.strip().splitlines()) == 1
     assert EpisodeStore.open(out).n_episodes == 6
 
@@ -415,3 +416,25 @@ def test_bags_of_two_tasks_append_with_default_options_and_vmerpo_train_meta_tra
 
     ckpt = torch.load(run / "checkpoints" / "merpo.pt", weights_only=True)
     assert sorted(ckpt["learners"]) == ["3", "4"] and ckpt["step"] > 0  # a RAC learner per task, meta-steps done
+
+
+def test_a_bag_recorded_again_at_the_same_path_is_imported_whole(tmp_path):
+    """Skipping the episodes already imported from a bag (a rerun continues a batch) goes by
+    the recording, not by the path only: a new recording made at the same path (after the
+    first was moved away) is imported whole, and rerunning it then skips it."""
+    from learning.store import EpisodeStore
+
+    bag, out = tmp_path / "take", tmp_path / "logs.zarr"
+    write_bag(bag, "mcap")
+    assert vmerpo(bag, "--out", out, *BAG_ARGS).returncode == 0
+    bag.rename(tmp_path / "take_monday")
+    write_bag(bag, "mcap", episodes=(5, 9, 7), t0=T0 + 86_400 * 10**9)  # the next day, same path
+    r = vmerpo(bag, "--out", out, *BAG_ARGS, "--append", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["episodes_imported"] == 3 and "another recording" in r.stderr, r.stderr
+    s = EpisodeStore.open(out)
+    assert list(s.provenance("bag_episode")) == [0, 1, 0, 1, 2] and len(set(s.provenance("bag_start_ns"))) == 2
+    assert list(s.episode_lengths) == [12, 9, 5, 9, 7]
+    r = vmerpo(bag, "--out", out, *BAG_ARGS, "--append", "--json")  # the same recording again: skipped
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["episodes_already_in_store"] == 3 and EpisodeStore.open(out).n_episodes == 5

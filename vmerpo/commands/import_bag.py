@@ -55,7 +55,7 @@ many bags into one store:
   A bag that fails stops the import with one line naming it, the bags imported before it and
   those not tried. The store is append-only: what was committed stays. Rerun with --append
   and the same bags to continue: a bag's episodes already in the store (provenance `bag`,
-  `bag_episode`) are not imported again.
+  `bag_start_ns`, `bag_episode`) are not imported again; a new recording at the same path is.
 """
     p.add_argument("bag", nargs="*", metavar="BAG_OR_DIR",
                    help="rosbag2 directory, .db3/.mcap file, or a directory of bags (each bag in it, sorted)")
