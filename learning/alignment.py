@@ -116,15 +116,25 @@ def first_answers(frame_stamps: Sequence[int] | np.ndarray, frame_times: Sequenc
 class StampedHistory:
     """The newest `maxlen` messages kept in time order (a message that arrives out of order
     is inserted at its place; of equal times the one received last comes last), for
-    `newest_at_or_before` lookups of a node's joint states. `h[i]` is `(time, item)`."""
+    `newest_at_or_before` lookups of a node's joint states. `h[i]` is `(time, item)`.
 
-    def __init__(self, maxlen: int = 2048) -> None:
+    A message stamped more than `max_back_ns` before the newest kept one means the clock went
+    back (a simulator reset, a bag played in a loop): what is kept belongs to the old timeline,
+    whose stamps would otherwise pass for the new one's (a take's frame paired with the
+    previous take's joint state), so it is dropped (`clock_resets` counts these)."""
+
+    def __init__(self, maxlen: int = 2048, max_back_ns: int = 1_000_000_000) -> None:
         self.maxlen = int(maxlen)
+        self.max_back_ns = int(max_back_ns)
+        self.clock_resets = 0
         self._stamps: list[int] = []
         self._items: list[Any] = []
 
     def add(self, t: int, item: Any) -> None:
         t = int(t)
+        if self._stamps and t < self._stamps[-1] - self.max_back_ns:
+            self.clear()
+            self.clock_resets += 1
         if not self._stamps or t >= self._stamps[-1]:
             self._stamps.append(t)
             self._items.append(item)

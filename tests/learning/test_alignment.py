@@ -115,6 +115,23 @@ def test_stamped_history_keeps_stamp_order_and_the_newest_maxlen():
     assert len(h) == 0 and h.at_or_before(100) is None
 
 
+def test_stamped_history_forgets_an_old_timeline_when_the_clock_goes_back():
+    """A simulator reset sends the joint-state clock back to 0: the previous take's states
+    (stamps 0..5 s) must not pass for the new take's. By stamp alone, a frame at 0.201 s would
+    take the old take's 0.200 s state over the new take's 0.193 s one (the node used to search
+    newest-received first, which the reset did not fool)."""
+    ms = 1_000_000
+    h = StampedHistory(maxlen=2048)
+    for t in range(0, 5000, 10):
+        h.add(t * ms, ("take1", t))
+    for t in range(3, 200, 10):  # the clock restarts at 0
+        h.add(t * ms, ("take2", t))
+    assert h.at_or_before(201 * ms) == ("take2", 193) and h.clock_resets == 1
+    assert h.at_or_before(2 * ms) is None and len(h) == 20
+    h.add(150 * ms, ("late", 150))  # out of order by less than max_back_ns: kept, in its place
+    assert h.clock_resets == 1 and h.at_or_before(151 * ms) == ("late", 150)
+
+
 @pytest.mark.parametrize("path", ["learning/bag_import.py", "robot_nodes/recorder_node.py",
                                   "robot_nodes/policy_node.py"])
 def test_the_three_callers_pair_through_this_module(path):
