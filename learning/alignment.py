@@ -10,7 +10,9 @@ functions only, so a row of a store holds what the deployed policy would have se
   when recording or deploying (`message_time`); the callers count those rows and say so.
 - **State**: the newest joint state whose time is at or before the frame's
   (`newest_at_or_before`; equal times: the one received last). A frame with no joint state at
-  or before it has no state: it is not a row, and the policy holds.
+  or before it has no state: it is not a row, and the policy holds. Times are compared within
+  one timeline: a stamp more than 1 s behind the newest starts a new one (a simulator's clock
+  reset; `clock_segments`, `StampedHistory`).
 - **Action**: the first command that answers the frame (`answers`, `first_answers`). A
   command that names a frame (`frame_stamp_ns=` in a Float64MultiArray's layout label, as
   policy_node writes) answers exactly that frame; one that names none answers every frame
@@ -27,6 +29,26 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+CLOCK_BACK_NS = 1_000_000_000  # a stamp this far behind the newest: the clock went back (a reset)
+
+
+def clock_segments(times: Sequence[int] | np.ndarray, back_ns: int = CLOCK_BACK_NS) -> list[int]:
+    """For message times in receive (log) order, the timeline of each, counting from 0: a new
+    one starts where a time falls more than `back_ns` behind the newest of the current one (a
+    simulator reset, a bag played in a loop). Stamps of two timelines are not comparable: the
+    old one's must not pass for the new one's (`StampedHistory` forgets them; import-bag pairs
+    within a timeline and starts an episode at the camera's reset)."""
+    out: list[int] = []
+    seg, newest = 0, None
+    for t in times:
+        t = int(t)
+        if newest is not None and t < newest - back_ns:
+            seg, newest = seg + 1, t
+        else:
+            newest = t if newest is None else max(newest, t)
+        out.append(seg)
+    return out
 
 
 def message_time(stamp_ns: int, log_ns: int) -> tuple[int, bool]:
@@ -123,7 +145,7 @@ class StampedHistory:
     whose stamps would otherwise pass for the new one's (a take's frame paired with the
     previous take's joint state), so it is dropped (`clock_resets` counts these)."""
 
-    def __init__(self, maxlen: int = 2048, max_back_ns: int = 1_000_000_000) -> None:
+    def __init__(self, maxlen: int = 2048, max_back_ns: int = CLOCK_BACK_NS) -> None:
         self.maxlen = int(maxlen)
         self.max_back_ns = int(max_back_ns)
         self.clock_resets = 0

@@ -10,7 +10,8 @@ first command logged after the image, or the command that names the frame
 trailing ticks with no command are dropped. The stored timestamp is the image's header stamp
 (its log time if it has none).
 
-Episodes split where the camera pauses longer than `episode_gap_s`, or at each message on a
+Episodes split where the camera pauses longer than `episode_gap_s`, where its clock goes back
+(a simulator reset: joint states pair within their own timeline), or at each message on a
 marker topic. Images are resized by the one preprocessing function (centre crop, recorded in
 the store attrs). Rewards: a reward topic (the sum of rewards logged during the transition
 t -> t+1), `sparse-success` (1 on the last row of a successful episode; success from the
@@ -37,7 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from learning.alignment import first_answers, is_tick, message_time, newest_at_or_before_each
+from learning.alignment import (
+    CLOCK_BACK_NS,
+    clock_segments,
+    first_answers,
+    is_tick,
+    message_time,
+    newest_at_or_before_each,
+)
 from learning.store import EpisodeWriter, StoreSpec
 from perception.preprocess import decode_compressed, preprocess_spec, to_model_image
 
@@ -269,12 +277,44 @@ def _plan(reader, typestore, cfg, image_conns, cmd_conns, js_conns, rw_conns, sc
     # Frame times: header stamps, log time where an image has none.
     image_times, image_unstamped = zip(*(message_time(s, t) for s, t in zip(image_stamps, image_log, strict=True)),
                                        strict=True)
-    # Joint states in time order (a stable sort keeps the log order of equal times).
+    # Joint states by timeline (a clock reset, as a simulator's, starts a new one whose stamps
+    # must not pair with the old one's), in time order within each (a stable sort keeps the log
+    # order of equal times).
     js_pairs = [message_time(s, t) for t, s, _ in joints]
-    order = sorted(range(len(joints)), key=lambda k: js_pairs[k][0])
+    by_log = sorted(range(len(joints)), key=lambda k: joints[k][0])
+    seg_by_log = np.array(clock_segments([js_pairs[k][0] for k in by_log]), dtype=np.int64)
+    seg_of = dict(zip(by_log, seg_by_log.tolist(), strict=True))
+    order = sorted(range(len(joints)), key=lambda k: (seg_of[k], js_pairs[k][0]))
     js_times = np.array([js_pairs[k][0] for k in order], dtype=np.int64)
+    js_seg = np.array([seg_of[k] for k in order], dtype=np.int64)
     js_unstamped = [js_pairs[k][1] for k in order]
     js_msgs = [joints[k][2] for k in order]
+    js_log = np.array([joints[k][0] for k in by_log], dtype=np.int64)
+    newest_in_seg = np.zeros(len(by_log), dtype=np.int64)  # by log order: the newest stamp so far in its timeline
+    for n, k in enumerate(by_log):
+        fresh = n == 0 or seg_by_log[n] != seg_by_log[n - 1]
+        newest_in_seg[n] = js_pairs[k][0] if fresh else max(int(newest_in_seg[n - 1]), js_pairs[k][0])
+
+    def states_of(frames: list[int]) -> np.ndarray:
+        """Index into js_* of each frame's state (-1: none): the newest stamped at or before
+        the frame within the joint timeline current at its log time (the next one if the
+        frame is already on it: the camera's clock reset before the joints' was logged)."""
+        out = np.full(len(frames), -1, dtype=np.int64)
+        if not len(js_times) or not frames:
+            return out
+        k = np.searchsorted(js_log, [image_log[i] for i in frames], side="right") - 1
+        segs = np.where(k >= 0, seg_by_log[np.maximum(k, 0)], 0)
+        if js_seg[-1] > 0:  # the joints' clock went back at least once
+            for n, i in enumerate(frames):
+                if k[n] >= 0 and segs[n] < js_seg[-1] and image_times[i] < newest_in_seg[k[n]] - CLOCK_BACK_NS:
+                    segs[n] += 1
+        for seg in np.unique(segs):
+            lo, hi = np.searchsorted(js_seg, seg, side="left"), np.searchsorted(js_seg, seg, side="right")
+            m = np.flatnonzero(segs == seg)
+            j = newest_at_or_before_each(js_times[lo:hi], [image_times[frames[n]] for n in m])
+            out[m] = np.where(j >= 0, j + lo, -1)
+        return out
+    image_clock = clock_segments(image_times)  # the camera's timelines: a reset starts an episode
 
     # Episode boundaries: camera gaps and markers; ticks thinned to the control rate.
     gap = int(cfg.episode_gap_s * 1e9)
@@ -283,7 +323,7 @@ def _plan(reader, typestore, cfg, image_conns, cmd_conns, js_conns, rw_conns, sc
     last_tick = None
     for i, t in enumerate(image_times):
         new = False
-        if episodes[-1] and t - image_times[i - 1] > gap:
+        if episodes[-1] and (t - image_times[i - 1] > gap or image_clock[i] != image_clock[i - 1]):
             new = True
         while markers_left and markers_left[0] <= image_log[i]:
             markers_left.pop(0)
@@ -306,7 +346,7 @@ def _plan(reader, typestore, cfg, image_conns, cmd_conns, js_conns, rw_conns, sc
     for ep_index, frames in enumerate(episodes):
         ticks: list[tuple[int, _Tick]] = []
         end_t = image_log[frames[-1]] if frames else 0
-        state_of = newest_at_or_before_each(js_times, [image_times[i] for i in frames])
+        state_of = states_of(frames)
         action_of = first_answers([image_stamps[i] for i in frames], [image_log[i] for i in frames],
                                   cmd_frames, cmd_times, deadlines=[end_t + gap] * len(frames))
         for i, j, c in zip(frames, state_of, action_of, strict=True):

@@ -13,6 +13,7 @@ import pytest
 from learning.alignment import (
     StampedHistory,
     answers,
+    clock_segments,
     first_answers,
     is_tick,
     message_time,
@@ -130,6 +131,13 @@ def test_stamped_history_forgets_an_old_timeline_when_the_clock_goes_back():
     assert h.at_or_before(2 * ms) is None and len(h) == 20
     h.add(150 * ms, ("late", 150))  # out of order by less than max_back_ns: kept, in its place
     assert h.clock_resets == 1 and h.at_or_before(151 * ms) == ("late", 150)
+
+
+def test_clock_segments_start_a_timeline_where_the_clock_goes_back_more_than_the_bound():
+    s = 1_000_000_000
+    assert clock_segments([]) == []
+    assert clock_segments([5 * s, 6 * s, 5.5 * s, 7 * s]) == [0, 0, 0, 0]  # out of order by 0.5 s: one timeline
+    assert clock_segments([5 * s, 6 * s, 1 * s, 2 * s, 7 * s, 0]) == [0, 0, 1, 1, 1, 2]
 
 
 @pytest.mark.parametrize("path", ["learning/bag_import.py", "robot_nodes/recorder_node.py",

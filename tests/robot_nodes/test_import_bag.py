@@ -438,3 +438,56 @@ def test_a_bag_recorded_again_at_the_same_path_is_imported_whole(tmp_path):
     r = vmerpo(bag, "--out", out, *BAG_ARGS, "--append", "--json")  # the same recording again: skipped
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["episodes_already_in_store"] == 3 and EpisodeStore.open(out).n_episodes == 5
+
+
+def test_a_simulator_clock_reset_in_a_bag_starts_an_episode_and_never_pairs_across_it(tmp_path):
+    """Header stamps restart at a simulator reset while the bag's log time runs on: the takes
+    before and after are two episodes, and every row's state is its own take's (by stamp
+    alone, the second take's states, stamped like the first's, were paired with the first
+    take's frames and the takes merged into one episode). The camera's clock resets 20 ms
+    before the joints' is logged (its first frame still pairs with its own take's state)."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from learning.store import EpisodeStore
+
+    ts = get_typestore(Stores.ROS2_HUMBLE)
+    T = ts.types
+
+    def header(ns):
+        return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9),
+                                        frame_id="c")
+
+    msgs = []
+    for take in range(2):
+        for k in range(40):
+            log = T0 + take * 2 * 10**9 + k * CAM_DT  # log time runs on (0.7 s pause between takes)
+            sim = 10**9 + k * CAM_DT  # the simulator's clock restarts at each take
+            for j in range(3):  # joint states stamped 8, 5 and 2 ms before the frame, logged 20 ms later
+                msgs.append((log + 20_000_000 - 8_000_000 + j * 3_000_000, "/joint_states", "sensor_msgs/msg/JointState",
+                             T["sensor_msgs/msg/JointState"](header=header(sim - 8_000_000 + j * 3_000_000), name=["a"],
+                                                             position=np.array([take + k / 100]),
+                                                             velocity=np.zeros(0), effort=np.zeros(0))))
+            msgs.append((log, "/cam/image", "sensor_msgs/msg/Image", T["sensor_msgs/msg/Image"](
+                header=header(sim), height=8, width=8, encoding="rgb8", is_bigendian=0, step=24,
+                data=np.full(192, k, np.uint8))))
+            msgs.append((log + 25_000_000, "/cmd", "std_msgs/msg/Float64MultiArray", T["std_msgs/msg/Float64MultiArray"](
+                layout=T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0), data=np.array([take + k / 100]))))
+            msgs.append((log + 26_000_000, "/reward", "std_msgs/msg/Float64", T["std_msgs/msg/Float64"](data=1.0)))
+    msgs.sort(key=lambda m: m[0])
+    bag = tmp_path / "sim"
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        conns = {}
+        for t, topic, typ, msg in msgs:
+            if topic not in conns:
+                conns[topic] = w.add_connection(topic, typ, typestore=ts)
+            w.write(conns[topic], t, ts.serialize_cdr(msg, typ))
+    out = tmp_path / "logs.zarr"
+    r = vmerpo(bag, "--out", out, *BAG_ARGS, "--image-size", 8)
+    assert r.returncode == 0, r.stderr
+    s = EpisodeStore.open(out)
+    assert list(s.episode_lengths) == [40, 40]
+    for e in range(2):
+        ep = s.episode(e)
+        np.testing.assert_allclose(ep["state"][:, 0], e + np.arange(40) / 100, atol=1e-6)
+        np.testing.assert_allclose(ep["action"][:, 0], ep["state"][:, 0], atol=1e-6)
