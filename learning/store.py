@@ -1350,17 +1350,27 @@ class EpisodeStore:
         if "episode_task" in self.absent:
             self.episode_task = np.full(E, self.spec.task_ids()[0], np.int64)
         else:
-            self.episode_task = self._read_array(self._names["episode_task"], slice(0, E)).astype(np.int64)
+            self.episode_task = self._read_episode_values("episode_task", "iu").astype(np.int64)
         if "episode_success" in self.absent:
             self.episode_success = np.zeros(E, bool)
         else:
-            self.episode_success = self._read_array(self._names["episode_success"], slice(0, E)).astype(bool)
+            self.episode_success = self._read_episode_values("episode_success", "biuf").astype(bool)
         known = set(self.spec.task_ids())
         if known:
             unknown = sorted(set(self.episode_task.tolist()) - known)
             if unknown:
-                raise StoreError(f"{self.path}: meta/episode_task has task id {unknown[0]} that is "
-                                 "not in the task table")
+                raise StoreError(f"{self.path}: {self._names.get('episode_task', 'meta/episode_task')} has task id "
+                                 f"{unknown[0]} that is not in the task table")
+
+    def _read_episode_values(self, key: str, kinds: str) -> np.ndarray:
+        """meta/episode_task or meta/episode_success (or another tool's array mapped to it):
+        one value per episode, of a kind it can be read as (task ids: integers)."""
+        name = self._names[key]
+        values = self._read_array(name, slice(0, self.n_episodes))
+        if values.ndim != 1 or values.dtype.kind not in kinds:
+            raise StoreError(f"{self.path}: {name} has entries of shape {tuple(values.shape[1:])} and dtype "
+                             f"{values.dtype}; {key} needs one {'integer' if kinds == 'iu' else 'value'} per episode")
+        return values
 
     def verify(self, progress: Callable[[int, int], None] | None = None) -> None:
         """Decompress every chunk of every array (images too); raises StoreError on damage."""

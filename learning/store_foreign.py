@@ -244,8 +244,13 @@ def infer_spec(path: str | os.PathLike, fields: Mapping[str, Any] | None = None,
         if "episode_task" in d["absent"]:
             table = [{"id": 0, "name": "task 0", "split": "train"}]
         else:
-            ids = np.unique(_read(root[f"meta/{mapping['episode_task']}"], path,
-                                  f"meta/{mapping['episode_task']}", slice(0, d["episodes"])))
+            name = f"meta/{mapping['episode_task']}"
+            raw = _read(root[name], path, name, slice(0, d["episodes"]))
+            if raw.ndim != 1 or raw.dtype.kind not in "iu":
+                raise StoreError(f"{path}: {name} has entries of shape {tuple(raw.shape[1:])} and dtype "
+                                 f"{raw.dtype}; task ids are one integer per episode (map another array "
+                                 "with --key episode_task=NAME)")
+            ids = np.unique(raw)
             table = [{"id": int(i), "name": f"task {int(i)}", "split": "train"} for i in ids]
     spec_fields: dict[str, Any] = {
         "robot": "unknown",

@@ -310,3 +310,20 @@ def test_spec_files_of_the_wrong_form_are_one_line_naming_the_file_and_field(tmp
     assert main(["inspect", str(path), "--spec", str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert f"spec file {tmp_path / 'bad.json'}: spec field absent must be a list" in err, err
+
+
+@pytest.mark.parametrize("task", [np.array([0.5, 1, 0, 1, 0, 1]), np.array([[0, 1]] * 6, np.int64)])
+def test_task_ids_that_are_not_one_integer_per_episode_are_named(tmp_path, capsys, task):
+    """Float task ids were truncated (0.5 -> 0: 'duplicate task ids'); a 2-D array gave
+    'TypeError: unhashable type'. Both name the array, through `vmerpo spec` and the reader."""
+    path = write_rb_store(tmp_path / "rb.zarr", tasks=False)
+    zarr.open_group(str(path), mode="r+")["meta"].create_array("task", data=task, chunks=task.shape)
+    assert main(["spec", str(path), "--control-hz", "10", "--action-type", "ee_delta"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "meta/task has entries of shape" in err and "TypeError" not in err, err
+    spec = StoreSpec(robot="r", control_hz=10, image_size=SIZE, state_names=["a", "b"], action_names=["x", "y"],
+                     action_low=[-2, -2], action_high=[3, 3], tasks=[{"id": 0}, {"id": 1}],
+                     keys={"image": "img", "state": "agent_pos", "episode_task": "task"},
+                     absent=["terminal", "timestamp", "episode_success"])
+    with pytest.raises(StoreError, match="meta/task has entries of shape .* one integer per episode"):
+        EpisodeStore.open(path, spec=spec)
