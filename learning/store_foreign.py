@@ -320,6 +320,13 @@ def read_fields(file: str | os.PathLike) -> dict[str, Any]:
                          f"({str(e).splitlines()[0]})") from None
     if not isinstance(fields, dict):
         raise ValueError(f"{file}: a spec file holds one mapping of spec fields, got {type(fields).__name__}")
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(StoreSpec)}
+    unknown = sorted(set(fields) - known)
+    if unknown:  # a typo (action_lowz) would otherwise fall back silently to a default
+        raise ValueError(f"{file}: unknown spec field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                         f"(fields: {', '.join(sorted(known))})")
     return fields
 
 

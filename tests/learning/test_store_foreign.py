@@ -272,6 +272,15 @@ def test_vmerpo_train_meta_trains_on_a_replay_buffer_store(tmp_path):
     assert sorted(info["tasks"]) == [0, 1] and info["meta_steps"] > 0, info
     assert json.loads((tmp_path / "run" / "config.json").read_text())["meta_train_tasks"] == [0, 1]
 
+    # and exported from it: the run reads its training store again, through the same spec file
+    onnx_path = tmp_path / "p.onnx"
+    proc = vmerpo("export", "--run", str(tmp_path / "run"), "--out", str(onnx_path))
+    assert proc.returncode == 2 and "--spec FILE" in proc.stderr, proc.stderr
+    proc = vmerpo("export", "--run", str(tmp_path / "run"), "--out", str(onnx_path), "--spec",
+                  str(tmp_path / "spec.yaml"), "--check", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["spec"]["image_size"] == SIZE and onnx_path.stat().st_size > 0
+
 
 def test_an_explicit_key_to_no_array_is_refused_not_read_as_absent(tmp_path, capsys):
     """A typo in --key episode_task=NAME must not turn a two-task store into one task."""
@@ -327,3 +336,11 @@ def test_task_ids_that_are_not_one_integer_per_episode_are_named(tmp_path, capsy
                      absent=["terminal", "timestamp", "episode_success"])
     with pytest.raises(StoreError, match="meta/task has entries of shape .* one integer per episode"):
         EpisodeStore.open(path, spec=spec)
+
+
+def test_an_unknown_field_in_a_spec_file_is_refused(tmp_path, capsys):
+    path = write_rb_store(tmp_path / "rb.zarr")
+    (tmp_path / "base.yaml").write_text("control_hz: 10\naction_type: ee_delta\naction_lowz: [-1, -1]\n")
+    assert main(["spec", str(path), "--from", str(tmp_path / "base.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown spec field action_lowz" in err and len(err.splitlines()) == 1

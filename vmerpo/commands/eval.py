@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from vmerpo.commands.options import add_episode_options
+from vmerpo.commands.options import add_episode_options, add_spec_file, apply_spec_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", default=None, help="write the first episodes to this .mp4/.gif")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_spec_file(parser)
 
 
 def load_policy(spec: str, env):
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from sim.envs import check_family, check_image_size, make_env, task_set
     from sim.evaluate import evaluate
 
+    apply_spec_file(args)  # RUN_DIR trained on another tool's store with --spec FILE
     check_family(args.env)
     check_image_size(args.image_size)
     if args.episodes < 1:

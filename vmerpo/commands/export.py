@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from vmerpo.commands.options import add_spec_file, apply_spec_file
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
@@ -18,12 +20,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true", help="parity check against torch (max abs diff)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_spec_file(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from learning.export import export_policy
     from learning.merpo_train import load_policy, parity_check
 
+    apply_spec_file(args)  # a run trained on another tool's store with --spec FILE reads it again
     module, spec = load_policy(args.run)
     path = export_policy(module, spec, args.out, overwrite=args.overwrite)
     result = {"out": str(path), "bytes": path.stat().st_size, "spec": json.loads(spec.to_json())}
