@@ -112,7 +112,7 @@ class PolicyNode(LifecycleNode):
                                "joints read for a position interface's hold (unset: action names)")
         self.p_state_wait = d("state_wait_s", 0.0,
                               "wait up to this long for the joint state stamped with a frame "
-                              "(lockstep simulation: exact pairing); 0: use the newest")
+                              "(lockstep simulation: exact pairing); 0: the newest stamped at or before the frame")
         self.p_obs_timeout = d("obs_timeout_s", 0.5, "hold when the newest frame is older than this")
         self.p_max_age = d("max_frame_age_s", 0.0,
                            "reject a frame whose header stamp is older than this on the node's clock "
