@@ -194,10 +194,14 @@ def model_rollout_fn(world_model, slot: int, horizon: int, norm: Normalizer,
 
 @torch.no_grad()
 def uncertainty_std(world_model, data: dict[str, torch.Tensor], norm: Normalizer, slot: int,
-                    generator: torch.Generator, n: int = 1024) -> float:
-    """Std of the model's uncertainty for dataset actions on real states (the penalty's unit)."""
+                    generator: torch.Generator, n: int = 1024, feat_dim: int | None = None,
+                    sample_z: bool = True) -> float:
+    """Std of the model's uncertainty for dataset actions on real states (the penalty's unit);
+    `feat_dim`: the latent's width where obs carries more (a task embedding), `sample_z` as
+    `rollout`'s `sample`."""
     b = sample(data, n, generator)
-    out = rollout(world_model, b["obs"], lambda feat, t: norm.to_robot(b["act"]), 1, generator, slot)
+    out = rollout(world_model, b["obs"][:, :feat_dim], lambda feat, t: norm.to_robot(b["act"]), 1, generator, slot,
+                  sample=sample_z)
     return float(max(out["uncertainty"].std(), 1e-6))  # type: ignore[arg-type]  # Tensor | float
 
 

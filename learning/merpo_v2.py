@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from learning.latents import rollout
-from learning.merpo import Normalizer, adapt_racs, sample, train_bc
+from learning.merpo import Normalizer, adapt_racs, train_bc, uncertainty_std
 from learning.rac import RAC, RACConfig, RolloutFn, TanhGaussianActor, TwinCritic
 from learning.task_embedding import (
     Inference,
@@ -117,11 +117,8 @@ class Imagination:
     @torch.no_grad()
     def calibrate(self, data: dict[str, torch.Tensor], seed: int = 0, n: int = 2048) -> float:
         """The std of u on real rows (their logged actions, one step): the penalty's unit."""
-        g = torch.Generator().manual_seed(seed)
-        b = sample(data, n, g)
-        feat = b["obs"][:, :self.feat_dim]
-        out = rollout(self.world_model, feat, lambda f, t: self.norm.to_robot(b["act"]), 1, g, 0, sample=False)
-        self.uncertainty_std = max(float(out["uncertainty"].std()), 1e-6)
+        self.uncertainty_std = uncertainty_std(self.world_model, data, self.norm, 0, torch.Generator().manual_seed(seed),
+                                               n, feat_dim=self.feat_dim, sample_z=False)
         return self.uncertainty_std
 
     def rollout_fn(self, embedding: TaskEmbedding | None, generator: torch.Generator) -> RolloutFn:

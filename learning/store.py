@@ -1405,10 +1405,6 @@ class EpisodeStore:
     def data_keys(self) -> list[str]:
         return list(self._arrays) + [k for k in ("terminal", "timestamp") if k in self.absent]
 
-    def array_name(self, key: str) -> str | None:
-        """The store's array holding our `key` (None where the store lacks it: spec.absent)."""
-        return self._names.get(key)
-
     def array_shape(self, key: str) -> tuple[int, ...]:
         if key not in self._arrays:
             return tuple(self._memory[key].shape)

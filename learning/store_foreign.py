@@ -25,7 +25,6 @@ import numpy as np
 
 from learning.store import (
     ACTION_TYPES,
-    FORMAT_NAME,
     MAPPABLE_KEYS,
     META_KEYS,
     OPTIONAL_KEYS,
@@ -36,11 +35,13 @@ from learning.store import (
     _exists,
     _is_url,
     _lock_store,
+    _members,
     _open_group,
     _read,
     _scan_local,
     _spec_type_error,
     _unlock_store,
+    written_by_vmerpo,
 )
 
 # Common names in other tools' stores, in order of preference, for each of ours.
@@ -76,11 +77,9 @@ def guess_keys(data: Sequence[str], meta: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _group_arrays(root: Any, group: str) -> dict[str, Any]:
-    try:
-        return dict(root[group].arrays()) if group in root else {}
-    except Exception as e:  # garbled metadata
-        raise StoreError(f"cannot read the array metadata under {group}/ ({type(e).__name__})") from None
+def _group_arrays(root: Any, path: str, group: str) -> dict[str, Any]:
+    """{name: array} under data/ or meta/ (the reader's listing, its errors)."""
+    return {full.split("/", 1)[1]: a for full, a in _members(root, path, group)}
 
 
 def describe(path: str | os.PathLike, keys: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -90,17 +89,16 @@ def describe(path: str | os.PathLike, keys: Mapping[str, str] | None = None) -> 
     path = str(path)
     if not _exists(path):
         raise FileNotFoundError(f"{path}: no such episode store")
-    if not _is_url(path):
-        _scan_local(path)
+    files = None if _is_url(path) else _scan_local(path)  # links and special files: before any read
     try:
         root = _open_group(path, "r")
     except Exception as e:
         raise StoreError(f"{path}: not a zarr group ({type(e).__name__}: {e})") from None
-    data, meta = _group_arrays(root, "data"), _group_arrays(root, "meta")
+    data, meta = _group_arrays(root, path, "data"), _group_arrays(root, path, "meta")
     if "episode_ends" not in meta:
         raise StoreError(f"{path}: missing array meta/episode_ends (the layout's commit point: "
                          "data/<key> concatenated over time plus meta/episode_ends)")
-    state = _commit_state(root, path, None if _is_url(path) else _scan_local(path))
+    state = _commit_state(root, path, files)
     given = dict(keys or {})
     mapping = {**guess_keys(list(data), list(meta)), **given}
     attrs = dict(root.attrs)
@@ -133,7 +131,7 @@ def describe(path: str | os.PathLike, keys: Mapping[str, str] | None = None) -> 
     return {
         "path": path,
         "zarr_format": int(root.metadata.zarr_format),
-        "written_by_vmerpo": attrs.get("format") == FORMAT_NAME,
+        "written_by_vmerpo": written_by_vmerpo(root),
         "has_spec": "spec" in attrs,
         "episodes": state.n_episodes,
         "frames": state.n_frames,
@@ -223,8 +221,7 @@ def infer_spec(path: str | os.PathLike, fields: Mapping[str, Any] | None = None,
         raise ValueError(f"{path}: the store cannot tell its rate and action type: pass {' and '.join(needs)} "
                          f"(action types: {', '.join(ACTION_TYPES)}) or give them in --from FILE")
     root = _open_group(path, "r")
-    mapping = {**guess_keys(list(_group_arrays(root, "data")), list(_group_arrays(root, "meta"))),
-               **{k: v for k, v in d["keys"].items()}}
+    mapping = {k: d["keys"].get(k, k) for k in MAPPABLE_KEYS if k not in d["absent"]}
     shapes = {a["name"]: a["shape"] for a in d["arrays"]}
     image_shape = shapes[f"data/{mapping['image']}"]
     n_state = _channels(shapes[f"data/{mapping['state']}"], mapping["state"])
@@ -285,10 +282,9 @@ def write_spec(path: str | os.PathLike, spec: StoreSpec, force: bool = False) ->
     fd = None if _is_url(path) else _lock_store(path)
     try:
         root = _open_group(path, "r+")
-        attrs = dict(root.attrs)
-        if attrs.get("format") == FORMAT_NAME:
+        if written_by_vmerpo(root):
             raise StoreError(f"{path} is a vmerpo store: its spec is its writer's")
-        if "spec" in attrs and not force:
+        if "spec" in root.attrs and not force:
             raise FileExistsError(f"{path} has a spec already; pass --force to replace it")
         root.attrs["spec"] = spec.to_attrs()
     finally:
@@ -351,7 +347,8 @@ def needs_description(path: str | os.PathLike) -> bool:
             return False
         if not _is_url(path):
             _scan_local(path)
-        attrs = dict(_open_group(path, "r").attrs)
+        root = _open_group(path, "r")
+        has_spec = "spec" in root.attrs
     except Exception:  # noqa: BLE001 - EpisodeStore.open says what is wrong, in one line
         return False
-    return attrs.get("format") != FORMAT_NAME and "spec" not in attrs and spec_file_for(path) is None
+    return not written_by_vmerpo(root) and not has_spec and spec_file_for(path) is None

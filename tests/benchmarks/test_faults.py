@@ -57,7 +57,7 @@ def test_summary_is_ok_only_when_every_count_is_zero_and_minimums_are_met():
     assert "FAILED" in faults.format_table(s)
 
     short = _clean_sections()
-    short["collection"]["trials"] = 19  # below the minimum of 20
+    short["collection"]["trials"] = 19  # below the full suite's 20 trials
     short["training"]["runs"]["world_model"]["kills_after_progress"] = 4
     s = faults.summarize(short, faults.FULL)
     assert not s["ok"] and len(s["problems"]) == 2

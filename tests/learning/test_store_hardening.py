@@ -1,4 +1,4 @@
-"""Untrusted stores (issue 27): declared lengths, damaged commit entries, symlinks and special
+"""Untrusted stores: declared lengths, damaged commit entries, symlinks and special
 files, spec types, bounded reads, and `vmerpo repair` of what a killed writer left."""
 
 from __future__ import annotations

@@ -380,7 +380,7 @@ def test_bag_lists_and_manifests_are_checked_before_anything_is_imported(tmp_pat
 
 
 def test_bags_of_two_tasks_append_with_default_options_and_vmerpo_train_meta_trains_on_them(tmp_path):
-    """Issue 27's bags as a robot records them (JPEG CompressedImage at 30 Hz captured 25 ms
+    """Bags as a robot records them (JPEG CompressedImage at 30 Hz captured 25 ms
     before it is logged, joint states at 100 Hz on their own clock phase, a forward-command
     topic): two of task 3 (one batch: the store's default limits span both bags' commands) and
     one of task 4 (--append, default options) go into one store; the states are the newest

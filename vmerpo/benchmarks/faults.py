@@ -76,7 +76,8 @@ from robot_nodes.netsafe import ensure_safe_before_rclpy  # no rclpy, no torch
 ROOT = Path(__file__).resolve().parents[2]
 
 SECTIONS = ("training", "collection", "recording", "corruption", "ros", "stops", "robot")
-# Counts: the full suite meets the issue's minimums; --quick is the CI smoke run.
+# Counts: the full suite's trials per section (enough kills and damages that a rare loss shows);
+# --quick is the CI smoke run.
 FULL = {"train_kills": 5, "blind_kills": 2, "collect_trials": 20, "record_trials": 20, "ros_trials": 3,
         "fuzz_images": 200, "eval_cases": None, "stop_trials": 20, "robot_frames": 150, "robot_seconds": 10}
 QUICK = {"train_kills": 2, "blind_kills": 1, "collect_trials": 4, "record_trials": 3, "ros_trials": 1,
@@ -587,8 +588,8 @@ def recording_section(wd: Path, counts: dict, rng: random.Random, log: Callable[
 
 # -- (c) corrupted stores and policies ---------------------------------------------------------
 # Every store refusal is measured (what a user waits for, what it costs): REFUSAL_BOUND_S and
-# REFUSAL_BOUND_MB bound the refusal itself (the issue: a declared length of 1e12 rows refused in
-# under a second), HANG_TIMEOUT_S turns a hang (a FIFO read) into a recorded failure.
+# REFUSAL_BOUND_MB bound the refusal itself (a damaged length must cost a reader no more than an
+# intact store: a declared length of 1e12 rows is refused in under a second), HANG_TIMEOUT_S turns a hang (a FIFO read) into a recorded failure.
 REFUSAL_BOUND_S = 1.0
 REFUSAL_BOUND_MB = 100.0
 HANG_TIMEOUT_S = 60.0
@@ -870,7 +871,8 @@ STORE_CASES: dict[str, tuple[Callable[[Path, random.Random], object], tuple[str,
     "NaN in data/action": (lambda p, r: _set_value(p, "data/action", (7, 1), float("nan")), ("data/action",)),
     "length mismatch": (lambda p, r: _resize(p, "data/action", -5), ("data/action",)),
     "unknown task id": (lambda p, r: _set_value(p, "meta/episode_task", (0,), 99), ("episode_task", "task")),
-    # untrusted stores (issue 27): refused in bounded time and memory, naming the array
+    # untrusted stores (declared lengths, commit entries, links, special files, spec types): refused
+    # in bounded time and memory, naming the array
     "1e12 rows declared on data/image": (lambda p, r: _declare_rows(p, "data/image", 10**12),
                                          ("data/image declares 1000000000000",)),
     "1e12 rows declared on data/state": (lambda p, r: _declare_rows(p, "data/state", 10**12),
