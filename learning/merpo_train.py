@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from learning.merpo import (
     transitions,
     uncertainty_std,
 )
-from learning.merpo_v2 import Imagination, MerPOv2, MerPOv2Config, TaskInference
+from learning.merpo_v2 import Imagination, MerPOv2, MerPOv2Config, TaskInference, choose_omega
 from learning.meta_model import ADAPT_HEADS, task_model
 from learning.meta_model import adapt as adapt_model
 from learning.rac import RACConfig, TanhGaussianActor, TwinCritic
@@ -664,6 +664,20 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
             "omega": omega_used, "out": str(out)}
 
 
+def log_success_of(store: EpisodeStore, eps: Sequence[int]) -> float | None:
+    """The share of episodes `eps` that succeeded, over those whose success is known (a
+    recorder take interrupted before its success flag has provenance success_known False);
+    None when the store records no success or none of them is known."""
+    if "episode_success" in store.absent or not len(eps):
+        return None
+    succ = np.asarray(store.episode_success, bool)[list(eps)]
+    if "success_known" in store.provenance_names():
+        vals = store.provenance("success_known")[list(eps)]
+        known = np.array([not (isinstance(v, (bool, np.bool_)) and not bool(v)) for v in vals], bool)
+        succ = succ[known]
+    return float(succ.mean()) if len(succ) else None
+
+
 def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: EpisodeStore, task: int, eps: list[int],
               cache: LatentCache, theta, data_j: dict[str, torch.Tensor], norm: Normalizer, out: Path, method: str,
               omega: float | None, rac_overrides: dict[str, Any] | None, steps: int | None,
@@ -678,7 +692,12 @@ def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: Epi
     else:
         log(f"task inference: embedding {np.round(inf.z, 2).tolist()} (posterior spread "
             f"{float(np.linalg.norm(inf.std)):.2f}, reward error {inf.reward_mse:.3f})")
-    rc = v2.rac if omega is None else dataclasses.replace(v2.rac, omega=float(omega))
+    log_success = log_success_of(store, eps)
+    if omega is None:
+        omega, why = choose_omega(v2, log_success)
+    else:
+        why = f"omega {float(omega)} (asked for)"
+    rc = dataclasses.replace(v2.rac, omega=float(omega))
     if rac_overrides:
         unknown = sorted(set(rac_overrides) - {f.name for f in dataclasses.fields(RACConfig)})
         if unknown:
@@ -690,7 +709,7 @@ def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: Epi
     else:
         m2.cfg = dataclasses.replace(v2, rac=rc)
         m2.attach(Imagination(copy.deepcopy(theta).cpu(), norm, m2.obs_dim, rc.horizon), m2.trained_uncertainty_std)
-        log(f"adapting MerPO v2 to task {task}: {n_steps} RAC steps from (pi_c, Q_meta), omega {rc.omega}"
+        log(f"adapting MerPO v2 to task {task}: {n_steps} RAC steps from (pi_c, Q_meta), {why}"
             + (f", imagining {rc.horizon} steps (lambda_u {rc.uncertainty_penalty})" if m2.imagination else ""))
         actor = m2.adapt([data], [inf], [v2.seed + task], steps=n_steps, omega=rc.omega)[0].actor
         omega_used = rc.omega
@@ -702,7 +721,9 @@ def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: Epi
     inference = {"z": inf.z.tolist(), "std": inf.std.tolist(), "reward_mse": inf.reward_mse, "fallback": inf.fallback}
     (out / "config.json").write_text(json.dumps({
         "format": RUN_FORMAT, "version": RUN_VERSION, "kind": "adapted", "parent": str(run), "task": task,
-        "method": method, "algorithm": "merpo_v2", "omega": omega_used, "task_inference": inference,
+        "method": method, "algorithm": "merpo_v2", "omega": omega_used,
+        "omega_rule": None if omega_used is None else {"rule": v2.omega_rule, "log_success": log_success, "why": why},
+        "task_inference": inference,
         "data": str(data_path), "data_hash": data_hash(store), "config": cfg.to_dict(),
         "store_spec": store.spec.to_attrs(), "episodes": eps}, indent=1))
     return {"task": task, "method": method, "episodes": len(eps), "adapt_steps": n_steps, "omega": omega_used,

@@ -54,6 +54,9 @@ from learning.task_embedding import (
 VERSION = 2
 
 
+OMEGA_RULES = ("fixed", "solved-log")
+
+
 @dataclass
 class MerPOv2Config:
     # horizon and uncertainty_penalty act only with a world model (imagined transitions):
@@ -66,6 +69,9 @@ class MerPOv2Config:
     meta_steps: int = 3000  # RAC updates of (pi_c, Q_meta) on the pooled conditioned logs
     adapt_steps: int = 500  # RAC updates on a new task's log
     omega: float = 0.4  # MerPO's weight of the behaviour term against the meta-policy at meta-test
+    # how a new task's omega is chosen (`choose_omega`): "fixed" (always `omega`) or "solved-log"
+    # (0, the meta-policy leads, unless every episode of the task's log succeeded; then `omega`)
+    omega_rule: str = "fixed"
     # > 0: each meta-train task's embedding for the policies is inferred from this many random
     # subsets of `train_inference_episodes` of its episodes (a new task's log size), so that the
     # policies train with the spread a new task's inference has; 0: from the task's whole log
@@ -75,6 +81,10 @@ class MerPOv2Config:
     # with a world model: train on imagined transitions too (False: real rows only, an ablation)
     imagine: bool = True
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.omega_rule not in OMEGA_RULES:
+            raise ValueError(f"merpo_v2.omega_rule {self.omega_rule!r}: choose one of {', '.join(OMEGA_RULES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,6 +97,21 @@ class MerPOv2Config:
                    embedding=dataclasses.replace(base.embedding, **d.pop("embedding", {})), **d)
 
 
+def choose_omega(cfg: MerPOv2Config, log_success: float | None) -> tuple[float, str]:
+    """A new task's omega under `cfg.omega_rule`, and why, in words. "solved-log": when the
+    task's own log already solves it (every episode succeeded) the behaviour term keeps its
+    weight (`cfg.omega`); otherwise omega 0, the meta-policy at the inferred task leads. A log
+    that records no success falls back to `cfg.omega`."""
+    if cfg.omega_rule == "fixed":
+        return cfg.omega, f"omega {cfg.omega} (fixed)"
+    if log_success is None:
+        return cfg.omega, (f"omega {cfg.omega}: the log records no episode success, so the solved-log rule "
+                           "cannot choose")
+    if log_success >= 1.0:
+        return cfg.omega, f"omega {cfg.omega}: every episode of the log succeeded (the data lead)"
+    return 0.0, f"omega 0: {log_success:.0%} of the log's episodes succeeded (the meta-policy leads)"
+
+
 @dataclass
 class TaskInference:
     """What a new task's log says about the task: its embedding `z` (standardised), the
@@ -97,6 +122,7 @@ class TaskInference:
     members: np.ndarray
     reward_mse: float | None
     fallback: str | None = None
+    evidence: float | None = None  # `task_embedding.Inference.evidence`: how well z predicts unseen episodes
 
 
 class Imagination:
@@ -248,7 +274,7 @@ class MerPOv2:
         except NoTaskSignal as e:
             z = self.embedding.mean_embedding()
             return TaskInference(z, np.zeros_like(z), z[None], None, f"{e}; using the meta-policy's mean task")
-        return TaskInference(inf.mean, inf.std, inf.members, inf.reward_mse)
+        return TaskInference(inf.mean, inf.std, inf.members, inf.reward_mse, evidence=inf.evidence)
 
     def conditioned(self, data: dict[str, torch.Tensor], inf: TaskInference) -> dict[str, torch.Tensor]:
         return condition(data, inf.z) if self.zdim else data
@@ -261,16 +287,34 @@ class MerPOv2:
         return np.concatenate([obs, np.broadcast_to(inf.z, obs.shape[:-1] + inf.z.shape)], -1).astype(np.float32)
 
     def adapt(self, datas: Sequence[dict[str, torch.Tensor]], infs: Sequence[TaskInference], seeds: Sequence[int],
-              steps: int | None = None, omega: float | None = None) -> list[RAC]:
-        """MerPO on each new task's log: from (pi_c, Q_meta), regularized towards pi_c(., z_j)."""
-        cfg = dataclasses.replace(self.cfg.rac, omega=self.cfg.omega if omega is None else omega)
-        fns = None
-        imagination = self.imagination
-        if imagination is not None and self.cfg.imagine:
-            fns = [imagination.rollout_fn(self.embedding, torch.Generator().manual_seed(int(s) + 29)) for s in seeds]
-        return adapt_racs(self.meta_actor, self.meta_critic,
-                          [self.conditioned(d, i) for d, i in zip(datas, infs, strict=True)], fns, cfg,
-                          self.cfg.adapt_steps if steps is None else steps, seeds)
+              steps: int | None = None, omega: float | None = None,
+              log_success: Sequence[float | None] | None = None) -> list[RAC]:
+        """MerPO on each new task's log: from (pi_c, Q_meta), regularized towards pi_c(., z_j).
+        `omega` for every log, else each log's from `choose_omega` (`log_success`: the share of
+        its episodes that succeeded, None where unknown). Logs that share an omega adapt as one
+        batched learner."""
+        if omega is not None:
+            omegas = [float(omega)] * len(datas)
+        else:
+            succ = list(log_success) if log_success is not None else [None] * len(datas)
+            if len(succ) != len(datas):
+                raise ValueError(f"{len(datas)} logs, {len(succ)} success rates")
+            omegas = [choose_omega(self.cfg, s)[0] for s in succ]
+        steps = self.cfg.adapt_steps if steps is None else steps
+        out: list[RAC | None] = [None] * len(datas)
+        for w in sorted(set(omegas)):
+            idx = [k for k, o in enumerate(omegas) if o == w]
+            cfg = dataclasses.replace(self.cfg.rac, omega=w)
+            fns = None
+            if self.imagination is not None and self.cfg.imagine:
+                fns = [self.imagination.rollout_fn(self.embedding, torch.Generator().manual_seed(int(seeds[k]) + 29))
+                       for k in idx]
+            racs = adapt_racs(self.meta_actor, self.meta_critic,
+                              [self.conditioned(datas[k], infs[k]) for k in idx], fns, cfg, steps,
+                              [seeds[k] for k in idx])
+            for k, r in zip(idx, racs, strict=True):
+                out[k] = r
+        return [r for r in out if r is not None]
 
     def attach(self, imagination: Imagination | None, uncertainty_std: float | None) -> None:
         """The world model to imagine with when adapting a loaded checkpoint (with the penalty

@@ -71,10 +71,15 @@ class Inference:
     std: np.ndarray
     members: np.ndarray
     reward_mse: float
+    # How much better the inferred embeddings predict the rewards of episodes they were not fitted
+    # on than the meta-train tasks' mean embedding does: 1 - mse(member) / mse(mean task) over
+    # each bootstrap member's out-of-bag episodes (1: the log pins the task down, 0 or below: the
+    # embedding explains nothing new). None without episode boundaries or out-of-bag episodes.
+    evidence: float | None = None
 
     def to_dict(self) -> dict:
         return {"mean": self.mean.tolist(), "std": self.std.tolist(), "members": self.members.tolist(),
-                "reward_mse": self.reward_mse}
+                "reward_mse": self.reward_mse, "evidence": self.evidence}
 
 
 class TaskEmbedding(nn.Module):
@@ -170,14 +175,18 @@ class TaskEmbedding(nn.Module):
         prior_mean, prior_std = self.z_mean.detach(), self.z_std.detach()
         M = cfg.members
         rows = []  # each member's resample of the log's rows
+        out_of_bag: list[torch.Tensor | None] = [None]  # rows of the episodes a member did not draw
         for m in range(M):
             if m == 0:  # member 0 fits the log as it is
                 rows.append(torch.arange(n))
             elif episodes is not None:
                 pick = torch.randint(len(episodes), (len(episodes),), generator=g)
                 rows.append(torch.cat([episodes[int(k)] for k in pick]))
+                oob = sorted(set(range(len(episodes))) - set(pick.tolist()))
+                out_of_bag.append(torch.cat([episodes[k] for k in oob]) if oob else None)
             else:
                 rows.append(torch.randint(n, (n,), generator=g))
+                out_of_bag.append(None)
         inp = torch.cat([data["obs"], data["act"], data["next_obs"]], -1)
         with torch.no_grad():
             e = self.embeddings.detach()[torch.randint(len(self.tasks), (M,), generator=g)].clone()
@@ -195,9 +204,18 @@ class TaskEmbedding(nn.Module):
         with torch.no_grad():  # each member's error on its whole resample
             errors = [float(((head(torch.cat([inp[r], e[m].expand(len(r), -1)], -1)).squeeze(-1) - rew[r]) ** 2).mean())
                       for m, r in enumerate(rows)]
+            mse_z, mse_mean = 0.0, 0.0
+            for m, r in enumerate(out_of_bag):
+                if r is not None:
+                    x = inp[r]
+                    mse_z += float(((head(torch.cat([x, e[m].expand(len(r), -1)], -1)).squeeze(-1) - rew[r]) ** 2).mean())
+                    mse_mean += float(((head(torch.cat([x, prior_mean.expand(len(r), -1)], -1)).squeeze(-1)
+                                        - rew[r]) ** 2).mean())
+            evidence = 1.0 - mse_z / mse_mean if mse_mean > 0 else None
         members = list(e.detach())
         z = self.standardise(torch.stack(members))
-        return Inference(mean=z.mean(0), std=z.std(0), members=z, reward_mse=float(np.mean(errors)))
+        return Inference(mean=z.mean(0), std=z.std(0), members=z, reward_mse=float(np.mean(errors)),
+                         evidence=evidence)
 
     def mean_embedding(self) -> np.ndarray:
         """The meta-train tasks' mean embedding (standardised: zeros), the fallback's task."""

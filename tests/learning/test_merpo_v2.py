@@ -65,6 +65,20 @@ def test_a_meta_train_tasks_embedding_is_recovered_from_its_own_log(fitted):
     assert hits == 8, f"{hits}/8 tasks placed nearest their own goal"
 
 
+def test_the_evidence_is_high_when_the_log_pins_the_task_and_low_when_its_rewards_are_noise(fitted):
+    te, _ = fitted
+    for n in (1, 5):
+        fresh, ends = task_log(GOALS[n], seed=200 + n)
+        inf = te.infer(fresh, ends, seed=n)
+        # unseen episodes' rewards: the inferred embedding's error is far below the mean task's
+        assert inf.evidence is not None and inf.evidence > 0.5, (n, inf.evidence)
+    fresh, ends = task_log(GOALS[1], seed=300)
+    noise = dict(fresh, rew=torch.from_numpy(np.random.default_rng(0).normal(size=len(fresh["rew"])).astype(np.float32)))
+    inf = te.infer(noise, ends, seed=1)
+    assert inf.evidence is not None and inf.evidence < 0.2, inf.evidence
+    assert te.infer(fresh, None, seed=1).evidence is None  # no episodes, no out-of-bag episodes
+
+
 def test_a_log_with_constant_rewards_is_refused_by_inference_and_falls_back_in_merpo(fitted):
     te, logs = fitted
     data, ends = logs[0]
@@ -216,3 +230,48 @@ def test_meta_training_with_a_world_model_imagines_and_adaptation_does_too():
     assert len(rac.model_buffer) == 2 * 32 * 2  # refreshed at steps 0 and 5, horizon 2
     off = MerPOv2(F, 2, [0, 1, 2], dataclasses.replace(cfg, imagine=False))
     assert "imagined_uncertainty" not in off.fit(datas, ends, imagination=Imagination(wm, norm, F, 2))
+
+
+def test_the_solved_log_rule_lets_the_meta_policy_lead_unless_the_log_already_solves_the_task():
+    from learning.merpo_v2 import choose_omega
+
+    rule = MerPOv2Config(omega=0.4, omega_rule="solved-log")
+    assert choose_omega(rule, 1.0)[0] == 0.4  # every episode succeeded: the data lead
+    assert choose_omega(rule, 0.8)[0] == 0.0  # otherwise the meta-policy at the inferred task leads
+    assert choose_omega(rule, None)[0] == 0.4 and "no episode success" in choose_omega(rule, None)[1]
+    assert choose_omega(MerPOv2Config(omega=0.4), 0.0)[0] == 0.4  # "fixed" (the default) never moves
+    with pytest.raises(ValueError, match="omega_rule 'best'.*fixed, solved-log"):
+        MerPOv2Config(omega_rule="best")
+
+
+def test_adapting_logs_with_different_omegas_equals_adapting_each_at_its_omega(fitted):
+    te, _ = fitted
+    cfg = MerPOv2Config(rac=RACConfig(hidden=16, layers=1, batch_real=32), embedding=EMB, adapt_steps=15,
+                        omega_rule="solved-log")
+    m = MerPOv2(2, 2, list(GOALS), cfg)
+    m.embedding = te
+    logs = [task_log(GOALS[n], episodes=3, seed=40 + n) for n in (2, 6)]
+    infs = [m.infer(d, e, seed=1) for d, e in logs]
+    datas = [d for d, _ in logs]
+    mixed = m.adapt(datas, infs, [11, 12], log_success=[1.0, 0.4])  # omega 0.4, then 0
+    alone = [m.adapt([datas[0]], [infs[0]], [11], omega=0.4)[0], m.adapt([datas[1]], [infs[1]], [12], omega=0.0)[0]]
+    for a, b in zip(mixed, alone, strict=True):
+        for p, q in zip(a.actor.parameters(), b.actor.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    # and the two omegas did train different learners from the same start
+    same = m.adapt([datas[1]], [infs[1]], [12], omega=0.4)[0]
+    assert any(not torch.allclose(p, q) for p, q in zip(alone[1].actor.parameters(), same.actor.parameters(),
+                                                         strict=True))
+
+
+def test_the_logs_success_counts_only_episodes_whose_success_is_known(tmp_path):
+    from learning.merpo_train import log_success_of
+    from learning.store import EpisodeStore, EpisodeWriter
+    from tests.learning.storeutil import episode, spec
+
+    with EpisodeWriter(tmp_path / "s.zarr", spec(), mode="w") as w:
+        for k, (ok, known) in enumerate([(True, True), (False, True), (False, False), (True, True)]):
+            w.add_episode(episode(k), task_id=1, success=ok, provenance={"success_known": known})
+    store = EpisodeStore.open(tmp_path / "s.zarr")
+    assert log_success_of(store, [0, 1, 2, 3]) == pytest.approx(2 / 3)  # the interrupted take is left out
+    assert log_success_of(store, [2]) is None
