@@ -94,6 +94,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--qualities", help=f"comma-separated subset of {','.join(QUALITIES)} (default: the budget's)")
     p.add_argument("--methods", help=f"comma-separated subset (state: {','.join(STATE_METHODS)}; opt-in: {','.join(EXTRA_METHODS)}; pixel: see "
                                      "learning_pixel.PIXEL_METHODS, opt-in PIXEL_EXTRA_METHODS: merpo_v1, merpo_adp, meta_policy_v1, merpo_no_embedding); default all of the track's")
+    p.add_argument("--ablations", metavar="QUALITIES",
+                   help="qualities on which the mechanism ablations run (omega sweep 0 / 0.4 / 1; MerPO without the "
+                        "task embedding; state: d3rlpy IQL given the inferred embedding; pixel: without the "
+                        "uncertainty penalty): comma-separated, all or none (default: state medium; pixel "
+                        "medium,random_heavy). Methods named by --methods run on every quality")
     p.add_argument("--heldout-tasks", type=int, metavar="K", help="the family's first K held-out tasks (default: "
                                                                    "the budget's)")
     p.add_argument("--draws", type=int, metavar="D", help="independent held-out logs per task (default: the budget's)")
@@ -120,6 +125,27 @@ def _subset(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
     return items
 
 
+ABLATION_DEFAULT = {"state": ("medium",), "pixel": ("medium", "random_heavy")}
+
+
+def methods_by_quality(args: argparse.Namespace, methods: list[str], qualities: tuple[str, ...]
+                       ) -> dict[str, list[str]]:
+    """Each quality's methods: the ablations (learning_state.STATE_ABLATIONS /
+    learning_pixel.PIXEL_ABLATIONS) only on the --ablations qualities, unless --methods named them."""
+    if args.track == "state":
+        from vmerpo.benchmarks.learning_state import STATE_ABLATIONS as ablations
+    else:
+        from vmerpo.benchmarks.learning_pixel import PIXEL_ABLATIONS as ablations
+    text = args.ablations if args.ablations is not None else ",".join(ABLATION_DEFAULT[args.track])
+    if text.strip() == "all":
+        where = set(qualities)
+    elif text.strip() == "none":
+        where = set()
+    else:
+        where = set(_subset(text, QUALITIES, "--ablations"))
+    return {q: [m for m in methods if args.methods or m not in ablations or q in where] for q in qualities}
+
+
 def settings_of(args: argparse.Namespace, design: Design, family: str, heldout: list[int],
                 train: list[int]) -> dict[str, Any]:
     """What an --out's units depend on: a rerun with any of these changed is refused."""
@@ -135,9 +161,11 @@ def settings_of(args: argparse.Namespace, design: Design, family: str, heldout: 
 
         s.update(pixel_settings(args))
     else:
+        from learning.merpo_v2 import MerPOv2Config
         from vmerpo.benchmarks.learning_state import state_budget_dict
 
         s["state_budget"] = state_budget_dict(args.budget)
+        s["omega_rule"] = MerPOv2Config().omega_rule  # MerPO's units depend on it (pixel: the run's config)
     return s
 
 
@@ -203,13 +231,15 @@ def main(argv: list[str] | None = None) -> int:
         from vmerpo.benchmarks.learning_state import EXTRA_METHODS, STATE_METHODS, run_track
 
         methods = _subset(args.methods or ",".join(STATE_METHODS), STATE_METHODS + EXTRA_METHODS, "--methods")
-        rows, behaviour, timings = run_track(out, family, design, heldout, train, methods, args)
+        rows, behaviour, timings = run_track(out, family, design, heldout, train,
+                                             methods_by_quality(args, methods, design.qualities), args)
     else:
         from vmerpo.benchmarks.learning_pixel import PIXEL_EXTRA_METHODS, PIXEL_METHODS
         from vmerpo.benchmarks.learning_pixel import run_track as run_pixel
 
         methods = _subset(args.methods or ",".join(PIXEL_METHODS), PIXEL_METHODS + PIXEL_EXTRA_METHODS, "--methods")
-        rows, behaviour, timings = run_pixel(out, family, design, heldout, train, methods, args)
+        rows, behaviour, timings = run_pixel(out, family, design, heldout, train,
+                                             methods_by_quality(args, methods, design.qualities), args)
     timings["total_s"] = time.perf_counter() - t0
 
     results = summarize(rows, behaviour, methods, list(design.qualities))

@@ -30,8 +30,10 @@ from typing import Any
 
 from vmerpo.commands.options import add_goal_pin, experimental_group
 
-PIXEL_METHODS = ("bc", "rac", "lompo", "merpo", "meta_policy", "merpo_omega0", "merpo_omega1",
+PIXEL_METHODS = ("bc", "rac", "lompo", "merpo", "meta_policy", "merpo_omega0", "merpo_omega04", "merpo_omega1",
                  "merpo_no_uncertainty")
+# the mechanism ablations: on the qualities `--ablations` names (default medium, random_heavy)
+PIXEL_ABLATIONS = ("merpo_omega0", "merpo_omega04", "merpo_omega1", "merpo_no_uncertainty", "merpo_no_embedding")
 # opt-in: MerPO v1 (its own meta-training runs) and the ablation without the task embedding
 # (a second v2 meta-training per quality and world model)
 PIXEL_EXTRA_METHODS = ("merpo_v1", "merpo_adp", "meta_policy_v1", "merpo_no_embedding")
@@ -46,6 +48,7 @@ METHOD_PLAN: dict[str, tuple[str, str, dict[str, Any]]] = {
     "merpo": ("v2", "merpo", {}),
     "meta_policy": ("v2", "meta_policy", {}),
     "merpo_omega0": ("v2", "merpo", {"omega": 0.0}),
+    "merpo_omega04": ("v2", "merpo", {"omega": 0.4}),
     "merpo_omega1": ("v2", "merpo", {"omega": 1.0}),
     "merpo_no_uncertainty": ("v2", "merpo", {"rac_overrides": {"uncertainty_penalty": 0.0}}),
     "merpo_no_embedding": ("v2_noemb", "merpo", {}),
@@ -125,7 +128,8 @@ def pixel_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"pixel_budget": asdict(pixel_budget(args)), "device": args.device}
 
 
-def run_track(out: Path, family: str, design, heldout: list[int], train: list[int], methods: list[str],
+def run_track(out: Path, family: str, design, heldout: list[int], train: list[int],
+              methods_by_quality: dict[str, list[str]],
               args) -> tuple[list[dict], dict[tuple[str, int, int], float], dict[str, float]]:
     from vmerpo.benchmarks.learning import log_seeds
 
@@ -147,14 +151,14 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
     timings["world_model_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    kinds = sorted({METHOD_PLAN[m][0] for m in methods})
-    keys = [(q, s, k) for q in qualities for s in range(budget.wm_seeds) for k in kinds]
+    keys = [(q, s, k) for q in qualities for s in range(budget.wm_seeds)
+            for k in sorted({METHOD_PLAN[m][0] for m in methods_by_quality[q]})]
     todo = [(str(out), q, s, k, stores[q][0], wm_dirs[s], budget, args.device, args.seed) for q, s, k in keys]
     runs = dict(zip(keys, _pool_map(_meta_train, todo, args.workers, "meta-train", progress), strict=True))
     timings["meta_train_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    jobs = _adapt_all(out, runs, stores, heldout, design.draws, methods, budget, args.workers, progress)
+    jobs = _adapt_all(out, runs, stores, heldout, design.draws, methods_by_quality, budget, args.workers, progress)
     timings["adapt_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -299,20 +303,20 @@ def _adapt(args: tuple) -> str:
     return str(dst)
 
 
-def _adapt_all(out: Path, runs: dict, stores: dict, heldout: list[int], draws: int, methods: list[str],
-               budget: Budget, workers: int, progress: bool) -> list[tuple]:
+def _adapt_all(out: Path, runs: dict, stores: dict, heldout: list[int], draws: int,
+               methods_by_quality: dict[str, list[str]], budget: Budget, workers: int, progress: bool) -> list[tuple]:
     """Every method on every (held-out task, draw), in three phases that keep `workers`
     processes busy without two of them writing one file: (1) LOMPO's pooled pretraining, one
     job per run; (2) per (run, task, draw) one cheap adaptation first (meta_policy or BC when
     asked for), which also makes the shared theta_j and latents; (3) the rest in parallel."""
     pre = [(run, "lompo") for (q, s, kind), run in runs.items() if kind == METHOD_PLAN["lompo"][0]
-           and "lompo" in methods]
+           and "lompo" in methods_by_quality[q]]
     _pool_map(_pretrain, pre, workers, "pretrain LOMPO", progress)
-    order = sorted(methods, key=lambda m: (m not in ZERO_SHOT, m != "bc"))  # cheapest first
     jobs: list[tuple] = []
     first: list[tuple] = []
     rest: list[tuple] = []
     for (q, s, kind), run in runs.items():
+        order = sorted(methods_by_quality[q], key=lambda m: (m not in ZERO_SHOT, m != "bc"))  # cheapest first
         for d in range(draws):
             for task in heldout:
                 # the first adaptation per (run, task, draw) also makes the shared theta_j and latents

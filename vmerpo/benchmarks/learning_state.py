@@ -45,13 +45,16 @@ import numpy as np
 
 from vmerpo.benchmarks.paired import Unit
 
-STATE_METHODS = ("bc", "rac", "merpo", "meta_policy", "merpo_omega0", "merpo_omega1", "merpo_no_embedding",
-                 "bc_pooled", "iql_pooled", "iql_finetuned", "iql_inferred", "iql_oracle")
+STATE_METHODS = ("bc", "rac", "merpo", "meta_policy", "merpo_omega0", "merpo_omega04", "merpo_omega1",
+                 "merpo_no_embedding", "bc_pooled", "iql_pooled", "iql_finetuned", "iql_inferred", "iql_oracle")
+# the mechanism ablations: run on the qualities `--ablations` names (default medium), the rest on all
+STATE_ABLATIONS = ("merpo_omega0", "merpo_omega04", "merpo_omega1", "merpo_no_embedding", "iql_inferred")
+OMEGA_SWEEP = {"merpo_omega0": 0.0, "merpo_omega04": 0.4, "merpo_omega1": 1.0}
 # opt-in (--methods): MerPO v1 (no task variable, per-task learners averaged into pi_c)
 EXTRA_METHODS = ("merpo_v1", "meta_policy_v1")
 ZERO_SHOT = ("meta_policy_v1", "bc_pooled", "iql_pooled", "iql_oracle")  # never see the held-out log
 PEER_METHODS = ("bc_pooled", "iql_pooled", "iql_finetuned", "iql_inferred", "iql_oracle")  # d3rlpy
-V2_METHODS = ("merpo", "meta_policy", "merpo_omega0", "merpo_omega1", "iql_inferred")  # need the embedding
+V2_METHODS = ("merpo", "meta_policy", *OMEGA_SWEEP, "iql_inferred")  # need the embedding
 EVAL_SEED = 1000  # evaluation starts: episode_seed(EVAL_SEED, task, k), shared by methods and draws
 
 
@@ -302,7 +305,7 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         if set(V2_METHODS) & todo:
             v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std, units, per_unit, goals,
-                       record, timings, log)
+                       record, cached, timings, log)
         if "merpo_no_embedding" in todo:  # the ablation: MerPO v2 without a task variable
             from learning.merpo_v2 import MerPOv2
 
@@ -412,14 +415,19 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std, units, per_unit, goals,
-               record, timings, log) -> None:
+               record, cached, timings, log) -> None:
     """MerPO v2 and what shares its task inference: the meta-policy at the inferred embedding,
-    MerPO at omega 0.4 (and 0, 1), d3rlpy's IQL given the same embeddings. Each unit's
-    inference (embedding, spread, and the goal it places, through a linear probe of the
-    meta-train embeddings) is kept in `inference_t{task}_d{draw}.json`."""
+    MerPO with its omega rule (`merpo_v2.choose_omega` on the log's success), the omega sweep
+    (0, 0.4, 1), d3rlpy's IQL given the same embeddings. Each omega adapts the units that need
+    it once (seed per unit, as `vmerpo adapt` would): MerPO's unit is the sweep's learner at the
+    omega its rule chose, evaluated once. Each unit's inference (embedding, spread, evidence,
+    the goal it places through a linear probe of the meta-train embeddings, the log's success
+    and MerPO's omega) is kept in `inference_t{task}_d{draw}.json`."""
+    import shutil
+
     import torch
 
-    from learning.merpo_v2 import MerPOv2
+    from learning.merpo_v2 import MerPOv2, choose_omega
     from learning.task_embedding import condition, goal_probe
     from vmerpo.benchmarks import peer
 
@@ -439,27 +447,47 @@ def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std,
     goal_of = {n: train_log["episode_goal"][list(train_log["episode_task"]).index(n)] for n in tasks}
     W, b = goal_probe(np.stack([tz[n] for n in tasks]), np.stack([goal_of[n] for n in tasks]))
     infs = []
+    success = [float(np.mean(heldout_logs[d]["episode_success"][heldout_logs[d]["episode_task"] == task]))
+               for task, d in units]
+    rule = [choose_omega(m.cfg, s)[0] for s in success]
     for i, (task, d) in enumerate(units):
         inf = m.infer(_torch(per_unit[(task, d)]), episode_ends_of(heldout_logs[d], task), seed=seed * 1000 + i)
         infs.append(inf)
         err = float(np.linalg.norm(inf.z @ W + b - goals[task]) * 100)
         (out / f"inference_t{task}_d{d}.json").write_text(json.dumps(
             {"z": inf.z.tolist(), "std": inf.std.tolist(), "goal_error_cm": err, "fallback": inf.fallback,
-             "reward_mse": inf.reward_mse}))
+             "reward_mse": inf.reward_mse, "evidence": inf.evidence, "log_success": success[i],
+             "merpo_omega": rule[i], "omega_rule": m.cfg.omega_rule}))
     timings["merpo_inference_s"] = time.perf_counter() - t
     log(f"task inference: goal placed {np.mean([json.loads((out / f'inference_t{u[0]}_d{u[1]}.json').read_text())['goal_error_cm'] for u in units]):.1f} cm off on average")
     if "meta_policy" in todo:
         for (task, d), inf in zip(units, infs, strict=True):
             record("meta_policy", task, d, FeaturePolicy(actor_fn(m.meta_actor), feats, z=inf.z))
-    for method, omega in (("merpo", None), ("merpo_omega0", 0.0), ("merpo_omega1", 1.0)):
+    wanted: dict[str, dict[int, float]] = {}  # method -> {unit index: omega}
+    if "merpo" in todo:
+        wanted["merpo"] = dict(enumerate(rule))
+    for method, w in OMEGA_SWEEP.items():
         if method in todo:
-            log(f"{method}: adapting to {len(units)} logs")
-            t = time.perf_counter()
-            racs = m.adapt([_torch(per_unit[u]) for u in units], infs, [seed * 1000 + i for i in range(len(units))],
-                           omega=omega)
-            timings[f"{method}_adapt_s"] = time.perf_counter() - t
-            for (task, d), r, inf in zip(units, racs, infs, strict=True):
-                record(method, task, d, FeaturePolicy(actor_fn(r.actor), feats, z=inf.z))
+            wanted[method] = {i: w for i in range(len(units))}
+    for w in sorted({w for per in wanted.values() for w in per.values()}):
+        idx = sorted({i for per in wanted.values() for i, o in per.items() if o == w})
+        log(f"MerPO at omega {w:g}: adapting to {len(idx)} logs")
+        t = time.perf_counter()
+        racs = m.adapt([_torch(per_unit[units[i]]) for i in idx], [infs[i] for i in idx],
+                       [seed * 1000 + i for i in idx], omega=w)
+        timings[f"merpo_omega{w:g}_adapt_s"] = time.perf_counter() - t
+        evaluated: dict[int, Path] = {}  # this omega's learner of a unit, evaluated once
+        for i, r in zip(idx, racs, strict=True):
+            task, d = units[i]
+            for method, per in wanted.items():
+                if per.get(i) != w:
+                    continue
+                if i in evaluated:
+                    if not cached(method, task, d).exists():
+                        shutil.copyfile(evaluated[i], cached(method, task, d))
+                    continue
+                record(method, task, d, FeaturePolicy(actor_fn(r.actor), feats, z=infs[i].z))
+                evaluated[i] = cached(method, task, d)
     if "iql_inferred" in todo:  # the peer on the same conditioned features
         log("d3rlpy IQL given the inferred embeddings")
         t = time.perf_counter()
@@ -480,23 +508,25 @@ def state_budget_dict(name: str) -> dict[str, int]:
     return asdict(STATE_BUDGETS[name])
 
 
-def run_track(out: Path, family: str, design, heldout: list[int], train: list[int], methods: list[str],
+def run_track(out: Path, family: str, design, heldout: list[int], train: list[int],
+              methods_by_quality: dict[str, list[str]],
               args) -> tuple[list[dict], dict[tuple[str, int, int], float], dict[str, float]]:
-    """Every quality's job, `args.workers` at a time (spawned processes); returns the unit rows,
-    the held-out logs' own success per unit and the timings."""
+    """Every quality's job (`methods_by_quality[q]`), `args.workers` at a time (spawned
+    processes); returns the unit rows, the held-out logs' own success per unit and the timings."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from vmerpo.benchmarks import peer
     from vmerpo.benchmarks.learning import log_seeds
 
+    methods = sorted({m for ms in methods_by_quality.values() for m in ms})
     if set(methods) & set(PEER_METHODS):
         why = peer.available()
         if why:
             raise RuntimeError(f"{why}; or leave out --methods {','.join(sorted(set(methods) & set(PEER_METHODS)))}")
     aim = {"tool-centre": True, "hand": False}[args.aim]
     jobs = [{"out": str(out / "state"), "quality": q, "family": family, "state_budget": state_budget_dict(args.budget),
-             "methods": methods, "train_tasks": train, "episodes_per_task": design.episodes_per_task,
+             "methods": methods_by_quality[q], "train_tasks": train, "episodes_per_task": design.episodes_per_task,
              "heldout": heldout, "heldout_episodes": design.heldout_episodes, "draws": design.draws,
              "eval_episodes": design.eval_episodes, "seeds": log_seeds(q, design.draws),
              "hand_init_noise": args.hand_init_noise, "aim": aim, "seed": args.seed}
@@ -506,8 +536,9 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
     behaviour: dict[tuple[str, int, int], float] = {}
     timings: dict[str, float] = {}
     durations: list[float] = []
-    print(f"state track: {len(jobs)} qualities x {len(heldout)} tasks x {design.draws} draw(s) x {len(methods)} "
-          f"methods, {args.workers} at a time", file=sys.stderr)
+    print(f"state track: {len(jobs)} qualities x {len(heldout)} tasks x {design.draws} draw(s) x "
+          f"{'/'.join(str(len(methods_by_quality[q])) for q in design.qualities)} methods, {args.workers} at a time",
+          file=sys.stderr)
     with ProcessPoolExecutor(max(1, args.workers), mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(run_quality, j) for j in jobs]
         for done, fut in enumerate(as_completed(futures), 1):
