@@ -130,14 +130,23 @@ def preset(name: str) -> RunConfig:
                                            # 7.1 / 5.4 / 4.1 cm after 300 / 1000 / 2000 (success: 5 cm)
                                            inner_steps=5, adapt_steps=2000, warm_start_steps=2000),
                          adapt_model_steps=500, checkpoint_every=20, log_every=5)
-    if name == "demo":  # `make demo`: the cpu sizes on a shorter world-model budget (~9 min)
+    if name == "demo":  # `make demo`: MerPO v2 at the learning benchmark's pixel smoke budget
         cfg = preset("cpu")
-        cfg.world_model = dataclasses.replace(cfg.world_model, steps=1200, image_every=300,
-                                              checkpoint_every=200)
-        # 100 meta-steps, ~2-3 min. No pi_c warm start and the conservative term on every model
-        # state: on the demo's mixed logs (30 % random episodes) the pooled-BC pi_c held the
-        # adapted policy 10-14 cm from held-out task 40's goal (return 269); without, 4.1 cm and
-        # success from step 38 (same world model; experiments/14-demo)
+        # 1,000 world-model steps on 2 threads (nothing else runs then; 1.42x 1 thread on the idle
+        # 2-core machine), ~4.5 min (experiments/20-pixel-v2-smoke)
+        cfg.world_model = dataclasses.replace(cfg.world_model, steps=1000, image_every=250,
+                                              checkpoint_every=200, threads=2)
+        # v2 at a third of the cpu preset's meta-training (1,000 RAC updates of (pi_c, Q_meta), ~1.5
+        # min) and 1,000 RAC updates on each new task's log: the pixel smoke budget, where on 4
+        # held-out reach medium tasks it scored 0.49 against BC's 0.20 (experiments/20)
+        v2 = cfg.merpo_v2
+        cfg.merpo_v2 = dataclasses.replace(
+            v2, meta_steps=1000, warm_start_steps=round(v2.warm_start_steps / 3), adapt_steps=1000,
+            embedding=dataclasses.replace(v2.embedding, fit_steps=round(v2.embedding.fit_steps / 3)))
+        cfg.algorithm = "merpo_v2"
+        # with --algorithm merpo (v1): 100 meta-steps, no pi_c warm start and the conservative term
+        # on every model state: on the demo's mixed logs (30 % random episodes) the pooled-BC pi_c
+        # held the adapted policy 10-14 cm from held-out task 40's goal (experiments/14-demo)
         cfg.merpo = dataclasses.replace(cfg.merpo, iterations=5, warm_start_steps=0,
                                         rac=dataclasses.replace(cfg.merpo.rac, cql_states=0))
         return cfg
@@ -433,17 +442,37 @@ def _train_v2(run: Path, cfg: RunConfig, cache: LatentCache, task_data: dict[int
         cpu = {n: {k: v.cpu() for k, v in d.items()} for n, d in task_data.items()}
         ends = {n: transition_episode_ends(cache, n) for n in present}
         imagination = Imagination(copy.deepcopy(model).cpu(), norm, m.obs_dim, v2.rac.horizon)
-        stats = m.fit(cpu, ends, progress=log, imagination=imagination)
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        writer = SummaryWriter(str(run / "tb")) if main else None
+        rows: list[dict[str, float]] = []
+        bar = tqdm(total=v2.meta_steps, desc="MerPO v2 meta-policy", unit="update", disable=not (progress and main),
+                   dynamic_ncols=True)
+        every = max(1, v2.meta_steps // 100)  # ~100 points per curve
+
+        def on_step(i: int, st: dict[str, float]) -> None:
+            bar.update(1)
+            if i % every == 0 or i == v2.meta_steps:
+                rows.append({"step": i, **st})
+                if writer is not None:
+                    for k, v in st.items():
+                        writer.add_scalar(f"merpo_v2_meta/{k}", v, i)
+                bar.set_postfix(q=f"{st.get('q', float('nan')):.1f}", refresh=False)
+
+        try:
+            stats = m.fit(cpu, ends, progress=log, imagination=imagination, on_step=on_step)
+        finally:
+            bar.close()
         sd = m.state_dict()
         sd["train_inferences"] = {str(n): i.z.tolist() for n, i in m.train_inferences.items()}
         sd["fit_stats"] = {k: float(v) for k, v in stats.items()}
-        if main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(run / "tb"))
+        if main and writer is not None:
             for k, v in stats.items():
                 writer.add_scalar(f"merpo_v2/{k}", v, v2.meta_steps)
             writer.close()
+            # the meta-learner's curve (the v1 loop's metrics.jsonl keys: q, conservative_gap, ...)
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             _atomic_save(sd, ckpt)
     summary = {"algorithm": "merpo_v2", "meta_steps": v2.meta_steps, "seconds": time.perf_counter() - t0,
                "tasks": present, "world_model": wm_path, "fit": stats}
@@ -657,7 +686,7 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
     (out / "normalizer.json").write_text(json.dumps(norm.to_dict(), indent=1))
     (out / "config.json").write_text(json.dumps({
         "format": RUN_FORMAT, "version": RUN_VERSION, "kind": "adapted", "parent": str(run), "task": task, "method": method,
-        "omega": omega_used, "omega_choice": omega_choice,
+        "omega": omega_used, "omega_choice": omega_choice, "start": start,
         "data": str(data), "data_hash": data_hash(store), "config": cfg.to_dict(),
         "store_spec": store.spec.to_attrs(), "episodes": eps}, indent=1))
     return {"task": task, "method": method, "episodes": len(eps), "adapt_steps": n_steps,

@@ -190,10 +190,13 @@ class MerPOv2:
     # -- meta-train ------------------------------------------------------------------------------
     def fit(self, datas: dict[int, dict[str, torch.Tensor]], episode_ends: dict[int, np.ndarray] | None = None,
             progress: Callable[[str], None] | None = None,
-            imagination: Imagination | None = None) -> dict[str, float]:
+            imagination: Imagination | None = None,
+            on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
         """Everything of meta-training on the tasks' transitions (`episode_ends[n]`: where each
         episode's transitions end in `datas[n]`, for the bootstrap over episodes); with
-        `imagination` (latents of a world model) on imagined transitions too."""
+        `imagination` (latents of a world model) on imagined transitions too. `on_step(i, stats)`
+        after each RAC update of the meta-learner (i from 1; stats: that update's losses, and the
+        last imagined batch's reward and uncertainty); it must not touch the learner."""
         cfg = self.cfg
         say = progress or (lambda msg: None)
         ends = episode_ends or {}
@@ -231,6 +234,8 @@ class MerPOv2:
                 imagined.append(rac.refresh_rollouts(pooled["obs"][idx], fn))
             idx = torch.randint(len(pooled["obs"]), (r.batch_real,), generator=g)
             last = rac.update({k: v[idx] for k, v in pooled.items()})
+            if on_step is not None:
+                on_step(i + 1, {**last, **({f"imagined_{k}": v for k, v in imagined[-1].items()} if imagined else {})})
         if cfg.meta_steps:
             self.stats.update({f"meta_{k}": v for k, v in last.items()})
         if imagined:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vmerpo.commands.demo import DIRECT_EVAL, ROS_EVAL, agree_within_binomial_noise
+from vmerpo.commands.demo import COMPARE, DIRECT_EVAL, ROS_EVAL, agree_within_binomial_noise
 
 # A report is a list of blocks, rendered to both markdown and HTML:
 #   ("h1"|"h2"|"p", text)     text with markdown inline markup: `code`, **bold**, [text](href)
@@ -57,6 +57,7 @@ def build(out: str | Path) -> dict[str, Path]:
                         f"{'unknown' if total is None else f'{total / 60:.1f} min'}. Every number "
                         "below is read or computed from this run's files."))
     for title, fn in (("Steps", _steps_section), ("Held-out task success", _success_section),
+                      ("MerPO v2 against BC and the logs on the held-out tasks", _compare_section),
                       ("Data", _data_section), ("Training curves", _curves_section),
                       ("World model: reconstruction and open-loop prediction", _grids_section),
                       ("World model: uncertainty vs prediction error", _uncertainty_section),
@@ -86,7 +87,10 @@ def _opt(argv: list[str], name: str) -> str | None:
 
 
 def _role(entry: dict) -> str:
-    """collect/inspect/train/adapt/export/launch, `expert` or `direct` (eval), `ros` (ros-eval)."""
+    """collect/inspect/train/adapt/export/launch, `expert`, `direct` or `compare` (eval), `ros`
+    (ros-eval)."""
+    if str(entry.get("step", "")).startswith(COMPARE + ":"):
+        return "compare"
     if entry.get("step") == DIRECT_EVAL:
         return "direct"
     if entry.get("step") == ROS_EVAL:
@@ -158,7 +162,7 @@ def _success_section(out: Path, steps: list[dict]) -> list[Block]:
     rows, lines = [], []
     data = _inspect_result(out, steps, "heldout.zarr")
     if data is not None and data.get("success_rate") is not None:
-        rows.append(["behaviour data of the held-out log", f"{data['success_rate']:.2f}", data["episodes"],
+        rows.append(["behaviour data of the held-out logs", f"{data['success_rate']:.2f}", data["episodes"],
                      _num((data.get("return") or {}).get("mean"), ".1f"), ""])
     else:
         lines.append(_why(steps, "collect", "held-out log", "heldout.zarr", stale=out / "heldout.zarr"))
@@ -189,7 +193,8 @@ def _direct_vs_ros(direct: dict, ros: dict) -> list[str]:
     k1, k2 = round(direct["success_rate"] * n1), round(ros["success_rate"] * n2)
     agree = agree_within_binomial_noise(k1, n1, k2, n2)
     pairs = zip(direct.get("episode_results", []), ros.get("episode_results", []), strict=False)
-    same = sum(a == b for a, b in pairs)
+    keys = ("task_id", "seed", "success", "length", "return")  # what both evaluations report
+    same = sum(all(a.get(k) == b.get(k) for k in keys) for a, b in pairs)
     return [
         f"Direct vs ROS 2 evaluation: {k1}/{n1} vs {k2}/{n2} successes: "
         f"**{'agree' if agree else 'do not agree'} within binomial noise** (rule: two-sided "
@@ -199,6 +204,88 @@ def _direct_vs_ros(direct: dict, ros: dict) -> list[str]:
         f"Episode by episode (task, seed, success, length, return): {same}/{max(n1, n2)} identical; "
         "lockstep makes the ROS 2 path deterministic, so all should be.",
     ]
+
+
+# -- the held-out comparison ---------------------------------------------------------------------
+def compare_units(out: Path, steps: list[dict]) -> tuple[dict[str, dict[int, float]], list[str]]:
+    """{method: {task: success}} from the comparison's evaluation steps, with "logs" the
+    held-out log's own success per task; and one line per unit that is missing, saying why."""
+    units: dict[str, dict[int, float]] = {}
+    missing = []
+    for e in _find(steps, "compare"):
+        method, _, task_s = str(e["step"])[len(COMPARE) + 2:].partition(" on held-out task ")
+        task = int(task_s) if task_s.isdigit() else -1
+        res = e.get("result")
+        if e.get("status") == "ok" and isinstance(res, dict) and "success_rate" in res:
+            units.setdefault(method, {})[task] = float(res["success_rate"])
+        else:
+            missing.append(f"{method} on task {task}: the step '{e['step']}' {_status_words(e.get('status', ''))}.")
+    data = _inspect_result(out, steps, "heldout.zarr")
+    if data is not None:
+        logs = {int(t): v["success_rate"] for t, v in data.get("tasks", {}).items()
+                if v.get("episodes") and v.get("success_rate") is not None}
+        if logs:
+            units["logs"] = logs
+    return units, missing
+
+
+def _compare_section(out: Path, steps: list[dict]) -> list[Block]:
+    from vmerpo.benchmarks.paired import bootstrap_mean, paired_difference
+
+    units, missing = compare_units(out, steps)
+    methods: list[str] = [m for m in ("logs", "bc", "merpo") if m in units]
+    if not any(m in units for m in ("bc", "merpo")):
+        return [("p", _why(steps, "compare", "comparison on the held-out tasks", ran="printed no JSON result"))]
+    label = {"logs": "the held-out log (behaviour)", "bc": "BC (the log alone)", "merpo": "MerPO v2"}
+    tasks = sorted(set().union(*(units[m] for m in methods)))
+    rows = [[str(t), *(_num(units[m].get(t), ".2f") or "–" for m in methods)] for t in tasks]
+    blocks: list[Block] = [
+        ("p", "Each held-out task gets one 5-episode medium log (random hand starts); BC and MerPO v2 are "
+              "adapted from that log alone and evaluated on the same episodes (same seeds and hand starts). "
+              "Success per task:"),
+        ("table", ["held-out task", *(label[m] for m in methods)], rows)]
+    summary = []
+    for m in methods:
+        b = bootstrap_mean({(t, 0): v for t, v in units[m].items()})
+        summary.append([label[m], f"{b['mean']:.2f} [{b['low']:.2f}, {b['high']:.2f}]", str(b["n_tasks"])])
+    for a, b_ in (("merpo", "bc"), ("merpo", "logs"), ("bc", "logs")):
+        if a in units and b_ in units and set(units[a]) & set(units[b_]):
+            d = paired_difference({(t, 0): v for t, v in units[a].items()}, {(t, 0): v for t, v in units[b_].items()})
+            summary.append([f"{label[a]} minus {label[b_]}", f"**{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]**",
+                            str(d["n_tasks"])])
+    blocks.append(("table", ["mean over the held-out tasks", "success [95 % CI]", "tasks"], summary))
+    blocks.append(("p", "Intervals: percentile bootstrap over the tasks (10,000 resamples, "
+                        "`vmerpo.benchmarks.paired`), differences paired by task. With this few tasks and one "
+                        "log each they are wide: the demo shows the method at work; `vmerpo bench learning` "
+                        "measures it (10 held-out tasks x 3 independent logs, docs/learning-benchmark.md)."))
+    blocks += [("p", "Missing: " + line) for line in missing]
+    try:
+        _compare_plot(out / "compare.png", units, methods, tasks, label)
+        blocks.append(("img", "compare.png", "Success per held-out task: the log's own, BC's and MerPO v2's."))
+    except Exception as e:  # the table stands without the plot
+        blocks.append(("p", f"No plot ({type(e).__name__}: {e})."))
+    return blocks
+
+
+def _compare_plot(path: Path, units: dict[str, dict[int, float]], methods: list[str], tasks: list[int],
+                  label: dict[str, str]) -> None:
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 3.6), dpi=90)
+    ax = fig.subplots()
+    width = 0.8 / len(methods)
+    x = np.arange(len(tasks) + 1)
+    for i, m in enumerate(methods):
+        vals = [units[m].get(t, np.nan) for t in tasks]
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, [*vals, float(np.nanmean(vals))], width, label=label[m])
+    ax.set_xticks(x, [*map(str, tasks), "mean"])
+    ax.set_xlabel("held-out task")
+    ax.set_ylabel("success")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -290,13 +377,22 @@ def _curves_section(out: Path, steps: list[dict]) -> list[Block]:
                            stale=out / "run"))]
     from matplotlib.figure import Figure
 
+    v2 = (out / "run" / "metrics.json").exists() and \
+        json.loads((out / "run" / "metrics.json").read_text()).get("algorithm") == "merpo_v2"
     fig = Figure(figsize=(11, 7), dpi=90)
     axes = fig.subplots(2, 2)
-    panels = [(axes[0, 0], wm, ("loss", "image_nll", "kl_loss", "reward_nll", "proximal"),
-               "world model (log scale)", "training step"),
-              (axes[0, 1], mp, ("q", "conservative_gap"), "MerPO critic", "meta-step"),
-              (axes[1, 0], mp, ("behaviour_nll", "meta_kl"), "MerPO meta-policy regularizers", "meta-step"),
-              (axes[1, 1], mp, ("eval_success",), "periodic MuJoCo evaluation", "meta-step")]
+    panels: list[tuple[Any, list[dict], tuple[str, ...], str, str]] = [
+        (axes[0, 0], wm, ("loss", "image_nll", "kl_loss", "reward_nll", "proximal"),
+               "world model (log scale)", "training step")]
+    if v2:  # one conditioned meta-learner: its RAC updates, and the imagined transitions it learns from
+        panels += [(axes[0, 1], mp, ("q", "conservative_gap"), "MerPO v2 meta-critic Q_meta", "RAC update"),
+                   (axes[1, 0], mp, ("behaviour_nll", "entropy"), "MerPO v2 meta-policy pi_c", "RAC update"),
+                   (axes[1, 1], mp, ("imagined_model_reward", "imagined_uncertainty"),
+                    "imagined transitions: reward and ensemble disagreement", "RAC update")]
+    else:
+        panels += [(axes[0, 1], mp, ("q", "conservative_gap"), "MerPO critic", "meta-step"),
+                   (axes[1, 0], mp, ("behaviour_nll", "meta_kl"), "MerPO meta-policy regularizers", "meta-step"),
+                   (axes[1, 1], mp, ("eval_success",), "periodic MuJoCo evaluation", "meta-step")]
     for ax, rows, keys, title, xlabel in panels:
         for key in keys:
             x, y = _series(rows, key)
@@ -310,7 +406,8 @@ def _curves_section(out: Path, steps: list[dict]) -> list[Block]:
             ax.text(0.5, 0.5, "no data in this run", ha="center", va="center", transform=ax.transAxes)
     if axes[0, 0].lines and all(min(ln.get_ydata()) > 0 for ln in axes[0, 0].lines):
         axes[0, 0].set_yscale("log")
-    axes[1, 1].set_ylim(-0.05, 1.05)
+    if not v2:
+        axes[1, 1].set_ylim(-0.05, 1.05)
     fig.tight_layout()
     fig.savefig(out / "training_curves.png")
     caption = []
@@ -321,7 +418,12 @@ def _curves_section(out: Path, steps: list[dict]) -> list[Block]:
                        f"KL {_num(last.get('kl_loss'), '.2f')}, reward NLL {_num(last.get('reward_nll'), '.3f')}).")
     else:
         caption.append(f"No world-model metrics ({wm_path.relative_to(out)} missing or empty).")
-    if mp:
+    if mp and v2:
+        caption.append(f"MerPO v2: {len(mp)} logged RAC updates of the conditioned meta-policy pi_c and "
+                       f"meta-critic Q_meta, up to update {mp[-1].get('step')} (behaviour_nll: the log-likelihood "
+                       "term the advantage weights scale; no periodic MuJoCo evaluation in v2: pi_c needs a "
+                       "task's inferred embedding, and it is scored on the held-out tasks above).")
+    elif mp:
         x, y = _series(mp, "eval_success")
         ev = (", ".join(f"{s:g}@{t}" for t, s in zip(x, y, strict=True)) if x
               else "none logged (no --eval-every, or no evaluation reached)")
@@ -384,7 +486,12 @@ def _uncertainty_section(out: Path, steps: list[dict]) -> list[Block]:
 
     t0 = time.perf_counter()
     store = EpisodeStore.open(str(heldout))
-    eps = list(range(min(store.n_episodes, UNCERTAINTY_MAX_EPISODES)))
+    # the episodes of the task the task model was adapted to (the first task when none was)
+    adapted_task = (json.loads((out / "adapted" / "config.json").read_text()).get("task")
+                    if _made(out, steps, "adapted/config.json", "adapt") else None)
+    task_of = [int(t) for t in store.episode_task]
+    keep = adapted_task if adapted_task in task_of else (task_of[0] if task_of else None)
+    eps = [e for e in range(store.n_episodes) if task_of[e] == keep][:UNCERTAINTY_MAX_EPISODES]
     episodes = [store.episode(e) for e in eps]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -220,6 +220,15 @@ def test_meta_training_with_a_world_model_imagines_and_adaptation_does_too():
     m = MerPOv2(F, 2, [0, 1, 2], cfg)
     stats = m.fit(datas, ends, imagination=Imagination(wm, norm, F, cfg.rac.horizon))
     assert stats["uncertainty_std"] > 0 and stats["imagined_uncertainty"] > 0
+    # the per-update callback (vmerpo train's curves) sees every update and changes nothing
+    seen: list[tuple[int, dict]] = []
+    watched = MerPOv2(F, 2, [0, 1, 2], cfg)
+    watched.fit(datas, ends, imagination=Imagination(wm, norm, F, cfg.rac.horizon),
+                on_step=lambda i, st: seen.append((i, st)))
+    assert [i for i, _ in seen] == list(range(1, 21))
+    assert {"q", "conservative_gap", "behaviour_nll", "imagined_uncertainty"} <= set(seen[-1][1])
+    for (k, a), b in zip(m.meta_actor.state_dict().items(), watched.meta_actor.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
     sd = m.state_dict()
     assert sd["uncertainty_std"] == stats["uncertainty_std"]
     loaded = MerPOv2(F, 2, [0, 1, 2], cfg)

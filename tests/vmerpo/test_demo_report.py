@@ -31,7 +31,8 @@ def test_report_has_the_ros_row_and_the_agreement_line(tmp_path):
 
 
 # -- the whole report, built offline from a small synthetic output directory --------------------
-SECTIONS = ("Steps", "Held-out task success", "Data", "Training curves",
+SECTIONS = ("Steps", "Held-out task success", "MerPO v2 against BC and the logs on the held-out tasks",
+            "Data", "Training curves",
             "World model: reconstruction and open-loop prediction",
             "World model: uncertainty vs prediction error", "Rollout", "Redo on your own logs")
 
@@ -122,20 +123,34 @@ def test_report_is_one_html_file_with_every_section_and_survives_missing_artefac
     assert "No rollout video (rollout.mp4): the step 'evaluate the ONNX policy in MuJoCo' did not run " \
            "(an earlier step failed) (rollout.mp4 in the output directory is from an earlier run" in md
     assert "No task model (adapted/task_model.pt) to compare: the step 'adapt to held-out task 40" in md
-    assert "| adapt to held-out task 40 from its small log | exit 2 |" in md
+    assert "| adapt to held-out task 40 from its small log: MerPO v2 (task inferred from the log's rewards) " \
+           "| exit 2 |" in md
+    assert "No comparison on the held-out tasks: the step 'compare: merpo on held-out task 40' did not run" in md
     assert f"vmerpo adapt --run {out}/run" in md  # the exact command, under "Redo on your own logs"
 
     # the same directory once every step succeeded: the rollout GIF, both models, direct vs ROS 2
     rec = json.loads((out / "report.json").read_text())
     result = _result([True, False])
+    merpo, bc = {40: 1.0, 41: 0.5, 42: 0.5, 43: 1.0}, {40: 0.5, 41: 0.0, 42: 0.5, 43: 0.5}
     for e in rec["steps"]:
         e["status"] = "ok"
         if e["step"] in (DIRECT_EVAL, ROS_EVAL) or "--policy expert" in e["command"]:
             e["result"] = result
+        if e["step"].startswith("compare: "):
+            method, task = e["step"].split()[1], int(e["step"].split()[-1])
+            e["result"] = {"success_rate": (merpo if method == "merpo" else bc)[task], "episodes": 20}
     (out / "report.json").write_text(json.dumps(rec))
     assert cli.main(["demo", "--out", str(out), "--report-only"]) == 0
     srcs, md = _html_and_md(out)
-    assert len(srcs) == 6 and sum(s.startswith("data:image/gif;base64,") for s in srcs) == 1
+    assert len(srcs) == 7 and sum(s.startswith("data:image/gif;base64,") for s in srcs) == 1
+    # the comparison: per task, the means, and MerPO minus BC paired by task (+0.375; every
+    # resample of the differences 0.5, 0.5, 0, 0.5 lies in [0, 0.5])
+    assert "| 41 | – | 0.00 | 0.50 |" in md, md[md.index("Success per task"):][:600]
+    assert "| MerPO v2 (the log alone) |" not in md
+    row = next(line for line in md.splitlines() if line.startswith("| MerPO v2 minus BC (the log alone) |"))
+    lo, hi = (float(x) for x in row.split("[")[1].split("]")[0].split(","))
+    assert "+0.38 [" in row and 0.0 <= lo <= 0.25 and hi == 0.5 and row.endswith("| 4 |"), row
+    assert (out / "compare.png").stat().st_size > 0
     assert (out / "rollout.gif").stat().st_size > 0 and "8 frames at 10 fps" in md
     assert "task model theta_j (adapted/task_model.pt, heads adapted on this log): **" in md
     assert "1/2 vs 1/2 successes: **agree within binomial noise**" in md and "No " not in md

@@ -93,3 +93,17 @@ def test_training_evaluates_the_meta_policy_in_mujoco(exported):
     acc = EventAccumulator(str(exported / "run" / "tb"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("eval/success")] == [3, 6]
+
+
+def test_adapt_starts_a_baseline_from_scratch_and_refuses_that_for_merpo(exported, tmp_path):
+    """`vmerpo adapt --start scratch`: BC on the new task's log alone (the demo's and the
+    learning benchmark's baseline), recorded in the adapted run; MerPO always starts from pi_c."""
+    common = ["--run", str(exported / "run"), "--data", str(exported / "heldout.zarr"), "--no-progress"]
+    bad = vmerpo("adapt", *common, "--method", "merpo", "--start", "scratch", "--out", str(tmp_path / "m"))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "--start scratch applies to the baselines bc, rac and lompo, not merpo" in bad.stderr
+    assert not (tmp_path / "m").exists()
+    ok = vmerpo("adapt", *common, "--method", "bc", "--start", "scratch", "--steps", "5", "--out", str(tmp_path / "bc"))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    cfg = json.loads((tmp_path / "bc" / "config.json").read_text())
+    assert cfg["start"] == "scratch" and cfg["method"] == "bc" and (tmp_path / "bc" / "policy.pt").exists()

@@ -35,6 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--omega", type=float,
                    help="behaviour (1) vs meta-policy (0) regularizer weight at adaptation, for merpo and rac "
                         "(default: the run's config, MerPO's 0.4)")
+    p.add_argument("--start", choices=("pretrained", "scratch"), default="pretrained",
+                   help="bc, rac and lompo: start from the run's pooled pretraining (default) or learn from "
+                        "the new task's log alone with fresh networks (scratch; the learning benchmark's "
+                        "single-task baselines)")
     p.add_argument("--device", help="auto|cpu|cuda (default: the run's; e.g. cpu to adapt a GPU-trained run here)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -45,9 +49,12 @@ def run(args: argparse.Namespace) -> int:
     from learning.merpo_train import adapt
 
     apply_spec_file(args)
+    if args.start == "scratch" and args.method not in ("bc", "rac", "lompo"):
+        raise ValueError(f"--start scratch applies to the baselines bc, rac and lompo, not {args.method} "
+                         "(it starts from the meta-trained pi_c and Q_meta)")
     summary = adapt(args.run, args.data, args.out, overwrite=args.overwrite, task=args.task,
                     steps=args.steps, progress=not args.no_progress, method=args.method, omega=args.omega,
-                    device=args.device, log=lambda msg: print(msg, file=sys.stderr))
+                    device=args.device, start="scratch" if args.start == "scratch" else "own", log=lambda msg: print(msg, file=sys.stderr))
     print(json.dumps(summary, indent=1) if args.json else
           f"adapted {summary['method']} to task {summary['task']} from {summary['episodes']} episodes"
           + (f" (omega {summary['omega']:.2f})" if summary["omega"] is not None else "") + f" -> {args.out}")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from vmerpo.commands.options import add_episode_options
+from vmerpo.commands.options import add_aim, add_episode_options, aim_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_episode_options(parser, tasks_default="10")
     parser.add_argument("--episodes-per-task", type=int, default=5, help="episodes per task (default 5)")
     parser.add_argument("--quality", default="medium", help="expert | medium | random | mixed")
+    add_aim(parser)
     parser.add_argument("--workers", type=int, default=2,
                         help="worker processes (0: run in this process)")
     parser.add_argument("--out", required=True, help="output store, e.g. logs.zarr")
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         family=args.env, out=args.out, tasks=tasks, episodes_per_task=args.episodes_per_task,
         quality=args.quality, image_size=args.image_size,
         max_episode_steps=args.max_episode_steps, action_repeat=args.action_repeat,
-        seed=args.seed, hand_init_noise=args.hand_init_noise, goal_pin=args.goal_pin, workers=args.workers, overwrite=args.overwrite, resume=args.resume,
+        seed=args.seed, hand_init_noise=args.hand_init_noise, goal_pin=args.goal_pin, aim=aim_of(args),
+        workers=args.workers, overwrite=args.overwrite, resume=args.resume,
         zarr_format=args.zarr_format,
     )
     summary = collect(cfg, progress=not args.no_progress)

@@ -30,39 +30,64 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory's results")
     p.add_argument("--env", default="reach-v3", help="Meta-World family (default reach-v3)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default="demo",
+                   help="`vmerpo train` preset or config file (default demo, ~20 min in all on a 2-core CPU; "
+                        "tiny: a minute-scale check that every step runs, its numbers mean nothing)")
     p.add_argument("--report-only", action="store_true",
                    help="run no step: rebuild OUT/report.html and report.md from OUT/report.json")
 
 
-HELDOUT_TASK = 40  # the first held-out goal of the family
+HELDOUT_TASKS = (40, 41, 42, 43)  # the family's first held-out goals
+HELDOUT_TASK = HELDOUT_TASKS[0]  # the one exported, rolled out on video and run through ROS 2
+HAND_INIT_NOISE = "0.05"  # random hand starts (m per axis) in every log and evaluation
+COMPARE_EPISODES = "20"  # evaluation episodes per (held-out task, method), the learning benchmark's
+COMPARE_METHODS = ("merpo", "bc")  # MerPO v2 against behaviour cloning of the same small log
 DIRECT_EVAL = "evaluate the ONNX policy in MuJoCo"
 ROS_EVAL = "evaluate the ONNX policy through ROS 2 (sim_node + policy_node, lockstep)"
+COMPARE = "compare"  # title prefix of the held-out comparison's evaluation steps
 
 
-def steps(out: Path, env: str, seed: int) -> list[tuple[str, list[str]]]:
+def policy_dir(out: Path, method: str, task: int) -> Path:
+    """Where the demo adapts `method` to held-out `task`: MerPO on the first held-out task is the
+    product path (`adapted/`: exported, evaluated directly and through ROS 2), the rest sit in
+    `compare/`."""
+    return out / "adapted" if (method, task) == ("merpo", HELDOUT_TASK) else out / "compare" / f"{method}_t{task}"
+
+
+def steps(out: Path, env: str, seed: int, config: str = "demo") -> list[tuple[str, list[str]]]:
     logs, heldout = str(out / "logs.zarr"), str(out / "heldout.zarr")
-    task = f"{HELDOUT_TASK},"
+    tasks = ",".join(map(str, HELDOUT_TASKS))
+    noise = ["--hand-init-noise", HAND_INIT_NOISE]
     # The direct and the ROS 2 evaluation see the same policy, task, episodes and seeds.
-    onnx_eval = ["--policy", str(out / "policy.onnx"), "--env", env, "--tasks", task, "--episodes", "10",
-                 "--seed", str(seed)]
-    return [
+    onnx_eval = ["--policy", str(out / "policy.onnx"), "--env", env, "--tasks", f"{HELDOUT_TASK},", "--episodes",
+                 "10", "--seed", str(seed), *noise]
+    plan = [
         ("collect meta-train logs (20 tasks x 5 episodes, mixed quality)",
          ["collect", "--env", env, "--tasks", "20", "--episodes-per-task", "5", "--quality", "mixed",
-          "--image-size", "64", "--workers", "2", "--seed", str(seed), "--out", logs, "--overwrite"]),
-        (f"collect a small log of held-out task {HELDOUT_TASK} (5 episodes, medium quality)",
-         ["collect", "--env", env, "--tasks", task, "--episodes-per-task", "5", "--quality", "medium",
-          "--image-size", "64", "--workers", "2", "--seed", str(seed + 1), "--out", heldout, "--overwrite"]),
+          "--aim", "tool-centre", *noise, "--image-size", "64", "--workers", "2", "--seed", str(seed),
+          "--out", logs, "--overwrite"]),
+        (f"collect a small log of each held-out task {tasks} (5 episodes each, medium quality)",
+         ["collect", "--env", env, "--tasks", tasks, "--episodes-per-task", "5", "--quality", "medium",
+          "--aim", "tool-centre", *noise, "--image-size", "64", "--workers", "2", "--seed", str(seed + 1),
+          "--out", heldout, "--overwrite"]),
         ("inspect the logs", ["inspect", logs, "--plot", str(out / "data.png"),
                               "--video", str(out / "data.mp4"), "--overwrite"]),
-        ("inspect the held-out log", ["inspect", heldout, "--json"]),
-        ("evaluate the scripted expert on the held-out task",
-         ["eval", "--policy", "expert", "--env", env, "--tasks", task, "--episodes", "3",
-          "--seed", str(seed), "--json", "--no-progress"]),
-        ("train the world model + MerPO (demo preset)",
-         ["train", "--config", "demo", "--data", logs, "--out", str(out / "run"), "--overwrite",
-          "--eval-every", "25", "--eval-tasks", "2", "--eval-episodes", "1"]),
-        (f"adapt to held-out task {HELDOUT_TASK} from its small log",
-         ["adapt", "--run", str(out / "run"), "--data", heldout, "--out", str(out / "adapted"), "--overwrite"]),
+        ("inspect the held-out logs", ["inspect", heldout, "--json"]),
+        ("evaluate the scripted expert on the held-out tasks",
+         ["eval", "--policy", "expert", "--aim", "tool-centre", "--env", env, "--tasks", tasks, "--episodes", "3",
+          "--seed", str(seed), *noise, "--json", "--no-progress"]),
+        (f"train the world model + MerPO v2 ({config} preset)",
+         ["train", "--config", config, "--algorithm", "merpo_v2", "--data", logs, "--out", str(out / "run"), "--overwrite"]),
+    ]
+    for task in HELDOUT_TASKS:
+        for method in COMPARE_METHODS:
+            what = ("MerPO v2 (task inferred from the log's rewards)" if method == "merpo"
+                    else "behaviour cloning of the log alone")
+            plan.append((f"adapt to held-out task {task} from its small log: {what}",
+                         ["adapt", "--run", str(out / "run"), "--data", heldout, "--task", str(task),
+                          "--method", method, *(["--start", "scratch"] if method == "bc" else []),
+                          "--out", str(policy_dir(out, method, task)), "--overwrite", "--no-progress"]))
+    plan += [
         ("export ONNX (+ parity check against torch)",
          ["export", "--run", str(out / "adapted"), "--out", str(out / "policy.onnx"), "--check", "--overwrite"]),
         (DIRECT_EVAL,
@@ -70,6 +95,14 @@ def steps(out: Path, env: str, seed: int) -> list[tuple[str, list[str]]]:
         (ROS_EVAL,
          ["ros-eval", *onnx_eval, "--log", str(out / "ros_nodes.log"), "--json", "--no-progress"]),
     ]
+    # The comparison: every method on every held-out task, the same episodes and seeds for all
+    for task in HELDOUT_TASKS:
+        for method in COMPARE_METHODS:
+            plan.append((f"{COMPARE}: {method} on held-out task {task}",
+                         ["eval", "--policy", str(policy_dir(out, method, task)), "--env", env, "--tasks",
+                          f"{task},", "--episodes", COMPARE_EPISODES, "--seed", str(seed + 1000), *noise,
+                          "--json", "--no-progress"]))
+    return plan
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report: list[dict] = []
     t_all = time.perf_counter()
-    plan = steps(out, args.env, args.seed)
+    plan = steps(out, args.env, args.seed, args.config)
     for i, (title, argv) in enumerate(plan, 1):
         verb = argv[0]
         command = "vmerpo " + shlex.join(argv)
@@ -102,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         if "--json" in argv:  # keep the machine-readable result for the report
             with contextlib.redirect_stdout(buf):
                 rc = cli.main(argv)
-            print(buf.getvalue()[-2000:], flush=True)
+            print(_result_line(buf.getvalue()), flush=True)
         else:
             rc = cli.main(argv)
         entry = {"step": title, "command": command, "status": "ok" if rc == 0 else f"exit {rc}",
@@ -129,6 +162,19 @@ def run(args: argparse.Namespace) -> int:
           f"{sum(r['status'] == 'not yet available' for r in report)} not yet available, "
           f"{len(failed)} failed, {total / 60:.1f} min; report: {where}")
     return 1 if failed else 0
+
+
+def _result_line(printed: str) -> str:
+    """What a step printed as JSON, in one line for the console (the whole JSON goes to the report)."""
+    try:
+        res = json.loads(printed)
+    except json.JSONDecodeError:
+        return printed[-2000:]
+    if isinstance(res, dict) and "success_rate" in res and "mean_return" in res:
+        from vmerpo.commands.eval import summary_line
+
+        return "    " + summary_line(res) + f" ({res.get('episodes', '?')} episodes)"
+    return printed[-2000:]
 
 
 def _write_report(out: Path, report: list[dict], total: float) -> dict[str, Path]:

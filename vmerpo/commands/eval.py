@@ -7,13 +7,20 @@ import json
 import os
 import sys
 
-from vmerpo.commands.options import add_episode_options, add_spec_file, apply_spec_file
+from vmerpo.commands.options import (
+    add_aim,
+    add_episode_options,
+    add_spec_file,
+    aim_of,
+    apply_spec_file,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", required=True,
                         help="expert | medium | random | RUN_DIR | PATH.onnx")
     add_episode_options(parser, tasks_default="test")
+    add_aim(parser)
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task (default 10)")
     parser.add_argument("--video", default=None, help="write the first episodes to this .mp4/.gif")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -21,12 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_spec_file(parser)
 
 
-def load_policy(spec: str, env):
-    """A policy for `sim.evaluate.evaluate` from the --policy argument."""
+def load_policy(spec: str, env, aim: bool | None = None):
+    """A policy for `sim.evaluate.evaluate` from the --policy argument (`aim`: the scripted
+    policies' target, None the family's default)."""
     from sim.policies import make_behavior_policy
 
     if spec in ("expert", "medium", "random"):
-        return make_behavior_policy(spec, env)
+        return make_behavior_policy(spec, env, aim)
     if spec.endswith(".onnx"):
         if not os.path.isfile(spec):
             raise FileNotFoundError(f"--policy {spec}: no such ONNX file")
@@ -92,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     env = make_env(args.env, args.image_size, args.max_episode_steps, args.action_repeat,
                    hand_init_noise=args.hand_init_noise, goal_pin=args.goal_pin)
     try:
-        policy = load_policy(args.policy, env)
+        policy = load_policy(args.policy, env, aim_of(args))
         bar = None
         if not args.no_progress:
             from tqdm import tqdm

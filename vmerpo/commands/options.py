@@ -24,6 +24,21 @@ def add_hand_init_noise(p: argparse.ArgumentParser | argparse._ArgumentGroup, de
                         "were collected with" + (f"; {note}" if note else ""))
 
 
+AIMS = {"tool-centre": True, "hand": False}
+
+
+def add_aim(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--aim", choices=tuple(AIMS),
+                   help="scripted policies (expert, and medium built on it): steer the tool centre, where "
+                        "success is measured, or the hand, as Meta-World's expert does (reach then ends 4.5 cm "
+                        "from the goal against a 5 cm threshold); default: the family's (hand)")
+
+
+def aim_of(args: argparse.Namespace) -> bool | None:
+    """--aim as the scripted policies take it (None: the family's default)."""
+    return None if args.aim is None else AIMS[args.aim]
+
+
 def add_goal_pin(p: argparse.ArgumentParser | argparse._ArgumentGroup, note: str = "") -> None:
     p.add_argument("--goal-pin", action="store_true",
                    help="draw a pin from the table up to the goal marker (reach, push), so that the one camera "
