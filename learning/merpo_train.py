@@ -540,7 +540,7 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
           task: int | None = None, steps: int | None = None, log: Callable[[str], None] = print,
           progress: bool = True, method: str = "merpo", omega: float | None = None,
           rac_overrides: dict[str, Any] | None = None, start: str = "own",
-          device: str | None = None) -> dict[str, Any]:
+          device: str | None = None, omega_rule: str | None = None) -> dict[str, Any]:
     """Meta-test: theta_j from phi on the new task's log, then RAC from pi_c and Q_meta
     (MerPO; `merpo_adp`: omega chosen for this task by `adaptive_omega`), or a baseline
     (`learning.baselines`) from its pooled pretraining, on that log. `omega` replaces the
@@ -550,7 +550,8 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
     KL term still pulls toward pi_c. For the baselines: "own" (their pooled pretraining) or
     "scratch" (the task's log alone, fresh networks: single-task BC and RAC as the learning
     benchmark runs them). `device` (auto|cpu|cuda) replaces the run's, e.g. to adapt
-    a GPU-trained run on a machine without one."""
+    a GPU-trained run on a machine without one. `omega_rule` replaces a v2 run's
+    `merpo_v2.omega_rule` for merpo (`choose_omega`); `omega` overrides any rule."""
     if omega is not None:
         if method not in ("merpo", "rac"):
             raise ValueError(f"--omega applies to merpo and rac, not {method}"
@@ -573,6 +574,11 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
     if not v2 and method == "meta_policy":
         raise ValueError(f"{run} is a MerPO v1 run: meta_policy (pi_c at the task's inferred embedding) needs a "
                          "run trained with algorithm merpo_v2")
+    if omega_rule is not None:
+        if not (v2 and method == "merpo"):
+            raise ValueError(f"--omega-rule applies to merpo on a merpo_v2 run, not {method} on a "
+                             f"{cfg.algorithm} run")
+        cfg.merpo_v2 = dataclasses.replace(cfg.merpo_v2, omega_rule=omega_rule)  # validated there
     if v2 and method == "merpo" and start != "own":
         raise ValueError(f"start={start!r} is an ablation of MerPO v1 runs; a merpo_v2 run starts from its pi_c")
     _set_threads(cfg)

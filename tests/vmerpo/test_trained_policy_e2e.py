@@ -95,7 +95,7 @@ def test_training_evaluates_the_meta_policy_in_mujoco(exported):
     assert [e.step for e in acc.Scalars("eval/success")] == [3, 6]
 
 
-def test_adapt_starts_a_baseline_from_scratch_and_refuses_that_for_merpo(exported, tmp_path):
+def test_adapt_starts_a_baseline_from_scratch_and_refuses_what_does_not_apply(exported, tmp_path):
     """`vmerpo adapt --start scratch`: BC on the new task's log alone (the demo's and the
     learning benchmark's baseline), recorded in the adapted run; MerPO always starts from pi_c."""
     common = ["--run", str(exported / "run"), "--data", str(exported / "heldout.zarr"), "--no-progress"]
@@ -103,6 +103,9 @@ def test_adapt_starts_a_baseline_from_scratch_and_refuses_that_for_merpo(exporte
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "--start scratch applies to the baselines bc, rac and lompo, not merpo" in bad.stderr
     assert not (tmp_path / "m").exists()
+    rule = vmerpo("adapt", *common, "--omega-rule", "solved-log", "--out", str(tmp_path / "m"))  # a v1 run
+    assert rule.returncode == 2 and len(rule.stderr.strip().splitlines()) == 1, rule.stderr
+    assert "--omega-rule applies to merpo on a merpo_v2 run, not merpo on a merpo run" in rule.stderr
     ok = vmerpo("adapt", *common, "--method", "bc", "--start", "scratch", "--steps", "5", "--out", str(tmp_path / "bc"))
     assert ok.returncode == 0, ok.stderr[-2000:]
     cfg = json.loads((tmp_path / "bc" / "config.json").read_text())
