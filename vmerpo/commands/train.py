@@ -53,6 +53,11 @@ def run(args: argparse.Namespace) -> int:
     if args.eval_every is not None:
         cfg.eval_every = args.eval_every
     evaluate = None
+    if cfg.eval_every and cfg.algorithm == "merpo_v2":
+        print("vmerpo train: note: --eval-every/eval_every evaluates MerPO v1's task-blind pi_c; a merpo_v2 "
+              "run's pi_c needs a task's inferred embedding, so it is not evaluated during training (evaluate it "
+              "with `vmerpo adapt --method meta_policy` and `vmerpo eval`)", file=sys.stderr)
+        cfg.eval_every = 0
     if cfg.eval_every:
         from vmerpo.train_eval import sim_evaluator
 
