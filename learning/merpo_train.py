@@ -446,7 +446,8 @@ def _train_v2(run: Path, cfg: RunConfig, cache: LatentCache, task_data: dict[int
         from tqdm import tqdm
 
         writer = SummaryWriter(str(run / "tb")) if main else None
-        rows: list[dict[str, float]] = []
+        # the meta-learner's curve (the v1 loop's metrics.jsonl keys: q, conservative_gap, ...), row by row
+        curve = open(run / "metrics.jsonl", "w") if main else None  # noqa: SIM115 - closed in the finally below
         bar = tqdm(total=v2.meta_steps, desc="MerPO v2 meta-policy", unit="update", disable=not (progress and main),
                    dynamic_ncols=True)
         every = max(1, v2.meta_steps // 100)  # ~100 points per curve
@@ -454,7 +455,9 @@ def _train_v2(run: Path, cfg: RunConfig, cache: LatentCache, task_data: dict[int
         def on_step(i: int, st: dict[str, float]) -> None:
             bar.update(1)
             if i % every == 0 or i == v2.meta_steps:
-                rows.append({"step": i, **st})
+                if curve is not None:
+                    curve.write(json.dumps({"step": i, **st}) + "\n")
+                    curve.flush()
                 if writer is not None:
                     for k, v in st.items():
                         writer.add_scalar(f"merpo_v2_meta/{k}", v, i)
@@ -462,17 +465,19 @@ def _train_v2(run: Path, cfg: RunConfig, cache: LatentCache, task_data: dict[int
 
         try:
             stats = m.fit(cpu, ends, progress=log, imagination=imagination, on_step=on_step)
+            if writer is not None:
+                for k, v in stats.items():
+                    writer.add_scalar(f"merpo_v2/{k}", v, v2.meta_steps)
         finally:
             bar.close()
+            if curve is not None:
+                curve.close()
+            if writer is not None:
+                writer.close()
         sd = m.state_dict()
         sd["train_inferences"] = {str(n): i.z.tolist() for n, i in m.train_inferences.items()}
         sd["fit_stats"] = {k: float(v) for k, v in stats.items()}
-        if main and writer is not None:
-            for k, v in stats.items():
-                writer.add_scalar(f"merpo_v2/{k}", v, v2.meta_steps)
-            writer.close()
-            # the meta-learner's curve (the v1 loop's metrics.jsonl keys: q, conservative_gap, ...)
-            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if main:
             _atomic_save(sd, ckpt)
     summary = {"algorithm": "merpo_v2", "meta_steps": v2.meta_steps, "seconds": time.perf_counter() - t0,
                "tasks": present, "world_model": wm_path, "fit": stats}

@@ -219,7 +219,8 @@ def compare_units(out: Path, steps: list[dict]) -> tuple[dict[str, dict[int, flo
         if e.get("status") == "ok" and isinstance(res, dict) and "success_rate" in res:
             units.setdefault(method, {})[task] = float(res["success_rate"])
         else:
-            missing.append(f"{method} on task {task}: the step '{e['step']}' {_status_words(e.get('status', ''))}.")
+            why = "printed no JSON result" if e.get("status") == "ok" else _status_words(e.get("status", ""))
+            missing.append(f"{method} on task {task}: the step '{e['step']}' {why}.")
     data = _inspect_result(out, steps, "heldout.zarr")
     if data is not None:
         logs = {int(t): v["success_rate"] for t, v in data.get("tasks", {}).items()
@@ -254,6 +255,9 @@ def _compare_section(out: Path, steps: list[dict]) -> list[Block]:
             summary.append([f"{label[a]} minus {label[b_]}", f"**{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]**",
                             str(d["n_tasks"])])
     blocks.append(("table", ["mean over the held-out tasks", "success [95 % CI]", "tasks"], summary))
+    if len({tuple(sorted(units[m])) for m in methods}) > 1:
+        blocks.append(("p", "The methods cover different tasks (see the table above): each mean is over its own "
+                            "tasks, each difference over the tasks both have."))
     blocks.append(("p", "Intervals: percentile bootstrap over the tasks (10,000 resamples, "
                         "`vmerpo.benchmarks.paired`), differences paired by task. With this few tasks and one "
                         "log each they are wide: the demo shows the method at work; `vmerpo bench learning` "

@@ -146,7 +146,6 @@ def test_report_is_one_html_file_with_every_section_and_survives_missing_artefac
     # the comparison: per task, the means, and MerPO minus BC paired by task (+0.375; every
     # resample of the differences 0.5, 0.5, 0, 0.5 lies in [0, 0.5])
     assert "| 41 | – | 0.00 | 0.50 |" in md, md[md.index("Success per task"):][:600]
-    assert "| MerPO v2 (the log alone) |" not in md
     row = next(line for line in md.splitlines() if line.startswith("| MerPO v2 minus BC (the log alone) |"))
     lo, hi = (float(x) for x in row.split("[")[1].split("]")[0].split(","))
     assert "+0.38 [" in row and 0.0 <= lo <= 0.25 and hi == 0.5 and row.endswith("| 4 |"), row
@@ -167,3 +166,13 @@ def test_report_of_a_run_that_made_nothing(tmp_path):
                  "No rollout video (rollout.mp4): the step that makes it is not in this run's report.json.",
                  "No training metrics"):
         assert line in md
+
+
+def test_a_bad_config_is_refused_before_any_step(tmp_path, capsys):
+    from vmerpo import cli
+
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--config", "nope", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope: no such config file (or preset tiny|demo|cpu|paper)" in err[0], err
+    assert not out.exists()

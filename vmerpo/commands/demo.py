@@ -87,6 +87,14 @@ def steps(out: Path, env: str, seed: int, config: str = "demo") -> list[tuple[st
                          ["adapt", "--run", str(out / "run"), "--data", heldout, "--task", str(task),
                           "--method", method, *(["--start", "scratch"] if method == "bc" else []),
                           "--out", str(policy_dir(out, method, task)), "--overwrite", "--no-progress"]))
+    # The comparison: every method on every held-out task, the same episodes and seeds for all
+    # (before export and ROS 2, so that a failure there does not cost it)
+    for task in HELDOUT_TASKS:
+        for method in COMPARE_METHODS:
+            plan.append((f"{COMPARE}: {method} on held-out task {task}",
+                         ["eval", "--policy", str(policy_dir(out, method, task)), "--env", env, "--tasks",
+                          f"{task},", "--episodes", COMPARE_EPISODES, "--seed", str(seed + 1000), *noise,
+                          "--json", "--no-progress"]))
     plan += [
         ("export ONNX (+ parity check against torch)",
          ["export", "--run", str(out / "adapted"), "--out", str(out / "policy.onnx"), "--check", "--overwrite"]),
@@ -95,13 +103,6 @@ def steps(out: Path, env: str, seed: int, config: str = "demo") -> list[tuple[st
         (ROS_EVAL,
          ["ros-eval", *onnx_eval, "--log", str(out / "ros_nodes.log"), "--json", "--no-progress"]),
     ]
-    # The comparison: every method on every held-out task, the same episodes and seeds for all
-    for task in HELDOUT_TASKS:
-        for method in COMPARE_METHODS:
-            plan.append((f"{COMPARE}: {method} on held-out task {task}",
-                         ["eval", "--policy", str(policy_dir(out, method, task)), "--env", env, "--tasks",
-                          f"{task},", "--episodes", COMPARE_EPISODES, "--seed", str(seed + 1000), *noise,
-                          "--json", "--no-progress"]))
     return plan
 
 
@@ -118,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
         paths = demo_report.build(out)
         print(f"report: {paths['html']} (single file) and {paths['md']}")
         return 0
+    from learning.merpo_train import load_config
+
+    load_config(args.config)  # a bad --config is refused before any step runs
     out.mkdir(parents=True, exist_ok=True)
     report: list[dict] = []
     t_all = time.perf_counter()
@@ -132,14 +136,21 @@ def run(args: argparse.Namespace) -> int:
             continue
         t0 = time.perf_counter()
         buf = io.StringIO()
-        if "--json" in argv:  # keep the machine-readable result for the report
-            with contextlib.redirect_stdout(buf):
+        error = None
+        try:
+            if "--json" in argv:  # keep the machine-readable result for the report
+                with contextlib.redirect_stdout(buf):
+                    rc = cli.main(argv)
+                print(_result_line(buf.getvalue()), flush=True)
+            else:
                 rc = cli.main(argv)
-            print(_result_line(buf.getvalue()), flush=True)
-        else:
-            rc = cli.main(argv)
+        except Exception as e:  # e.g. a missing optional dependency: the report is still written
+            rc, error = 1, f"{type(e).__name__}: {e}"
+            print(f"    {error}", flush=True)
         entry = {"step": title, "command": command, "status": "ok" if rc == 0 else f"exit {rc}",
                  "seconds": round(time.perf_counter() - t0, 1)}
+        if error:
+            entry["error"] = error
         try:
             entry["result"] = json.loads(buf.getvalue()) if buf.getvalue().strip() else None
         except json.JSONDecodeError:
