@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from vmerpo.benchmarks.paired import bootstrap_mean, paired_difference
+from vmerpo.commands.options import AIMS
 
 QUALITIES = ("expert", "medium", "mixed", "random_heavy")
 TRACKS = ("state", "pixel")
@@ -104,7 +105,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--draws", type=int, metavar="D", help="independent held-out logs per task (default: the budget's)")
     p.add_argument("--hand-init-noise", type=float, default=0.05, metavar="M",
                    help="random hand start of up to +-M metres per axis in every log and evaluation (default 0.05)")
-    p.add_argument("--aim", choices=("tool-centre", "hand"), default="tool-centre",
+    p.add_argument("--aim", choices=tuple(AIMS), default="tool-centre",
                    help="where the scripted expert (and the medium policy built on it) steers: the tool centre, "
                         "where success is measured (default), or the hand, as Meta-World's expert does (reach "
                         "then ends 4.5 cm from the goal against a 5 cm threshold)")

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from vmerpo.commands.options import add_goal_pin, experimental_group
+from vmerpo.commands.options import AIMS, add_goal_pin, experimental_group
 
 PIXEL_METHODS = ("bc", "rac", "lompo", "merpo", "meta_policy", "merpo_omega0", "merpo_omega04", "merpo_omega1",
                  "merpo_no_uncertainty")
@@ -137,7 +137,7 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
     out = out / "pixel"
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
-    aim = {"tool-centre": True, "hand": False}[args.aim]
+    aim = AIMS[args.aim]
     qualities = list(design.qualities)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

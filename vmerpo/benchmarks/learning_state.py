@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from vmerpo.benchmarks.paired import Unit
+from vmerpo.commands.options import AIMS
 
 STATE_METHODS = ("bc", "rac", "merpo", "meta_policy", "merpo_omega0", "merpo_omega04", "merpo_omega1",
                  "merpo_no_embedding", "bc_pooled", "iql_pooled", "iql_finetuned", "iql_inferred", "iql_oracle")
@@ -524,7 +525,7 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
         why = peer.available()
         if why:
             raise RuntimeError(f"{why}; or leave out --methods {','.join(sorted(set(methods) & set(PEER_METHODS)))}")
-    aim = {"tool-centre": True, "hand": False}[args.aim]
+    aim = AIMS[args.aim]
     jobs = [{"out": str(out / "state"), "quality": q, "family": family, "state_budget": state_budget_dict(args.budget),
              "methods": methods_by_quality[q], "train_tasks": train, "episodes_per_task": design.episodes_per_task,
              "heldout": heldout, "heldout_episodes": design.heldout_episodes, "draws": design.draws,

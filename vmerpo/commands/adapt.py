@@ -54,9 +54,6 @@ def run(args: argparse.Namespace) -> int:
     from learning.merpo_train import adapt
 
     apply_spec_file(args)
-    if args.start == "scratch" and args.method not in ("bc", "rac", "lompo"):
-        raise ValueError(f"--start scratch applies to the baselines bc, rac and lompo, not {args.method} "
-                         "(it starts from the meta-trained pi_c and Q_meta)")
     summary = adapt(args.run, args.data, args.out, overwrite=args.overwrite, task=args.task,
                     steps=args.steps, progress=not args.no_progress, method=args.method, omega=args.omega,
                     device=args.device, start="scratch" if args.start == "scratch" else "own",
