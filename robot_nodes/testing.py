@@ -115,6 +115,20 @@ def call(node: Any, srv_type: Any, name: str, request: Any = None, timeout: floa
         node.destroy_client(client)
 
 
+def enable_policy(node: Any, service: str, timeout: float = 20.0) -> Any:
+    """Call `service` (a policy_node's ~/enable) with True until it succeeds or `timeout` passes;
+    the last response. policy_node refuses while it holds no fresh joint state, which on a
+    loaded machine can outlast the first call after a JointStateStream starts."""
+    from std_srvs.srv import SetBool
+
+    deadline = time.monotonic() + timeout
+    while True:
+        res = call(node, SetBool, service, SetBool.Request(data=True), timeout=max(1.0, deadline - time.monotonic()))
+        if res.success or time.monotonic() >= deadline:
+            return res
+        time.sleep(0.1)
+
+
 # -- the malformed-input set -----------------------------------------------------------------
 def image_message(client: Any, h: int, w: int, encoding: str = "rgb8", channels: int = 3) -> Any:
     """A sensor_msgs/Image of random pixels stamped with the client's clock."""
@@ -165,6 +179,9 @@ class JointStateStream:
 
     def __enter__(self) -> JointStateStream:
         self._thread.start()
+        # A node's subscription can match this publisher well after its image subscription
+        # did (discovery runs per topic): wait for it, or the first states are published to no one.
+        wait_for(lambda: self.publisher.get_subscription_count() > 0, 30)
         return self
 
     def __exit__(self, *exc: object) -> None:

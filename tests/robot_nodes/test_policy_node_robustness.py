@@ -15,7 +15,7 @@ from robot_nodes.conversions import frame_stamp_of, stamp_to_ns
 from robot_nodes.netsafe import assert_no_inet_sockets
 from robot_nodes.testing import (
     JointStateStream,
-    call,
+    enable_policy,
     image_message,
     ros_context,
     send_malformed_inputs,
@@ -39,7 +39,6 @@ def test_policy_node_survives_bad_input_from_another_process(position_policy, no
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Float64MultiArray
-    from std_srvs.srv import SetBool
 
     node = node_process("robot_nodes.policy_node", "--params-file", "config/policy_node.yaml",
                         "-p", f"policy:={position_policy}", "-p", f"obs_timeout_s:={OBS_TIMEOUT}",
@@ -53,7 +52,8 @@ def test_policy_node_survives_bad_input_from_another_process(position_policy, no
         js_pub = client.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
         assert wait_for(lambda: img_pub.get_subscription_count() > 0, 30), node.output()
         with JointStateStream(client, js_pub, ["j0", "j1"], [0.5, -0.25]) as joints:
-            assert call(client, SetBool, "policy_node/enable", SetBool.Request(data=True), timeout=20).success
+            res = enable_policy(client, "policy_node/enable")
+            assert res.success, res.message
             n_reject = send_malformed_inputs(client, img_pub, joints)
             last = image_message(client, 84, 84)  # the camera's last frame
             img_pub.publish(last)

@@ -1350,7 +1350,6 @@ def ros_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str],
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Float64MultiArray
-    from std_srvs.srv import SetBool
 
     from learning.export import make_test_policy
     from learning.runtime.spec import PolicySpec
@@ -1358,7 +1357,7 @@ def ros_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str],
     from robot_nodes.testing import (
         JointStateStream,
         NodeProcess,
-        call,
+        enable_policy,
         ros_context,
         send_malformed_inputs,
         wait_for,
@@ -1395,8 +1394,8 @@ def ros_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str],
                     continue
                 out["trials"] += 1
                 with JointStateStream(client, js_pub, ["j0", "j1"], [0.5, -0.25]) as joints:
-                    assert call(client, SetBool, f"{ns}/policy_node/enable", SetBool.Request(data=True),
-                                timeout=20).success
+                    res = enable_policy(client, f"{ns}/policy_node/enable")
+                    assert res.success, res.message
                     n_reject = send_malformed_inputs(client, img_pub, joints, size=84, burst=200)
                     fuzz = fuzz_images(client, rng, counts["fuzz_images"])
                     for m in fuzz:
@@ -1575,7 +1574,6 @@ def robot_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Float64MultiArray
-    from std_srvs.srv import SetBool
 
     from learning.export import make_test_policy
     from learning.runtime.spec import PolicySpec
@@ -1584,7 +1582,7 @@ def robot_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str
     from robot_nodes.testing import (
         JointStateStream,
         NodeProcess,
-        call,
+        enable_policy,
         make_failing_policy,
         ros_context,
         wait_for,
@@ -1633,8 +1631,8 @@ def robot_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str
                 assert wait_for(lambda img=img: img.get_subscription_count() > 0, 60), node.output()[-300:]  # type: ignore[misc]
                 with JointStateStream(client, jsp, ["j0", "j1"], [0.5, -0.25]) as joints:
                     time.sleep(0.3)
-                    assert call(client, SetBool, f"{ns}/policy_node/enable", SetBool.Request(data=True),
-                                timeout=20).success
+                    res = enable_policy(client, f"{ns}/policy_node/enable")
+                    assert res.success, res.message
                     if case == "inference":
                         injected = 0
                         stamps = []
