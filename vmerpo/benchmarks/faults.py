@@ -1394,8 +1394,8 @@ def ros_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str],
                     continue
                 out["trials"] += 1
                 with JointStateStream(client, js_pub, ["j0", "j1"], [0.5, -0.25]) as joints:
-                    res = enable_policy(client, f"{ns}/policy_node/enable")
-                    assert res.success, res.message
+                    enabled = enable_policy(client, f"{ns}/policy_node/enable")
+                    assert enabled.success, enabled.message
                     n_reject = send_malformed_inputs(client, img_pub, joints, size=84, burst=200)
                     fuzz = fuzz_images(client, rng, counts["fuzz_images"])
                     for m in fuzz:
@@ -1631,8 +1631,8 @@ def robot_section(wd: Path, counts: dict, rng: random.Random, log: Callable[[str
                 assert wait_for(lambda img=img: img.get_subscription_count() > 0, 60), node.output()[-300:]  # type: ignore[misc]
                 with JointStateStream(client, jsp, ["j0", "j1"], [0.5, -0.25]) as joints:
                     time.sleep(0.3)
-                    res = enable_policy(client, f"{ns}/policy_node/enable")
-                    assert res.success, res.message
+                    enabled = enable_policy(client, f"{ns}/policy_node/enable")
+                    assert enabled.success, enabled.message
                     if case == "inference":
                         injected = 0
                         stamps = []
