@@ -185,3 +185,21 @@ def test_the_peer_adapter_trains_d3rlpy_on_our_transitions():
     iql = peer.make("iql", 3, 2, peer.PeerConfig(hidden=(32, 32), batch=32), seed=0)
     stats = peer.fit(iql, {**data, "rew": rng.normal(size=n).astype(np.float32)}, 20, seed=0)
     assert {"critic_loss", "v_loss", "actor_loss"} <= set(stats) and all(np.isfinite(list(stats.values())))
+
+
+def test_the_power_design_adds_draws_on_medium_for_the_core_methods(tmp_path):
+    """`--budget power` is the interval claim's design: 10 held-out tasks x 12 independent log
+    draws on medium, MerPO, BC and the meta-policy unless --methods says otherwise."""
+    from vmerpo.benchmarks import learning
+
+    d = learning.DESIGNS["power"]
+    assert (d.heldout_tasks, d.draws, d.qualities) == (10, 12, ("medium",))
+    assert d.heldout_tasks * d.draws >= 90  # experiments/21: ~90 units for +-0.10
+    seeds = learning.log_seeds("medium", d.draws)["heldout"]
+    assert len(set(seeds)) == d.draws  # every draw its own collection seed
+    other = {s for q in learning.QUALITIES if q != "medium" for s in learning.log_seeds(q, d.draws)["heldout"]}
+    assert not set(seeds) & other  # and none another quality's
+    assert learning.DESIGN_METHODS["power"] == ("bc", "merpo", "meta_policy")
+    args = learning.parse_args(["--budget", "power", "--out", str(tmp_path / "p")])
+    assert learning.methods_by_quality(args, list(learning.DESIGN_METHODS["power"]), d.qualities) == {
+        "medium": ["bc", "merpo", "meta_policy"]}

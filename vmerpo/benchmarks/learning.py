@@ -63,7 +63,14 @@ DESIGNS = {
                     eval_episodes=20, qualities=("medium",)),
     "full": Design(train_tasks=20, episodes_per_task=8, heldout_tasks=10, draws=3, heldout_episodes=5,
                    eval_episodes=20, qualities=QUALITIES),
+    # the interval claim: MerPO against BC on medium at +-0.10. The paired interval's width is
+    # draw-to-draw variance (experiments/21: a 5-episode log decides whether the task is inferred),
+    # so the design adds draws, not qualities or methods: 10 tasks x 12 draws = 120 units
+    "power": Design(train_tasks=20, episodes_per_task=8, heldout_tasks=10, draws=12, heldout_episodes=5,
+                    eval_episodes=20, qualities=("medium",)),
 }
+# a budget's methods when --methods is not given (default: all of the track's)
+DESIGN_METHODS = {"power": ("bc", "merpo", "meta_policy")}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -88,7 +95,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--family", default="reach", help="task family, e.g. reach or push (default reach)")
     p.add_argument("--budget", choices=sorted(DESIGNS), default="smoke",
                    help="smoke: 4 held-out tasks, 1 draw, medium; full: 10 held-out tasks, 3 draws, expert / "
-                        "medium / mixed / random_heavy")
+                        "medium / mixed / random_heavy; power: the interval claim, 10 held-out tasks x 12 draws, "
+                        "medium, MerPO, BC and the meta-policy (state track ~25 min)")
     p.add_argument("--out", default="results/learning", help="output directory")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (the same settings; finished units are kept)")
@@ -231,14 +239,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.track == "state":
         from vmerpo.benchmarks.learning_state import EXTRA_METHODS, STATE_METHODS, run_track
 
-        methods = _subset(args.methods or ",".join(STATE_METHODS), STATE_METHODS + EXTRA_METHODS, "--methods")
+        methods = _subset(args.methods or ",".join(DESIGN_METHODS.get(args.budget, STATE_METHODS)),
+                          STATE_METHODS + EXTRA_METHODS, "--methods")
         rows, behaviour, timings = run_track(out, family, design, heldout, train,
                                              methods_by_quality(args, methods, design.qualities), args)
     else:
         from vmerpo.benchmarks.learning_pixel import PIXEL_EXTRA_METHODS, PIXEL_METHODS
         from vmerpo.benchmarks.learning_pixel import run_track as run_pixel
 
-        methods = _subset(args.methods or ",".join(PIXEL_METHODS), PIXEL_METHODS + PIXEL_EXTRA_METHODS, "--methods")
+        methods = _subset(args.methods or ",".join(DESIGN_METHODS.get(args.budget, PIXEL_METHODS)),
+                          PIXEL_METHODS + PIXEL_EXTRA_METHODS, "--methods")
         rows, behaviour, timings = run_pixel(out, family, design, heldout, train,
                                              methods_by_quality(args, methods, design.qualities), args)
     timings["total_s"] = time.perf_counter() - t0

@@ -81,6 +81,7 @@ BUDGETS = {
     "smoke": Budget(config="cpu", wm_steps=1000, wm_seeds=1, meta_iterations=5, adapt_steps=1000,
                     v2_meta_steps=1000),
     "full": Budget(config="cpu", wm_steps=0, wm_seeds=2),
+    "power": Budget(config="cpu", wm_steps=0, wm_seeds=1),  # full's learners; the units are the point
 }
 
 
@@ -97,12 +98,12 @@ def add_pixel_options(p: argparse.ArgumentParser) -> None:
                      help="pixel track: train the shared world model with a pooled reward head of this loss weight "
                           "(WorldModelConfig.pooled_reward_scale, default 0 = off)")
     exp.add_argument("--wm-seeds", type=int, metavar="N", help="pixel track: shared world models (default: the "
-                                                               "budget's, smoke 1, full 2)")
+                                                               "budget's, smoke 1, full 2, power 1)")
 
 
 def pixel_budget(args: argparse.Namespace) -> Budget:
     budget = BUDGETS[args.budget]
-    if args.device == "cuda" and args.budget == "full":
+    if args.device == "cuda" and args.budget in ("full", "power"):
         budget = replace(budget, config="paper")
     if args.world_model:
         budget = replace(budget, wm_preset=args.world_model)

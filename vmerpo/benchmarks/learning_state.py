@@ -76,6 +76,7 @@ STATE_BUDGETS = {
     "full": StateBudget(pretrain_steps=2000, meta_steps=200, adapt_steps=500, v2_meta_steps=3000, bc_steps=1000,
                         iql_steps=3000, iql_finetune_steps=200),
 }
+STATE_BUDGETS["power"] = STATE_BUDGETS["full"]  # the same learners on more units
 
 
 def state_rac_config():
