@@ -648,19 +648,7 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
 
     eps = [i for i in range(store.n_episodes) if int(store.episode_task[i]) == task]
     log(f"adapting {method} to task {task} from {len(eps)} episodes")
-    # theta_j and the log's latents depend on (run, data, task) only: every method shares them
-    shared = run / "task_models" / f"{data_hash(store)}_t{task}"
-    if (shared / "task_model.pt").exists() and (shared / "latents.npz").exists():
-        theta, _ = wmt.load_world_model(shared / "task_model.pt", str(dev))
-        cache = LatentCache.load(shared / "latents.npz")
-    else:
-        cache = encode_store(model, store, eps, device=str(dev))
-        theta = adapt_model(model, cache, steps=cfg.adapt_model_steps, eta=cfg.world_model.eta, seed=mc.seed,
-                            heads=cfg.adapt_model_heads)
-        shared.mkdir(parents=True, exist_ok=True)
-        cache.save(shared / "latents.npz")
-        wmt.save_checkpoint(shared / "task_model.pt", theta, None, 0,
-                            dataclasses.replace(cfg.world_model, model=theta.cfg), {task: 0})
+    theta, cache = _shared_task_model(run, cfg, model, store, task, eps, dev)
     data_j = transitions(cache, norm, task, dev)
     if m2 is not None:
         return _adapt_v2(m2, cfg, run, data, store, task, eps, cache, theta, data_j, norm, out, method, omega,
@@ -702,6 +690,46 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
         "store_spec": store.spec.to_attrs(), "episodes": eps}, indent=1))
     return {"task": task, "method": method, "episodes": len(eps), "adapt_steps": n_steps,
             "omega": omega_used, "out": str(out)}
+
+
+def _shared_task_model(run: Path, cfg: RunConfig, model, store: EpisodeStore, task: int, eps: list[int],
+                       dev: torch.device) -> tuple[Any, LatentCache]:
+    """theta_j (phi adapted to the task's log) and the log's latents. They depend on (run, data,
+    task) only, so every method adapted to that log shares them: computed once and kept under
+    run/task_models/."""
+    shared = run / "task_models" / f"{data_hash(store)}_t{task}"
+    if (shared / "task_model.pt").exists() and (shared / "latents.npz").exists():
+        theta, _ = wmt.load_world_model(shared / "task_model.pt", str(dev))
+        return theta, LatentCache.load(shared / "latents.npz")
+    cache = encode_store(model, store, eps, device=str(dev))
+    theta = adapt_model(model, cache, steps=cfg.adapt_model_steps, eta=cfg.world_model.eta, seed=cfg.merpo.seed,
+                        heads=cfg.adapt_model_heads)
+    shared.mkdir(parents=True, exist_ok=True)
+    cache.save(shared / "latents.npz")
+    wmt.save_checkpoint(shared / "task_model.pt", theta, None, 0,
+                        dataclasses.replace(cfg.world_model, model=theta.cfg), {task: 0})
+    return theta, cache
+
+
+def task_model_and_latents(run_dir: str | os.PathLike, data: str, task: int,
+                           device: str = "cpu") -> tuple[Any, LatentCache, Normalizer, EpisodeStore]:
+    """For learners outside `adapt` (the learning benchmark's d3rlpy peer): theta_j and the
+    latents of `data`'s episodes of `task` under a meta-trained run (shared with `adapt`), the
+    run's normalizer and the store."""
+    run = Path(run_dir)
+    info = _read_run(run)
+    if info["kind"] != "meta":
+        raise ValueError(f"{run}: needs a meta-trained run (this one is {info['kind']!r})")
+    cfg = RunConfig.from_dict(info["config"])
+    store = EpisodeStore.open(data)
+    eps = [i for i in range(store.n_episodes) if int(store.episode_task[i]) == task]
+    if not eps:
+        raise ValueError(f"{data}: no episodes of task {task}")
+    dev = torch.device(device)
+    model, _ = wmt.load_world_model(info["world_model"], str(dev))
+    theta, cache = _shared_task_model(run, cfg, model, store, task, eps, dev)
+    norm = Normalizer.from_dict(json.loads((run / "normalizer.json").read_text()))
+    return theta, cache, norm, store
 
 
 def log_success_of(store: EpisodeStore, eps: Sequence[int]) -> float | None:

@@ -31,12 +31,16 @@ from typing import Any
 from vmerpo.commands.options import AIMS, add_goal_pin, experimental_group
 
 PIXEL_METHODS = ("bc", "rac", "lompo", "merpo", "meta_policy", "merpo_omega0", "merpo_omega04", "merpo_omega1",
-                 "merpo_no_uncertainty")
+                 "merpo_no_uncertainty", "iql_finetuned")
 # the mechanism ablations: on the qualities `--ablations` names (default medium, random_heavy)
 PIXEL_ABLATIONS = ("merpo_omega0", "merpo_omega04", "merpo_omega1", "merpo_no_uncertainty", "merpo_no_embedding")
 # opt-in: MerPO v1 (its own meta-training runs) and the ablation without the task embedding
 # (a second v2 meta-training per quality and world model)
-PIXEL_EXTRA_METHODS = ("merpo_v1", "merpo_adp", "meta_policy_v1", "merpo_no_embedding")
+PIXEL_EXTRA_METHODS = ("merpo_v1", "merpo_adp", "meta_policy_v1", "merpo_no_embedding", "iql_pooled")
+# the pooled offline-RL peer (d3rlpy IQL, `vmerpo.benchmarks.peer`) on the same latent features:
+# trained on the v2 run's meta-train latents, zero-shot or fine-tuned on the held-out log's
+# latents, deployed behind the unit's world-model filter and exported to ONNX (`_peer`)
+PEER_METHODS = ("iql_pooled", "iql_finetuned")
 SCRATCH = ("bc", "rac")  # single-task: the held-out log alone, fresh networks
 # method -> (meta-training run kind, `vmerpo adapt --method`, adapt keyword arguments). Run kinds:
 # "v2" MerPO v2 (`--algorithm merpo_v2`; the baselines use its latents and pooled data too),
@@ -75,6 +79,8 @@ class Budget:
     meta_critic: str = "polyak"  # Q_meta: polyak mean of the task critics (MerPO) or "fit" (--meta-critic)
     goal_pin: bool = False  # draw the pin under the goal marker in logs and evaluations (--goal-pin)
     pooled_reward_scale: float = 0.0  # shared world model's pooled reward head weight (--pooled-reward)
+    peer_steps: int = 3000  # d3rlpy IQL on the pooled meta-train latents (as the state track)
+    peer_finetune_steps: int = 200  # and on each held-out log's latents
 
 
 BUDGETS = {
@@ -135,6 +141,7 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
     from vmerpo.benchmarks.learning import log_seeds
 
     budget = pixel_budget(args)
+    check_peer([m for ms in methods_by_quality.values() for m in ms])
     out = out / "pixel"
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
@@ -153,7 +160,7 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
 
     t = time.perf_counter()
     keys = [(q, s, k) for q in qualities for s in range(budget.wm_seeds)
-            for k in sorted({METHOD_PLAN[m][0] for m in methods_by_quality[q]})]
+            for k in sorted({_run_kind(m) for m in methods_by_quality[q]})]
     todo = [(str(out), q, s, k, stores[q][0], wm_dirs[s], budget, args.device, args.seed) for q, s, k in keys]
     runs = dict(zip(keys, _pool_map(_meta_train, todo, args.workers, "meta-train", progress), strict=True))
     timings["meta_train_s"] = time.perf_counter() - t
@@ -161,6 +168,11 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
     t = time.perf_counter()
     jobs = _adapt_all(out, runs, stores, heldout, design.draws, methods_by_quality, budget, args.workers, progress)
     timings["adapt_s"] = time.perf_counter() - t
+    if any(set(PEER_METHODS) & set(ms) for ms in methods_by_quality.values()):
+        t = time.perf_counter()
+        jobs += _peer_all(out, runs, stores, heldout, design.draws, methods_by_quality, budget, args.seed,
+                          args.workers, progress)
+        timings["peer_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     evals = _evaluate(out, family, jobs, design.eval_episodes, args.hand_init_noise, budget.goal_pin, args.workers,
@@ -172,6 +184,21 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
             for task, rate in _behaviour_success(small).items():
                 behaviour[(q, task, d)] = rate
     return evals, behaviour, timings
+
+
+def _run_kind(method: str) -> str:
+    """The meta-training run a method needs (the peer: the v2 run's latents and normalizer)."""
+    return "v2" if method in PEER_METHODS else METHOD_PLAN[method][0]
+
+
+def check_peer(methods: list[str]) -> None:
+    """Refuse, before anything runs, peer methods without d3rlpy (one line saying what to do)."""
+    from vmerpo.benchmarks import peer
+
+    asked = sorted(set(methods) & set(PEER_METHODS))
+    why = peer.available() if asked else None
+    if why:
+        raise RuntimeError(f"{why}; or leave out --methods {','.join(asked)}")
 
 
 # -- stages ------------------------------------------------------------------------------------
@@ -321,13 +348,66 @@ def _adapt_all(out: Path, runs: dict, stores: dict, heldout: list[int], draws: i
         for d in range(draws):
             for task in heldout:
                 # the first adaptation per (run, task, draw) also makes the shared theta_j and latents
-                for i, m in enumerate(m for m in order if METHOD_PLAN[m][0] == kind):
+                for i, m in enumerate(m for m in order if m in METHOD_PLAN and METHOD_PLAN[m][0] == kind):
                     dst = str(out / "adapted" / f"{q}_s{s}_d{d}_t{task}_{m}")
                     (first if i == 0 else rest).append((run, stores[q][1][d], dst, task, m, budget.adapt_steps))
                     jobs.append((q, s, task, d, m, dst))
     _pool_map(_adapt, first, workers, "adapt (first per unit)", progress)
     _pool_map(_adapt, rest, workers, "adapt", progress)
     return jobs
+
+
+def _peer(job: tuple) -> list[tuple]:
+    """d3rlpy's IQL on one v2 run's meta-train latents (the features every learner of the run
+    sees: the world model's [z, h], actions in [-1, 1], normalised rewards), then per held-out
+    (task, draw) log zero-shot (`iql_pooled`) and fine-tuned on the log's latents
+    (`iql_finetuned`); each deployed behind that log's theta_j filter and exported to ONNX."""
+    out, run, q, s, units, methods, budget, seed = job
+    import torch
+
+    torch.set_num_threads(1)
+    from learning.export import DeployedPolicy, export_policy
+    from learning.latents import LatentCache
+    from learning.merpo import Normalizer, transitions
+    from learning.merpo_train import data_hash, policy_spec, task_model_and_latents
+    from vmerpo.benchmarks import peer
+
+    def numpy(d: dict) -> dict:
+        return {k: v.cpu().numpy() for k, v in d.items()}
+
+    targets = {(task, d, m): Path(out) / "adapted" / f"{q}_s{s}_d{d}_t{task}_{m}" / "policy.onnx"
+               for task, d, _ in units for m in methods}
+    if all(p.exists() for p in targets.values()):
+        return [(q, s, task, d, m, str(p)) for (task, d, m), p in targets.items()]
+    norm = Normalizer.from_dict(json.loads((Path(run) / "normalizer.json").read_text()))
+    pooled = numpy(transitions(LatentCache.load(Path(run) / "latents.npz"), norm))
+    algo = peer.make("iql", pooled["obs"].shape[1], pooled["act"].shape[1], peer.PeerConfig(), seed)
+    peer.fit(algo, pooled, budget.peer_steps, seed)
+    for i, (task, d, store) in enumerate(units):
+        theta, cache, norm_j, small = task_model_and_latents(run, store, task)
+        for m in methods:
+            path = targets[(task, d, m)]
+            if path.exists():
+                continue
+            learner = algo if m == "iql_pooled" else peer.finetuned(
+                algo, numpy(transitions(cache, norm_j, task)), budget.peer_finetune_steps, seed * 1000 + i)
+            module = DeployedPolicy(theta, peer.actor_mean(learner)).eval()
+            spec = policy_spec(module, small.spec, path.parent.name, data_hash(small), task)
+            export_policy(module, spec, path, overwrite=True)
+    return [(q, s, task, d, m, str(p)) for (task, d, m), p in targets.items()]
+
+
+def _peer_all(out: Path, runs: dict, stores: dict, heldout: list[int], draws: int,
+              methods_by_quality: dict[str, list[str]], budget: Budget, seed: int, workers: int,
+              progress: bool) -> list[tuple]:
+    """The peer on every v2 run (one job per quality and world model): evaluation jobs."""
+    jobs = []
+    for (q, s, kind), run in runs.items():
+        methods = [m for m in PEER_METHODS if m in methods_by_quality[q]]
+        if kind == "v2" and methods:
+            units = [(task, d, stores[q][1][d]) for d in range(draws) for task in heldout]
+            jobs.append((str(out), run, q, s, units, methods, budget, seed + s))
+    return [j for js in _pool_map(_peer, jobs, workers, "peer (d3rlpy IQL)", progress) for j in js]
 
 
 def _eval_one(job: tuple[str, str, int, int, float, bool]) -> dict[str, Any]:
@@ -360,7 +440,8 @@ def _evaluate(out: Path, family: str, jobs: list, episodes: int, hand_init_noise
     for q, s, task, d, m, policy_dir in jobs:
         row = {"track": "pixel", "quality": q, "wm_seed": s, "task": task, "draw": d, "method": m,
                "zero_shot": m in ZERO_SHOT, "policy": policy_dir}
-        path = cache_dir / f"{Path(policy_dir).name}.json"
+        name = Path(policy_dir).parent.name if policy_dir.endswith(".onnx") else Path(policy_dir).name
+        path = cache_dir / f"{name}.json"
         if path.exists():
             row.update(json.loads(path.read_text()))
         else:

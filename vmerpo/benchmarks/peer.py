@@ -104,3 +104,13 @@ def finetuned(algo: Any, data: dict[str, np.ndarray], steps: int, seed: int) -> 
 def act(algo: Any, obs: np.ndarray) -> np.ndarray:
     """Deterministic action(s) in [-1, 1] for observations [B, obs_dim]."""
     return np.asarray(algo.predict(np.asarray(obs, np.float32)), np.float32)
+
+
+def actor_mean(algo: Any) -> Any:
+    """IQL's deterministic pre-tanh action as a plain torch module (a copy of d3rlpy's policy
+    encoder and mean layer), for `learning.export.DeployedPolicy`: the peer then runs behind the
+    world model's filter and is exported and evaluated like every other pixel policy."""
+    import torch
+
+    pol = algo.impl.modules.policy
+    return torch.nn.Sequential(copy.deepcopy(pol._encoder._layers), copy.deepcopy(pol._mu)).eval()
