@@ -203,3 +203,21 @@ def test_the_power_design_adds_draws_on_medium_for_the_core_methods(tmp_path):
     args = learning.parse_args(["--budget", "power", "--out", str(tmp_path / "p")])
     assert learning.methods_by_quality(args, list(learning.DESIGN_METHODS["power"]), d.qualities) == {
         "medium": ["bc", "merpo", "meta_policy"]}
+
+
+def test_pixel_full_without_a_gpu_runs_medium_on_one_world_model(tmp_path):
+    import torch
+
+    from vmerpo.benchmarks import learning
+    from vmerpo.benchmarks.learning_pixel import CPU_FULL_QUALITIES, cpu_full, pixel_budget
+
+    args = learning.parse_args(["--track", "pixel", "--budget", "full", "--device", "cpu", "--out", str(tmp_path)])
+    assert cpu_full(args) and pixel_budget(args).wm_seeds == 1 and CPU_FULL_QUALITIES == ("medium",)
+    args = learning.parse_args(["--track", "pixel", "--budget", "full", "--device", "cpu", "--wm-seeds", "2",
+                                "--out", str(tmp_path)])
+    assert pixel_budget(args).wm_seeds == 2  # asked for
+    for other in (["--track", "state", "--budget", "full"], ["--track", "pixel", "--budget", "smoke"]):
+        assert not cpu_full(learning.parse_args([*other, "--device", "cpu", "--out", str(tmp_path)]))
+    if torch.cuda.is_available():
+        args = learning.parse_args(["--track", "pixel", "--budget", "full", "--device", "cuda", "--out", str(tmp_path)])
+        assert not cpu_full(args) and pixel_budget(args).wm_seeds == 2

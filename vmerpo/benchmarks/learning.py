@@ -95,7 +95,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--family", default="reach", help="task family, e.g. reach or push (default reach)")
     p.add_argument("--budget", choices=sorted(DESIGNS), default="smoke",
                    help="smoke: 4 held-out tasks, 1 draw, medium; full: 10 held-out tasks, 3 draws, expert / "
-                        "medium / mixed / random_heavy; power: the interval claim, 10 held-out tasks x 12 draws, "
+                        "medium / mixed / random_heavy (pixel track without a GPU: medium on one world model); power: the interval claim, 10 held-out tasks x 12 draws, "
                         "medium, MerPO, BC and the meta-policy (state track ~25 min)")
     p.add_argument("--out", default="results/learning", help="output directory")
     p.add_argument("--resume", action="store_true",
@@ -223,6 +223,14 @@ def main(argv: list[str] | None = None) -> int:
         design = _replace(design, draws=_positive(args.draws, "--draws"))
     if args.qualities:
         design = _replace(design, qualities=tuple(_subset(args.qualities, QUALITIES, "--qualities")))
+    elif args.track == "pixel":
+        from vmerpo.benchmarks.learning_pixel import CPU_FULL_QUALITIES, cpu_full
+
+        if cpu_full(args):
+            design = _replace(design, qualities=CPU_FULL_QUALITIES)
+            print(f"pixel full without a GPU: {','.join(CPU_FULL_QUALITIES)} on one world model (about 2.5 h on 2 "
+                  "cores; the four qualities on two world models take about 11 h here: --device cuda, or name "
+                  "--qualities and --wm-seeds)", file=sys.stderr)
     ts = task_set(family)
     test_ids = ts.split_ids("test")
     if design.heldout_tasks > len(test_ids):

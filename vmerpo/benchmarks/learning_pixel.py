@@ -104,11 +104,31 @@ def add_pixel_options(p: argparse.ArgumentParser) -> None:
                      help="pixel track: train the shared world model with a pooled reward head of this loss weight "
                           "(WorldModelConfig.pooled_reward_scale, default 0 = off)")
     exp.add_argument("--wm-seeds", type=int, metavar="N", help="pixel track: shared world models (default: the "
-                                                               "budget's, smoke 1, full 2, power 1)")
+                                                               "budget's, smoke 1, full 2 (1 without a GPU), power 1)")
+
+
+# `full` without a GPU: the design's four qualities on two world models take about 11 h on the
+# 2-core CPU (experiments/23: one quality on one world model, 135 min), so there `full` runs
+# medium, the quality the targets are read on, on one world model unless told otherwise
+# (--qualities, --wm-seeds); with a GPU it is the whole design.
+CPU_FULL_QUALITIES = ("medium",)
+
+
+def on_gpu(args: argparse.Namespace) -> bool:
+    from learning.world_model_train import pick_device
+
+    return pick_device(args.device).type == "cuda"
+
+
+def cpu_full(args: argparse.Namespace) -> bool:
+    """Whether this is a `full` pixel run narrowed to what the CPU can do (see CPU_FULL_QUALITIES)."""
+    return args.track == "pixel" and args.budget == "full" and not on_gpu(args)
 
 
 def pixel_budget(args: argparse.Namespace) -> Budget:
     budget = BUDGETS[args.budget]
+    if cpu_full(args):
+        budget = replace(budget, wm_seeds=1)
     if args.device == "cuda" and args.budget in ("full", "power"):
         budget = replace(budget, config="paper")
     if args.world_model:
