@@ -648,7 +648,7 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
 
     eps = [i for i in range(store.n_episodes) if int(store.episode_task[i]) == task]
     log(f"adapting {method} to task {task} from {len(eps)} episodes")
-    theta, cache = _shared_task_model(run, cfg, model, store, task, eps, dev)
+    theta, cache = _shared_task_model(run, cfg, lambda: model, store, task, eps, dev)
     data_j = transitions(cache, norm, task, dev)
     if m2 is not None:
         return _adapt_v2(m2, cfg, run, data, store, task, eps, cache, theta, data_j, norm, out, method, omega,
@@ -692,15 +692,16 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
             "omega": omega_used, "out": str(out)}
 
 
-def _shared_task_model(run: Path, cfg: RunConfig, model, store: EpisodeStore, task: int, eps: list[int],
-                       dev: torch.device) -> tuple[Any, LatentCache]:
+def _shared_task_model(run: Path, cfg: RunConfig, phi: Callable[[], Any], store: EpisodeStore, task: int,
+                       eps: list[int], dev: torch.device) -> tuple[Any, LatentCache]:
     """theta_j (phi adapted to the task's log) and the log's latents. They depend on (run, data,
     task) only, so every method adapted to that log shares them: computed once and kept under
-    run/task_models/."""
+    run/task_models/. `phi` gives the run's world model (called on a miss only)."""
     shared = run / "task_models" / f"{data_hash(store)}_t{task}"
     if (shared / "task_model.pt").exists() and (shared / "latents.npz").exists():
         theta, _ = wmt.load_world_model(shared / "task_model.pt", str(dev))
         return theta, LatentCache.load(shared / "latents.npz")
+    model = phi()
     cache = encode_store(model, store, eps, device=str(dev))
     theta = adapt_model(model, cache, steps=cfg.adapt_model_steps, eta=cfg.world_model.eta, seed=cfg.merpo.seed,
                         heads=cfg.adapt_model_heads)
@@ -720,14 +721,19 @@ def task_model_and_latents(run_dir: str | os.PathLike, data: str, task: int,
     info = _read_run(run)
     if info["kind"] != "meta":
         raise ValueError(f"{run}: needs a meta-trained run (this one is {info['kind']!r})")
+    if task in info["meta_train_tasks"]:
+        raise ValueError(f"task {task} was a meta-training task of {run}; choose a held-out task")
     cfg = RunConfig.from_dict(info["config"])
     store = EpisodeStore.open(data)
+    diff = EpisodeStore.open(info["data"], load="lazy").spec.compatibility_errors(store.spec)
+    if diff:
+        raise ValueError(f"{data} does not match the training data of {run}: {diff[0]}")
     eps = [i for i in range(store.n_episodes) if int(store.episode_task[i]) == task]
     if not eps:
         raise ValueError(f"{data}: no episodes of task {task}")
     dev = torch.device(device)
-    model, _ = wmt.load_world_model(info["world_model"], str(dev))
-    theta, cache = _shared_task_model(run, cfg, model, store, task, eps, dev)
+    theta, cache = _shared_task_model(run, cfg, lambda: wmt.load_world_model(info["world_model"], str(dev))[0],
+                                      store, task, eps, dev)
     norm = Normalizer.from_dict(json.loads((run / "normalizer.json").read_text()))
     return theta, cache, norm, store
 

@@ -115,18 +115,34 @@ def call(node: Any, srv_type: Any, name: str, request: Any = None, timeout: floa
         node.destroy_client(client)
 
 
-def enable_policy(node: Any, service: str, timeout: float = 20.0) -> Any:
+def enable_policy(node: Any, service: str, timeout: float = 20.0, attempt_s: float = 2.0) -> Any:
     """Call `service` (a policy_node's ~/enable) with True until it succeeds or `timeout` passes;
-    the last response. policy_node refuses while it holds no fresh joint state, which on a
-    loaded machine can outlast the first call after a JointStateStream starts."""
+    the last response (an AssertionError if none came). policy_node refuses while it holds no
+    fresh joint state, which on a loaded machine can outlast the first call after a
+    JointStateStream starts. One client for every attempt; an attempt that gets no answer in
+    `attempt_s` (a response lost while the client's reader was still being matched) is retried."""
     from std_srvs.srv import SetBool
 
-    deadline = time.monotonic() + timeout
-    while True:
-        res = call(node, SetBool, service, SetBool.Request(data=True), timeout=max(1.0, deadline - time.monotonic()))
-        if res.success or time.monotonic() >= deadline:
-            return res
-        time.sleep(0.1)
+    client = node.create_client(SetBool, service)
+    try:
+        deadline = time.monotonic() + timeout
+        assert client.wait_for_service(timeout_sec=timeout), f"service {service} not available"
+        last = None
+        while time.monotonic() < deadline:
+            done = threading.Event()
+            future = client.call_async(SetBool.Request(data=True))
+            future.add_done_callback(lambda _: done.set())
+            if done.wait(min(attempt_s, max(0.1, deadline - time.monotonic()))):
+                last = future.result()
+                if last.success:
+                    return last
+                time.sleep(0.1)
+            else:
+                client.remove_pending_request(future)
+        assert last is not None, f"service {service} did not answer in {timeout}s"
+        return last
+    finally:
+        node.destroy_client(client)
 
 
 # -- the malformed-input set -----------------------------------------------------------------
@@ -181,7 +197,10 @@ class JointStateStream:
         self._thread.start()
         # A node's subscription can match this publisher well after its image subscription
         # did (discovery runs per topic): wait for it, or the first states are published to no one.
-        wait_for(lambda: self.publisher.get_subscription_count() > 0, 30)
+        if not wait_for(lambda: self.publisher.get_subscription_count() > 0, 30):
+            self.__exit__()
+            raise AssertionError(f"no subscriber on {self.publisher.topic_name} within 30 s "
+                                 "(is the node up and listening to joint states?)")
         return self
 
     def __exit__(self, *exc: object) -> None:

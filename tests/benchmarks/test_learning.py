@@ -192,32 +192,54 @@ def test_the_power_design_adds_draws_on_medium_for_the_core_methods(tmp_path):
     draws on medium, MerPO, BC and the meta-policy unless --methods says otherwise."""
     from vmerpo.benchmarks import learning
 
-    d = learning.DESIGNS["power"]
-    assert (d.heldout_tasks, d.draws, d.qualities) == (10, 12, ("medium",))
-    assert d.heldout_tasks * d.draws >= 90  # experiments/21: ~90 units for +-0.10
-    seeds = learning.log_seeds("medium", d.draws)["heldout"]
-    assert len(set(seeds)) == d.draws  # every draw its own collection seed
-    other = {s for q in learning.QUALITIES if q != "medium" for s in learning.log_seeds(q, d.draws)["heldout"]}
-    assert not set(seeds) & other  # and none another quality's
-    assert learning.DESIGN_METHODS["power"] == ("bc", "merpo", "meta_policy")
     args = learning.parse_args(["--budget", "power", "--out", str(tmp_path / "p")])
-    assert learning.methods_by_quality(args, list(learning.DESIGN_METHODS["power"]), d.qualities) == {
-        "medium": ["bc", "merpo", "meta_policy"]}
+    design, methods, by_quality = learning.resolve(args)
+    assert (design.heldout_tasks, design.draws, design.qualities) == (10, 12, ("medium",))
+    assert design.heldout_tasks * design.draws >= 90  # experiments/21: ~90 units for +-0.10
+    assert methods == ["bc", "merpo", "meta_policy"] and by_quality == {"medium": methods}
+    seeds = learning.log_seeds("medium", design.draws)["heldout"]
+    assert len(set(seeds)) == design.draws  # every draw its own collection seed
+    other = {s for q in learning.QUALITIES if q != "medium" for s in learning.log_seeds(q, design.draws)["heldout"]}
+    assert not set(seeds) & other  # and none another quality's
+    args = learning.parse_args(["--budget", "power", "--methods", "bc,rac", "--out", str(tmp_path / "p")])
+    assert learning.resolve(args)[1] == ["bc", "rac"]  # asked for
+    args = learning.parse_args(["--budget", "full", "--out", str(tmp_path / "p")])
+    assert "iql_finetuned" in learning.resolve(args)[1]  # other budgets: all of the track's
 
 
-def test_pixel_full_without_a_gpu_runs_medium_on_one_world_model(tmp_path):
+def test_pixel_full_without_a_gpu_runs_medium_on_one_world_model(tmp_path, capsys):
     import torch
 
     from vmerpo.benchmarks import learning
-    from vmerpo.benchmarks.learning_pixel import CPU_FULL_QUALITIES, cpu_full, pixel_budget
+    from vmerpo.benchmarks.learning_pixel import cpu_full, pixel_budget
 
-    args = learning.parse_args(["--track", "pixel", "--budget", "full", "--device", "cpu", "--out", str(tmp_path)])
-    assert cpu_full(args) and pixel_budget(args).wm_seeds == 1 and CPU_FULL_QUALITIES == ("medium",)
-    args = learning.parse_args(["--track", "pixel", "--budget", "full", "--device", "cpu", "--wm-seeds", "2",
-                                "--out", str(tmp_path)])
-    assert pixel_budget(args).wm_seeds == 2  # asked for
+    base = ["--track", "pixel", "--budget", "full", "--device", "cpu", "--methods", "bc,merpo", "--out", str(tmp_path)]
+    args = learning.parse_args(base)
+    assert cpu_full(args) and pixel_budget(args).wm_seeds == 1 and pixel_budget(args).config == "cpu"
+    assert learning.resolve(args)[0].qualities == ("medium",)
+    assert "pixel full without a GPU: medium on one world model" in capsys.readouterr().err
+    args = learning.parse_args([*base, "--wm-seeds", "2", "--qualities", "expert,medium"])
+    assert pixel_budget(args).wm_seeds == 2 and learning.resolve(args)[0].qualities == ("expert", "medium")
+    assert capsys.readouterr().err == ""  # asked for: no note
     for other in (["--track", "state", "--budget", "full"], ["--track", "pixel", "--budget", "smoke"]):
         assert not cpu_full(learning.parse_args([*other, "--device", "cpu", "--out", str(tmp_path)]))
     if torch.cuda.is_available():
-        args = learning.parse_args(["--track", "pixel", "--budget", "full", "--device", "cuda", "--out", str(tmp_path)])
-        assert not cpu_full(args) and pixel_budget(args).wm_seeds == 2
+        args = learning.parse_args(["--track", "pixel", "--budget", "full", "--device", "auto", "--out", str(tmp_path)])
+        assert not cpu_full(args) and pixel_budget(args).wm_seeds == 2 and pixel_budget(args).config == "paper"
+
+
+def test_peer_methods_without_d3rlpy_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from vmerpo.benchmarks import learning, peer
+
+    monkeypatch.setattr(peer, "available", lambda: "d3rlpy is not installed: run `make peer`")
+    for track, asked in (("state", "bc_pooled,iql_finetuned,iql_inferred,iql_oracle,iql_pooled"),
+                         ("pixel", "iql_finetuned")):
+        args = learning.parse_args(["--track", track, "--budget", "smoke", "--device", "cpu",
+                                    "--out", str(tmp_path / "o")])
+        with pytest.raises(RuntimeError) as err:
+            learning.resolve(args)
+        assert str(err.value) == f"d3rlpy is not installed: run `make peer`; or leave out --methods {asked}"
+    args = learning.parse_args(["--track", "pixel", "--budget", "smoke", "--methods", "bc,merpo",
+                                "--out", str(tmp_path / "o")])
+    assert learning.resolve(args)[1] == ["bc", "merpo"]  # without the peer: fine
+    assert not (tmp_path / "o").exists()

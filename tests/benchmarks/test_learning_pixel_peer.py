@@ -18,7 +18,7 @@ from tests.learning.test_merpo_train import make_family_store
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_pixel_peer_acts_as_d3rlpy_on_the_world_models_features(tmp_path):
+def test_the_pixel_peer_acts_as_d3rlpy_on_the_world_models_features(tmp_path, one_torch_thread):
     from vmerpo.benchmarks import peer
 
     why = peer.available()

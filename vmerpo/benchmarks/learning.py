@@ -102,7 +102,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="continue the run in --out (the same settings; finished units are kept)")
     p.add_argument("--qualities", help=f"comma-separated subset of {','.join(QUALITIES)} (default: the budget's)")
     p.add_argument("--methods", help=f"comma-separated subset (state: {','.join(STATE_METHODS)}; opt-in: {','.join(EXTRA_METHODS)}; pixel: see "
-                                     "learning_pixel.PIXEL_METHODS, opt-in PIXEL_EXTRA_METHODS: merpo_v1, merpo_adp, meta_policy_v1, merpo_no_embedding); default all of the track's")
+                                     "learning_pixel.PIXEL_METHODS, opt-in PIXEL_EXTRA_METHODS: merpo_v1, merpo_adp, meta_policy_v1, merpo_no_embedding, iql_pooled); default all of the track's (power: bc,merpo,meta_policy)")
     p.add_argument("--ablations", metavar="QUALITIES",
                    help="qualities on which the mechanism ablations run (omega sweep 0 / 0.4 / 1; MerPO without the "
                         "task embedding; state: d3rlpy IQL given the inferred embedding; pixel: without the "
@@ -216,21 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     from sim.envs import check_family, task_set
 
     check_family(family)
-    design = DESIGNS[args.budget]
-    if args.heldout_tasks is not None:
-        design = _replace(design, heldout_tasks=_positive(args.heldout_tasks, "--heldout-tasks"))
-    if args.draws is not None:
-        design = _replace(design, draws=_positive(args.draws, "--draws"))
-    if args.qualities:
-        design = _replace(design, qualities=tuple(_subset(args.qualities, QUALITIES, "--qualities")))
-    elif args.track == "pixel":
-        from vmerpo.benchmarks.learning_pixel import CPU_FULL_QUALITIES, cpu_full
-
-        if cpu_full(args):
-            design = _replace(design, qualities=CPU_FULL_QUALITIES)
-            print(f"pixel full without a GPU: {','.join(CPU_FULL_QUALITIES)} on one world model (about 2.5 h on 2 "
-                  "cores; the four qualities on two world models take about 11 h here: --device cuda, or name "
-                  "--qualities and --wm-seeds)", file=sys.stderr)
+    design, methods, by_quality = resolve(args)
     ts = task_set(family)
     test_ids = ts.split_ids("test")
     if design.heldout_tasks > len(test_ids):
@@ -245,20 +231,10 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     if args.track == "state":
-        from vmerpo.benchmarks.learning_state import EXTRA_METHODS, STATE_METHODS, run_track
-
-        methods = _subset(args.methods or ",".join(DESIGN_METHODS.get(args.budget, STATE_METHODS)),
-                          STATE_METHODS + EXTRA_METHODS, "--methods")
-        rows, behaviour, timings = run_track(out, family, design, heldout, train,
-                                             methods_by_quality(args, methods, design.qualities), args)
+        from vmerpo.benchmarks.learning_state import run_track
     else:
-        from vmerpo.benchmarks.learning_pixel import PIXEL_EXTRA_METHODS, PIXEL_METHODS
-        from vmerpo.benchmarks.learning_pixel import run_track as run_pixel
-
-        methods = _subset(args.methods or ",".join(DESIGN_METHODS.get(args.budget, PIXEL_METHODS)),
-                          PIXEL_METHODS + PIXEL_EXTRA_METHODS, "--methods")
-        rows, behaviour, timings = run_pixel(out, family, design, heldout, train,
-                                             methods_by_quality(args, methods, design.qualities), args)
+        from vmerpo.benchmarks.learning_pixel import run_track
+    rows, behaviour, timings = run_track(out, family, design, heldout, train, by_quality, args)
     timings["total_s"] = time.perf_counter() - t0
 
     results = summarize(rows, behaviour, methods, list(design.qualities))
@@ -281,6 +257,49 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'} "
           f"({timings['total_s'] / 60:.1f} min)")
     return 0
+
+
+def resolve(args: argparse.Namespace) -> tuple[Design, list[str], dict[str, list[str]]]:
+    """The design, the methods and each quality's methods that `args` ask for (the budget's
+    defaults where not given). Refuses, before anything is written, peer methods without d3rlpy.
+    A pixel `full` run without a GPU is narrowed to what the CPU can do (and says so)."""
+    design = DESIGNS[args.budget]
+    if args.heldout_tasks is not None:
+        design = _replace(design, heldout_tasks=_positive(args.heldout_tasks, "--heldout-tasks"))
+    if args.draws is not None:
+        design = _replace(design, draws=_positive(args.draws, "--draws"))
+    from vmerpo.benchmarks import learning_pixel, learning_state
+
+    track_methods: tuple[str, ...]
+    extra: tuple[str, ...]
+    peers: tuple[str, ...]
+    if args.track == "state":
+        track_methods, extra = learning_state.STATE_METHODS, learning_state.EXTRA_METHODS
+        peers = learning_state.PEER_METHODS
+    else:
+        track_methods, extra = learning_pixel.PIXEL_METHODS, learning_pixel.PIXEL_EXTRA_METHODS
+        peers = learning_pixel.PEER_METHODS
+    if args.qualities:
+        design = _replace(design, qualities=tuple(_subset(args.qualities, QUALITIES, "--qualities")))
+    elif args.track == "pixel":
+        from vmerpo.benchmarks.learning_pixel import CPU_FULL_QUALITIES, cpu_full
+
+        if cpu_full(args):
+            design = _replace(design, qualities=CPU_FULL_QUALITIES)
+            print(f"pixel full without a GPU: {','.join(CPU_FULL_QUALITIES)} on one world model (2-3 h on 2 "
+                  "cores; the four qualities on two world models take about 11 h here: --device cuda, or name "
+                  "--qualities and --wm-seeds)", file=sys.stderr)
+    methods = _subset(args.methods or ",".join(DESIGN_METHODS.get(args.budget, track_methods)),
+                      track_methods + extra, "--methods")
+    by_quality = methods_by_quality(args, methods, design.qualities)
+    asked = sorted({m for ms in by_quality.values() for m in ms} & set(peers))
+    if asked:
+        from vmerpo.benchmarks import peer
+
+        why = peer.available()
+        if why:
+            raise RuntimeError(f"{why}; or leave out --methods {','.join(asked)}")
+    return design, methods, by_quality
 
 
 def _replace(design: Design, **kw: Any) -> Design:

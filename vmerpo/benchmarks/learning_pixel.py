@@ -12,6 +12,8 @@ shared by every method and quality. Per quality:
               pretraining, MerPO from (pi_c, Q_meta) at the embedding inferred from the log;
               meta_policy is pi_c at that embedding with no adaptation; ablations: omega 0 and 1,
               no uncertainty penalty in the adaptation's imagined transitions (METHOD_PLAN)
+    peer      d3rlpy's IQL on the v2 run's meta-train latents, zero-shot (iql_pooled) and fine-tuned
+              on each log's latents (iql_finetuned), behind the log's world-model filter, as ONNX
     evaluate  each adapted policy on its task, the same starts for every method and draw
 
 Each stage's outputs are kept under --out/pixel and reused by --resume.
@@ -60,7 +62,7 @@ METHOD_PLAN: dict[str, tuple[str, str, dict[str, Any]]] = {
     "merpo_adp": ("v1", "merpo_adp", {}),
     "meta_policy_v1": ("v1", "merpo", {"steps": 0}),
 }
-ZERO_SHOT = ("meta_policy", "meta_policy_v1")
+ZERO_SHOT = ("meta_policy", "meta_policy_v1", "iql_pooled")  # no policy update on the log
 EVAL_SEED = 1000  # as the state track: the same starts for every method and draw
 
 
@@ -129,7 +131,7 @@ def pixel_budget(args: argparse.Namespace) -> Budget:
     budget = BUDGETS[args.budget]
     if cpu_full(args):
         budget = replace(budget, wm_seeds=1)
-    if args.device == "cuda" and args.budget in ("full", "power"):
+    if args.budget in ("full", "power") and on_gpu(args):
         budget = replace(budget, config="paper")
     if args.world_model:
         budget = replace(budget, wm_preset=args.world_model)
@@ -161,7 +163,6 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
     from vmerpo.benchmarks.learning import log_seeds
 
     budget = pixel_budget(args)
-    check_peer([m for ms in methods_by_quality.values() for m in ms])
     out = out / "pixel"
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
@@ -209,16 +210,6 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
 def _run_kind(method: str) -> str:
     """The meta-training run a method needs (the peer: the v2 run's latents and normalizer)."""
     return "v2" if method in PEER_METHODS else METHOD_PLAN[method][0]
-
-
-def check_peer(methods: list[str]) -> None:
-    """Refuse, before anything runs, peer methods without d3rlpy (one line saying what to do)."""
-    from vmerpo.benchmarks import peer
-
-    asked = sorted(set(methods) & set(PEER_METHODS))
-    why = peer.available() if asked else None
-    if why:
-        raise RuntimeError(f"{why}; or leave out --methods {','.join(asked)}")
 
 
 # -- stages ------------------------------------------------------------------------------------
@@ -403,14 +394,14 @@ def _peer(job: tuple) -> list[tuple]:
     pooled = numpy(transitions(LatentCache.load(Path(run) / "latents.npz"), norm))
     algo = peer.make("iql", pooled["obs"].shape[1], pooled["act"].shape[1], peer.PeerConfig(), seed)
     peer.fit(algo, pooled, budget.peer_steps, seed)
-    for i, (task, d, store) in enumerate(units):
+    for task, d, store in units:
         theta, cache, norm_j, small = task_model_and_latents(run, store, task)
         for m in methods:
             path = targets[(task, d, m)]
             if path.exists():
                 continue
             learner = algo if m == "iql_pooled" else peer.finetuned(
-                algo, numpy(transitions(cache, norm_j, task)), budget.peer_finetune_steps, seed * 1000 + i)
+                algo, numpy(transitions(cache, norm_j, task)), budget.peer_finetune_steps, seed * 1000 + 50 * d + task)
             module = DeployedPolicy(theta, peer.actor_mean(learner)).eval()
             spec = policy_spec(module, small.spec, path.parent.name, data_hash(small), task)
             export_policy(module, spec, path, overwrite=True)
@@ -420,13 +411,16 @@ def _peer(job: tuple) -> list[tuple]:
 def _peer_all(out: Path, runs: dict, stores: dict, heldout: list[int], draws: int,
               methods_by_quality: dict[str, list[str]], budget: Budget, seed: int, workers: int,
               progress: bool) -> list[tuple]:
-    """The peer on every v2 run (one job per quality and world model): evaluation jobs."""
+    """The peer on every v2 run: evaluation jobs. A run's units are split over the workers;
+    each part fits the same pooled learner (the same seed and data: identical, and cheaper
+    than the fine-tunes and exports that follow)."""
     jobs = []
     for (q, s, kind), run in runs.items():
         methods = [m for m in PEER_METHODS if m in methods_by_quality[q]]
         if kind == "v2" and methods:
             units = [(task, d, stores[q][1][d]) for d in range(draws) for task in heldout]
-            jobs.append((str(out), run, q, s, units, methods, budget, seed + s))
+            parts = max(1, min(workers, len(units)))
+            jobs += [(str(out), run, q, s, units[k::parts], methods, budget, seed + s) for k in range(parts)]
     return [j for js in _pool_map(_peer, jobs, workers, "peer (d3rlpy IQL)", progress) for j in js]
 
 

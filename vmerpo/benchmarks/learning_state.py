@@ -518,14 +518,8 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from vmerpo.benchmarks import peer
     from vmerpo.benchmarks.learning import log_seeds
 
-    methods = sorted({m for ms in methods_by_quality.values() for m in ms})
-    if set(methods) & set(PEER_METHODS):
-        why = peer.available()
-        if why:
-            raise RuntimeError(f"{why}; or leave out --methods {','.join(sorted(set(methods) & set(PEER_METHODS)))}")
     aim = AIMS[args.aim]
     jobs = [{"out": str(out / "state"), "quality": q, "family": family, "state_budget": state_budget_dict(args.budget),
              "methods": methods_by_quality[q], "train_tasks": train, "episodes_per_task": design.episodes_per_task,
