@@ -131,7 +131,7 @@ def enable_policy(node: Any, service: str, timeout: float = 20.0, attempt_s: flo
         while time.monotonic() < deadline:
             done = threading.Event()
             future = client.call_async(SetBool.Request(data=True))
-            future.add_done_callback(lambda _: done.set())
+            future.add_done_callback(lambda _, ev=done: ev.set())
             if done.wait(min(attempt_s, max(0.1, deadline - time.monotonic()))):
                 last = future.result()
                 if last.success:
