@@ -188,13 +188,13 @@ def test_the_peer_adapter_trains_d3rlpy_on_our_transitions():
 
 
 def test_the_power_design_adds_draws_on_medium_for_the_core_methods(tmp_path):
-    """`--budget power` is the interval claim's design: 10 held-out tasks x 12 independent log
+    """`--budget power` is the interval claim's design: 10 held-out tasks x 20 independent log
     draws on medium, MerPO, BC and the meta-policy unless --methods says otherwise."""
     from vmerpo.benchmarks import learning
 
     args = learning.parse_args(["--budget", "power", "--out", str(tmp_path / "p")])
     design, methods, by_quality = learning.resolve(args)
-    assert (design.heldout_tasks, design.draws, design.qualities) == (10, 12, ("medium",))
+    assert (design.heldout_tasks, design.draws, design.qualities) == (10, 20, ("medium",))
     assert design.heldout_tasks * design.draws >= 90  # experiments/21: ~90 units for +-0.10
     assert methods == ["bc", "merpo", "meta_policy"] and by_quality == {"medium": methods}
     seeds = learning.log_seeds("medium", design.draws)["heldout"]

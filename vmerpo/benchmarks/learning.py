@@ -65,8 +65,9 @@ DESIGNS = {
                    eval_episodes=20, qualities=QUALITIES),
     # the interval claim: MerPO against BC on medium at +-0.10. The paired interval's width is
     # draw-to-draw variance (experiments/21: a 5-episode log decides whether the task is inferred),
-    # so the design adds draws, not qualities or methods: 10 tasks x 12 draws = 120 units
-    "power": Design(train_tasks=20, episodes_per_task=8, heldout_tasks=10, draws=12, heldout_episodes=5,
+    # so the design adds draws, not qualities or methods. 10 x 12 gave +-0.104 (experiments/24);
+    # simulated from its units, 10 x 20 = 200 units gives +-0.086 to +-0.099
+    "power": Design(train_tasks=20, episodes_per_task=8, heldout_tasks=10, draws=20, heldout_episodes=5,
                     eval_episodes=20, qualities=("medium",)),
 }
 # a budget's methods when --methods is not given (default: all of the track's)
@@ -95,8 +96,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--family", default="reach", help="task family, e.g. reach or push (default reach)")
     p.add_argument("--budget", choices=sorted(DESIGNS), default="smoke",
                    help="smoke: 4 held-out tasks, 1 draw, medium; full: 10 held-out tasks, 3 draws, expert / "
-                        "medium / mixed / random_heavy (pixel track without a GPU: medium on one world model); power: the interval claim, 10 held-out tasks x 12 draws, "
-                        "medium, MerPO, BC and the meta-policy (state track ~25 min)")
+                        "medium / mixed / random_heavy (pixel track without a GPU: medium on one world model); power: the interval claim, 10 held-out tasks x 20 draws, "
+                        "medium, MerPO, BC and the meta-policy (state track ~40-60 min)")
     p.add_argument("--out", default="results/learning", help="output directory")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (the same settings; finished units are kept)")
@@ -229,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "settings.json").write_text(json.dumps(settings, indent=1))
 
+    commit = git_commit()  # the code this invocation runs (HEAD may move while it runs)
     t0 = time.perf_counter()
     if args.track == "state":
         from vmerpo.benchmarks.learning_state import run_track
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     results = summarize(rows, behaviour, methods, list(design.qualities))
     command = "vmerpo bench learning " + " ".join(argv)
     invocations = _previous_invocations(out / "results.json") + [
-        {"command": command, "commit": git_commit(), "timings": {k: round(v, 1) for k, v in timings.items()}}]
+        {"command": command, "commit": commit, "timings": {k: round(v, 1) for k, v in timings.items()}}]
     total_min = sum(i["timings"]["total_s"] for i in invocations) / 60
     doc = {"version": RESULTS_VERSION, "track": args.track, "family": family, "budget": args.budget,
            "settings": settings, "design": asdict(design), "methods": methods, "results": {args.track: results},
