@@ -243,3 +243,34 @@ def test_peer_methods_without_d3rlpy_are_refused_before_anything_is_written(tmp_
                                 "--out", str(tmp_path / "o")])
     assert learning.resolve(args)[1] == ["bc", "merpo"]  # without the peer: fine
     assert not (tmp_path / "o").exists()
+
+
+def test_the_state_track_sees_the_puck_on_push_and_only_the_robot_on_reach(tmp_path):
+    """experiments/25: push's puck moves with the task, so its state track appends the object's
+    position; reach keeps the robot's 11 numbers (its logs equal the pixel logs' states)."""
+    pytest.importorskip("metaworld")
+    from vmerpo.benchmarks.learning_state import OBJECT_FAMILIES, collect_state_log, state_env
+
+    assert OBJECT_FAMILIES == ("push-v3",)
+    log = collect_state_log(tmp_path / "p.npz", "push-v3", "medium", [40, 41], 1, 7, 0.05, True)
+    assert log["state"].shape[1] == 11 + 3
+    env = state_env("push-v3", 0.05)
+    try:
+        env.set_task(40)
+        obs = env.reset(seed=3)
+        puck = env.privileged_observation()[4:7]
+        np.testing.assert_allclose(obs["state"][11:], puck, atol=1e-6)
+        obs, *_ = env.step(np.zeros(4, np.float32))
+        np.testing.assert_allclose(obs["state"][11:], env.privileged_observation()[4:7], atol=1e-6)
+        env.set_task(41)
+        assert np.abs(env.reset(seed=3)["state"][11:] - puck).max() > 0.01  # another task, another puck
+    finally:
+        env.close()
+    first = np.concatenate([[0], log["episode_ends"][:-1]])
+    assert np.abs(log["state"][first[0], 11:] - log["state"][first[1], 11:]).max() > 0.01
+    reach = state_env("reach-v3", 0.05)
+    try:
+        reach.set_task(40)
+        assert reach.reset(seed=3)["state"].shape == (11,)
+    finally:
+        reach.close()
