@@ -246,8 +246,8 @@ def test_peer_methods_without_d3rlpy_are_refused_before_anything_is_written(tmp_
 
 
 def test_the_state_track_sees_the_puck_on_push_and_only_the_robot_on_reach(tmp_path):
-    """experiments/25: push's puck moves with the task, so its state track appends the object's
-    position; reach keeps the robot's 11 numbers (its logs equal the pixel logs' states)."""
+    """Push's puck moves with the task, so its state track appends the object's position; reach
+    keeps the robot's 11 numbers (its logs equal the pixel logs' states)."""
     pytest.importorskip("metaworld")
     from vmerpo.benchmarks.learning_state import OBJECT_FAMILIES, collect_state_log, state_env
 

@@ -111,9 +111,10 @@ def episode_ends_of(log: dict[str, np.ndarray], task: int) -> np.ndarray:
 # -- data ----------------------------------------------------------------------------------------
 # Families whose tasks place an object the robot must move: there the state track appends the
 # object's position (Meta-World's observation, entries 4:7) to the proprioceptive state, as a
-# perception system would report it. Without it no method passed 0.13 on push medium, d3rlpy's IQL
-# given the true goal 0.01, while the logs succeed 0.45 (experiments/25): the puck moves with the task.
-# Reach's object is not part of its task (and would only identify the task), so reach keeps 11.
+# perception system would report it: the puck moves with the task. (It is necessary, not enough:
+# with and without it every method failed on push medium, IQL given the true goal 0.01 against the
+# logs' 0.45, experiments/25.) Reach's object is not part of its task (it would only identify the
+# task), so reach keeps 11.
 OBJECT_FAMILIES = ("push-v3",)
 
 
