@@ -87,7 +87,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "results.json/.md/.png give mean success with 95 %% intervals and paired differences "
                     "clustered by task.",
         epilog="examples:\n"
-               "  vmerpo bench learning --track state --budget full --out results/learning-state   # ~25 min\n"
+               "  vmerpo bench learning --track state --budget full --out results/learning-state   # ~1 h (experiments/18)\n"
                "  vmerpo bench learning --track pixel --budget smoke --out results/learning-pixel\n"
                "  vmerpo bench learning --track state --budget full --out results/learning-state --resume")
     p.add_argument("--track", choices=TRACKS, default="state",
@@ -97,7 +97,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--budget", choices=sorted(DESIGNS), default="smoke",
                    help="smoke: 4 held-out tasks, 1 draw, medium; full: 10 held-out tasks, 3 draws, expert / "
                         "medium / mixed / random_heavy (pixel track without a GPU: medium on one world model); power: the interval claim, 10 held-out tasks x 20 draws, "
-                        "medium, MerPO, BC and the meta-policy (state track ~40-60 min)")
+                        "medium, MerPO, BC and the meta-policy (state track: one process; times in experiments/24)")
     p.add_argument("--out", default="results/learning", help="output directory")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (the same settings; finished units are kept)")
