@@ -101,16 +101,26 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, period: float 
     return bool(predicate())
 
 
+def _answer(client: Any, request: Any, timeout: float) -> Any:
+    """One request on `client` (its node spun by another thread): the response, or None if none
+    came within `timeout` (the request is then dropped)."""
+    done = threading.Event()
+    future = client.call_async(request)
+    future.add_done_callback(lambda _: done.set())
+    if done.wait(timeout):
+        return future.result()
+    client.remove_pending_request(future)
+    return None
+
+
 def call(node: Any, srv_type: Any, name: str, request: Any = None, timeout: float = 10.0) -> Any:
     """Call a service from a node spun by another thread; the response or an AssertionError."""
     client = node.create_client(srv_type, name)
     try:
         assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
-        done = threading.Event()
-        future = client.call_async(request if request is not None else srv_type.Request())
-        future.add_done_callback(lambda _: done.set())
-        assert done.wait(timeout), f"service {name} did not answer in {timeout}s"
-        return future.result()
+        res = _answer(client, request if request is not None else srv_type.Request(), timeout)
+        assert res is not None, f"service {name} did not answer in {timeout}s"
+        return res
     finally:
         node.destroy_client(client)
 
@@ -129,16 +139,12 @@ def enable_policy(node: Any, service: str, timeout: float = 20.0, attempt_s: flo
         assert client.wait_for_service(timeout_sec=timeout), f"service {service} not available"
         last = None
         while time.monotonic() < deadline:
-            done = threading.Event()
-            future = client.call_async(SetBool.Request(data=True))
-            future.add_done_callback(lambda _, ev=done: ev.set())
-            if done.wait(min(attempt_s, max(0.1, deadline - time.monotonic()))):
-                last = future.result()
-                if last.success:
-                    return last
+            res = _answer(client, SetBool.Request(data=True), min(attempt_s, max(0.1, deadline - time.monotonic())))
+            if res is not None:
+                if res.success:
+                    return res
+                last = res
                 time.sleep(0.1)
-            else:
-                client.remove_pending_request(future)
         assert last is not None, f"service {service} did not answer in {timeout}s"
         return last
     finally:
