@@ -224,6 +224,46 @@ def _fast_render_settings(model: mujoco.MjModel) -> None:
     _simplify_render_meshes(model, RENDER_MESH_CELL_M)
 
 
+# Families whose Meta-World observation holds one geom's orientation, which Meta-World computes
+# each step with scipy's Rotation.from_matrix(...).as_quat(): a quarter of a state-only step's
+# time. `_quat_like_scipy` is the same algorithm (Markley's, the same branch and sign, (x, y, z, w)
+# order) without scipy's per-call overhead; tests/sim/test_envs.py checks it against scipy.
+QUAT_GEOMS = {"reach-v3": "objGeom", "push-v3": "objGeom", "door-open-v3": "handle"}
+
+
+def _quat_like_scipy(m: np.ndarray) -> np.ndarray:
+    """The unit quaternion (x, y, z, w) of rotation matrix `m`, as scipy's Rotation.from_matrix
+    followed by as_quat() returns it: of the four candidates, the one built on the largest of
+    (m00, m11, m22, trace), whose leading component is positive."""
+    m = np.asarray(m, dtype=np.float64).reshape(3, 3)
+    tr = m[0, 0] + m[1, 1] + m[2, 2]
+    decision = (m[0, 0], m[1, 1], m[2, 2], tr)
+    choice = int(np.argmax(decision))
+    q = np.empty(4)
+    if choice != 3:
+        i, j, k = choice, (choice + 1) % 3, (choice + 2) % 3
+        q[i] = 1.0 - tr + 2.0 * m[i, i]
+        q[j] = m[j, i] + m[i, j]
+        q[k] = m[k, i] + m[i, k]
+        q[3] = m[k, j] - m[j, k]
+    else:
+        q[0] = m[2, 1] - m[1, 2]
+        q[1] = m[0, 2] - m[2, 0]
+        q[2] = m[1, 0] - m[0, 1]
+        q[3] = 1.0 + tr
+    return q / np.linalg.norm(q)
+
+
+def _use_fast_quat(mw: Any, geom: str) -> None:
+    """Give Meta-World env `mw` the scipy-free `_get_quat_objects` of `geom` (same values)."""
+    gid = mw.model.geom(geom).id
+
+    def quat() -> np.ndarray:
+        return _quat_like_scipy(mw.data.geom_xmat[gid])
+
+    mw._get_quat_objects = quat
+
+
 def _draw_goal_marker(model: mujoco.MjModel) -> None:
     gid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
     if gid >= 0:
@@ -304,6 +344,8 @@ class MetaWorldImageEnv:
         self._mw = ALL_V3_ENVIRONMENTS[family]()
         self._mw.max_path_length = self.max_episode_steps * self.action_repeat + 1
         self._hand_init = np.array(self._mw.hand_init_pos, dtype=np.float64)  # Meta-World's fixed start
+        if family in QUAT_GEOMS:
+            _use_fast_quat(self._mw, QUAT_GEOMS[family])
         self._reset_rng = np.random.default_rng(0)  # start offsets of reset() calls without a seed
         self.hand_start = self._hand_init.copy()  # where the current episode's hand started
         _fast_render_settings(self._mw.model)

@@ -39,6 +39,80 @@ class EpisodeResult:
     min_distance: float | None = None  # and its closest approach over the episode
 
 
+class EpisodeLoop:
+    """One episode's act -> limit -> apply loop, stepped from outside: `run_episode` runs one to
+    its end, `evaluate_lockstep` runs several side by side so that their policy is asked once
+    per step for all of them. Construction resets the env (and the policy, when given)."""
+
+    def __init__(self, env: Any, policy: Any, limiter: Any, task_id: int, seed: int, episode_index: int = 0,
+                 record: bool = False, keep_frames: bool = False) -> None:
+        self.env, self.policy, self.limiter = env, policy, limiter
+        self.task_id, self.seed, self.episode_index = task_id, seed, episode_index
+        self.record, self.keep_frames = record, keep_frames
+        env.set_task(task_id)
+        if policy is not None and hasattr(policy, "seed"):
+            policy.seed(seed)
+        self.obs = env.reset(seed=seed)  # the seed draws the start when the env randomizes it
+        if policy is not None:
+            policy.reset()
+        limiter.reset()
+        self._stats0 = limiter.stats.as_dict()
+        self.rows: dict[str, list] = {k: [] for k in ("image", "state", "action", "reward", "terminal",
+                                                      "timestamp")}
+        self.total, self.success, self.t = 0.0, False, 0
+        self.first_success: int | None = None
+        self.frames = [self.obs["image"]] if keep_frames else []
+        self._measure = hasattr(env, "goal_distance")
+        self.distance = env.goal_distance() if self._measure else None
+        self.closest = self.distance
+        self.done = False
+
+    def apply(self, proposed: Any) -> bool:
+        """Limit and apply the policy's proposed action; returns whether the episode ended."""
+        env, limiter, rows = self.env, self.limiter, self.rows
+        applied = limiter.limit(proposed, env.ee_position() if limiter.needs_ee_position else None)
+        if self.policy is not None and hasattr(self.policy, "set_applied_action"):
+            self.policy.set_applied_action(applied)
+        if self.record:
+            if "image" in self.obs:  # state-only environments (render=False) record no images
+                rows["image"].append(self.obs["image"])
+            rows["state"].append(self.obs["state"])
+            rows["action"].append(applied)
+            rows["timestamp"].append(self.t * env.control_dt)
+        self.obs, reward, terminated, truncated, info = env.step(applied)
+        self.t += 1
+        self.total += reward
+        if self._measure:
+            self.distance = env.goal_distance()
+            self.closest = min(self.closest, self.distance)
+        if info.get("success") and not self.success:
+            self.success, self.first_success = True, self.t
+        if self.record:
+            rows["reward"].append(reward)
+            rows["terminal"].append(terminated)
+        if self.keep_frames:
+            self.frames.append(self.obs["image"])
+        self.done = bool(terminated or truncated)
+        return self.done
+
+    def result(self) -> EpisodeResult:
+        rows = self.rows
+        data: dict[str, np.ndarray] | None = None
+        if self.record:
+            data = {
+                "state": np.stack(rows["state"]).astype(np.float32),
+                "action": np.stack(rows["action"]).astype(np.float32),
+                "reward": np.asarray(rows["reward"], dtype=np.float32),
+                "terminal": np.asarray(rows["terminal"], dtype=bool),
+                "timestamp": np.asarray(rows["timestamp"], dtype=np.float64),
+            }
+            if rows["image"]:
+                data["image"] = np.stack(rows["image"]).astype(np.uint8)
+        stats = {k: v - self._stats0[k] for k, v in self.limiter.stats.as_dict().items()}
+        return EpisodeResult(self.task_id, self.episode_index, self.seed, self.success, self.total, self.t,
+                             self.first_success, data, self.frames, stats, self.distance, self.closest)
+
+
 def run_episode(
     env: Any,
     policy: Any,
@@ -50,60 +124,10 @@ def run_episode(
     keep_frames: bool = False,
 ) -> EpisodeResult:
     """One episode: reset, then act -> limit -> apply until the episode cap."""
-    env.set_task(task_id)
-    if hasattr(policy, "seed"):
-        policy.seed(seed)
-    obs = env.reset(seed=seed)  # the seed draws the start when the env randomizes it
-    policy.reset()
-    limiter.reset()
-    stats0 = limiter.stats.as_dict()
-    rows: dict[str, list] = {k: [] for k in ("image", "state", "action", "reward", "terminal",
-                                             "timestamp")}
-    total, success, first_success, t = 0.0, False, None, 0
-    frames = [obs["image"]] if keep_frames else []
-    measure = hasattr(env, "goal_distance")
-    distance = env.goal_distance() if measure else None
-    closest = distance
-    while True:
-        proposed = policy.act(obs)
-        applied = limiter.limit(proposed, env.ee_position() if limiter.needs_ee_position else None)
-        if hasattr(policy, "set_applied_action"):
-            policy.set_applied_action(applied)
-        if record:
-            if "image" in obs:  # state-only environments (render=False) record no images
-                rows["image"].append(obs["image"])
-            rows["state"].append(obs["state"])
-            rows["action"].append(applied)
-            rows["timestamp"].append(t * env.control_dt)
-        obs, reward, terminated, truncated, info = env.step(applied)
-        t += 1
-        total += reward
-        if measure:
-            distance = env.goal_distance()
-            closest = min(closest, distance)
-        if info.get("success") and not success:
-            success, first_success = True, t
-        if record:
-            rows["reward"].append(reward)
-            rows["terminal"].append(terminated)
-        if keep_frames:
-            frames.append(obs["image"])
-        if terminated or truncated:
-            break
-    data: dict[str, np.ndarray] | None = None
-    if record:
-        data = {
-            "state": np.stack(rows["state"]).astype(np.float32),
-            "action": np.stack(rows["action"]).astype(np.float32),
-            "reward": np.asarray(rows["reward"], dtype=np.float32),
-            "terminal": np.asarray(rows["terminal"], dtype=bool),
-            "timestamp": np.asarray(rows["timestamp"], dtype=np.float64),
-        }
-        if rows["image"]:
-            data["image"] = np.stack(rows["image"]).astype(np.uint8)
-    stats = {k: v - stats0[k] for k, v in limiter.stats.as_dict().items()}
-    return EpisodeResult(task_id, episode_index, seed, success, total, t, first_success, data,
-                         frames, stats, distance, closest)
+    loop = EpisodeLoop(env, policy, limiter, task_id, seed, episode_index, record, keep_frames)
+    while not loop.apply(policy.act(loop.obs)):
+        pass
+    return loop.result()
 
 
 def evaluate(
@@ -147,16 +171,54 @@ def evaluate(
             results.append(r)
             if progress is not None:
                 progress(len(results), total)
+    out = _summary(results, env, tasks, episodes, seed, start)
+    if video is not None:
+        write_video(video, clips, fps=min(30.0, env.control_hz))
+        out["video"] = video
+    return out
+
+
+def _summary(results: Sequence[EpisodeResult], env: Any, tasks: list[int], episodes: int, seed: int,
+             start: float) -> dict[str, Any]:
     out = summarize(results)
     out.update({"env": env.family, "tasks": tasks, "episodes_per_task": episodes, "seed": seed,
                 "hand_init_noise": getattr(env, "hand_init_noise", 0.0), "image_size": env.image_size,
                 "max_episode_steps": env.max_episode_steps,
                 "action_repeat": env.action_repeat,
                 "wall_s": round(time.perf_counter() - start, 3)})
-    if video is not None:
-        write_video(video, clips, fps=min(30.0, env.control_hz))
-        out["video"] = video
     return out
+
+
+def evaluate_lockstep(act_batch: Callable[[list[dict[str, np.ndarray]]], np.ndarray], envs: Sequence[Any],
+                      tasks: Sequence[int], episodes: int, seed: int = 0) -> dict[str, Any]:
+    """`evaluate` for a stateless deterministic policy given as `act_batch(observations) ->
+    actions` (one row per observation): the same episodes (seeds, starts, limiter, results), run
+    len(envs) at a time side by side, so the policy is asked once per step for all of them (a
+    batched forward pass instead of one per episode and step). `envs` are alike environments
+    (same family and settings), each with its own safety limiter."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be at least 1, got {episodes}")
+    if not envs:
+        raise ValueError("evaluate_lockstep needs at least one environment")
+    tasks = [int(t) for t in tasks]
+    if not tasks:
+        raise ValueError("no tasks to evaluate")
+    for t in tasks:
+        envs[0].tasks.check_id(t)
+    start = time.perf_counter()
+    todo = [(t, k) for t in tasks for k in range(episodes)]
+    results: list[EpisodeResult] = []
+    for i in range(0, len(todo), len(envs)):
+        loops = [EpisodeLoop(env, None, env.safety_limiter(), t, episode_seed(seed, t, k), k)
+                 for env, (t, k) in zip(envs, todo[i:i + len(envs)], strict=False)]
+        live = loops
+        while live:
+            actions = np.asarray(act_batch([lp.obs for lp in live]))
+            if actions.shape[0] != len(live):
+                raise ValueError(f"act_batch returned {actions.shape[0]} actions for {len(live)} observations")
+            live = [lp for lp, a in zip(live, actions, strict=True) if not lp.apply(a)]
+        results += [lp.result() for lp in loops]
+    return _summary(results, envs[0], tasks, episodes, seed, start)
 
 
 def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:

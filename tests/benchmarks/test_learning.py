@@ -274,3 +274,51 @@ def test_the_state_track_sees_the_puck_on_push_and_only_the_robot_on_reach(tmp_p
         assert reach.reset(seed=3)["state"].shape == (11,)
     finally:
         reach.close()
+
+
+def test_each_quality_runs_as_two_jobs_the_costliest_first():
+    """`job_plan`: MerPO v2's methods (sharing its meta-model and task inference) and the others
+    are separate jobs, ordered by cost, so that 2 workers end together; none is lost or doubled."""
+    from vmerpo.benchmarks.learning_state import (
+        STATE_ABLATIONS,
+        STATE_METHODS,
+        V2_METHODS,
+        job_plan,
+    )
+
+    core = [m for m in STATE_METHODS if m not in STATE_ABLATIONS]
+    plan = job_plan({"expert": core, "medium": list(STATE_METHODS), "mixed": core})
+    assert len(plan) == 6
+    assert plan[0] == ("medium", "v2", [m for m in STATE_METHODS if m in V2_METHODS])  # the ablations' job
+    for q, ms in (("expert", core), ("medium", list(STATE_METHODS))):
+        got = [m for qq, _, part in plan if qq == q for m in part]
+        assert sorted(got) == sorted(ms)
+    for _, group, part in plan:
+        assert all((m in V2_METHODS) == (group == "v2") for m in part)
+    assert job_plan({"medium": ["bc", "rac"]}) == [("medium", "other", ["bc", "rac"])]
+
+
+def test_a_quality_s_two_jobs_share_its_logs_and_evaluate_side_by_side(tmp_path):
+    """The two jobs of one quality (tiny budgets): the second loads the logs the first
+    collected; every method's row holds its evaluation episodes; MerPO v2's rows carry the
+    task inference's goal error."""
+    pytest.importorskip("metaworld")
+    pytest.importorskip("d3rlpy", reason="the peer (make peer) is not installed")
+    from vmerpo.benchmarks.learning import log_seeds
+    from vmerpo.benchmarks.learning_state import run_quality
+
+    tiny = dict(pretrain_steps=20, meta_steps=2, adapt_steps=20, v2_meta_steps=20, bc_steps=20, iql_steps=20,
+                iql_finetune_steps=5)
+    res = {}
+    for group, ms in (("v2", ["merpo", "meta_policy"]), ("other", ["bc", "iql_pooled"])):
+        job = {"out": str(tmp_path / "state"), "quality": "medium", "group": group, "family": "reach-v3",
+               "state_budget": tiny, "methods": ms, "train_tasks": [0, 1, 2], "episodes_per_task": 2,
+               "heldout": [40], "heldout_episodes": 2, "draws": 1, "eval_episodes": 3,
+               "seeds": log_seeds("medium", 1), "hand_init_noise": 0.05, "aim": True, "seed": 0}
+        res[group] = run_quality(job)[0]
+    assert res["other"]["timings"]["collect_s"] < 0.2 * res["v2"]["timings"]["collect_s"]  # loaded, not collected
+    assert res["v2"]["behaviour"] == res["other"]["behaviour"]
+    rows = {r["method"]: r for g in res.values() for r in g["rows"]}
+    assert sorted(rows) == ["bc", "iql_pooled", "merpo", "meta_policy"]
+    assert all(r["episodes"] == 3 and 0.0 <= r["success_rate"] <= 1.0 and r["final_distance"] > 0 for r in rows.values())
+    assert rows["merpo"]["inference_goal_error_cm"] >= 0 and rows["iql_pooled"]["zero_shot"]

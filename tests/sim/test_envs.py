@@ -258,3 +258,35 @@ def test_goal_pin_draws_a_pin_under_the_goal_marker_and_nothing_else():
         plain.close()
     with pytest.raises(ValueError, match=r"goal pin: drawer-close-v3 draws no goal marker"):
         make_env("drawer-close-v3", goal_pin=True)
+
+
+def test_fast_object_quaternion_is_scipys():
+    """`_quat_like_scipy` (Meta-World's object quaternion without scipy's per-call cost) returns
+    what Rotation.from_matrix(...).as_quat() does: on random rotations, on each branch of the
+    algorithm, and on push's puck (it turns) and the door's handle along rollouts."""
+    from scipy.spatial.transform import Rotation
+
+    import sim.envs as E
+
+    rots = Rotation.random(500, random_state=0)
+    # each branch: identity (trace), and half-turns about x, y, z (one diagonal entry largest)
+    mats = [*rots.as_matrix(), np.eye(3), *(Rotation.from_rotvec(np.pi * np.eye(3)[i]).as_matrix() for i in range(3))]
+    for m in mats:
+        np.testing.assert_allclose(E._quat_like_scipy(m), Rotation.from_matrix(m).as_quat(), atol=1e-12)
+    for family in ("push-v3", "door-open-v3", "reach-v3"):
+        env = E.make_env(family, max_episode_steps=60, render=False)
+        geom = E.QUAT_GEOMS[family]
+        assert env._mw._get_quat_objects.__qualname__.startswith("_use_fast_quat")  # in use
+        env.set_task(3)
+        env.reset(seed=1)
+        rng = np.random.default_rng(0)
+        seen = []
+        for _ in range(60):
+            env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+            fast = env._mw._get_quat_objects()
+            ref = Rotation.from_matrix(env._mw.data.geom(geom).xmat.reshape(3, 3)).as_quat()
+            np.testing.assert_allclose(fast, ref, atol=1e-12)
+            np.testing.assert_allclose(env._raw_obs[7:11], ref, atol=1e-12)  # what the observation holds
+            seen.append(fast)
+        env.close()
+        assert np.all(np.isfinite(seen))

@@ -115,3 +115,44 @@ def test_medium_success_rate_in_band(family):
     res = evaluate(make_behavior_policy("medium", env), env, env.tasks.select("train")[:20], 2, 3)
     env.close()
     assert 0.2 <= res["success_rate"] <= 0.7, res["success_rate"]
+
+
+def test_lockstep_evaluation_runs_the_same_episodes_as_evaluate():
+    """`evaluate_lockstep` (several episodes side by side, one batched policy call per step) gives
+    every episode the result `evaluate` gives it: same starts, limiter, returns and distances,
+    also when the episodes do not divide into the environments (10 episodes on 3 envs) and with a
+    policy whose wild actions the limiter must clip."""
+    from sim.evaluate import evaluate_lockstep
+
+    W = np.random.default_rng(0).normal(size=(11, 4)) * 3.0  # a fixed linear policy, often saturating
+
+    class Linear:
+        calls = 0
+
+        def reset(self):
+            pass
+
+        def act(self, obs):
+            return np.tanh(obs["state"] @ W) * 1.5
+
+        def act_batch(self, observations):
+            Linear.calls += 1
+            return np.stack([self.act(o) for o in observations])
+
+    envs = [make_env("reach-v3", max_episode_steps=30, hand_init_noise=0.05, render=False) for _ in range(3)]
+    seq = evaluate(Linear(), envs[0], [3, 41], 5, seed=7)
+    Linear.calls = 0
+    lock = evaluate_lockstep(Linear().act_batch, envs, [3, 41], 5, seed=7)
+    for e in envs:
+        e.close()
+    assert Linear.calls == 4 * 30  # ceil(10 episodes / 3 envs) rounds of 30 steps
+    a, b = seq["episode_results"], lock["episode_results"]
+    assert [(r["task_id"], r["seed"]) for r in a] == [(r["task_id"], r["seed"]) for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["success"] == rb["success"] and ra["length"] == rb["length"]
+        np.testing.assert_allclose([ra["return"], ra["final_distance"], ra["min_distance"]],
+                                   [rb["return"], rb["final_distance"], rb["min_distance"]], rtol=1e-9)
+    assert seq["limiter"] == lock["limiter"] and seq["limiter"]["clipped"] > 0
+    assert len({round(r["final_distance"], 6) for r in b}) > 1  # the starts differ
+    with pytest.raises(ValueError, match="2 actions for 1"):
+        evaluate_lockstep(lambda obs: np.zeros((2, 4)), envs[:1], [3], 1)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -186,7 +187,7 @@ def collect_state_log(path: Path, family: str, quality: str, tasks: list[int], e
                episode_final_distance=np.asarray(final_d, np.float32),
                episode_min_distance=np.asarray(min_d, np.float32))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")  # a quality's two jobs may collect at once
     np.savez(tmp, **out)  # type: ignore[arg-type]
     tmp.replace(path)
     return out
@@ -255,10 +256,16 @@ class FeaturePolicy:
         pass
 
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        x = self.feats(observation["state"][None], None if self.goal is None else self.goal[None])
+        return self.act_batch([observation])[0]
+
+    def act_batch(self, observations: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """Actions [B, 4] for B observations in one forward pass (`sim.evaluate.evaluate_lockstep`)."""
+        n = len(observations)
+        x = self.feats(np.stack([o["state"] for o in observations]),
+                       None if self.goal is None else np.repeat(self.goal[None], n, 0))
         if self.z is not None:
-            x = np.concatenate([x, self.z], -1)
-        return np.clip(np.asarray(self.act_fn(x), np.float32)[0], -1.0, 1.0)
+            x = np.concatenate([x, np.repeat(self.z, n, 0)], -1)
+        return np.clip(np.asarray(self.act_fn(x), np.float32), -1.0, 1.0)
 
 
 def actor_fn(actor):
@@ -273,10 +280,24 @@ def actor_fn(actor):
     return fn
 
 
-def evaluate_policy(env, policy, task: int, episodes: int) -> dict[str, Any]:
-    from sim.evaluate import evaluate
+EVAL_LOCKSTEP = 10  # evaluation episodes run side by side (one batched policy call per step); ~22 MB per env
 
-    res = evaluate(policy, env, [task], episodes, seed=EVAL_SEED)
+
+def eval_envs(family: str, hand_init_noise: float, n: int = EVAL_LOCKSTEP) -> list[Any]:
+    """The environments a state-track evaluation runs its episodes on, side by side."""
+    return [state_env(family, hand_init_noise) for _ in range(n)]
+
+
+def evaluate_policy(env, policy, task: int, episodes: int) -> dict[str, Any]:
+    """`episodes` evaluation episodes of `policy` on `task` from the shared starts (EVAL_SEED).
+    `env`: one environment (episodes one after another), or a list of them for a policy with
+    `act_batch` (`eval_envs`: the same episodes side by side, `sim.evaluate.evaluate_lockstep`)."""
+    from sim.evaluate import evaluate, evaluate_lockstep
+
+    if isinstance(env, list):
+        res = evaluate_lockstep(policy.act_batch, env, [task], episodes, seed=EVAL_SEED)
+    else:
+        res = evaluate(policy, env, [task], episodes, seed=EVAL_SEED)
     return {"success_rate": res["success_rate"], "mean_return": res["mean_return"],
             "final_distance": res.get("mean_final_distance"), "min_distance": res.get("mean_min_distance"),
             "episodes": res["episodes"]}
@@ -299,10 +320,11 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
     q, family = job["quality"], job["family"]
     budget = StateBudget(**job["state_budget"])
     methods: list[str] = job["methods"]
+    group = job.get("group", "all")
     t0 = time.perf_counter()
 
     def log(msg: str) -> None:
-        print(f"[state {q} {(time.perf_counter() - t0) / 60:5.1f} min] {msg}", file=sys.stderr, flush=True)
+        print(f"[state {q}/{group} {(time.perf_counter() - t0) / 60:5.1f} min] {msg}", file=sys.stderr, flush=True)
 
     log("collecting the logs (no images)")
     train_log = collect_state_log(out / "data" / f"{q}_train.npz", family, q, job["train_tasks"],
@@ -321,7 +343,7 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
     todo = {m for m in methods
             if any(not cached(m, t, None if m in ZERO_SHOT else d).exists() for t, d in units)}
     rows: list[dict[str, Any]] = []
-    env = state_env(family, job["hand_init_noise"])
+    envs: list[Any] = []  # made at the first evaluation
     feats = Features.fit(train_log)
     r_mean, r_std = float(train_log["reward"].mean()), float(max(train_log["reward"].std(), 1e-6))
     pooled = transitions(train_log, feats, r_mean, r_std)
@@ -334,7 +356,9 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
         path = cached(method, task, draw)
         if path.exists():
             return
-        res = evaluate_policy(env, policy, task, job["eval_episodes"])
+        if not envs:
+            envs.extend(eval_envs(family, job["hand_init_noise"]))
+        res = evaluate_policy(envs, policy, task, job["eval_episodes"])
         path.write_text(json.dumps(res))
 
     def adapted(method: str, actors: list) -> None:
@@ -437,7 +461,8 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
                     record("iql_oracle", task, None,
                            FeaturePolicy(lambda x, a=algo: peer.act(a, x), feats, goal=goals[task]))
     finally:
-        env.close()
+        for env in envs:
+            env.close()
     for m in methods:
         for task, d in units:
             res = json.loads(cached(m, task, None if m in ZERO_SHOT else d).read_text())
@@ -450,7 +475,7 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
                  for t, d in units}
     timings["total_s"] = time.perf_counter() - t0
     log("done")
-    return [{"rows": rows, "behaviour": behaviour, "timings": timings, "quality": q}]
+    return [{"rows": rows, "behaviour": behaviour, "timings": timings, "quality": q, "group": group}]
 
 
 def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std, units, per_unit, goals,
@@ -547,6 +572,29 @@ def state_budget_dict(name: str) -> dict[str, int]:
     return asdict(STATE_BUDGETS[name])
 
 
+# Rough cost of each method on one quality of the `full` design (seconds on one of the 2 cores,
+# training and evaluation, from the timings of experiments/18 and /25), for ordering the jobs.
+METHOD_COST = {"merpo": 105, "meta_policy": 45, "merpo_omega0": 105, "merpo_omega04": 105, "merpo_omega1": 105,
+               "iql_inferred": 90, "merpo_no_embedding": 195, "rac": 105, "bc": 75, "bc_pooled": 25,
+               "iql_pooled": 60, "iql_finetuned": 160, "iql_oracle": 60, "merpo_v1": 200, "meta_policy_v1": 15}
+V2_FIXED_COST = 230  # MerPO v2's meta-training and the task inference its methods share
+
+
+def job_plan(methods_by_quality: dict[str, list[str]]) -> list[tuple[str, str, list[str]]]:
+    """(quality, group, methods) jobs, the costliest first: each quality in two jobs, the methods
+    that share MerPO v2's meta-model and task inference (`V2_METHODS`, group "v2") and the
+    others ("other"), so that 2 workers finish together (one job per quality left the quality
+    with the ablations running alone at the end)."""
+    jobs = []
+    for q, ms in methods_by_quality.items():
+        for group, part in (("v2", [m for m in ms if m in V2_METHODS]), ("other", [m for m in ms if m not in V2_METHODS])):
+            if part:
+                cost = sum(METHOD_COST.get(m, 100) for m in part) + (V2_FIXED_COST if group == "v2" else 0)
+                jobs.append((cost, q, group, part))
+    jobs.sort(key=lambda j: -j[0])
+    return [(q, group, part) for _, q, group, part in jobs]
+
+
 def run_track(out: Path, family: str, design, heldout: list[int], train: list[int],
               methods_by_quality: dict[str, list[str]],
               args) -> tuple[list[dict], dict[tuple[str, int, int], float], dict[str, float]]:
@@ -558,20 +606,21 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
     from vmerpo.benchmarks.learning import log_seeds
 
     aim = AIMS[args.aim]
-    jobs = [{"out": str(out / "state"), "quality": q, "family": family, "state_budget": state_budget_dict(args.budget),
-             "methods": methods_by_quality[q], "train_tasks": train, "episodes_per_task": design.episodes_per_task,
+    jobs = [{"out": str(out / "state"), "quality": q, "group": group, "family": family,
+             "state_budget": state_budget_dict(args.budget),
+             "methods": ms, "train_tasks": train, "episodes_per_task": design.episodes_per_task,
              "heldout": heldout, "heldout_episodes": design.heldout_episodes, "draws": design.draws,
              "eval_episodes": design.eval_episodes, "seeds": log_seeds(q, design.draws),
              "hand_init_noise": args.hand_init_noise, "aim": aim, "seed": args.seed}
-            for q in design.qualities]
+            for q, group, ms in job_plan({q: methods_by_quality[q] for q in design.qualities})]
     t0 = time.perf_counter()
     rows: list[dict] = []
     behaviour: dict[tuple[str, int, int], float] = {}
     timings: dict[str, float] = {}
     durations: list[float] = []
-    print(f"state track: {len(jobs)} qualities x {len(heldout)} tasks x {design.draws} draw(s) x "
-          f"{'/'.join(str(len(methods_by_quality[q])) for q in design.qualities)} methods, {args.workers} at a time",
-          file=sys.stderr)
+    print(f"state track: {len(design.qualities)} qualities x {len(heldout)} tasks x {design.draws} draw(s) x "
+          f"{'/'.join(str(len(methods_by_quality[q])) for q in design.qualities)} methods in {len(jobs)} jobs, "
+          f"{args.workers} at a time", file=sys.stderr)
     with ProcessPoolExecutor(max(1, args.workers), mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(run_quality, j) for j in jobs]
         for done, fut in enumerate(as_completed(futures), 1):
@@ -580,11 +629,13 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
             for key, v in res["behaviour"].items():
                 t, d = (int(x) for x in key.split(","))
                 behaviour[(res["quality"], t, d)] = v
-            timings.update({f"{res['quality']}_{k}": round(v, 1) for k, v in res["timings"].items()})
+            # a quality's two jobs each collect (or load) its logs: their own keys for what both time
+            timings.update({f"{res['quality']}_" + (f"{res['group']}_{k}" if k in ("collect_s", "total_s") else k):
+                            round(v, 1) for k, v in res["timings"].items()})
             el = time.perf_counter() - t0
             left = len(jobs) - done
             durations.append(res["timings"]["total_s"])
             eta = sum(durations) / len(durations) * left / max(1, args.workers)
-            print(f"state track: {done}/{len(jobs)} qualities done ({res['quality']}), {el / 60:.1f} min elapsed"
-                  + (f", about {eta / 60:.0f} min left" if left else ""), file=sys.stderr)
+            print(f"state track: {done}/{len(jobs)} jobs done ({res['quality']}/{res['group']}), {el / 60:.1f} min "
+                  "elapsed" + (f", about {eta / 60:.0f} min left" if left else ""), file=sys.stderr)
     return rows, behaviour, timings
