@@ -264,6 +264,28 @@ def _use_fast_quat(mw: Any, geom: str) -> None:
     mw._get_quat_objects = quat
 
 
+def _use_fast_obs(mw: Any) -> None:
+    """Give Meta-World env `mw` a `_get_curr_obs_combined_no_goal` with the same values and
+    arithmetic (hand position, finger gap / 0.1 clipped to [0, 1], each object's position and
+    quaternion, zero-padded) without its per-step name lookups, splits and stacks: with the
+    quaternion, a third of a state-only step. Tested against Meta-World's own on every family."""
+    d, model = mw.data, mw.model
+    hand, right, left = (model.body(n).id for n in ("hand", "rightclaw", "leftclaw"))
+    size = 4 + mw._obs_obj_max_len
+
+    def obs() -> np.ndarray:
+        out = np.zeros(size)
+        out[:3] = d.xpos[hand]
+        out[3] = np.clip(np.linalg.norm(d.xpos[right] - d.xpos[left]) / 0.1, 0.0, 1.0)
+        pos, quat = mw._get_pos_objects(), mw._get_quat_objects()
+        for i in range(len(pos) // 3):
+            out[4 + 7 * i:7 + 7 * i] = pos[3 * i:3 * i + 3]
+            out[7 + 7 * i:11 + 7 * i] = quat[4 * i:4 * i + 4]
+        return out
+
+    mw._get_curr_obs_combined_no_goal = obs
+
+
 def _draw_goal_marker(model: mujoco.MjModel) -> None:
     gid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
     if gid >= 0:
@@ -346,6 +368,7 @@ class MetaWorldImageEnv:
         self._hand_init = np.array(self._mw.hand_init_pos, dtype=np.float64)  # Meta-World's fixed start
         if family in QUAT_GEOMS:
             _use_fast_quat(self._mw, QUAT_GEOMS[family])
+        _use_fast_obs(self._mw)
         self._reset_rng = np.random.default_rng(0)  # start offsets of reset() calls without a seed
         self.hand_start = self._hand_init.copy()  # where the current episode's hand started
         _fast_render_settings(self._mw.model)
