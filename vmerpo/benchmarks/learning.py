@@ -121,7 +121,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (pixel track: with cuda the full budget uses "
                                                     "the paper's sizes)")
     p.add_argument("--seed", type=int, default=0, help="learners' seed (default 0)")
-    p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="processes (default 2: one per core). The state track splits each quality into two "
+                        "jobs, MerPO v2's methods and the others, and starts the costliest first")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_pixel_options(p)
     return p.parse_args(argv)
