@@ -109,6 +109,8 @@ def _bench(tmp_path, *args):
     (("--draws", "0"), "--draws 0: must be at least 1"),
     (("--hand-init-noise", "0.5"), "hand start noise 0.5 m not supported"),
     (("--qualities", "medium,great"), "--qualities: unknown ['great']"),
+    (("--episodes-per-task", "0"), "--episodes-per-task 0: must be at least 1"),
+    (("--track", "pixel", "--learner-steps", "5000"), "--learner-steps is a state-track option"),
 ])
 def test_bad_arguments_are_one_line_errors_before_anything_runs(tmp_path, args, why):
     proc = _bench(tmp_path, *args)
@@ -135,6 +137,8 @@ def test_a_rerun_with_other_noise_or_aim_is_refused_in_one_line(tmp_path):
     for extra, why in ((["--hand-init-noise", "0.02"], "hand_init_noise=0.05, this run asks for 0.02"),
                        (["--aim", "hand"], 'aim="tool-centre", this run asks for "hand"'),
                        (["--draws", "2"], "draws=1, this run asks for 2"),
+                       (["--episodes-per-task", "32"], "episodes_per_task=8, this run asks for 32"),
+                       (["--learner-steps", "10000"], "this run asks for"),
                        (["--track", "pixel"], 'track="state", this run asks for "pixel"')):
         proc = _bench(tmp_path, *base, *extra, "--resume")
         assert proc.returncode == 2 and why in proc.stderr, proc.stderr[-2000:]
@@ -322,3 +326,20 @@ def test_a_quality_s_two_jobs_share_its_logs_and_evaluate_side_by_side(tmp_path)
     assert sorted(rows) == ["bc", "iql_pooled", "merpo", "meta_policy"]
     assert all(r["episodes"] == 3 and 0.0 <= r["success_rate"] <= 1.0 and r["final_distance"] > 0 for r in rows.values())
     assert rows["merpo"]["inference_goal_error_cm"] >= 0 and rows["iql_pooled"]["zero_shot"]
+
+
+def test_more_meta_train_episodes_and_learner_steps_reach_the_design_and_the_state_learners(tmp_path):
+    """--episodes-per-task and --learner-steps (the push design of experiments/26) change the
+    design's meta-train logs and the state track's MerPO v2 / pooled d3rlpy updates, nothing else."""
+    from vmerpo.benchmarks import learning
+    from vmerpo.benchmarks.learning_state import state_budget_dict
+
+    args = learning.parse_args(["--budget", "full", "--episodes-per-task", "32", "--learner-steps", "10000",
+                                "--out", str(tmp_path / "p")])
+    design = learning.resolve(args)[0]
+    assert design.episodes_per_task == 32 and design.draws == 3 and design.heldout_episodes == 5
+    s = learning.settings_of(args, design, "push-v3", [40], list(range(20)))
+    base = state_budget_dict("full")
+    assert s["episodes_per_task"] == 32
+    assert s["state_budget"] == {**base, "v2_meta_steps": 10000, "iql_steps": 10000}
+    assert base["v2_meta_steps"] == 3000 and base["adapt_steps"] == s["state_budget"]["adapt_steps"]

@@ -568,8 +568,13 @@ def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std,
             record("iql_inferred", task, d, FeaturePolicy(lambda x, a=algo: peer.act(a, x), feats, z=inf.z))
 
 
-def state_budget_dict(name: str) -> dict[str, int]:
-    return asdict(STATE_BUDGETS[name])
+def state_budget_dict(name: str, learner_steps: int | None = None) -> dict[str, int]:
+    """Budget `name`'s learner steps; `learner_steps` (--learner-steps) replaces MerPO v2's
+    meta-training updates and the pooled d3rlpy learners' (v2_meta_steps, iql_steps)."""
+    d = asdict(STATE_BUDGETS[name])
+    if learner_steps is not None:
+        d.update(v2_meta_steps=int(learner_steps), iql_steps=int(learner_steps))
+    return d
 
 
 # Rough cost of each method on one quality of the `full` design (seconds on one of the 2 cores,
@@ -607,7 +612,7 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
 
     aim = AIMS[args.aim]
     jobs = [{"out": str(out / "state"), "quality": q, "group": group, "family": family,
-             "state_budget": state_budget_dict(args.budget),
+             "state_budget": state_budget_dict(args.budget, getattr(args, "learner_steps", None)),
              "methods": ms, "train_tasks": train, "episodes_per_task": design.episodes_per_task,
              "heldout": heldout, "heldout_episodes": design.heldout_episodes, "draws": design.draws,
              "eval_episodes": design.eval_episodes, "seeds": log_seeds(q, design.draws),
