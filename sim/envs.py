@@ -227,14 +227,15 @@ def _fast_render_settings(model: mujoco.MjModel) -> None:
 # Families whose Meta-World observation holds one geom's orientation, which Meta-World computes
 # each step with scipy's Rotation.from_matrix(...).as_quat(): a quarter of a state-only step's
 # time. `_quat_like_scipy` is the same algorithm (Markley's, the same branch and sign, (x, y, z, w)
-# order) without scipy's per-call overhead; tests/sim/test_envs.py checks it against scipy.
+# order) without scipy's per-call overhead: equal to scipy's to 1 ulp (tests/sim/test_envs.py).
+# The patches are closures on the env instance: such an env is not picklable (nothing pickles one).
 QUAT_GEOMS = {"reach-v3": "objGeom", "push-v3": "objGeom", "door-open-v3": "handle"}
 
 
 def _quat_like_scipy(m: np.ndarray) -> np.ndarray:
     """The unit quaternion (x, y, z, w) of rotation matrix `m`, as scipy's Rotation.from_matrix
     followed by as_quat() returns it: of the four candidates, the one built on the largest of
-    (m00, m11, m22, trace), whose leading component is positive."""
+    (m00, m11, m22, trace), with the component it is built on positive (no other sign rule)."""
     m = np.asarray(m, dtype=np.float64).reshape(3, 3)
     tr = m[0, 0] + m[1, 1] + m[2, 2]
     decision = (m[0, 0], m[1, 1], m[2, 2], tr)
@@ -268,7 +269,8 @@ def _use_fast_obs(mw: Any) -> None:
     """Give Meta-World env `mw` a `_get_curr_obs_combined_no_goal` with the same values and
     arithmetic (hand position, finger gap / 0.1 clipped to [0, 1], each object's position and
     quaternion, zero-padded) without its per-step name lookups, splits and stacks: with the
-    quaternion, a third of a state-only step. Tested against Meta-World's own on every family."""
+    quaternion, a third of a state-only step. Tested against Meta-World's own on every family
+    (bit for bit given the quaternion; with scipy's quaternion to 1 ulp)."""
     d, model = mw.data, mw.model
     hand, right, left = (model.body(n).id for n in ("hand", "rightclaw", "leftclaw"))
     size = 4 + mw._obs_obj_max_len

@@ -192,10 +192,12 @@ def _summary(results: Sequence[EpisodeResult], env: Any, tasks: list[int], episo
 def evaluate_lockstep(act_batch: Callable[[list[dict[str, np.ndarray]]], np.ndarray], envs: Sequence[Any],
                       tasks: Sequence[int], episodes: int, seed: int = 0) -> dict[str, Any]:
     """`evaluate` for a stateless deterministic policy given as `act_batch(observations) ->
-    actions` (one row per observation): the same episodes (seeds, starts, limiter, results), run
-    len(envs) at a time side by side, so the policy is asked once per step for all of them (a
-    batched forward pass instead of one per episode and step). `envs` are alike environments
-    (same family and settings), each with its own safety limiter."""
+    actions` (one row per observation): the same episodes (seeds, starts, order, limiter,
+    result fields), run len(envs) at a time side by side, so the policy is asked once per step
+    for all of them (a batched forward pass instead of one per episode and step). A network's
+    batched pass may round differently from its one-row pass (CPU torch: ~1e-7), so actions are
+    equal up to that rounding. The policy is not seeded, reset or told the applied action.
+    `envs` are alike environments (same family and settings), each with its own safety limiter."""
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
     if not envs:

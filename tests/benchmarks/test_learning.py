@@ -138,7 +138,7 @@ def test_a_rerun_with_other_noise_or_aim_is_refused_in_one_line(tmp_path):
                        (["--aim", "hand"], 'aim="tool-centre", this run asks for "hand"'),
                        (["--draws", "2"], "draws=1, this run asks for 2"),
                        (["--episodes-per-task", "32"], "episodes_per_task=8, this run asks for 32"),
-                       (["--learner-steps", "10000"], "this run asks for"),
+                       (["--learner-steps", "10000"], "made with state_budget="),
                        (["--track", "pixel"], 'track="state", this run asks for "pixel"')):
         proc = _bench(tmp_path, *base, *extra, "--resume")
         assert proc.returncode == 2 and why in proc.stderr, proc.stderr[-2000:]
@@ -343,3 +343,37 @@ def test_more_meta_train_episodes_and_learner_steps_reach_the_design_and_the_sta
     assert s["episodes_per_task"] == 32
     assert s["state_budget"] == {**base, "v2_meta_steps": 10000, "iql_steps": 10000}
     assert base["v2_meta_steps"] == 3000 and base["adapt_steps"] == s["state_budget"]["adapt_steps"]
+
+
+def test_a_torch_policy_evaluated_side_by_side_matches_one_episode_at_a_time():
+    """The state track's lockstep evaluation of a torch actor (batched forward passes, which
+    round differently from one-row passes) gives the episodes one-at-a-time evaluation gives:
+    the same successes, distances and returns to float rounding."""
+    pytest.importorskip("metaworld")
+    import torch
+
+    from learning.rac import TanhGaussianActor
+    from vmerpo.benchmarks.learning_state import (
+        FeaturePolicy,
+        actor_fn,
+        eval_envs,
+        evaluate_policy,
+        state_env,
+    )
+
+    torch.manual_seed(3)
+    actor = TanhGaussianActor(11, 4, 64, 2)
+
+    class Standardise:  # the shape of Features: roughly unit-scale inputs
+        def __call__(self, state, goal=None):
+            return np.asarray(state, np.float32) * 2.0
+
+    policy = FeaturePolicy(actor_fn(actor), Standardise())
+    env, envs = state_env("reach-v3", 0.05), eval_envs("reach-v3", 0.05, n=4)
+    seq, lock = evaluate_policy(env, policy, 41, 6), evaluate_policy(envs, policy, 41, 6)
+    for e in [env, *envs]:
+        e.close()
+    assert seq["episodes"] == lock["episodes"] == 6
+    assert seq["success_rate"] == lock["success_rate"]
+    np.testing.assert_allclose([seq["final_distance"], seq["min_distance"], seq["mean_return"]],
+                               [lock["final_distance"], lock["min_distance"], lock["mean_return"]], rtol=1e-4)

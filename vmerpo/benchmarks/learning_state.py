@@ -152,10 +152,13 @@ def state_env(family: str, hand_init_noise: float) -> Any:
 def collect_state_log(path: Path, family: str, quality: str, tasks: list[int], episodes: int, seed: int,
                       hand_init_noise: float, aim: bool | None) -> dict[str, np.ndarray]:
     """The log `sim.collect` would record (same episode seeds and policies), without images:
-    states, actions, rewards and per-episode success, goal and distances. Cached as npz."""
+    states, actions, rewards and per-episode success, goal and distances. Cached as npz (one
+    writer per file: `run_track` collects every log before the jobs that read them start)."""
     if path.exists():
         with np.load(path) as f:
             return {k: f[k] for k in f.files}
+    for stale in path.parent.glob(f"{path.name}.*.tmp.npz"):  # a killed collection's
+        stale.unlink()
     from sim.evaluate import episode_seed, run_episode
     from sim.policies import make_behavior_policy
 
@@ -187,7 +190,7 @@ def collect_state_log(path: Path, family: str, quality: str, tasks: list[int], e
                episode_final_distance=np.asarray(final_d, np.float32),
                episode_min_distance=np.asarray(min_d, np.float32))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")  # a quality's two jobs may collect at once
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
     np.savez(tmp, **out)  # type: ignore[arg-type]
     tmp.replace(path)
     return out
@@ -326,12 +329,9 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
     def log(msg: str) -> None:
         print(f"[state {q}/{group} {(time.perf_counter() - t0) / 60:5.1f} min] {msg}", file=sys.stderr, flush=True)
 
-    log("collecting the logs (no images)")
-    train_log = collect_state_log(out / "data" / f"{q}_train.npz", family, q, job["train_tasks"],
-                                  job["episodes_per_task"], job["seeds"]["train"], job["hand_init_noise"], job["aim"])
-    heldout_logs = {d: collect_state_log(out / "data" / f"{q}_heldout_d{d}.npz", family, q, job["heldout"],
-                                         job["heldout_episodes"], job["seeds"]["heldout"][d], job["hand_init_noise"],
-                                         job["aim"]) for d in range(job["draws"])}
+    log("loading the logs (no images)")
+    train_log = collect_state_log(*log_spec(job, None))
+    heldout_logs = {d: collect_state_log(*log_spec(job, d)) for d in range(job["draws"])}
     timings = {"collect_s": time.perf_counter() - t0}
     evals_dir = out / "evals" / q
     evals_dir.mkdir(parents=True, exist_ok=True)
@@ -600,6 +600,22 @@ def job_plan(methods_by_quality: dict[str, list[str]]) -> list[tuple[str, str, l
     return [(q, group, part) for _, q, group, part in jobs]
 
 
+def log_spec(job: dict[str, Any], draw: int | None) -> tuple:
+    """`collect_state_log`'s arguments for a job's meta-train log (draw None) or held-out draw."""
+    out, q = Path(job["out"]) / "data", job["quality"]
+    if draw is None:
+        return (out / f"{q}_train.npz", job["family"], q, job["train_tasks"], job["episodes_per_task"],
+                job["seeds"]["train"], job["hand_init_noise"], job["aim"])
+    return (out / f"{q}_heldout_d{draw}.npz", job["family"], q, job["heldout"], job["heldout_episodes"],
+            job["seeds"]["heldout"][draw], job["hand_init_noise"], job["aim"])
+
+
+def _collect(spec: tuple) -> float:
+    t = time.perf_counter()
+    collect_state_log(*spec)
+    return time.perf_counter() - t
+
+
 def run_track(out: Path, family: str, design, heldout: list[int], train: list[int],
               methods_by_quality: dict[str, list[str]],
               args) -> tuple[list[dict], dict[tuple[str, int, int], float], dict[str, float]]:
@@ -627,6 +643,13 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
           f"{'/'.join(str(len(methods_by_quality[q])) for q in design.qualities)} methods in {len(jobs)} jobs, "
           f"{args.workers} at a time", file=sys.stderr)
     with ProcessPoolExecutor(max(1, args.workers), mp_context=mp.get_context("spawn")) as pool:
+        # every log first, each by one process (a quality's two jobs read the same logs)
+        first = {j["quality"]: j for j in reversed(jobs)}
+        specs = [log_spec(j, d) for j in first.values() for d in (None, *range(design.draws))]
+        todo = [sp for sp in specs if not sp[0].exists()]
+        if todo:
+            print(f"state track: collecting {len(todo)} logs (no images)", file=sys.stderr)
+            timings["collect_s"] = round(sum(pool.map(_collect, todo)), 1)
         futures = [pool.submit(run_quality, j) for j in jobs]
         for done, fut in enumerate(as_completed(futures), 1):
             res = fut.result()[0]
