@@ -115,8 +115,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--episodes-per-task", type=int, metavar="N",
                    help="meta-train episodes per task and quality (default: the budget's, 8). Push needs more: "
                         "d3rlpy's IQL given the true goal solves 0.10-0.13 of push medium's held-out episodes "
-                        "from 8 at any number of updates, and from 32 0.24 at 3k updates, 0.56 at 10k, 0.64 at "
-                        "30k (experiments/26; --learner-steps)")
+                        "from 8 at 3k to 30k updates, and from 32 0.24 at 3k, 0.56 at 10k, 0.64 at 30k "
+                        "(experiments/26; --learner-steps)")
     p.add_argument("--learner-steps", type=int, metavar="N",
                    help="state track: updates of MerPO v2's meta-training and of the pooled d3rlpy learners "
                         "(default: the budget's, 3000; experiments/26 used 10000 on push)")
