@@ -148,13 +148,7 @@ def evaluate(
     result under `episode_results` for per-episode comparisons). With `video`, the
     first `video_episodes` episodes are written side by side in time to that path (.mp4/.gif).
     """
-    if episodes < 1:
-        raise ValueError(f"episodes must be at least 1, got {episodes}")
-    tasks = [int(t) for t in tasks]
-    if not tasks:
-        raise ValueError("no tasks to evaluate")
-    for t in tasks:
-        env.tasks.check_id(t)
+    tasks = _checked_tasks(env, tasks, episodes)
     limiter = limiter if limiter is not None else env.safety_limiter()
     results: list[EpisodeResult] = []
     clips: list[list[np.ndarray]] = []
@@ -178,6 +172,18 @@ def evaluate(
     return out
 
 
+def _checked_tasks(env: Any, tasks: Sequence[int], episodes: int) -> list[int]:
+    """The tasks to evaluate as ints, after the episode count and every task id are checked."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be at least 1, got {episodes}")
+    out = [int(t) for t in tasks]
+    if not out:
+        raise ValueError("no tasks to evaluate")
+    for t in out:
+        env.tasks.check_id(t)
+    return out
+
+
 def _summary(results: Sequence[EpisodeResult], env: Any, tasks: list[int], episodes: int, seed: int,
              start: float) -> dict[str, Any]:
     out = summarize(results)
@@ -198,15 +204,9 @@ def evaluate_lockstep(act_batch: Callable[[list[dict[str, np.ndarray]]], np.ndar
     batched pass may round differently from its one-row pass (CPU torch: ~1e-7), so actions are
     equal up to that rounding. The policy is not seeded, reset or told the applied action.
     `envs` are alike environments (same family and settings), each with its own safety limiter."""
-    if episodes < 1:
-        raise ValueError(f"episodes must be at least 1, got {episodes}")
     if not envs:
         raise ValueError("evaluate_lockstep needs at least one environment")
-    tasks = [int(t) for t in tasks]
-    if not tasks:
-        raise ValueError("no tasks to evaluate")
-    for t in tasks:
-        envs[0].tasks.check_id(t)
+    tasks = _checked_tasks(envs[0], tasks, episodes)
     start = time.perf_counter()
     todo = [(t, k) for t in tasks for k in range(episodes)]
     results: list[EpisodeResult] = []

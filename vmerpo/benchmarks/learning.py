@@ -87,7 +87,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "results.json/.md/.png give mean success with 95 %% intervals and paired differences "
                     "clustered by task.",
         epilog="examples:\n"
-               "  vmerpo bench learning --track state --budget full --out results/learning-state   # ~1 h (experiments/18)\n"
+               "  vmerpo bench learning --track state --budget full --out results/learning-state   # 38 min on 2 cores (experiments/28)\n"
                "  vmerpo bench learning --track pixel --budget smoke --out results/learning-pixel\n"
                "  vmerpo bench learning --track state --budget full --out results/learning-state --resume")
     p.add_argument("--track", choices=TRACKS, default="state",

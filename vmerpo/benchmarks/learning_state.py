@@ -628,7 +628,7 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
 
     aim = AIMS[args.aim]
     jobs = [{"out": str(out / "state"), "quality": q, "group": group, "family": family,
-             "state_budget": state_budget_dict(args.budget, getattr(args, "learner_steps", None)),
+             "state_budget": state_budget_dict(args.budget, args.learner_steps),
              "methods": ms, "train_tasks": train, "episodes_per_task": design.episodes_per_task,
              "heldout": heldout, "heldout_episodes": design.heldout_episodes, "draws": design.draws,
              "eval_episodes": design.eval_episodes, "seeds": log_seeds(q, design.draws),
@@ -657,7 +657,7 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
             for key, v in res["behaviour"].items():
                 t, d = (int(x) for x in key.split(","))
                 behaviour[(res["quality"], t, d)] = v
-            # a quality's two jobs each collect (or load) its logs: their own keys for what both time
+            # both jobs of a quality time their log loading and their total: keys per group
             timings.update({f"{res['quality']}_" + (f"{res['group']}_{k}" if k in ("collect_s", "total_s") else k):
                             round(v, 1) for k, v in res["timings"].items()})
             el = time.perf_counter() - t0
