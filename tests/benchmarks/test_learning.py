@@ -211,6 +211,33 @@ def test_the_power_design_adds_draws_on_medium_for_the_core_methods(tmp_path):
     assert "iql_finetuned" in learning.resolve(args)[1]  # other budgets: all of the track's
 
 
+def test_the_state_ablations_are_a_second_invocation_and_the_pixel_s_run_by_default(tmp_path):
+    """State `full` runs the issue's methods on every quality and no ablation (single-task RAC
+    among them), so that it stays well under 30 min; `--ablations medium` adds them on medium
+    only, and `--methods` still names any method for every quality. The pixel track keeps its
+    ablations on medium and random_heavy by default."""
+    from vmerpo.benchmarks import learning
+    from vmerpo.benchmarks.learning_pixel import PIXEL_ABLATIONS
+    from vmerpo.benchmarks.learning_state import STATE_ABLATIONS, STATE_METHODS
+
+    out = ["--out", str(tmp_path / "s")]
+    by_q = learning.resolve(learning.parse_args(["--budget", "full", *out]))[2]
+    core = [m for m in STATE_METHODS if m not in STATE_ABLATIONS]
+    assert "rac" in STATE_ABLATIONS and {"bc", "merpo", "meta_policy", "iql_finetuned", "iql_oracle"} <= set(core)
+    assert by_q == {q: core for q in learning.QUALITIES}
+    by_q = learning.resolve(learning.parse_args(["--budget", "full", "--ablations", "medium", *out]))[2]
+    assert by_q["medium"] == list(STATE_METHODS) and by_q["expert"] == core
+    by_q = learning.resolve(learning.parse_args(["--budget", "full", "--methods", "bc,rac", *out]))[2]
+    assert by_q == {q: ["bc", "rac"] for q in learning.QUALITIES}
+    pixel = ["--track", "pixel", "--budget", "full", "--qualities", "expert,random_heavy", "--methods", "bc,merpo",
+             "--device", "cpu", *out]
+    args = learning.parse_args(pixel)
+    args.methods = None  # the default methods, with the pixel track's default ablation qualities
+    by_q = learning.methods_by_quality(args, ["bc", "merpo", "merpo_no_uncertainty"], ("expert", "random_heavy"))
+    assert "merpo_no_uncertainty" in PIXEL_ABLATIONS
+    assert by_q == {"expert": ["bc", "merpo"], "random_heavy": ["bc", "merpo", "merpo_no_uncertainty"]}
+
+
 def test_pixel_full_without_a_gpu_runs_medium_on_one_world_model(tmp_path, capsys):
     import torch
 
@@ -236,7 +263,7 @@ def test_peer_methods_without_d3rlpy_are_refused_before_anything_is_written(tmp_
     from vmerpo.benchmarks import learning, peer
 
     monkeypatch.setattr(peer, "available", lambda: "d3rlpy is not installed: run `make peer`")
-    for track, asked in (("state", "bc_pooled,iql_finetuned,iql_inferred,iql_oracle,iql_pooled"),
+    for track, asked in (("state", "bc_pooled,iql_finetuned,iql_oracle,iql_pooled"),
                          ("pixel", "iql_finetuned")):
         args = learning.parse_args(["--track", track, "--budget", "smoke", "--device", "cpu",
                                     "--out", str(tmp_path / "o")])

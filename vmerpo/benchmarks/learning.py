@@ -87,9 +87,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "results.json/.md/.png give mean success with 95 %% intervals and paired differences "
                     "clustered by task.",
         epilog="examples:\n"
-               "  vmerpo bench learning --track state --budget full --out results/learning-state   # 38 min on 2 cores (experiments/28)\n"
+               "  vmerpo bench learning --track state --budget full --out results/learning-state   # MEASURE on 2 cores (experiments/29)\n"
+               "  vmerpo bench learning --track state --budget full --out results/learning-state --ablations medium --resume"
+               "   # adds the mechanism ablations on medium (MEASURE)\n"
                "  vmerpo bench learning --track pixel --budget smoke --out results/learning-pixel\n"
-               "  vmerpo bench learning --track state --budget full --out results/learning-state --resume")
+               "  vmerpo bench learning --track state --budget full --out results/learning-state --resume   # after a kill")
     p.add_argument("--track", choices=TRACKS, default="state",
                    help="state: the learners on proprioceptive state (minutes); pixel: images through the world "
                         "model (the product; hours on a CPU). Default state")
@@ -106,9 +108,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                      "learning_pixel.PIXEL_METHODS, opt-in PIXEL_EXTRA_METHODS: merpo_v1, merpo_adp, meta_policy_v1, merpo_no_embedding, iql_pooled); default all of the track's (power: bc,merpo,meta_policy)")
     p.add_argument("--ablations", metavar="QUALITIES",
                    help="qualities on which the mechanism ablations run (omega sweep 0 / 0.4 / 1; MerPO without the "
-                        "task embedding; state: d3rlpy IQL given the inferred embedding; pixel: without the "
-                        "uncertainty penalty): comma-separated, all or none (default: state medium; pixel "
-                        "medium,random_heavy). Methods named by --methods run on every quality")
+                        "task embedding; state: single-task RAC and d3rlpy IQL given the inferred embedding; pixel: "
+                        "without the uncertainty penalty): comma-separated, all or none (default: state none, "
+                        "so that full stays well under 30 min: add them with a second invocation, --ablations "
+                        "medium --resume on the same --out; pixel medium,random_heavy). Methods named by --methods "
+                        "run on every quality")
     p.add_argument("--heldout-tasks", type=int, metavar="K", help="the family's first K held-out tasks (default: "
                                                                    "the budget's)")
     p.add_argument("--draws", type=int, metavar="D", help="independent held-out logs per task (default: the budget's)")
@@ -145,7 +149,9 @@ def _subset(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
     return items
 
 
-ABLATION_DEFAULT = {"state": ("medium",), "pixel": ("medium", "random_heavy")}
+# state: none, so that `full` stays well under 30 min on 2 cores (experiments/29); the ablations
+# are a second invocation, `--ablations medium --resume` on the same --out
+ABLATION_DEFAULT: dict[str, tuple[str, ...]] = {"state": (), "pixel": ("medium", "random_heavy")}
 
 
 def methods_by_quality(args: argparse.Namespace, methods: list[str], qualities: tuple[str, ...]
@@ -156,7 +162,7 @@ def methods_by_quality(args: argparse.Namespace, methods: list[str], qualities: 
         from vmerpo.benchmarks.learning_state import STATE_ABLATIONS as ablations
     else:
         from vmerpo.benchmarks.learning_pixel import PIXEL_ABLATIONS as ablations
-    text = args.ablations if args.ablations is not None else ",".join(ABLATION_DEFAULT[args.track])
+    text = args.ablations if args.ablations is not None else ",".join(ABLATION_DEFAULT[args.track]) or "none"
     if text.strip() == "all":
         where = set(qualities)
     elif text.strip() == "none":

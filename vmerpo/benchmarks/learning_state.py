@@ -49,8 +49,11 @@ from vmerpo.commands.options import AIMS
 
 STATE_METHODS = ("bc", "rac", "merpo", "meta_policy", "merpo_omega0", "merpo_omega04", "merpo_omega1",
                  "merpo_no_embedding", "bc_pooled", "iql_pooled", "iql_finetuned", "iql_inferred", "iql_oracle")
-# the mechanism ablations: run on the qualities `--ablations` names (default medium), the rest on all
-STATE_ABLATIONS = ("merpo_omega0", "merpo_omega04", "merpo_omega1", "merpo_no_embedding", "iql_inferred")
+# the mechanism ablations: run on the qualities `--ablations` names (default none: `full` then fits
+# well under 30 min on 2 cores; `--ablations medium --resume` on the same --out adds them), the rest
+# on all. Single-task RAC is one of them here: MerPO without meta-training (no pi_c, no Q_meta,
+# omega 1), the learner of the "MerPO >= RAC" target, which is a pixel-track target
+STATE_ABLATIONS = ("rac", "merpo_omega0", "merpo_omega04", "merpo_omega1", "merpo_no_embedding", "iql_inferred")
 OMEGA_SWEEP = {"merpo_omega0": 0.0, "merpo_omega04": 0.4, "merpo_omega1": 1.0}
 # opt-in (--methods): MerPO v1 (no task variable, per-task learners averaged into pi_c)
 EXTRA_METHODS = ("merpo_v1", "meta_policy_v1")
