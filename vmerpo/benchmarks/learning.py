@@ -158,10 +158,10 @@ def methods_by_quality(args: argparse.Namespace, methods: list[str], qualities: 
                        ) -> dict[str, list[str]]:
     """Each quality's methods: the ablations (learning_state.STATE_ABLATIONS /
     learning_pixel.PIXEL_ABLATIONS) only on the --ablations qualities, unless --methods named them."""
-    if args.track == "state":
-        from vmerpo.benchmarks.learning_state import STATE_ABLATIONS as ablations
-    else:
-        from vmerpo.benchmarks.learning_pixel import PIXEL_ABLATIONS as ablations
+    from vmerpo.benchmarks.learning_pixel import PIXEL_ABLATIONS
+    from vmerpo.benchmarks.learning_state import STATE_ABLATIONS
+
+    ablations: tuple[str, ...] = STATE_ABLATIONS if args.track == "state" else PIXEL_ABLATIONS
     text = args.ablations if args.ablations is not None else ",".join(ABLATION_DEFAULT[args.track]) or "none"
     if text.strip() == "all":
         where = set(qualities)
