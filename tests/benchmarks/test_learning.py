@@ -110,7 +110,7 @@ def _bench(tmp_path, *args):
     (("--hand-init-noise", "0.5"), "hand start noise 0.5 m not supported"),
     (("--qualities", "medium,great"), "--qualities: unknown ['great']"),
     (("--episodes-per-task", "0"), "--episodes-per-task 0: must be at least 1"),
-    (("--track", "pixel", "--learner-steps", "5000"), "--learner-steps is a state-track option"),
+    (("--track", "pixel", "--learner-steps", "0"), "--learner-steps 0: must be at least 1"),
 ])
 def test_bad_arguments_are_one_line_errors_before_anything_runs(tmp_path, args, why):
     proc = _bench(tmp_path, *args)
@@ -370,6 +370,17 @@ def test_more_meta_train_episodes_and_learner_steps_reach_the_design_and_the_sta
     assert s["episodes_per_task"] == 32
     assert s["state_budget"] == {**base, "v2_meta_steps": 10000, "iql_steps": 10000}
     assert base["v2_meta_steps"] == 3000 and base["adapt_steps"] == s["state_budget"]["adapt_steps"]
+    # the pixel track: MerPO v2's meta-training and the peer's pooled updates, in its settings
+    from vmerpo.benchmarks.learning_pixel import pixel_budget
+
+    pix = ["--track", "pixel", "--budget", "full", "--device", "cpu", "--out", str(tmp_path / "q")]
+    base_pix = pixel_budget(learning.parse_args(pix))
+    args = learning.parse_args([*pix, "--learner-steps", "12000"])
+    b = pixel_budget(args)
+    assert (base_pix.v2_meta_steps, b.v2_meta_steps, b.peer_steps) == (0, 12000, 12000)
+    assert b.adapt_steps == base_pix.adapt_steps and b.wm_steps == base_pix.wm_steps
+    design = learning.resolve(args)[0]
+    assert learning.settings_of(args, design, "reach-v3", [40], list(range(20)))["pixel_budget"]["v2_meta_steps"] == 12000
 
 
 def test_a_torch_policy_evaluated_side_by_side_matches_one_episode_at_a_time():

@@ -122,8 +122,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "from 8 at 3k to 30k updates, and from 32 0.24 at 3k, 0.56 at 10k, 0.64 at 30k "
                         "(experiments/26; --learner-steps)")
     p.add_argument("--learner-steps", type=int, metavar="N",
-                   help="state track: updates of MerPO v2's meta-training and of the pooled d3rlpy learners "
-                        "(default: the budget's, 3000; experiments/26 used 10000 on push)")
+                   help="updates of MerPO v2's meta-training (RAC updates of pi_c and Q_meta; on the pixel track "
+                        "its warm start and embedding fit scale with it) and of the pooled d3rlpy learners "
+                        "(default: the budget's, 3000 (pixel smoke 1000); experiments/26 used 10000 on push)")
     p.add_argument("--hand-init-noise", type=float, default=0.05, metavar="M",
                    help="random hand start of up to +-M metres per axis in every log and evaluation (default 0.05)")
     p.add_argument("--aim", choices=tuple(AIMS), default="tool-centre",
@@ -292,9 +293,6 @@ def resolve(args: argparse.Namespace) -> tuple[Design, list[str], dict[str, list
         design = _replace(design, episodes_per_task=_positive(args.episodes_per_task, "--episodes-per-task"))
     if args.learner_steps is not None:
         _positive(args.learner_steps, "--learner-steps")
-        if args.track != "state":
-            raise ValueError("--learner-steps is a state-track option (the pixel track's learners follow --budget "
-                             "and --device)")
     from vmerpo.benchmarks import learning_pixel, learning_state
 
     track_methods: tuple[str, ...]

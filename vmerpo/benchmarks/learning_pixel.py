@@ -141,6 +141,8 @@ def pixel_budget(args: argparse.Namespace) -> Budget:
         if not args.pooled_reward >= 0:
             raise ValueError(f"--pooled-reward {args.pooled_reward}: must be 0 or more")
         budget = replace(budget, pooled_reward_scale=float(args.pooled_reward))
+    if getattr(args, "learner_steps", None) is not None:  # --learner-steps: MerPO v2's meta-training, the peer's
+        budget = replace(budget, v2_meta_steps=int(args.learner_steps), peer_steps=int(args.learner_steps))
     if args.wm_seeds is not None:
         if args.wm_seeds < 1:
             raise ValueError(f"--wm-seeds {args.wm_seeds}: must be at least 1")
