@@ -353,6 +353,13 @@ def test_a_quality_s_two_jobs_share_its_logs_and_evaluate_side_by_side(tmp_path)
     assert sorted(rows) == ["bc", "iql_pooled", "merpo", "meta_policy"]
     assert all(r["episodes"] == 3 and 0.0 <= r["success_rate"] <= 1.0 and r["final_distance"] > 0 for r in rows.values())
     assert rows["merpo"]["inference_goal_error_cm"] >= 0 and rows["iql_pooled"]["zero_shot"]
+    # a later invocation's omega sweep (--ablations): omega 0.4 is MerPO's learner (fixed rule),
+    # so its unit is MerPO's evaluation, not a second adaptation; omega 1 is adapted
+    job["methods"], job["group"] = ["merpo", "merpo_omega04", "merpo_omega1"], "v2"
+    again = run_quality(job)[0]
+    assert "merpo_omega0.4_adapt_s" not in again["timings"] and "merpo_omega1_adapt_s" in again["timings"]
+    evals = tmp_path / "state" / "evals" / "medium"
+    assert (evals / "merpo_omega04_t40_d0.json").read_text() == (evals / "merpo_t40_d0.json").read_text()
 
 
 def test_more_meta_train_episodes_and_learner_steps_reach_the_design_and_the_state_learners(tmp_path):

@@ -530,12 +530,23 @@ def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std,
     if "meta_policy" in todo:
         for (task, d), inf in zip(units, infs, strict=True):
             record("meta_policy", task, d, FeaturePolicy(actor_fn(m.meta_actor), feats, z=inf.z))
-    wanted: dict[str, dict[int, float]] = {}  # method -> {unit index: omega}
-    if "merpo" in todo:
-        wanted["merpo"] = dict(enumerate(rule))
-    for method, w in OMEGA_SWEEP.items():
-        if method in todo:
-            wanted[method] = {i: w for i in range(len(units))}
+    omega_of = {"merpo": dict(enumerate(rule)), **{m: {i: w for i in range(len(units))} for m, w in OMEGA_SWEEP.items()}}
+    # a unit's learner at an omega is one learner (the same log, seed and update), whichever method
+    # asks: an evaluation made for one method (an earlier invocation's included) stands for the others
+    wanted: dict[str, dict[int, float]] = {}  # method -> {unit index: omega}, units still to evaluate
+    for method in ("merpo", *OMEGA_SWEEP):
+        if method not in todo:
+            continue
+        wanted[method] = {}
+        for i, w in omega_of[method].items():
+            task, d = units[i]
+            if cached(method, task, d).exists():
+                continue
+            done = [cached(m, task, d) for m in omega_of if omega_of[m][i] == w and cached(m, task, d).exists()]
+            if done:
+                shutil.copyfile(done[0], cached(method, task, d))
+            else:
+                wanted[method][i] = w
     for w in sorted({w for per in wanted.values() for w in per.values()}):
         idx = sorted({i for per in wanted.values() for i, o in per.items() if o == w})
         log(f"MerPO at omega {w:g}: adapting to {len(idx)} logs")
