@@ -87,9 +87,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "results.json/.md/.png give mean success with 95 %% intervals and paired differences "
                     "clustered by task.",
         epilog="examples:\n"
-               "  vmerpo bench learning --track state --budget full --out results/learning-state   # MEASURE on 2 cores (experiments/29)\n"
+               "  vmerpo bench learning --track state --budget full --out results/learning-state   # 25.7 min on 2 cores (experiments/29)\n"
                "  vmerpo bench learning --track state --budget full --out results/learning-state --ablations medium --resume"
-               "   # adds the mechanism ablations on medium (MEASURE)\n"
+               "   # then the mechanism ablations on medium (13.6 min)\n"
                "  vmerpo bench learning --track pixel --budget smoke --out results/learning-pixel\n"
                "  vmerpo bench learning --track state --budget full --out results/learning-state --resume   # after a kill")
     p.add_argument("--track", choices=TRACKS, default="state",
