@@ -225,8 +225,12 @@ def test_the_state_ablations_are_a_second_invocation_and_the_pixel_s_run_by_defa
     core = [m for m in STATE_METHODS if m not in STATE_ABLATIONS]
     assert "rac" in STATE_ABLATIONS and {"bc", "merpo", "meta_policy", "iql_finetuned", "iql_oracle"} <= set(core)
     assert by_q == {q: core for q in learning.QUALITIES}
-    by_q = learning.resolve(learning.parse_args(["--budget", "full", "--ablations", "medium", *out]))[2]
+    with_abl = learning.parse_args(["--budget", "full", "--ablations", "medium", *out])
+    design, _, by_q = learning.resolve(with_abl)
     assert by_q["medium"] == list(STATE_METHODS) and by_q["expert"] == core
+    # the second invocation resumes the first: --ablations is not a setting of the --out
+    plain = learning.parse_args(["--budget", "full", *out])
+    assert learning.settings_of(with_abl, design, "reach-v3", [40], [0]) == learning.settings_of(plain, design, "reach-v3", [40], [0])
     by_q = learning.resolve(learning.parse_args(["--budget", "full", "--methods", "bc,rac", *out]))[2]
     assert by_q == {q: ["bc", "rac"] for q in learning.QUALITIES}
     pixel = ["--track", "pixel", "--budget", "full", "--qualities", "expert,random_heavy", "--methods", "bc,merpo",
@@ -270,6 +274,9 @@ def test_peer_methods_without_d3rlpy_are_refused_before_anything_is_written(tmp_
         with pytest.raises(RuntimeError) as err:
             learning.resolve(args)
         assert str(err.value) == f"d3rlpy is not installed: run `make peer`; or leave out --methods {asked}"
+    args = learning.parse_args(["--budget", "smoke", "--ablations", "medium", "--out", str(tmp_path / "o")])
+    with pytest.raises(RuntimeError, match="iql_finetuned,iql_inferred,iql_oracle"):
+        learning.resolve(args)
     args = learning.parse_args(["--track", "pixel", "--budget", "smoke", "--methods", "bc,merpo",
                                 "--out", str(tmp_path / "o")])
     assert learning.resolve(args)[1] == ["bc", "merpo"]  # without the peer: fine
@@ -359,7 +366,16 @@ def test_a_quality_s_two_jobs_share_its_logs_and_evaluate_side_by_side(tmp_path)
     again = run_quality(job)[0]
     assert "merpo_omega0.4_adapt_s" not in again["timings"] and "merpo_omega1_adapt_s" in again["timings"]
     evals = tmp_path / "state" / "evals" / "medium"
-    assert (evals / "merpo_omega04_t40_d0.json").read_text() == (evals / "merpo_t40_d0.json").read_text()
+    merpo, sweep = evals / "merpo_t40_d0.json", evals / "merpo_omega04_t40_d0.json"
+    assert sweep.read_text() == merpo.read_text() and json.loads(merpo.read_text())["omega"] == 0.4
+    # the other way round: the sweep's evaluation stands for MerPO's
+    merpo.unlink()
+    job["methods"] = ["merpo"]
+    assert "merpo_omega0.4_adapt_s" not in run_quality(job)[0]["timings"] and merpo.read_text() == sweep.read_text()
+    # an evaluation that does not say its omega (made before omegas were recorded) is not reused
+    merpo.unlink()
+    sweep.write_text(json.dumps({k: v for k, v in json.loads(sweep.read_text()).items() if k != "omega"}))
+    assert "merpo_omega0.4_adapt_s" in run_quality(job)[0]["timings"] and json.loads(merpo.read_text())["omega"] == 0.4
 
 
 def test_more_meta_train_episodes_and_learner_steps_reach_the_design_and_the_state_learners(tmp_path):

@@ -7,22 +7,25 @@ every logged state, action and reward, is the one the pixel track records with i
 (`sim.envs` `render=False`; tested). It separates "the RL and the task inference work" from
 "the perception works".
 
-Per quality, one job (two run at once):
+The logs are collected first (each by one process), then each quality runs as two jobs, MerPO
+v2's methods and the others, the costliest first (two at a time, `job_plan`):
 
     collect   meta-train logs (the first N train tasks) and, per draw, a 5-episode log of each
               held-out task                                          (reused when present)
-    pretrain  on the pooled meta-train transitions: MerPO (pi_c, Q_meta), d3rlpy's IQL and BC,
-              and IQL given the true goal
-    adapt     per (held-out task, draw): BC and single-task RAC on the log alone (from scratch),
-              MerPO from (pi_c, Q_meta), d3rlpy's IQL fine-tuned from its pooled learner
-              (RAC and MerPO batched over the units: one learner each)
+    pretrain  on the pooled meta-train transitions: MerPO v2 (task embedding, pi_c, Q_meta),
+              d3rlpy's IQL and BC, and IQL given the true goal
+    adapt     per (held-out task, draw): BC on the log alone (from scratch), MerPO from (pi_c,
+              Q_meta) at the task embedding inferred from the log, d3rlpy's IQL fine-tuned from
+              its pooled learner (MerPO batched over the units: one learner each)
     evaluate  every policy on its task, the same 20 starts for every method and draw
 
 MerPO is v2 (`learning.merpo_v2`): the task embedding inferred from each held-out log's
 rewards conditions pi_c (`meta_policy`: pi_c at the inferred embedding, no RAC step on the log)
-and MerPO's adaptation; `merpo_omega0` / `merpo_omega1` are its omega sweep, `merpo_no_embedding`
-the ablation without a task variable, `iql_inferred` d3rlpy's IQL on the same conditioned
-features (the peer given our task inference). `merpo_v1` / `meta_policy_v1` (opt-in) are the
+and MerPO's adaptation. The mechanism ablations (`STATE_ABLATIONS`, on the qualities
+`--ablations` names, none by default): single-task RAC on the log alone (MerPO without
+meta-training), the omega sweep `merpo_omega0` / `merpo_omega04` / `merpo_omega1`,
+`merpo_no_embedding` (no task variable) and `iql_inferred` (d3rlpy's IQL on the same conditioned
+features: the peer given our task inference). `merpo_v1` / `meta_policy_v1` (opt-in) are the
 MerPO before v2.
 
 Methods that never see the held-out log (bc_pooled, iql_pooled, iql_oracle, meta_policy_v1) are
@@ -309,6 +312,13 @@ def evaluate_policy(env, policy, task: int, episodes: int) -> dict[str, Any]:
             "episodes": res["episodes"]}
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """`path` holds `text` or what it held before, never a part (a killed run's cache stays readable)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 # -- one quality's job ---------------------------------------------------------------------------------
 def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
     """Everything of one quality: logs, pooled learners, adaptations, evaluations. Each unit's
@@ -355,14 +365,14 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
     seed = job["seed"]
     goals = {t: heldout_logs[0]["episode_goal"][list(heldout_logs[0]["episode_task"]).index(t)] for t in job["heldout"]}
 
-    def record(method: str, task: int, draw: int | None, policy) -> None:
+    def record(method: str, task: int, draw: int | None, policy, **extra: Any) -> None:
         path = cached(method, task, draw)
         if path.exists():
             return
         if not envs:
             envs.extend(eval_envs(family, job["hand_init_noise"]))
         res = evaluate_policy(envs, policy, task, job["eval_episodes"])
-        path.write_text(json.dumps(res))
+        write_atomic(path, json.dumps({**res, **extra}))
 
     def adapted(method: str, actors: list) -> None:
         for (t, d), a in zip(units, actors, strict=True):
@@ -490,7 +500,6 @@ def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std,
     omega its rule chose, evaluated once. Each unit's inference (embedding, spread, evidence,
     the goal it places through a linear probe of the meta-train embeddings, the log's success
     and MerPO's omega) is kept in `inference_t{task}_d{draw}.json`."""
-    import shutil
 
     import torch
 
@@ -530,23 +539,32 @@ def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std,
     if "meta_policy" in todo:
         for (task, d), inf in zip(units, infs, strict=True):
             record("meta_policy", task, d, FeaturePolicy(actor_fn(m.meta_actor), feats, z=inf.z))
-    omega_of = {"merpo": dict(enumerate(rule)), **{m: {i: w for i in range(len(units))} for m, w in OMEGA_SWEEP.items()}}
+    omega_of = {"merpo": dict(enumerate(rule)), **{k: {i: w for i in range(len(units))} for k, w in OMEGA_SWEEP.items()}}
+
+    def evaluated_at(method: str, i: int, w: float) -> Path | None:
+        """The unit's evaluation of `method` if it is of the learner at omega `w` (each records its omega)."""
+        path = cached(method, *units[i])
+        return path if path.exists() and json.loads(path.read_text()).get("omega") == w else None
+
     # a unit's learner at an omega is one learner (the same log, seed and update), whichever method
     # asks: an evaluation made for one method (an earlier invocation's included) stands for the others
     wanted: dict[str, dict[int, float]] = {}  # method -> {unit index: omega}, units still to evaluate
+    reused = 0
     for method in ("merpo", *OMEGA_SWEEP):
         if method not in todo:
             continue
         wanted[method] = {}
         for i, w in omega_of[method].items():
-            task, d = units[i]
-            if cached(method, task, d).exists():
+            if cached(method, *units[i]).exists():
                 continue
-            done = [cached(m, task, d) for m in omega_of if omega_of[m][i] == w and cached(m, task, d).exists()]
+            done = [p for k in omega_of if omega_of[k][i] == w and (p := evaluated_at(k, i, w)) is not None]
             if done:
-                shutil.copyfile(done[0], cached(method, task, d))
+                write_atomic(cached(method, *units[i]), done[0].read_text())
+                reused += 1
             else:
                 wanted[method][i] = w
+    if reused:
+        log(f"MerPO: {reused} unit evaluation(s) reused from another method at the same omega")
     for w in sorted({w for per in wanted.values() for w in per.values()}):
         idx = sorted({i for per in wanted.values() for i, o in per.items() if o == w})
         log(f"MerPO at omega {w:g}: adapting to {len(idx)} logs")
@@ -562,9 +580,9 @@ def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std,
                     continue
                 if i in evaluated:
                     if not cached(method, task, d).exists():
-                        shutil.copyfile(evaluated[i], cached(method, task, d))
+                        write_atomic(cached(method, task, d), evaluated[i].read_text())
                     continue
-                record(method, task, d, FeaturePolicy(actor_fn(r.actor), feats, z=infs[i].z))
+                record(method, task, d, FeaturePolicy(actor_fn(r.actor), feats, z=infs[i].z), omega=w)
                 evaluated[i] = cached(method, task, d)
     if "iql_inferred" in todo:  # the peer on the same conditioned features
         log("d3rlpy IQL given the inferred embeddings")
