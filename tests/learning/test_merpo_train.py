@@ -255,6 +255,33 @@ def test_method_configs():
         method_config("sac", base)
 
 
+def test_pixel_presets_meta_train_merpo_v2_longer_and_the_demo_and_smoke_keep_their_budget():
+    """cpu and paper: MerPO v2's meta-training of experiments/30 (12,000 RAC updates, 8,000
+    warm-start and 12,000 embedding steps; MerPOv2Config's own defaults, used by the state track,
+    stay); the demo and the pixel smoke budget keep 1,000 / 667 / 1,000."""
+    import argparse
+
+    from learning.merpo_train import V2_PIXEL_META, preset
+    from learning.merpo_v2 import MerPOv2Config
+
+    for name in ("cpu", "paper"):
+        v2 = preset(name).merpo_v2
+        assert (v2.meta_steps, v2.warm_start_steps, v2.embedding.fit_steps) == (12000, 8000, 12000)
+        assert v2.rac.behaviour_weight == "advantage"  # v2's own term, not the v1 preset's
+    assert V2_PIXEL_META["meta_steps"] > MerPOv2Config().meta_steps == 3000
+    demo = preset("demo").merpo_v2
+    assert (demo.meta_steps, demo.warm_start_steps, demo.embedding.fit_steps, demo.adapt_steps) == (1000, 667, 1000, 1000)
+    # the pixel smoke budget scales the cpu preset's counts to its 1,000 updates as before
+    from vmerpo.benchmarks.learning_pixel import pixel_budget
+
+    smoke = pixel_budget(argparse.Namespace(track="pixel", budget="smoke", device="cpu", world_model=None,
+                                            meta_critic=None, pooled_reward=None, wm_seeds=None, goal_pin=False,
+                                            family="reach", learner_steps=None))
+    v2 = preset(smoke.config).merpo_v2
+    scale = smoke.v2_meta_steps / v2.meta_steps
+    assert (round(v2.warm_start_steps * scale), round(v2.embedding.fit_steps * scale)) == (667, 1000)
+
+
 def test_pipeline_runs_on_a_world_model_with_the_bench_ensemble(family, tmp_path):
     """train + adapt (MerPO-Adp, LOMPO) on a world model whose prior heads read the action and
     carry random prior functions (the `bench` preset's ensemble, here at tiny size)."""

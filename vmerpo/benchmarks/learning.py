@@ -124,8 +124,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--learner-steps", type=int, metavar="N",
                    help="updates of MerPO v2's meta-training (RAC updates of pi_c and Q_meta; on the pixel track "
                         "its warm start and embedding fit scale with it) and of the pooled d3rlpy learners "
-                        "(default: the budget's: 3000; pixel smoke: MerPO v2 1000, the peer 3000; experiments/26 used 10000 "
-                        "on push). A setting of the --out: a run made without it is not resumed with it")
+                        "(default: the budget's: state 3000; pixel MerPO v2 the preset's 12000 (smoke 1000, experiments/30), "
+                        "the peer 3000; experiments/26 used 10000 on push). A setting of the --out: a run made "
+                        "without it is not resumed with it")
     p.add_argument("--hand-init-noise", type=float, default=0.05, metavar="M",
                    help="random hand start of up to +-M metres per axis in every log and evaluation (default 0.05)")
     p.add_argument("--aim", choices=tuple(AIMS), default="tool-centre",
