@@ -111,6 +111,17 @@ def _v2_rac(rac: RACConfig, horizon: int | None = None) -> RACConfig:
                                uncertainty_penalty=v2.uncertainty_penalty)
 
 
+def v2_meta_budget(v2: MerPOv2Config, meta_steps: int) -> MerPOv2Config:
+    """`v2` with `meta_steps` RAC updates of (pi_c, Q_meta), its warm start and the task
+    embedding's fit scaled by the same factor: the meta-training as one budget (the presets and
+    the learning benchmark's pixel budgets scale it this way)."""
+    scale = meta_steps / v2.meta_steps
+    return dataclasses.replace(v2, meta_steps=int(meta_steps),
+                               warm_start_steps=max(1, round(v2.warm_start_steps * scale)),
+                               embedding=dataclasses.replace(v2.embedding,
+                                                             fit_steps=max(1, round(v2.embedding.fit_steps * scale))))
+
+
 # MerPO v2's meta-training on images: 12,000 RAC updates of the conditioned (pi_c, Q_meta), its
 # warm start 8,000 BC steps and the task embedding's fit 12,000 steps (4x MerPOv2Config's). On
 # the pixel track's reach medium (10 held-out tasks x 3 log draws, one world model) 3,000 / 2,000
@@ -118,21 +129,14 @@ def _v2_rac(rac: RACConfig, horizon: int | None = None) -> RACConfig:
 # [+0.03, +0.39] for MerPO on the same world model (experiments/30-pixel-meta-training), for ~11
 # more minutes on one core (4x the 3.7 min of experiments/23; 16.0 min measured with the cores shared).
 # Not measured on a GPU (the paper preset takes the same counts).
-V2_PIXEL_META = {"meta_steps": 12000, "warm_start_steps": 8000, "fit_steps": 12000}
-
-
-def _v2_pixel(v2: MerPOv2Config) -> MerPOv2Config:
-    """`v2` with the pixel presets' meta-training (V2_PIXEL_META)."""
-    return dataclasses.replace(v2, meta_steps=V2_PIXEL_META["meta_steps"],
-                               warm_start_steps=V2_PIXEL_META["warm_start_steps"],
-                               embedding=dataclasses.replace(v2.embedding, fit_steps=V2_PIXEL_META["fit_steps"]))
+V2_PIXEL_META_STEPS = 12000
 
 
 def preset(name: str) -> RunConfig:
     """tiny: seconds (tests). cpu: the 2-core CPU budget (smaller than the paper, says so).
     paper: MerPO's published loop on LOMPO's model (GPU)."""
     if name == "paper":
-        return RunConfig(merpo_v2=_v2_pixel(MerPOv2Config()))
+        return RunConfig(merpo_v2=v2_meta_budget(MerPOv2Config(), V2_PIXEL_META_STEPS))
     if name == "cpu":
         # RAC at MerPO's sizes (3x256, 256+256, 10 CQL actions per source on 256 states) costs
         # ~10x more per update on one core than 3x128, 128+128 and 4 CQL actions on 64 states
@@ -140,7 +144,7 @@ def preset(name: str) -> RunConfig:
         rac = RACConfig(hidden=128, layers=3, batch_real=128, batch_model=128, cql_n_actions=4, cql_states=64)
         return RunConfig(world_model=wmt.preset("cpu"),
                          # MerPO v2 (algorithm merpo_v2): the same RAC sizes, v2's behaviour term and imagination
-                         merpo_v2=_v2_pixel(MerPOv2Config(rac=_v2_rac(rac))),
+                         merpo_v2=v2_meta_budget(MerPOv2Config(rac=_v2_rac(rac)), V2_PIXEL_META_STEPS),
                          merpo=MerPOConfig(rac=rac, iterations=10, steps_per_iteration=20, meta_batch=4,
                                            # 2000 RAC steps at batch 128 on the new task (MerPO: 100-500 at
                                            # 256): on held-out reach task 40 the closest approach was
@@ -157,11 +161,7 @@ def preset(name: str) -> RunConfig:
         # 667 warm-start and 1,000 embedding steps, ~1.5 min) and 1,000 RAC updates on each new
         # task's log: the pixel smoke budget, where on 4 held-out reach medium tasks it scored 0.49
         # against BC's 0.20 (experiments/20)
-        v2 = cfg.merpo_v2
-        scale = 1000 / v2.meta_steps
-        cfg.merpo_v2 = dataclasses.replace(
-            v2, meta_steps=1000, warm_start_steps=round(v2.warm_start_steps * scale), adapt_steps=1000,
-            embedding=dataclasses.replace(v2.embedding, fit_steps=round(v2.embedding.fit_steps * scale)))
+        cfg.merpo_v2 = dataclasses.replace(v2_meta_budget(cfg.merpo_v2, 1000), adapt_steps=1000)
         cfg.algorithm = "merpo_v2"
         # with --algorithm merpo (v1): 100 meta-steps, no pi_c warm start and the conservative term
         # on every model state: on the demo's mixed logs (30 % random episodes) the pooled-BC pi_c

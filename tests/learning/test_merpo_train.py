@@ -261,14 +261,14 @@ def test_pixel_presets_meta_train_merpo_v2_longer_and_the_demo_and_smoke_keep_th
     stay); the demo and the pixel smoke budget keep 1,000 / 667 / 1,000."""
     import argparse
 
-    from learning.merpo_train import V2_PIXEL_META, preset
+    from learning.merpo_train import V2_PIXEL_META_STEPS, preset
     from learning.merpo_v2 import MerPOv2Config
 
     for name in ("cpu", "paper"):
         v2 = preset(name).merpo_v2
         assert (v2.meta_steps, v2.warm_start_steps, v2.embedding.fit_steps) == (12000, 8000, 12000)
         assert v2.rac.behaviour_weight == "advantage"  # v2's own term, not the v1 preset's
-    assert V2_PIXEL_META["meta_steps"] > MerPOv2Config().meta_steps == 3000
+    assert V2_PIXEL_META_STEPS > MerPOv2Config().meta_steps == 3000
     demo = preset("demo").merpo_v2
     assert (demo.meta_steps, demo.warm_start_steps, demo.embedding.fit_steps, demo.adapt_steps) == (1000, 667, 1000, 1000)
     # the pixel smoke budget scales the cpu preset's counts to its 1,000 updates as before
@@ -277,9 +277,10 @@ def test_pixel_presets_meta_train_merpo_v2_longer_and_the_demo_and_smoke_keep_th
     smoke = pixel_budget(argparse.Namespace(track="pixel", budget="smoke", device="cpu", world_model=None,
                                             meta_critic=None, pooled_reward=None, wm_seeds=None, goal_pin=False,
                                             family="reach", learner_steps=None))
-    v2 = preset(smoke.config).merpo_v2
-    scale = smoke.v2_meta_steps / v2.meta_steps
-    assert (round(v2.warm_start_steps * scale), round(v2.embedding.fit_steps * scale)) == (667, 1000)
+    from learning.merpo_train import v2_meta_budget
+
+    v2 = v2_meta_budget(preset(smoke.config).merpo_v2, smoke.v2_meta_steps)
+    assert (v2.meta_steps, v2.warm_start_steps, v2.embedding.fit_steps) == (1000, 667, 1000)
 
 
 def test_pipeline_runs_on_a_world_model_with_the_bench_ensemble(family, tmp_path):

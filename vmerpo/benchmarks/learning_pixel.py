@@ -295,7 +295,7 @@ def _pool_map(fn, jobs: list, workers: int, desc: str, progress: bool) -> list:
 
 def _meta_train(job: tuple) -> str:
     out, q, wm_seed, kind, data, wm_dir, budget, device, seed = job
-    from learning.merpo_train import preset, train
+    from learning.merpo_train import preset, train, v2_meta_budget
 
     run = Path(out) / "runs" / (f"{q}_s{wm_seed}" if kind == "v1" else f"{q}_s{wm_seed}_{kind}")
     cfg = preset(budget.config)
@@ -306,10 +306,7 @@ def _meta_train(job: tuple) -> str:
         v2.seed = seed + wm_seed
         v2.use_embedding = kind == "v2"
         if budget.v2_meta_steps:
-            scale = budget.v2_meta_steps / v2.meta_steps
-            v2.meta_steps = budget.v2_meta_steps
-            v2.warm_start_steps = max(1, round(v2.warm_start_steps * scale))
-            v2.embedding.fit_steps = max(1, round(v2.embedding.fit_steps * scale))
+            cfg.merpo_v2 = v2_meta_budget(v2, budget.v2_meta_steps)
         cfg.algorithm = "merpo_v2"
     if budget.meta_iterations:
         cfg.merpo.iterations = budget.meta_iterations

@@ -312,13 +312,6 @@ def evaluate_policy(env, policy, task: int, episodes: int) -> dict[str, Any]:
             "episodes": res["episodes"]}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """`path` holds `text` or what it held before, never a part (a killed run's cache stays readable)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # -- one quality's job ---------------------------------------------------------------------------------
 def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
     """Everything of one quality: logs, pooled learners, adaptations, evaluations. Each unit's
@@ -330,6 +323,7 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
     from learning.merpo import MerPO, adapt_racs, train_bc
     from learning.merpo_train import preset
     from learning.rac import TanhGaussianActor
+    from learning.world_model_train import write_text_atomic
     from vmerpo.benchmarks import peer
 
     out = Path(job["out"])
@@ -372,7 +366,7 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
         if not envs:
             envs.extend(eval_envs(family, job["hand_init_noise"]))
         res = evaluate_policy(envs, policy, task, job["eval_episodes"])
-        write_atomic(path, json.dumps({**res, **extra}))
+        write_text_atomic(path, json.dumps({**res, **extra}))
 
     def adapted(method: str, actors: list) -> None:
         for (t, d), a in zip(units, actors, strict=True):
@@ -505,6 +499,7 @@ def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std,
 
     from learning.merpo_v2 import MerPOv2, choose_omega
     from learning.task_embedding import condition, goal_probe
+    from learning.world_model_train import write_text_atomic
     from vmerpo.benchmarks import peer
 
     out = Path(job["out"]) / "evals" / job["quality"]
@@ -559,7 +554,7 @@ def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std,
                 continue
             done = [p for k in omega_of if omega_of[k][i] == w and (p := evaluated_at(k, i, w)) is not None]
             if done:
-                write_atomic(cached(method, *units[i]), done[0].read_text())
+                write_text_atomic(cached(method, *units[i]), done[0].read_text())
                 reused += 1
             else:
                 wanted[method][i] = w
@@ -580,7 +575,7 @@ def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std,
                     continue
                 if i in evaluated:
                     if not cached(method, task, d).exists():
-                        write_atomic(cached(method, task, d), evaluated[i].read_text())
+                        write_text_atomic(cached(method, task, d), evaluated[i].read_text())
                     continue
                 record(method, task, d, FeaturePolicy(actor_fn(r.actor), feats, z=infs[i].z), omega=w)
                 evaluated[i] = cached(method, task, d)
