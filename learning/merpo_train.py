@@ -560,6 +560,15 @@ class ActorMean(nn.Module):
 ADAPT_STARTS = ("own", "pooled", "pooled-actor", "pooled-critic", "scratch")
 
 
+def start_label(method: str, start: str) -> str:
+    """What an adapted run started from, in the words of `vmerpo adapt --start` where it has them:
+    a baseline's "own" start is its pooled pretraining ("pretrained"); MerPO's (and the
+    meta-policy's) own start is (pi_c, Q_meta) ("meta-policy")."""
+    if start != "own":
+        return start
+    return "meta-policy" if method in META_METHODS else "pretrained"
+
+
 def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwrite: bool = False,
           task: int | None = None, steps: int | None = None, log: Callable[[str], None] = print,
           progress: bool = True, method: str = "merpo", omega: float | None = None,
@@ -704,7 +713,7 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
     (out / "normalizer.json").write_text(json.dumps(norm.to_dict(), indent=1))
     (out / "config.json").write_text(json.dumps({
         "format": RUN_FORMAT, "version": RUN_VERSION, "kind": "adapted", "parent": str(run), "task": task, "method": method,
-        "omega": omega_used, "omega_choice": omega_choice, "start": start,
+        "omega": omega_used, "omega_choice": omega_choice, "start": start_label(method, start),
         "data": str(data), "data_hash": data_hash(store), "config": cfg.to_dict(),
         "store_spec": store.spec.to_attrs(), "episodes": eps}, indent=1))
     return {"task": task, "method": method, "episodes": len(eps), "adapt_steps": n_steps,
@@ -814,7 +823,7 @@ def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: Epi
     inference = {"z": inf.z.tolist(), "std": inf.std.tolist(), "reward_mse": inf.reward_mse, "fallback": inf.fallback}
     (out / "config.json").write_text(json.dumps({
         "format": RUN_FORMAT, "version": RUN_VERSION, "kind": "adapted", "parent": str(run), "task": task,
-        "method": method, "algorithm": "merpo_v2", "omega": omega_used,
+        "method": method, "algorithm": "merpo_v2", "omega": omega_used, "start": start_label(method, "own"),
         "omega_rule": None if omega_used is None else {"rule": v2.omega_rule, "log_success": log_success, "why": why},
         "task_inference": inference,
         "data": str(data_path), "data_hash": data_hash(store), "config": cfg.to_dict(),

@@ -438,3 +438,32 @@ def test_a_torch_policy_evaluated_side_by_side_matches_one_episode_at_a_time():
     assert seq["success_rate"] == lock["success_rate"]
     np.testing.assert_allclose([seq["final_distance"], seq["min_distance"], seq["mean_return"]],
                                [lock["final_distance"], lock["min_distance"], lock["mean_return"]], rtol=1e-4)
+
+
+def test_a_pixel_omega_sweep_learner_at_merpo_s_omega_is_merpo_s_learner(tmp_path):
+    """Where MerPO's adapted run records the sweep's omega, the sweep method is that learner: it
+    is not adapted again, and its row takes MerPO's one evaluation; at another omega, or once
+    adapted on its own (a resumed --out), it keeps its own directory."""
+    from vmerpo.benchmarks.learning_pixel import _evaluate, omega_twins
+
+    def adapted(name: str, omega: float | None) -> str:
+        d = tmp_path / "adapted" / name
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"method": "merpo", "omega": omega}))
+        return str(d)
+
+    jobs = [("medium", 0, 40, 0, "merpo", adapted("m_t40_merpo", 0.4)),
+            ("medium", 0, 40, 0, "merpo_omega04", str(tmp_path / "adapted" / "m_t40_merpo_omega04")),
+            ("medium", 0, 40, 0, "merpo_omega0", str(tmp_path / "adapted" / "m_t40_merpo_omega0")),
+            ("medium", 0, 41, 0, "merpo", adapted("m_t41_merpo", 0.0)),
+            ("medium", 0, 41, 0, "merpo_omega0", adapted("m_t41_merpo_omega0", 0.0)),  # adapted before
+            ("medium", 0, 41, 0, "merpo_omega1", str(tmp_path / "adapted" / "m_t41_merpo_omega1"))]
+    (Path(jobs[4][5]) / "policy.pt").write_bytes(b"")
+    twins = omega_twins(jobs)
+    assert twins == {jobs[1][5]: jobs[0][5]}
+    aliased = [(*j[:5], twins.get(j[5], j[5])) for j in jobs[:2]]
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "evals" / "m_t40_merpo.json").write_text(json.dumps({"success_rate": 0.85, "episodes": 20}))
+    rows = _evaluate(tmp_path, "reach-v3", aliased, 20, 0.05, False, 1, False)  # cached: nothing runs
+    assert [r["method"] for r in rows] == ["merpo", "merpo_omega04"]
+    assert [r["success_rate"] for r in rows] == [0.85, 0.85] and rows[1]["policy"] == jobs[0][5]

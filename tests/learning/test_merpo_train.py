@@ -328,6 +328,7 @@ def test_merpo_v2_trains_adapts_with_an_inferred_embedding_and_exports(family, t
         inf = res["task_inference"]
         assert len(inf["z"]) == 2 and inf["fallback"] is None and "task inference: embedding" in proc.stderr
         assert res["adapt_steps"] == (10 if method == "merpo" else 0)
+        assert json.loads((adapted / "config.json").read_text())["start"] == "meta-policy"  # (pi_c, Q_meta)
         onnx_path = tmp_path / f"{method}.onnx"
         proc = vmerpo("export", "--run", str(adapted), "--out", str(onnx_path), "--check", "--json")
         assert proc.returncode == 0, proc.stderr[-2000:]

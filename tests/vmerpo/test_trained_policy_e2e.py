@@ -110,3 +110,8 @@ def test_adapt_starts_a_baseline_from_scratch_and_refuses_what_does_not_apply(ex
     assert ok.returncode == 0, ok.stderr[-2000:]
     cfg = json.loads((tmp_path / "bc" / "config.json").read_text())
     assert cfg["start"] == "scratch" and cfg["method"] == "bc" and (tmp_path / "bc" / "policy.pt").exists()
+    from learning.merpo_train import start_label
+
+    # the CLI's --start pretrained is recorded in its own word, not the internal "own"
+    assert start_label("bc", "own") == "pretrained" and start_label("rac", "scratch") == "scratch"
+    assert start_label("merpo", "own") == "meta-policy" and start_label("merpo", "pooled") == "pooled"

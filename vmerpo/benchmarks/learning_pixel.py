@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from vmerpo.benchmarks.learning_state import OMEGA_SWEEP
 from vmerpo.commands.options import AIMS, add_goal_pin, experimental_group
 
 PIXEL_METHODS = ("bc", "rac", "lompo", "merpo", "meta_policy", "merpo_omega0", "merpo_omega04", "merpo_omega1",
@@ -53,9 +54,7 @@ METHOD_PLAN: dict[str, tuple[str, str, dict[str, Any]]] = {
     "lompo": ("v2", "lompo", {}),
     "merpo": ("v2", "merpo", {}),
     "meta_policy": ("v2", "meta_policy", {}),
-    "merpo_omega0": ("v2", "merpo", {"omega": 0.0}),
-    "merpo_omega04": ("v2", "merpo", {"omega": 0.4}),
-    "merpo_omega1": ("v2", "merpo", {"omega": 1.0}),
+    **{m: ("v2", "merpo", {"omega": w}) for m, w in OMEGA_SWEEP.items()},  # merpo_omega0 / 04 / 1
     "merpo_no_uncertainty": ("v2", "merpo", {"rac_overrides": {"uncertainty_penalty": 0.0}}),
     "merpo_no_embedding": ("v2_noemb", "merpo", {}),
     "merpo_v1": ("v1", "merpo", {}),
@@ -353,6 +352,7 @@ def _adapt_all(out: Path, runs: dict, stores: dict, heldout: list[int], draws: i
     jobs: list[tuple] = []
     first: list[tuple] = []
     rest: list[tuple] = []
+    sweep: list[tuple] = []
     for (q, s, kind), run in runs.items():
         order = sorted(methods_by_quality[q], key=lambda m: (m not in ZERO_SHOT, m != "bc"))  # cheapest first
         for d in range(draws):
@@ -360,11 +360,31 @@ def _adapt_all(out: Path, runs: dict, stores: dict, heldout: list[int], draws: i
                 # the first adaptation per (run, task, draw) also makes the shared theta_j and latents
                 for i, m in enumerate(m for m in order if m in METHOD_PLAN and METHOD_PLAN[m][0] == kind):
                     dst = str(out / "adapted" / f"{q}_s{s}_d{d}_t{task}_{m}")
-                    (first if i == 0 else rest).append((run, stores[q][1][d], dst, task, m, budget.adapt_steps))
+                    job = (run, stores[q][1][d], dst, task, m, budget.adapt_steps)
+                    (first if i == 0 else sweep if m in OMEGA_SWEEP else rest).append(job)
                     jobs.append((q, s, task, d, m, dst))
     _pool_map(_adapt, first, workers, "adapt (first per unit)", progress)
     _pool_map(_adapt, rest, workers, "adapt", progress)
-    return jobs
+    twins = omega_twins(jobs)
+    _pool_map(_adapt, [j for j in sweep if j[2] not in twins], workers, "adapt (omega sweep)", progress)
+    return [(*j[:5], twins.get(j[5], j[5])) for j in jobs]
+
+
+def omega_twins(jobs: list[tuple]) -> dict[str, str]:
+    """{omega-sweep learner's directory: MerPO's} for each unit where MerPO's omega rule already
+    chose the sweep's omega (its adapted run records it): the same start, seed and omega make the
+    same learner, so it is adapted and evaluated once (as on the state track). A sweep learner
+    adapted before (a resumed --out) keeps its own directory."""
+    merpo = {(q, s, task, d): dst for q, s, task, d, m, dst in jobs if m == "merpo"}
+    twins = {}
+    for q, s, task, d, m, dst in jobs:
+        twin = merpo.get((q, s, task, d))
+        if m not in OMEGA_SWEEP or twin is None or (Path(dst) / "policy.pt").exists():
+            continue
+        config = Path(twin) / "config.json"
+        if config.exists() and json.loads(config.read_text()).get("omega") == OMEGA_SWEEP[m]:
+            twins[dst] = twin
+    return twins
 
 
 def _peer(job: tuple) -> list[tuple]:
@@ -447,9 +467,12 @@ def _evaluate(out: Path, family: str, jobs: list, episodes: int, hand_init_noise
 
     from tqdm import tqdm
 
+    from learning.world_model_train import write_text_atomic
+
     cache_dir = out / "evals"
     cache_dir.mkdir(exist_ok=True)
-    rows, todo = [], []
+    rows = []
+    todo: dict[Path, tuple[list[dict], tuple]] = {}  # one evaluation per policy (omega twins share one)
     for q, s, task, d, m, policy_dir in jobs:
         row = {"track": "pixel", "quality": q, "wm_seed": s, "task": task, "draw": d, "method": m,
                "zero_shot": m in ZERO_SHOT, "policy": policy_dir}
@@ -458,13 +481,15 @@ def _evaluate(out: Path, family: str, jobs: list, episodes: int, hand_init_noise
         if path.exists():
             row.update(json.loads(path.read_text()))
         else:
-            todo.append((row, path, (family, policy_dir, task, episodes, hand_init_noise, goal_pin)))
+            todo.setdefault(path, ([], (family, policy_dir, task, episodes, hand_init_noise, goal_pin)))[0].append(row)
         rows.append(row)
     bar = tqdm(total=len(todo), disable=not progress, desc="evaluate", unit="policy", dynamic_ncols=True)
     with ProcessPoolExecutor(max(1, workers), mp_context=mp.get_context("spawn")) as pool:
-        for (row, path, _), res in zip(todo, pool.map(_eval_one, [j for _, _, j in todo]), strict=True):
-            path.write_text(json.dumps(res))
-            row.update(res)
+        for (path, (waiting, _)), res in zip(todo.items(), pool.map(_eval_one, [j for _, j in todo.values()]),
+                                             strict=True):
+            write_text_atomic(path, json.dumps(res))
+            for row in waiting:
+                row.update(res)
             bar.update(1)
     bar.close()
     return rows
