@@ -711,7 +711,7 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
     _atomic_save({"actor": actor.state_dict(), "rac": rc.to_dict(), "obs_dim": model.cfg.feat_dim,
                   "act_dim": len(store.spec.action_names)}, out / "policy.pt")
     (out / "normalizer.json").write_text(json.dumps(norm.to_dict(), indent=1))
-    (out / "config.json").write_text(json.dumps({
+    wmt.write_text_atomic(out / "config.json", json.dumps({
         "format": RUN_FORMAT, "version": RUN_VERSION, "kind": "adapted", "parent": str(run), "task": task, "method": method,
         "omega": omega_used, "omega_choice": omega_choice, "start": start_label(method, start),
         "data": str(data), "data_hash": data_hash(store), "config": cfg.to_dict(),
@@ -821,7 +821,7 @@ def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: Epi
                   "act_dim": m2.act_dim, "z": inf.z.tolist()}, out / "policy.pt")
     (out / "normalizer.json").write_text(json.dumps(norm.to_dict(), indent=1))
     inference = {"z": inf.z.tolist(), "std": inf.std.tolist(), "reward_mse": inf.reward_mse, "fallback": inf.fallback}
-    (out / "config.json").write_text(json.dumps({
+    wmt.write_text_atomic(out / "config.json", json.dumps({
         "format": RUN_FORMAT, "version": RUN_VERSION, "kind": "adapted", "parent": str(run), "task": task,
         "method": method, "algorithm": "merpo_v2", "omega": omega_used, "start": start_label(method, "own"),
         "omega_rule": None if omega_used is None else {"rule": v2.omega_rule, "log_success": log_success, "why": why},

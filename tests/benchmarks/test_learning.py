@@ -441,29 +441,37 @@ def test_a_torch_policy_evaluated_side_by_side_matches_one_episode_at_a_time():
 
 
 def test_a_pixel_omega_sweep_learner_at_merpo_s_omega_is_merpo_s_learner(tmp_path):
-    """Where MerPO's adapted run records the sweep's omega, the sweep method is that learner: it
-    is not adapted again, and its row takes MerPO's one evaluation; at another omega, or once
-    adapted on its own (a resumed --out), it keeps its own directory."""
-    from vmerpo.benchmarks.learning_pixel import _evaluate, omega_twins
+    """Where the unit's MerPO (adapted now or in an earlier invocation) records the sweep's
+    omega, the sweep method is that learner: it is not adapted again, and its row waits for
+    MerPO's one evaluation (or takes its cached one); at another omega, or once adapted on its
+    own (a resumed --out), it keeps its own directory."""
+    from vmerpo.benchmarks.learning_pixel import evaluation_plan, omega_twins
 
     def adapted(name: str, omega: float | None) -> str:
         d = tmp_path / "adapted" / name
         d.mkdir(parents=True)
         (d / "config.json").write_text(json.dumps({"method": "merpo", "omega": omega}))
+        (d / "policy.pt").write_bytes(b"")
         return str(d)
 
-    jobs = [("medium", 0, 40, 0, "merpo", adapted("m_t40_merpo", 0.4)),
-            ("medium", 0, 40, 0, "merpo_omega04", str(tmp_path / "adapted" / "m_t40_merpo_omega04")),
-            ("medium", 0, 40, 0, "merpo_omega0", str(tmp_path / "adapted" / "m_t40_merpo_omega0")),
-            ("medium", 0, 41, 0, "merpo", adapted("m_t41_merpo", 0.0)),
-            ("medium", 0, 41, 0, "merpo_omega0", adapted("m_t41_merpo_omega0", 0.0)),  # adapted before
-            ("medium", 0, 41, 0, "merpo_omega1", str(tmp_path / "adapted" / "m_t41_merpo_omega1"))]
-    (Path(jobs[4][5]) / "policy.pt").write_bytes(b"")
+    new = str(tmp_path / "adapted")
+    jobs = [("medium", 0, 40, 0, "merpo", adapted("medium_s0_d0_t40_merpo", 0.4)),
+            ("medium", 0, 40, 0, "merpo_omega04", f"{new}/medium_s0_d0_t40_merpo_omega04"),
+            ("medium", 0, 40, 0, "merpo_omega0", f"{new}/medium_s0_d0_t40_merpo_omega0"),
+            ("medium", 0, 41, 0, "merpo_omega0", adapted("medium_s0_d0_t41_merpo_omega0", 0.0)),  # adapted before
+            ("medium", 0, 41, 0, "merpo_omega1", f"{new}/medium_s0_d0_t41_merpo_omega1"),
+            ("medium", 0, 42, 0, "merpo_omega04", f"{new}/medium_s0_d0_t42_merpo_omega04")]  # no MerPO yet
+    adapted("medium_s0_d0_t41_merpo", 0.0)  # an earlier invocation's MerPO, not among these jobs
+    adapted("medium_s0_d0_t42_merpo", 0.4)
+    (tmp_path / "adapted" / "medium_s0_d0_t42_merpo" / "policy.pt").unlink()  # killed before it finished
     twins = omega_twins(jobs)
     assert twins == {jobs[1][5]: jobs[0][5]}
-    aliased = [(*j[:5], twins.get(j[5], j[5])) for j in jobs[:2]]
+    aliased = [(*j[:5], twins.get(j[5], j[5])) for j in jobs]
     (tmp_path / "evals").mkdir()
-    (tmp_path / "evals" / "m_t40_merpo.json").write_text(json.dumps({"success_rate": 0.85, "episodes": 20}))
-    rows = _evaluate(tmp_path, "reach-v3", aliased, 20, 0.05, False, 1, False)  # cached: nothing runs
-    assert [r["method"] for r in rows] == ["merpo", "merpo_omega04"]
-    assert [r["success_rate"] for r in rows] == [0.85, 0.85] and rows[1]["policy"] == jobs[0][5]
+    rows, todo = evaluation_plan(tmp_path / "evals", "reach-v3", aliased, 20, 0.05, False)
+    assert [r["method"] for r in rows] == [j[4] for j in jobs] and rows[1]["policy"] == jobs[0][5]
+    waiting = todo[tmp_path / "evals" / "medium_s0_d0_t40_merpo.json"][0]
+    assert waiting == [rows[0], rows[1]] and len(todo) == len(jobs) - 1  # one evaluation for the twins
+    (tmp_path / "evals" / "medium_s0_d0_t40_merpo.json").write_text(json.dumps({"success_rate": 0.85}))
+    rows, todo = evaluation_plan(tmp_path / "evals", "reach-v3", aliased, 20, 0.05, False)
+    assert [r.get("success_rate") for r in rows[:2]] == [0.85, 0.85] and len(todo) == len(jobs) - 2

@@ -342,6 +342,13 @@ def test_merpo_v2_trains_adapts_with_an_inferred_embedding_and_exports(family, t
     a = torch.load(tmp_path / "merpo" / "policy.pt", weights_only=True)["actor"]
     b = torch.load(tmp_path / "w0" / "policy.pt", weights_only=True)["actor"]
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the same start and seed: omega made the difference
+    # omega 0.4 given is the learner the fixed rule's 0.4 makes (the pixel benchmark's sweep reuses it)
+    proc = vmerpo("adapt", "--run", str(run), "--data", str(heldout), "--out", str(tmp_path / "w04"),
+                  "--omega", "0.4", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    c = torch.load(tmp_path / "w04" / "policy.pt", weights_only=True)["actor"]
+    assert json.loads((tmp_path / "merpo" / "config.json").read_text())["omega"] == 0.4
+    assert all(torch.equal(a[k], c[k]) for k in a)
     proc = vmerpo("adapt", "--run", str(run), "--data", str(heldout), "--out", str(tmp_path / "x"),
                   "--method", "merpo_adp", "--no-progress")
     assert proc.returncode == 2 and "merpo_v2 run" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

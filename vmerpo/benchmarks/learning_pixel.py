@@ -375,15 +375,15 @@ def omega_twins(jobs: list[tuple]) -> dict[str, str]:
     chose the sweep's omega (its adapted run records it): the same start, seed and omega make the
     same learner, so it is adapted and evaluated once (as on the state track). A sweep learner
     adapted before (a resumed --out) keeps its own directory."""
-    merpo = {(q, s, task, d): dst for q, s, task, d, m, dst in jobs if m == "merpo"}
     twins = {}
-    for q, s, task, d, m, dst in jobs:
-        twin = merpo.get((q, s, task, d))
-        if m not in OMEGA_SWEEP or twin is None or (Path(dst) / "policy.pt").exists():
+    for *_, m, dst in jobs:
+        if m not in OMEGA_SWEEP or (Path(dst) / "policy.pt").exists():
             continue
-        config = Path(twin) / "config.json"
-        if config.exists() and json.loads(config.read_text()).get("omega") == OMEGA_SWEEP[m]:
-            twins[dst] = twin
+        twin = Path(dst).with_name(Path(dst).name[: -len(m)] + "merpo")  # the unit's MerPO (_adapt_all's names),
+        config = twin / "config.json"  # adapted in this invocation or an earlier one
+        if (twin / "policy.pt").exists() and config.exists() and \
+                json.loads(config.read_text()).get("omega") == OMEGA_SWEEP[m]:
+            twins[dst] = str(twin)
     return twins
 
 
@@ -471,18 +471,7 @@ def _evaluate(out: Path, family: str, jobs: list, episodes: int, hand_init_noise
 
     cache_dir = out / "evals"
     cache_dir.mkdir(exist_ok=True)
-    rows = []
-    todo: dict[Path, tuple[list[dict], tuple]] = {}  # one evaluation per policy (omega twins share one)
-    for q, s, task, d, m, policy_dir in jobs:
-        row = {"track": "pixel", "quality": q, "wm_seed": s, "task": task, "draw": d, "method": m,
-               "zero_shot": m in ZERO_SHOT, "policy": policy_dir}
-        name = Path(policy_dir).parent.name if policy_dir.endswith(".onnx") else Path(policy_dir).name
-        path = cache_dir / f"{name}.json"
-        if path.exists():
-            row.update(json.loads(path.read_text()))
-        else:
-            todo.setdefault(path, ([], (family, policy_dir, task, episodes, hand_init_noise, goal_pin)))[0].append(row)
-        rows.append(row)
+    rows, todo = evaluation_plan(cache_dir, family, jobs, episodes, hand_init_noise, goal_pin)
     bar = tqdm(total=len(todo), disable=not progress, desc="evaluate", unit="policy", dynamic_ncols=True)
     with ProcessPoolExecutor(max(1, workers), mp_context=mp.get_context("spawn")) as pool:
         for (path, (waiting, _)), res in zip(todo.items(), pool.map(_eval_one, [j for _, j in todo.values()]),
@@ -493,6 +482,26 @@ def _evaluate(out: Path, family: str, jobs: list, episodes: int, hand_init_noise
             bar.update(1)
     bar.close()
     return rows
+
+
+def evaluation_plan(cache_dir: Path, family: str, jobs: list, episodes: int, hand_init_noise: float,
+                    goal_pin: bool) -> tuple[list[dict], dict[Path, tuple[list[dict], tuple]]]:
+    """Every job's row (filled from the cache where its policy was evaluated before) and what is
+    left to evaluate: {cache file: (the rows waiting for it, `_eval_one`'s job)}, one evaluation
+    per policy (omega twins share one)."""
+    rows = []
+    todo: dict[Path, tuple[list[dict], tuple]] = {}
+    for q, s, task, d, m, policy_dir in jobs:
+        row = {"track": "pixel", "quality": q, "wm_seed": s, "task": task, "draw": d, "method": m,
+               "zero_shot": m in ZERO_SHOT, "policy": policy_dir}
+        name = Path(policy_dir).parent.name if policy_dir.endswith(".onnx") else Path(policy_dir).name
+        path = cache_dir / f"{name}.json"
+        if path.exists():
+            row.update(json.loads(path.read_text()))
+        else:
+            todo.setdefault(path, ([], (family, policy_dir, task, episodes, hand_init_noise, goal_pin)))[0].append(row)
+        rows.append(row)
+    return rows, todo
 
 
 def _behaviour_success(store_path: str) -> dict[int, float]:
