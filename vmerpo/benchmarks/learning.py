@@ -313,8 +313,8 @@ def resolve(args: argparse.Namespace) -> tuple[Design, list[str], dict[str, list
 
         if cpu_full(args):
             design = _replace(design, qualities=CPU_FULL_QUALITIES)
-            print(f"pixel full without a GPU: {','.join(CPU_FULL_QUALITIES)} on one world model (2-3 h on 2 "
-                  "cores; the four qualities on two world models take about 11 h here: --device cuda, or name "
+            print(f"pixel full without a GPU: {','.join(CPU_FULL_QUALITIES)} on one world model (about 2 h on 2 "
+                  "cores; the four qualities on two world models take about 10 h here: --device cuda, or name "
                   "--qualities and --wm-seeds)", file=sys.stderr)
     methods = _subset(args.methods or ",".join(DESIGN_METHODS.get(args.budget, track_methods)),
                       track_methods + extra, "--methods")

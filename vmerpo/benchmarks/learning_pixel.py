@@ -108,8 +108,8 @@ def add_pixel_options(p: argparse.ArgumentParser) -> None:
                                                                "budget's, smoke 1, full 2 (1 without a GPU), power 1)")
 
 
-# `full` without a GPU: the design's four qualities on two world models take about 11 h on the
-# 2-core CPU (experiments/23: one quality on one world model, 135 min), so there `full` runs
+# `full` without a GPU: the design's four qualities on two world models take about 10 h on the
+# 2-core CPU (experiments/32: one quality on one world model, 117 min), so there `full` runs
 # medium, the quality the targets are read on, on one world model unless told otherwise
 # (--qualities, --wm-seeds); with a GPU it is the whole design.
 CPU_FULL_QUALITIES = ("medium",)
