@@ -50,7 +50,7 @@ from learning.merpo import (
     transitions,
     uncertainty_std,
 )
-from learning.merpo_v2 import Imagination, MerPOv2, MerPOv2Config, TaskInference, choose_omega
+from learning.merpo_v2 import Imagination, MerPOv2, MerPOv2Config, TaskInference, choose_learner
 from learning.meta_model import ADAPT_HEADS, task_model
 from learning.meta_model import adapt as adapt_model
 from learning.rac import RACConfig, TanhGaussianActor, TwinCritic
@@ -573,7 +573,8 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
           task: int | None = None, steps: int | None = None, log: Callable[[str], None] = print,
           progress: bool = True, method: str = "merpo", omega: float | None = None,
           rac_overrides: dict[str, Any] | None = None, start: str = "own",
-          device: str | None = None, omega_rule: str | None = None) -> dict[str, Any]:
+          device: str | None = None, omega_rule: str | None = None,
+          start_rule: str | None = None) -> dict[str, Any]:
     """Meta-test: theta_j from phi on the new task's log, then RAC from pi_c and Q_meta
     (MerPO; `merpo_adp`: omega chosen for this task by `adaptive_omega`), or a baseline
     (`learning.baselines`) from its pooled pretraining, on that log. `omega` replaces the
@@ -584,7 +585,8 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
     "scratch" (the task's log alone, fresh networks: single-task BC and RAC as the learning
     benchmark runs them). `device` (auto|cpu|cuda) replaces the run's, e.g. to adapt
     a GPU-trained run on a machine without one. `omega_rule` replaces a v2 run's
-    `merpo_v2.omega_rule` for merpo (`choose_omega`); `omega` overrides any rule."""
+    `merpo_v2.omega_rule` for merpo (`choose_omega`), `start_rule` its `merpo_v2.start_rule`
+    (`choose_start`); `omega` overrides both rules (the learner starts from pi_c)."""
     if omega is not None:
         if method not in ("merpo", "rac"):
             raise ValueError(f"--omega applies to merpo and rac, not {method}"
@@ -612,6 +614,11 @@ def adapt(run_dir: str | os.PathLike, data: str, out: str | os.PathLike, overwri
             raise ValueError(f"--omega-rule applies to merpo on a merpo_v2 run, not {method} on a "
                              f"{cfg.algorithm} run")
         cfg.merpo_v2 = dataclasses.replace(cfg.merpo_v2, omega_rule=omega_rule)  # validated there
+    if start_rule is not None:
+        if not (v2 and method == "merpo"):
+            raise ValueError(f"--start-rule applies to merpo on a merpo_v2 run, not {method} on a "
+                             f"{cfg.algorithm} run")
+        cfg.merpo_v2 = dataclasses.replace(cfg.merpo_v2, start_rule=start_rule)  # validated there
     if v2 and method == "merpo" and start != "own":
         raise ValueError(f"start={start!r} is an ablation of MerPO v1 runs; a merpo_v2 run starts from its pi_c")
     _set_threads(cfg)
@@ -796,9 +803,9 @@ def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: Epi
             f"{float(np.linalg.norm(inf.std)):.2f}, reward error {inf.reward_mse:.3f})")
     log_success = log_success_of(store, eps)
     if omega is None:
-        omega, why = choose_omega(v2, log_success)
+        start, omega, why = choose_learner(v2, log_success)
     else:
-        why = f"omega {float(omega)} (asked for)"
+        start, why = "meta", f"from (pi_c, Q_meta), omega {float(omega)} (asked for)"
     rc = dataclasses.replace(v2.rac, omega=float(omega))
     if rac_overrides:
         unknown = sorted(set(rac_overrides) - {f.name for f in dataclasses.fields(RACConfig)})
@@ -811,9 +818,9 @@ def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: Epi
     else:
         m2.cfg = dataclasses.replace(v2, rac=rc)
         m2.attach(Imagination(copy.deepcopy(theta).cpu(), norm, m2.obs_dim, rc.horizon), m2.trained_uncertainty_std)
-        log(f"adapting MerPO v2 to task {task}: {n_steps} RAC steps from (pi_c, Q_meta), {why}"
+        log(f"adapting MerPO v2 to task {task}: {n_steps} RAC steps {why}"
             + (f", imagining {rc.horizon} steps (lambda_u {rc.uncertainty_penalty})" if m2.imagination else ""))
-        actor = m2.adapt([data], [inf], [v2.seed + task], steps=n_steps, omega=rc.omega)[0].actor
+        actor = m2.adapt([data], [inf], [v2.seed + task], steps=n_steps, omega=rc.omega, start=start)[0].actor
         omega_used = rc.omega
     wmt.save_checkpoint(out / "task_model.pt", theta, None, 0,
                         dataclasses.replace(cfg.world_model, model=theta.cfg), {task: 0})
@@ -823,8 +830,10 @@ def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: Epi
     inference = {"z": inf.z.tolist(), "std": inf.std.tolist(), "reward_mse": inf.reward_mse, "fallback": inf.fallback}
     wmt.write_text_atomic(out / "config.json", json.dumps({
         "format": RUN_FORMAT, "version": RUN_VERSION, "kind": "adapted", "parent": str(run), "task": task,
-        "method": method, "algorithm": "merpo_v2", "omega": omega_used, "start": start_label(method, "own"),
-        "omega_rule": None if omega_used is None else {"rule": v2.omega_rule, "log_success": log_success, "why": why},
+        "method": method, "algorithm": "merpo_v2", "omega": omega_used,
+        "start": "scratch" if method == "merpo" and start == "scratch" else start_label(method, "own"),
+        "omega_rule": None if omega_used is None else {"rule": v2.omega_rule, "start_rule": v2.start_rule,
+                                                       "log_success": log_success, "why": why},
         "task_inference": inference,
         "data": str(data_path), "data_hash": data_hash(store), "config": cfg.to_dict(),
         "store_spec": store.spec.to_attrs(), "episodes": eps}, indent=1))

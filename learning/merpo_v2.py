@@ -20,7 +20,9 @@ term that constrains without copying the data (docs/algorithms.md, "MerPO v2").
                        mean embedding (the meta-policy's average task), said in one line
       meta-policy      pi_c(s, e_j), zero-shot
       MerPO            pi_j <- pi_c, Q_j <- Q_meta; RAC on D_j conditioned on e_j, regularized
-                       by omega B + (1 - omega) KL(pi_j || pi_c(., e_j))
+                       by omega B + (1 - omega) KL(pi_j || pi_c(., e_j)); with the solved-log
+                       start rule, a log whose every episode succeeded is learned from fresh
+                       networks with B alone (`choose_learner`)
 
 What v1 did instead, and the measurement that replaced it (state track, reach medium, 4
 held-out tasks, experiments/18-merpo-v2): v1's policies saw no task variable, and its pi_c
@@ -55,6 +57,7 @@ VERSION = 2
 
 
 OMEGA_RULES = ("fixed", "solved-log")
+START_RULES = ("meta", "solved-log")
 
 
 @dataclass
@@ -72,6 +75,11 @@ class MerPOv2Config:
     # how a new task's omega is chosen (`choose_omega`): "fixed" (always `omega`) or "solved-log"
     # (0, the meta-policy leads, unless every episode of the task's log succeeded; then `omega`)
     omega_rule: str = "fixed"
+    # where a new task's learner starts (`choose_start`): "meta" (always (pi_c, Q_meta)) or
+    # "solved-log" (fresh networks and the behaviour term alone when every episode of the task's
+    # log succeeded: a meta-policy learned from logs that all succeed can hold no task, and
+    # starting from it costs; otherwise from (pi_c, Q_meta)) [measured: docs/algorithms.md]
+    start_rule: str = "solved-log"
     # > 0: each meta-train task's embedding for the policies is inferred from this many random
     # subsets of `train_inference_episodes` of its episodes (a new task's log size), so that the
     # policies train with the spread a new task's inference has; 0: from the task's whole log
@@ -85,6 +93,8 @@ class MerPOv2Config:
     def __post_init__(self) -> None:
         if self.omega_rule not in OMEGA_RULES:
             raise ValueError(f"merpo_v2.omega_rule {self.omega_rule!r}: choose one of {', '.join(OMEGA_RULES)}")
+        if self.start_rule not in START_RULES:
+            raise ValueError(f"merpo_v2.start_rule {self.start_rule!r}: choose one of {', '.join(START_RULES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +120,33 @@ def choose_omega(cfg: MerPOv2Config, log_success: float | None) -> tuple[float, 
     if log_success >= 1.0:
         return cfg.omega, f"omega {cfg.omega}: every episode of the log succeeded (the data lead)"
     return 0.0, f"omega 0: {log_success:.0%} of the log's episodes succeeded (the meta-policy leads)"
+
+
+def choose_start(cfg: MerPOv2Config, log_success: float | None) -> tuple[str, str]:
+    """Where a new task's learner starts under `cfg.start_rule`, and why, in words: "meta"
+    (pi_c and Q_meta, regularized towards pi_c by omega) or "scratch" (fresh networks, the
+    behaviour term alone: omega 1). "solved-log" starts from scratch when every episode of the
+    task's log succeeded: the data then show how to solve the task, and a meta-policy learned
+    from such logs need not know the task (experiments/33: meta-trained on expert logs, pi_c
+    solves 0.03 of held-out pixel episodes), so its start and pull are dropped."""
+    if cfg.start_rule == "meta":
+        return "meta", "from (pi_c, Q_meta)"
+    if log_success is None:
+        return "meta", "from (pi_c, Q_meta): the log records no episode success, so the solved-log start rule cannot choose"
+    if log_success >= 1.0:
+        return "scratch", ("from scratch with the behaviour term alone (omega 1): every episode of the log "
+                           "succeeded, so the data lead and the meta-policy is not used")
+    return "meta", f"from (pi_c, Q_meta): {log_success:.0%} of the log's episodes succeeded"
+
+
+def choose_learner(cfg: MerPOv2Config, log_success: float | None) -> tuple[str, float, str]:
+    """A new task's learner: (start, omega, why) from `choose_start` and `choose_omega`; a
+    learner from scratch has no meta-policy to pull towards, so its omega is 1."""
+    start, why_start = choose_start(cfg, log_success)
+    if start == "scratch":
+        return start, 1.0, why_start
+    omega, why_omega = choose_omega(cfg, log_success)
+    return start, omega, f"{why_start}, {why_omega}"
 
 
 @dataclass
@@ -293,29 +330,37 @@ class MerPOv2:
 
     def adapt(self, datas: Sequence[dict[str, torch.Tensor]], infs: Sequence[TaskInference], seeds: Sequence[int],
               steps: int | None = None, omega: float | None = None,
-              log_success: Sequence[float | None] | None = None) -> list[RAC]:
-        """MerPO on each new task's log: from (pi_c, Q_meta), regularized towards pi_c(., z_j).
-        `omega` for every log, else each log's from `choose_omega` (`log_success`: the share of
-        its episodes that succeeded, None where unknown). Logs that share an omega adapt as one
-        batched learner."""
-        if omega is not None:
-            omegas = [float(omega)] * len(datas)
+              log_success: Sequence[float | None] | None = None, start: str | None = None) -> list[RAC]:
+        """MerPO on each new task's log, conditioned on its embedding z_j. With `omega` (and
+        `start`, default "meta") every log's learner is that: "meta" from (pi_c, Q_meta),
+        regularized towards pi_c(., z_j) by 1 - omega; "scratch" from fresh networks with the
+        behaviour term alone (omega 1). Otherwise each log's learner is `choose_learner`'s
+        (`log_success`: the share of its episodes that succeeded, None where unknown). Logs that
+        share a learner kind adapt as one batched learner."""
+        if start not in (None, "meta", "scratch"):
+            raise ValueError(f"start {start!r}: expected meta or scratch")
+        if omega is not None or start is not None:
+            w = 1.0 if start == "scratch" else float(self.cfg.omega if omega is None else omega)
+            if start == "scratch" and omega is not None and float(omega) != 1.0:
+                raise ValueError(f"omega {omega}: a learner from scratch has no meta-policy to pull towards (omega 1)")
+            kinds = [(start or "meta", w)] * len(datas)
         else:
             succ = list(log_success) if log_success is not None else [None] * len(datas)
             if len(succ) != len(datas):
                 raise ValueError(f"{len(datas)} logs, {len(succ)} success rates")
-            omegas = [choose_omega(self.cfg, s)[0] for s in succ]
+            kinds = [choose_learner(self.cfg, s)[:2] for s in succ]
         steps = self.cfg.adapt_steps if steps is None else steps
         out: list[RAC | None] = [None] * len(datas)
-        for w in sorted(set(omegas)):
-            idx = [k for k, o in enumerate(omegas) if o == w]
+        for kind in sorted(set(kinds)):
+            where, w = kind
+            idx = [k for k, o in enumerate(kinds) if o == kind]
             cfg = dataclasses.replace(self.cfg.rac, omega=w)
             fns = None
             if self.imagination is not None and self.cfg.imagine:
                 fns = [self.imagination.rollout_fn(self.embedding, torch.Generator().manual_seed(int(seeds[k]) + 29))
                        for k in idx]
-            racs = adapt_racs(self.meta_actor, self.meta_critic,
-                              [self.conditioned(datas[k], infs[k]) for k in idx], fns, cfg, steps,
+            actor, critic = (self.meta_actor, self.meta_critic) if where == "meta" else (None, None)
+            racs = adapt_racs(actor, critic, [self.conditioned(datas[k], infs[k]) for k in idx], fns, cfg, steps,
                               [seeds[k] for k in idx])
             for k, r in zip(idx, racs, strict=True):
                 out[k] = r

@@ -443,14 +443,14 @@ def test_a_torch_policy_evaluated_side_by_side_matches_one_episode_at_a_time():
 def test_a_pixel_omega_sweep_learner_at_merpo_s_omega_is_merpo_s_learner(tmp_path):
     """Where the unit's MerPO (adapted now or in an earlier invocation) records the sweep's
     omega, the sweep method is that learner: it is not adapted again, and its row waits for
-    MerPO's one evaluation (or takes its cached one); at another omega, or once adapted on its
-    own (a resumed --out), it keeps its own directory."""
+    MerPO's one evaluation (or takes its cached one); at another omega, from scratch (MerPO's
+    solved-log start), or once adapted on its own (a resumed --out), it keeps its own directory."""
     from vmerpo.benchmarks.learning_pixel import evaluation_plan, omega_twins
 
-    def adapted(name: str, omega: float | None) -> str:
+    def adapted(name: str, omega: float | None, start: str = "meta-policy") -> str:
         d = tmp_path / "adapted" / name
         d.mkdir(parents=True)
-        (d / "config.json").write_text(json.dumps({"method": "merpo", "omega": omega}))
+        (d / "config.json").write_text(json.dumps({"method": "merpo", "omega": omega, "start": start}))
         (d / "policy.pt").write_bytes(b"")
         return str(d)
 
@@ -460,7 +460,10 @@ def test_a_pixel_omega_sweep_learner_at_merpo_s_omega_is_merpo_s_learner(tmp_pat
             ("medium", 0, 40, 0, "merpo_omega0", f"{new}/medium_s0_d0_t40_merpo_omega0"),
             ("medium", 0, 41, 0, "merpo_omega0", adapted("medium_s0_d0_t41_merpo_omega0", 0.0)),  # adapted before
             ("medium", 0, 41, 0, "merpo_omega1", f"{new}/medium_s0_d0_t41_merpo_omega1"),
-            ("medium", 0, 42, 0, "merpo_omega04", f"{new}/medium_s0_d0_t42_merpo_omega04")]  # no MerPO yet
+            ("medium", 0, 42, 0, "merpo_omega04", f"{new}/medium_s0_d0_t42_merpo_omega04"),  # no MerPO yet
+            # MerPO's solved-log start: omega 1 from scratch is not the sweep's omega 1 from pi_c
+            ("medium", 0, 43, 0, "merpo", adapted("medium_s0_d0_t43_merpo", 1.0, "scratch")),
+            ("medium", 0, 43, 0, "merpo_omega1", f"{new}/medium_s0_d0_t43_merpo_omega1")]
     adapted("medium_s0_d0_t41_merpo", 0.0)  # an earlier invocation's MerPO, not among these jobs
     adapted("medium_s0_d0_t42_merpo", 0.4)
     (tmp_path / "adapted" / "medium_s0_d0_t42_merpo" / "policy.pt").unlink()  # killed before it finished

@@ -256,7 +256,7 @@ def test_the_solved_log_rule_lets_the_meta_policy_lead_unless_the_log_already_so
 def test_adapting_logs_with_different_omegas_equals_adapting_each_at_its_omega(fitted):
     te, _ = fitted
     cfg = MerPOv2Config(rac=RACConfig(hidden=16, layers=1, batch_real=32), embedding=EMB, adapt_steps=15,
-                        omega_rule="solved-log")
+                        omega_rule="solved-log", start_rule="meta")
     m = MerPOv2(2, 2, list(GOALS), cfg)
     m.embedding = te
     logs = [task_log(GOALS[n], episodes=3, seed=40 + n) for n in (2, 6)]
@@ -271,6 +271,44 @@ def test_adapting_logs_with_different_omegas_equals_adapting_each_at_its_omega(f
     same = m.adapt([datas[1]], [infs[1]], [12], omega=0.4)[0]
     assert any(not torch.allclose(p, q) for p, q in zip(alone[1].actor.parameters(), same.actor.parameters(),
                                                          strict=True))
+
+
+def test_the_solved_log_start_learns_a_solved_log_from_scratch_and_the_rest_from_pi_c(fitted):
+    """start_rule solved-log: a log whose every episode succeeded is learned from fresh networks
+    with the behaviour term alone (omega 1, pi_c not used); any other log from (pi_c, Q_meta) at
+    the omega rule's omega. Each learner equals the one asked for explicitly."""
+    from learning.merpo_v2 import choose_learner
+
+    rule = MerPOv2Config(omega=0.4, start_rule="solved-log")
+    assert choose_learner(rule, 1.0)[:2] == ("scratch", 1.0) and "from scratch" in choose_learner(rule, 1.0)[2]
+    assert choose_learner(rule, 0.8)[:2] == ("meta", 0.4)
+    assert choose_learner(dataclasses.replace(rule, omega_rule="solved-log"), 0.8)[:2] == ("meta", 0.0)
+    assert choose_learner(rule, None)[:2] == ("meta", 0.4) and "cannot choose" in choose_learner(rule, None)[2]
+    assert choose_learner(MerPOv2Config(omega=0.4, start_rule="meta"), 1.0)[:2] == ("meta", 0.4)  # never leaves pi_c
+    assert MerPOv2Config().start_rule == "solved-log"  # the default (docs/algorithms.md 5b)
+    with pytest.raises(ValueError, match="start_rule 'fresh'.*meta, solved-log"):
+        MerPOv2Config(start_rule="fresh")
+    te, _ = fitted
+    cfg = MerPOv2Config(rac=RACConfig(hidden=16, layers=1, batch_real=32), embedding=EMB, adapt_steps=15,
+                        start_rule="solved-log")
+    m = MerPOv2(2, 2, list(GOALS), cfg)
+    m.embedding = te
+    logs = [task_log(GOALS[n], episodes=3, seed=40 + n) for n in (2, 6)]
+    infs = [m.infer(d, e, seed=1) for d, e in logs]
+    datas = [d for d, _ in logs]
+    mixed = m.adapt(datas, infs, [11, 12], log_success=[1.0, 0.4])
+    alone = [m.adapt([datas[0]], [infs[0]], [11], start="scratch")[0],
+             m.adapt([datas[1]], [infs[1]], [12], omega=0.4)[0]]
+    for a, b in zip(mixed, alone, strict=True):
+        for p, q in zip(a.actor.parameters(), b.actor.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    # the solved log's learner did not start from pi_c: the same log from pi_c at omega 1 differs
+    from_meta = m.adapt([datas[0]], [infs[0]], [11], omega=1.0)[0]
+    assert any(not torch.allclose(p, q) for p, q in zip(mixed[0].actor.parameters(), from_meta.actor.parameters(),
+                                                         strict=True))
+    assert mixed[0].cfg.omega == 1.0 and mixed[1].cfg.omega == 0.4
+    with pytest.raises(ValueError, match="no meta-policy to pull towards"):
+        m.adapt([datas[0]], [infs[0]], [11], omega=0.4, start="scratch")
 
 
 def test_the_logs_success_counts_only_episodes_whose_success_is_known(tmp_path):

@@ -106,6 +106,9 @@ def test_adapt_starts_a_baseline_from_scratch_and_refuses_what_does_not_apply(ex
     rule = vmerpo("adapt", *common, "--omega-rule", "solved-log", "--out", str(tmp_path / "m"))  # a v1 run
     assert rule.returncode == 2 and len(rule.stderr.strip().splitlines()) == 1, rule.stderr
     assert "--omega-rule applies to merpo on a merpo_v2 run, not merpo on a merpo run" in rule.stderr
+    start = vmerpo("adapt", *common, "--start-rule", "solved-log", "--out", str(tmp_path / "m"))
+    assert start.returncode == 2 and len(start.stderr.strip().splitlines()) == 1, start.stderr
+    assert "--start-rule applies to merpo on a merpo_v2 run, not merpo on a merpo run" in start.stderr
     ok = vmerpo("adapt", *common, "--method", "bc", "--start", "scratch", "--steps", "5", "--out", str(tmp_path / "bc"))
     assert ok.returncode == 0, ok.stderr[-2000:]
     cfg = json.loads((tmp_path / "bc" / "config.json").read_text())

@@ -371,8 +371,8 @@ def _adapt_all(out: Path, runs: dict, stores: dict, heldout: list[int], draws: i
 
 
 def omega_twins(jobs: list[tuple]) -> dict[str, str]:
-    """{omega-sweep learner's directory: MerPO's} for each unit where MerPO's omega rule already
-    chose the sweep's omega (its adapted run records it): the same start, seed and omega make the
+    """{omega-sweep learner's directory: MerPO's} for each unit where MerPO's rules already chose
+    the sweep's learner (from pi_c at the sweep's omega; its adapted run records both): the same start, seed and omega make the
     same learner, so it is adapted and evaluated once (as on the state track). A sweep learner
     adapted before (a resumed --out) keeps its own directory."""
     twins = {}
@@ -381,8 +381,10 @@ def omega_twins(jobs: list[tuple]) -> dict[str, str]:
             continue
         twin = Path(dst).with_name(Path(dst).name[: -len(m)] + "merpo")  # the unit's MerPO (_adapt_all's names),
         config = twin / "config.json"  # adapted in this invocation or an earlier one
-        if (twin / "policy.pt").exists() and config.exists() and \
-                json.loads(config.read_text()).get("omega") == OMEGA_SWEEP[m]:
+        if not ((twin / "policy.pt").exists() and config.exists()):
+            continue
+        made = json.loads(config.read_text())  # the sweep starts from pi_c; MerPO may have started from scratch
+        if made.get("omega") == OMEGA_SWEEP[m] and made.get("start") != "scratch":
             twins[dst] = str(twin)
     return twins
 

@@ -488,16 +488,16 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
 def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std, units, per_unit, goals,
                record, cached, timings, log) -> None:
     """MerPO v2 and what shares its task inference: the meta-policy at the inferred embedding,
-    MerPO with its omega rule (`merpo_v2.choose_omega` on the log's success), the omega sweep
-    (0, 0.4, 1), d3rlpy's IQL given the same embeddings. Each omega adapts the units that need
-    it once (seed per unit, as `vmerpo adapt` would): MerPO's unit is the sweep's learner at the
-    omega its rule chose, evaluated once. Each unit's inference (embedding, spread, evidence,
+    MerPO with its rules (`merpo_v2.choose_learner` on the log's success: start and omega), the
+    omega sweep (0, 0.4, 1, from pi_c), d3rlpy's IQL given the same embeddings. Each learner kind
+    (start, omega) adapts the units that need it once (seed per unit, as `vmerpo adapt` would):
+    MerPO's unit is the sweep's learner where its rules chose the sweep's, evaluated once. Each unit's inference (embedding, spread, evidence,
     the goal it places through a linear probe of the meta-train embeddings, the log's success
     and MerPO's omega) is kept in `inference_t{task}_d{draw}.json`."""
 
     import torch
 
-    from learning.merpo_v2 import MerPOv2, choose_omega
+    from learning.merpo_v2 import MerPOv2, choose_learner
     from learning.task_embedding import condition, goal_probe
     from learning.world_model_train import write_text_atomic
     from vmerpo.benchmarks import peer
@@ -520,7 +520,7 @@ def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std,
     infs = []
     success = [float(np.mean(heldout_logs[d]["episode_success"][heldout_logs[d]["episode_task"] == task]))
                for task, d in units]
-    rule = [choose_omega(m.cfg, s)[0] for s in success]
+    rule = [choose_learner(m.cfg, s)[:2] for s in success]  # (start, omega) per unit
     for i, (task, d) in enumerate(units):
         inf = m.infer(_torch(per_unit[(task, d)]), episode_ends_of(heldout_logs[d], task), seed=seed * 1000 + i)
         infs.append(inf)
@@ -528,56 +528,63 @@ def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std,
         (out / f"inference_t{task}_d{d}.json").write_text(json.dumps(
             {"z": inf.z.tolist(), "std": inf.std.tolist(), "goal_error_cm": err, "fallback": inf.fallback,
              "reward_mse": inf.reward_mse, "evidence": inf.evidence, "log_success": success[i],
-             "merpo_omega": rule[i], "omega_rule": m.cfg.omega_rule}))
+             "merpo_start": rule[i][0], "merpo_omega": rule[i][1], "omega_rule": m.cfg.omega_rule,
+             "start_rule": m.cfg.start_rule}))
     timings["merpo_inference_s"] = time.perf_counter() - t
     log(f"task inference: goal placed {np.mean([json.loads((out / f'inference_t{u[0]}_d{u[1]}.json').read_text())['goal_error_cm'] for u in units]):.1f} cm off on average")
     if "meta_policy" in todo:
         for (task, d), inf in zip(units, infs, strict=True):
             record("meta_policy", task, d, FeaturePolicy(actor_fn(m.meta_actor), feats, z=inf.z))
-    omega_of = {"merpo": dict(enumerate(rule)), **{k: {i: w for i in range(len(units))} for k, w in OMEGA_SWEEP.items()}}
+    omega_of = {"merpo": dict(enumerate(rule)),
+                **{k: {i: ("meta", w) for i in range(len(units))} for k, w in OMEGA_SWEEP.items()}}
 
-    def evaluated_at(method: str, i: int, w: float) -> Path | None:
-        """The unit's evaluation of `method` if it is of the learner at omega `w` (each records its omega)."""
+    def evaluated_at(method: str, i: int, kind: tuple[str, float]) -> Path | None:
+        """The unit's evaluation of `method` if it is of learner `kind` (each records its start and
+        omega; evaluations from before the start rule were all from pi_c)."""
         path = cached(method, *units[i])
-        return path if path.exists() and json.loads(path.read_text()).get("omega") == w else None
+        if not path.exists():
+            return None
+        got = json.loads(path.read_text())
+        return path if (got.get("start", "meta"), got.get("omega")) == kind else None
 
     # a unit's learner at an omega is one learner (the same log, seed and update), whichever method
     # asks: an evaluation made for one method (an earlier invocation's included) stands for the others
-    wanted: dict[str, dict[int, float]] = {}  # method -> {unit index: omega}, units still to evaluate
+    wanted: dict[str, dict[int, tuple[str, float]]] = {}  # method -> {unit: learner kind}, still to evaluate
     reused = 0
     for method in ("merpo", *OMEGA_SWEEP):
         if method not in todo:
             continue
         wanted[method] = {}
-        for i, w in omega_of[method].items():
+        for i, kind in omega_of[method].items():
             if cached(method, *units[i]).exists():
                 continue
-            done = [p for k in omega_of if omega_of[k][i] == w and (p := evaluated_at(k, i, w)) is not None]
+            done = [p for k in omega_of if omega_of[k][i] == kind and (p := evaluated_at(k, i, kind)) is not None]
             if done:
                 write_text_atomic(cached(method, *units[i]), done[0].read_text())
                 reused += 1
             else:
-                wanted[method][i] = w
+                wanted[method][i] = kind
     if reused:
-        log(f"MerPO: {reused} unit evaluation(s) reused from another method at the same omega")
-    for w in sorted({w for per in wanted.values() for w in per.values()}):
-        idx = sorted({i for per in wanted.values() for i, o in per.items() if o == w})
-        log(f"MerPO at omega {w:g}: adapting to {len(idx)} logs")
+        log(f"MerPO: {reused} unit evaluation(s) reused from another method with the same learner")
+    for kind in sorted({k for per in wanted.values() for k in per.values()}):
+        start, w = kind
+        idx = sorted({i for per in wanted.values() for i, o in per.items() if o == kind})
+        log(f"MerPO {'from pi_c' if start == 'meta' else 'from scratch'} at omega {w:g}: adapting to {len(idx)} logs")
         t = time.perf_counter()
         racs = m.adapt([_torch(per_unit[units[i]]) for i in idx], [infs[i] for i in idx],
-                       [seed * 1000 + i for i in idx], omega=w)
-        timings[f"merpo_omega{w:g}_adapt_s"] = time.perf_counter() - t
+                       [seed * 1000 + i for i in idx], omega=w, start=start)
+        timings[f"merpo_omega{w:g}_adapt_s" if start == "meta" else f"merpo_{start}_adapt_s"] = time.perf_counter() - t
         evaluated: dict[int, Path] = {}  # this omega's learner of a unit, evaluated once
         for i, r in zip(idx, racs, strict=True):
             task, d = units[i]
             for method, per in wanted.items():
-                if per.get(i) != w:
+                if per.get(i) != kind:
                     continue
                 if i in evaluated:
                     if not cached(method, task, d).exists():
                         write_text_atomic(cached(method, task, d), evaluated[i].read_text())
                     continue
-                record(method, task, d, FeaturePolicy(actor_fn(r.actor), feats, z=infs[i].z), omega=w)
+                record(method, task, d, FeaturePolicy(actor_fn(r.actor), feats, z=infs[i].z), omega=w, start=start)
                 evaluated[i] = cached(method, task, d)
     if "iql_inferred" in todo:  # the peer on the same conditioned features
         log("d3rlpy IQL given the inferred embeddings")

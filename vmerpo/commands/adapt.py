@@ -40,6 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "fixed). fixed: the config's omega (0.4); solved-log: 0 (the meta-policy at the inferred "
                         "task leads) unless every episode of the log succeeded, then the config's omega "
                         "(docs/algorithms.md 5b). --omega overrides either")
+    p.add_argument("--start-rule", choices=("meta", "solved-log"),
+                   help="merpo on a merpo_v2 run: where the learner starts (default: the run's config). meta: "
+                        "from pi_c and Q_meta; solved-log: from fresh networks with the behaviour term alone "
+                        "(omega 1) when every episode of the log succeeded, else from pi_c and Q_meta "
+                        "(docs/algorithms.md 5b). --omega overrides it (from pi_c)")
     p.add_argument("--start", choices=("pretrained", "scratch"), default="pretrained",
                    help="bc, rac and lompo: start from the run's pooled pretraining (default) or learn from "
                         "the new task's log alone with fresh networks (scratch; the learning benchmark's "
@@ -57,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     summary = adapt(args.run, args.data, args.out, overwrite=args.overwrite, task=args.task,
                     steps=args.steps, progress=not args.no_progress, method=args.method, omega=args.omega,
                     device=args.device, start="scratch" if args.start == "scratch" else "own",
-                    omega_rule=args.omega_rule, log=lambda msg: print(msg, file=sys.stderr))
+                    omega_rule=args.omega_rule, start_rule=args.start_rule, log=lambda msg: print(msg, file=sys.stderr))
     print(json.dumps(summary, indent=1) if args.json else
           f"adapted {summary['method']} to task {summary['task']} from {summary['episodes']} episodes"
           + (f" (omega {summary['omega']:.2f})" if summary["omega"] is not None else "") + f" -> {args.out}")
