@@ -80,6 +80,9 @@ class MerPOv2Config:
     # log succeeded: a meta-policy learned from logs that all succeed can hold no task, and
     # starting from it costs; otherwise from (pi_c, Q_meta)) [measured: docs/algorithms.md]
     start_rule: str = "solved-log"
+    # a learner from scratch first clones its log for this many steps (then `adapt_steps` RAC
+    # updates with the behaviour term alone), as pi_c's warm start does on the pooled logs
+    scratch_bc_steps: int = 1000
     # > 0: each meta-train task's embedding for the policies is inferred from this many random
     # subsets of `train_inference_episodes` of its episodes (a new task's log size), so that the
     # policies train with the spread a new task's inference has; 0: from the task's whole log
@@ -134,8 +137,8 @@ def choose_start(cfg: MerPOv2Config, log_success: float | None) -> tuple[str, st
     if log_success is None:
         return "meta", "from (pi_c, Q_meta): the log records no episode success, so the solved-log start rule cannot choose"
     if log_success >= 1.0:
-        return "scratch", ("from scratch with the behaviour term alone (omega 1): every episode of the log "
-                           "succeeded, so the data lead and the meta-policy is not used")
+        return "scratch", ("from scratch (behaviour cloning of the log, then the behaviour term alone: omega 1): "
+                           "every episode of the log succeeded, so the data lead and the meta-policy is not used")
     return "meta", f"from (pi_c, Q_meta): {log_success:.0%} of the log's episodes succeeded"
 
 
@@ -359,9 +362,18 @@ class MerPOv2:
             if self.imagination is not None and self.cfg.imagine:
                 fns = [self.imagination.rollout_fn(self.embedding, torch.Generator().manual_seed(int(seeds[k]) + 29))
                        for k in idx]
-            actor, critic = (self.meta_actor, self.meta_critic) if where == "meta" else (None, None)
-            racs = adapt_racs(actor, critic, [self.conditioned(datas[k], infs[k]) for k in idx], fns, cfg, steps,
-                              [seeds[k] for k in idx])
+            logs = [self.conditioned(datas[k], infs[k]) for k in idx]
+            if where == "meta":
+                racs = adapt_racs(self.meta_actor, self.meta_critic, logs, fns, cfg, steps, [seeds[k] for k in idx])
+            else:  # fresh networks, the actor first cloning its log: one learner per log
+                racs = []
+                for j, k in enumerate(idx):
+                    fresh = RAC(self.obs_dim + self.zdim, self.act_dim, cfg, logs[j]["obs"].device, seed=int(seeds[k]))
+                    if self.cfg.scratch_bc_steps > 0:
+                        train_bc(fresh.actor, logs[j], self.cfg.scratch_bc_steps, cfg.batch_real, cfg.actor_lr,
+                                 seed=int(seeds[k]) + 3)
+                    racs += adapt_racs(fresh.actor, fresh.critic, [logs[j]], None if fns is None else [fns[j]], cfg,
+                                       steps, [seeds[k]])
             for k, r in zip(idx, racs, strict=True):
                 out[k] = r
         return [r for r in out if r is not None]
