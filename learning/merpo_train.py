@@ -818,6 +818,8 @@ def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: Epi
     else:
         m2.cfg = dataclasses.replace(v2, rac=rc)
         m2.attach(Imagination(copy.deepcopy(theta).cpu(), norm, m2.obs_dim, rc.horizon), m2.trained_uncertainty_std)
+        if start == "scratch":
+            n_steps = v2.scratch_rac_steps
         log(f"adapting MerPO v2 to task {task}: {n_steps} RAC steps {why}"
             + (f", imagining {rc.horizon} steps (lambda_u {rc.uncertainty_penalty})" if m2.imagination else ""))
         actor = m2.adapt([data], [inf], [v2.seed + task], steps=n_steps, omega=rc.omega, start=start)[0].actor

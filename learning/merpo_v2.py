@@ -21,8 +21,8 @@ term that constrains without copying the data (docs/algorithms.md, "MerPO v2").
       meta-policy      pi_c(s, e_j), zero-shot
       MerPO            pi_j <- pi_c, Q_j <- Q_meta; RAC on D_j conditioned on e_j, regularized
                        by omega B + (1 - omega) KL(pi_j || pi_c(., e_j)); with the solved-log
-                       start rule, a log whose every episode succeeded is learned from fresh
-                       networks with B alone (`choose_learner`)
+                       start rule, a log whose every episode succeeded is cloned by fresh
+                       networks instead (`choose_learner`)
 
 What v1 did instead, and the measurement that replaced it (state track, reach medium, 4
 held-out tasks, experiments/18-merpo-v2): v1's policies saw no task variable, and its pi_c
@@ -80,9 +80,11 @@ class MerPOv2Config:
     # log succeeded: a meta-policy learned from logs that all succeed can hold no task, and
     # starting from it costs; otherwise from (pi_c, Q_meta)) [measured: docs/algorithms.md]
     start_rule: str = "solved-log"
-    # a learner from scratch first clones its log for this many steps (then `adapt_steps` RAC
-    # updates with the behaviour term alone), as pi_c's warm start does on the pooled logs
+    # a learner from scratch clones its log for `scratch_bc_steps` steps, then takes
+    # `scratch_rac_steps` RAC updates with the behaviour term alone (omega 1). 0 RAC updates:
+    # measured, RAC from scratch after the clone lost to the clone alone (docs/algorithms.md 5b)
     scratch_bc_steps: int = 1000
+    scratch_rac_steps: int = 0
     # > 0: each meta-train task's embedding for the policies is inferred from this many random
     # subsets of `train_inference_episodes` of its episodes (a new task's log size), so that the
     # policies train with the spread a new task's inference has; 0: from the task's whole log
@@ -127,18 +129,20 @@ def choose_omega(cfg: MerPOv2Config, log_success: float | None) -> tuple[float, 
 
 def choose_start(cfg: MerPOv2Config, log_success: float | None) -> tuple[str, str]:
     """Where a new task's learner starts under `cfg.start_rule`, and why, in words: "meta"
-    (pi_c and Q_meta, regularized towards pi_c by omega) or "scratch" (fresh networks, the
-    behaviour term alone: omega 1). "solved-log" starts from scratch when every episode of the
-    task's log succeeded: the data then show how to solve the task, and a meta-policy learned
-    from such logs need not know the task (experiments/33: meta-trained on expert logs, pi_c
-    solves 0.03 of held-out pixel episodes), so its start and pull are dropped."""
+    (pi_c and Q_meta, regularized towards pi_c by omega) or "scratch" (fresh networks that
+    clone the log, `scratch_bc_steps`, then `scratch_rac_steps` RAC updates at omega 1).
+    "solved-log" starts from scratch when every episode of the task's log succeeded: the data
+    then show how to solve the task, and a meta-policy learned from such logs need not know the
+    task (experiments/33: meta-trained on expert logs, pi_c solves 0.03 of held-out pixel
+    episodes), so its start and pull are dropped."""
     if cfg.start_rule == "meta":
         return "meta", "from (pi_c, Q_meta)"
     if log_success is None:
         return "meta", "from (pi_c, Q_meta): the log records no episode success, so the solved-log start rule cannot choose"
     if log_success >= 1.0:
-        return "scratch", ("from scratch (behaviour cloning of the log, then the behaviour term alone: omega 1): "
-                           "every episode of the log succeeded, so the data lead and the meta-policy is not used")
+        return "scratch", (f"from scratch ({cfg.scratch_bc_steps} behaviour-cloning steps on the log"
+                           + (f", then {cfg.scratch_rac_steps} RAC updates at omega 1" if cfg.scratch_rac_steps else "")
+                           + "): every episode of the log succeeded, so the data lead and the meta-policy is not used")
     return "meta", f"from (pi_c, Q_meta): {log_success:.0%} of the log's episodes succeeded"
 
 
@@ -373,7 +377,7 @@ class MerPOv2:
                         train_bc(fresh.actor, logs[j], self.cfg.scratch_bc_steps, cfg.batch_real, cfg.actor_lr,
                                  seed=int(seeds[k]) + 3)
                     racs += adapt_racs(fresh.actor, fresh.critic, [logs[j]], None if fns is None else [fns[j]], cfg,
-                                       steps, [seeds[k]])
+                                       self.cfg.scratch_rac_steps, [seeds[k]])
             for k, r in zip(idx, racs, strict=True):
                 out[k] = r
         return [r for r in out if r is not None]

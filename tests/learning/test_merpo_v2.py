@@ -274,10 +274,9 @@ def test_adapting_logs_with_different_omegas_equals_adapting_each_at_its_omega(f
 
 
 def test_the_solved_log_start_learns_a_solved_log_from_scratch_and_the_rest_from_pi_c(fitted):
-    """start_rule solved-log: a log whose every episode succeeded is learned from fresh networks
-    that first clone it, then with the behaviour term alone (omega 1, pi_c not used); any other
-    log from (pi_c, Q_meta) at the omega rule's omega. Each learner equals the one asked for
-    explicitly."""
+    """start_rule solved-log: a log whose every episode succeeded is cloned by fresh networks
+    (omega 1, pi_c not used); any other log is learned from (pi_c, Q_meta) at the omega rule's
+    omega. Each learner equals the one asked for explicitly."""
     from learning.merpo_v2 import choose_learner
 
     rule = MerPOv2Config(omega=0.4, start_rule="solved-log")
@@ -308,10 +307,17 @@ def test_the_solved_log_start_learns_a_solved_log_from_scratch_and_the_rest_from
     assert any(not torch.allclose(p, q) for p, q in zip(mixed[0].actor.parameters(), from_meta.actor.parameters(),
                                                          strict=True))
     assert mixed[0].cfg.omega == 1.0 and mixed[1].cfg.omega == 0.4
-    # the learner from scratch first clones its log (`scratch_bc_steps`): without it, another learner
-    m.cfg = dataclasses.replace(cfg, scratch_bc_steps=0)
-    unwarmed = m.adapt([datas[0]], [infs[0]], [11], start="scratch")[0]
-    assert any(not torch.allclose(p, q) for p, q in zip(mixed[0].actor.parameters(), unwarmed.actor.parameters(),
+    # the learner from scratch clones its log (`scratch_bc_steps`; no RAC update by default): it
+    # is behaviour cloning of the conditioned log, from the fresh actor of its seed
+    from learning.merpo import train_bc
+
+    fresh = RAC(2 + m.zdim, 2, mixed[0].cfg, seed=11)
+    train_bc(fresh.actor, m.conditioned(datas[0], infs[0]), cfg.scratch_bc_steps, 32, cfg.rac.actor_lr, seed=14)
+    for p, q in zip(mixed[0].actor.parameters(), fresh.actor.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    m.cfg = dataclasses.replace(cfg, scratch_rac_steps=5)  # with RAC updates after the clone: another learner
+    tuned = m.adapt([datas[0]], [infs[0]], [11], start="scratch")[0]
+    assert any(not torch.allclose(p, q) for p, q in zip(mixed[0].actor.parameters(), tuned.actor.parameters(),
                                                          strict=True))
     m.cfg = cfg
     with pytest.raises(ValueError, match="no meta-policy to pull towards"):
