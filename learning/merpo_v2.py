@@ -76,13 +76,14 @@ class MerPOv2Config:
     # (0, the meta-policy leads, unless every episode of the task's log succeeded; then `omega`)
     omega_rule: str = "fixed"
     # where a new task's learner starts (`choose_start`): "meta" (always (pi_c, Q_meta)) or
-    # "solved-log" (fresh networks and the behaviour term alone when every episode of the task's
-    # log succeeded: a meta-policy learned from logs that all succeed can hold no task, and
-    # starting from it costs; otherwise from (pi_c, Q_meta)) [measured: docs/algorithms.md]
-    start_rule: str = "solved-log"
+    # "solved-log" (when every episode of the task's log succeeded, fresh networks clone the log;
+    # otherwise from (pi_c, Q_meta)). On latents (the pixel presets: `merpo_train.preset`) a pi_c
+    # meta-trained on solved logs is no start (reach expert: 0.08 from it); on states it is
+    # (0.96 from it, 0.79 cloned): docs/algorithms.md 5b, experiments/35-start-rule
+    start_rule: str = "meta"
     # a learner from scratch clones its log for `scratch_bc_steps` steps, then takes
     # `scratch_rac_steps` RAC updates with the behaviour term alone (omega 1). 0 RAC updates:
-    # measured, RAC from scratch after the clone lost to the clone alone (docs/algorithms.md 5b)
+    # measured, RAC after the clone lost to the clone alone (state expert: 0.76 vs 0.79)
     scratch_bc_steps: int = 1000
     scratch_rac_steps: int = 0
     # > 0: each meta-train task's embedding for the policies is inferred from this many random

@@ -284,8 +284,15 @@ def test_the_solved_log_start_learns_a_solved_log_from_scratch_and_the_rest_from
     assert choose_learner(rule, 0.8)[:2] == ("meta", 0.4)
     assert choose_learner(dataclasses.replace(rule, omega_rule="solved-log"), 0.8)[:2] == ("meta", 0.0)
     assert choose_learner(rule, None)[:2] == ("meta", 0.4) and "cannot choose" in choose_learner(rule, None)[2]
-    assert choose_learner(MerPOv2Config(omega=0.4, start_rule="meta"), 1.0)[:2] == ("meta", 0.4)  # never leaves pi_c
-    assert MerPOv2Config().start_rule == "solved-log"  # the default (docs/algorithms.md 5b)
+    assert choose_learner(MerPOv2Config(omega=0.4), 1.0)[:2] == ("meta", 0.4)  # "meta" never leaves pi_c
+    # the default leaves pi_c's start alone (states); the image presets clone solved logs with the
+    # BC baseline's steps (docs/algorithms.md 5b)
+    from learning.merpo_train import preset
+
+    assert MerPOv2Config().start_rule == "meta"
+    for name in ("cpu", "demo", "paper"):
+        cfg = preset(name)
+        assert cfg.merpo_v2.start_rule == "solved-log" and cfg.merpo_v2.scratch_bc_steps == cfg.merpo.adapt_steps
     with pytest.raises(ValueError, match="start_rule 'fresh'.*meta, solved-log"):
         MerPOv2Config(start_rule="fresh")
     te, _ = fitted

@@ -197,10 +197,6 @@ def settings_of(args: argparse.Namespace, design: Design, family: str, heldout: 
         if family in OBJECT_FAMILIES:  # (only there: runs made before it keep their settings)
             s["object_in_state"] = True
         s["omega_rule"] = MerPOv2Config().omega_rule  # MerPO's units depend on it (pixel: the run's config)
-    from learning.merpo_v2 import MerPOv2Config
-
-    if MerPOv2Config().start_rule != "meta":  # MerPO's units depend on it (both tracks; an --out from
-        s["start_rule"] = MerPOv2Config().start_rule  # before the start rule, all from pi_c, is refused)
     return s
 
 
