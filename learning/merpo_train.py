@@ -833,7 +833,9 @@ def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: Epi
             n_steps = v2.scratch_rac_steps
         log(f"adapting MerPO v2 to task {task}: {n_steps} RAC steps {why}"
             + (f", imagining {rc.horizon} steps (lambda_u {rc.uncertainty_penalty})" if m2.imagination and n_steps else ""))
-        actor = m2.adapt([data], [inf], [v2.seed + task], steps=n_steps, omega=rc.omega, start=start)[0].actor
+        # from scratch: the single-task BC baseline's seed, so a solved log gets that baseline's learner
+        seed = cfg.merpo.seed if start == "scratch" else v2.seed + task
+        actor = m2.adapt([data], [inf], [seed], steps=n_steps, omega=rc.omega, start=start)[0].actor
         omega_used = rc.omega
     wmt.save_checkpoint(out / "task_model.pt", theta, None, 0,
                         dataclasses.replace(cfg.world_model, model=theta.cfg), {task: 0})

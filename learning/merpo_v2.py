@@ -370,18 +370,36 @@ class MerPOv2:
             logs = [self.conditioned(datas[k], infs[k]) for k in idx]
             if where == "meta":
                 racs = adapt_racs(self.meta_actor, self.meta_critic, logs, fns, cfg, steps, [seeds[k] for k in idx])
-            else:  # fresh networks, the actor first cloning its log: one learner per log
+            else:  # the log cloned (`clone_log`), then the RAC updates if any: one learner per log
                 racs = []
                 for j, k in enumerate(idx):
                     fresh = RAC(self.obs_dim + self.zdim, self.act_dim, cfg, logs[j]["obs"].device, seed=int(seeds[k]))
-                    if self.cfg.scratch_bc_steps > 0:
-                        train_bc(fresh.actor, logs[j], self.cfg.scratch_bc_steps, cfg.batch_real, cfg.actor_lr,
-                                 seed=int(seeds[k]) + 3)
-                    racs += adapt_racs(fresh.actor, fresh.critic, [logs[j]], None if fns is None else [fns[j]], cfg,
+                    actor = self.clone_log(datas[k], int(seeds[k]))
+                    racs += adapt_racs(actor, fresh.critic, [logs[j]], None if fns is None else [fns[j]], cfg,
                                        self.cfg.scratch_rac_steps, [seeds[k]])
             for k, r in zip(idx, racs, strict=True):
                 out[k] = r
         return [r for r in out if r is not None]
+
+    def clone_log(self, data: dict[str, torch.Tensor], seed: int) -> TanhGaussianActor:
+        """Behaviour cloning of a task's log, as the single-task BC baseline learns it (a fresh
+        actor on the state alone, initialised under `torch.manual_seed(seed)`, `scratch_bc_steps`
+        steps with batches drawn by `seed`), lifted to the conditioned input with zero weights
+        on the embedding: it acts as that BC policy whatever z it is given."""
+        r = self.cfg.rac
+        torch.manual_seed(seed)
+        base = TanhGaussianActor(self.obs_dim, self.act_dim, r.hidden, r.layers).to(data["obs"].device)
+        if self.cfg.scratch_bc_steps > 0:
+            train_bc(base, data, self.cfg.scratch_bc_steps, r.batch_real, r.actor_lr, seed=seed)
+        if not self.zdim:
+            return base
+        lifted = TanhGaussianActor(self.obs_dim + self.zdim, self.act_dim, r.hidden, r.layers).to(data["obs"].device)
+        sd = base.state_dict()
+        first = next(k for k in sd if k.endswith("weight"))  # the first layer's weight: [hidden, obs_dim]
+        w = torch.zeros(sd[first].shape[0], self.obs_dim + self.zdim, dtype=sd[first].dtype, device=sd[first].device)
+        w[:, : self.obs_dim] = sd[first]
+        lifted.load_state_dict({**sd, first: w})
+        return lifted
 
     def attach(self, imagination: Imagination | None, uncertainty_std: float | None) -> None:
         """The world model to imagine with when adapting a loaded checkpoint (with the penalty

@@ -315,13 +315,17 @@ def test_the_solved_log_start_learns_a_solved_log_from_scratch_and_the_rest_from
                                                          strict=True))
     assert mixed[0].cfg.omega == 1.0 and mixed[1].cfg.omega == 0.4
     # the learner from scratch clones its log (`scratch_bc_steps`; no RAC update by default): it
-    # is behaviour cloning of the conditioned log, from the fresh actor of its seed
+    # acts as the single-task BC baseline's policy (the state alone, that seed), whatever z it gets
     from learning.merpo import train_bc
+    from learning.rac import TanhGaussianActor
 
-    fresh = RAC(2 + m.zdim, 2, mixed[0].cfg, seed=11)
-    train_bc(fresh.actor, m.conditioned(datas[0], infs[0]), cfg.scratch_bc_steps, 32, cfg.rac.actor_lr, seed=14)
-    for p, q in zip(mixed[0].actor.parameters(), fresh.actor.parameters(), strict=True):
-        torch.testing.assert_close(p, q)
+    torch.manual_seed(11)
+    bc = TanhGaussianActor(2, 2, 16, 1)
+    train_bc(bc, datas[0], cfg.scratch_bc_steps, 32, cfg.rac.actor_lr, seed=11)
+    obs = datas[0]["obs"][:50]
+    for z in (infs[0].z, infs[1].z, np.zeros_like(infs[0].z)):
+        zs = torch.as_tensor(np.tile(z, (len(obs), 1)), dtype=obs.dtype)
+        torch.testing.assert_close(mixed[0].actor.mean_unit(torch.cat([obs, zs], 1)), bc.mean_unit(obs))
     m.cfg = dataclasses.replace(cfg, scratch_rac_steps=5)  # with RAC updates after the clone: another learner
     tuned = m.adapt([datas[0]], [infs[0]], [11], start="scratch")[0]
     assert any(not torch.allclose(p, q) for p, q in zip(mixed[0].actor.parameters(), tuned.actor.parameters(),
