@@ -813,6 +813,9 @@ def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: Epi
         log(f"task inference: embedding {np.round(inf.z, 2).tolist()} (posterior spread "
             f"{float(np.linalg.norm(inf.std)):.2f}, reward error {inf.reward_mse:.3f})")
     log_success = log_success_of(store, eps)
+    # a solved log's clone takes the single-task BC baseline's steps (`steps` included): with the
+    # baseline's seed (below) and the run's RAC sizes it is that baseline's learner
+    v2 = dataclasses.replace(v2, scratch_bc_steps=cfg.merpo.adapt_steps if steps is None else steps)
     if omega is None:
         start, omega, why = choose_learner(v2, log_success)
     else:
@@ -853,6 +856,8 @@ def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: Epi
         "data": str(data_path), "data_hash": data_hash(store), "config": cfg.to_dict(),
         "store_spec": store.spec.to_attrs(), "episodes": eps}, indent=1))
     return {"task": task, "method": method, "episodes": len(eps), "adapt_steps": n_steps, "omega": omega_used,
+            "start": "scratch" if method == "merpo" and start == "scratch" else "meta",
+            "clone_steps": v2.scratch_bc_steps if method == "merpo" and start == "scratch" else 0,
             "task_inference": inference, "out": str(out)}
 
 

@@ -81,7 +81,8 @@ class MerPOv2Config:
     # meta-trained on solved logs is no start (reach expert: 0.08 from it); on states it is
     # (0.96 from it, 0.79 cloned): docs/algorithms.md 5b, experiments/35-start-rule
     start_rule: str = "meta"
-    # a learner from scratch clones its log for `scratch_bc_steps` steps, then takes
+    # a learner from scratch clones its log for `scratch_bc_steps` steps (`vmerpo adapt` sets the
+    # single-task BC baseline's count: the run's `merpo.adapt_steps` or --steps), then takes
     # `scratch_rac_steps` RAC updates with the behaviour term alone (omega 1). 0 RAC updates:
     # measured, RAC after the clone lost to the clone alone (state expert: 0.76 vs 0.79)
     scratch_bc_steps: int = 1000

@@ -403,7 +403,14 @@ def test_more_meta_train_episodes_and_learner_steps_reach_the_design_and_the_sta
     assert (base_pix.v2_meta_steps, b.v2_meta_steps, b.peer_steps) == (0, 12000, 12000)
     assert b.adapt_steps == base_pix.adapt_steps and b.wm_steps == base_pix.wm_steps
     design = learning.resolve(args)[0]
-    assert learning.settings_of(args, design, "reach-v3", [40], list(range(20)))["pixel_budget"]["v2_meta_steps"] == 12000
+    settings = learning.settings_of(args, design, "reach-v3", [40], list(range(20)))
+    assert settings["pixel_budget"]["v2_meta_steps"] == 12000
+    # MerPO's start rule comes with the preset (`cpu`): an --out from before it (no key) is refused
+    assert settings["start_rule"] == "solved-log"
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "settings.json").write_text(json.dumps({k: v for k, v in settings.items() if k != "start_rule"}))
+    with pytest.raises(ValueError, match="start_rule"):
+        learning.check_out(tmp_path / "old", settings, resume=True)
 
 
 def test_a_torch_policy_evaluated_side_by_side_matches_one_episode_at_a_time():

@@ -352,3 +352,41 @@ def test_merpo_v2_trains_adapts_with_an_inferred_embedding_and_exports(family, t
     proc = vmerpo("adapt", "--run", str(run), "--data", str(heldout), "--out", str(tmp_path / "x"),
                   "--method", "merpo_adp", "--no-progress")
     assert proc.returncode == 2 and "merpo_v2 run" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_merpo_v2_on_a_solved_log_with_the_solved_log_start_is_the_bc_baseline(family, tmp_path, monkeypatch):
+    """`vmerpo adapt --start-rule solved-log` on a log whose every episode succeeded: the adapted
+    policy acts as `--method bc --start scratch` on that log (same steps, --steps included, and
+    seed), whatever the embedding; the run records the start; a log not solved starts from pi_c."""
+    import torch
+
+    from learning import merpo_train
+    from learning.rac import TanhGaussianActor
+
+    train_store, heldout, _ = family
+    run = tmp_path / "run"
+    proc = vmerpo("train", "--data", str(train_store), "--config", "tiny", "--algorithm", "merpo_v2",
+                  "--out", str(run), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.setattr(merpo_train, "log_success_of", lambda store, eps: 1.0)  # the held-out log, solved
+    for steps in (None, 7):
+        m = merpo_train.adapt(run, str(heldout), tmp_path / f"m{steps}", start_rule="solved-log", steps=steps,
+                              progress=False, log=lambda msg: None)
+        b = merpo_train.adapt(run, str(heldout), tmp_path / f"b{steps}", method="bc", start="scratch", steps=steps,
+                              progress=False, log=lambda msg: None)
+        assert m["start"] == "scratch" and m["omega"] == 1.0 and m["clone_steps"] == (steps or 10)  # tiny: 10
+        cfg = json.loads((tmp_path / f"m{steps}" / "config.json").read_text())
+        assert cfg["start"] == "scratch" and cfg["omega_rule"]["start_rule"] == "solved-log"
+        pm, pb = (torch.load(tmp_path / f"{k}{steps}" / "policy.pt", weights_only=True) for k in ("m", "b"))
+        am = TanhGaussianActor(pm["obs_dim"], pm["act_dim"], 32, 2)
+        ab = TanhGaussianActor(pb["obs_dim"], pb["act_dim"], 32, 2)
+        am.load_state_dict(pm["actor"])
+        ab.load_state_dict(pb["actor"])
+        obs = torch.randn(64, pb["obs_dim"])
+        for z in (torch.tensor(pm["z"]), torch.zeros(len(pm["z"]))):
+            torch.testing.assert_close(am.mean_unit(torch.cat([obs, z.expand(64, -1)], 1)), ab.mean_unit(obs))
+        assert b["adapt_steps"] == (steps or 10)
+    monkeypatch.setattr(merpo_train, "log_success_of", lambda store, eps: 0.6)
+    m = merpo_train.adapt(run, str(heldout), tmp_path / "not_solved", start_rule="solved-log", progress=False,
+                          log=lambda msg: None)
+    assert m["start"] == "meta" and m["omega"] == 0.4 and m["clone_steps"] == 0

@@ -155,7 +155,14 @@ def pixel_budget(args: argparse.Namespace) -> Budget:
 
 
 def pixel_settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {"pixel_budget": asdict(pixel_budget(args)), "device": args.device}
+    from learning.merpo_train import preset
+
+    budget = pixel_budget(args)
+    # MerPO's start rule comes with the preset the v2 runs are made from: an --out made under
+    # another (or before the rule: no key) is refused, so a resume that adds a quality or a
+    # world-model seed cannot mix learners
+    return {"pixel_budget": asdict(budget), "device": args.device,
+            "start_rule": preset(budget.config).merpo_v2.start_rule}
 
 
 def run_track(out: Path, family: str, design, heldout: list[int], train: list[int],

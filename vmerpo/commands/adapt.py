@@ -41,10 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "task leads) unless every episode of the log succeeded, then the config's omega "
                         "(docs/algorithms.md 5b). --omega overrides either")
     p.add_argument("--start-rule", choices=("meta", "solved-log"),
-                   help="merpo on a merpo_v2 run: where the learner starts (default: the run's config, "
-                        "solved-log). meta: always from pi_c and Q_meta; solved-log: when every episode of the "
-                        "log succeeded, fresh networks clone the log (pi_c not used), else from pi_c and Q_meta "
-                        "(docs/algorithms.md 5b). --omega overrides it (from pi_c)")
+                   help="merpo on a merpo_v2 run: where the learner starts (default: the run's config: "
+                        "solved-log in runs made from the cpu, demo and paper presets, meta otherwise). meta: "
+                        "always from pi_c and Q_meta; solved-log: when every episode of the log succeeded, the "
+                        "single-task BC baseline's learner (bc --start scratch, same steps and seed; pi_c not "
+                        "used), else from pi_c and Q_meta (docs/algorithms.md 5b). --omega overrides it")
     p.add_argument("--start", choices=("pretrained", "scratch"), default="pretrained",
                    help="bc, rac and lompo: start from the run's pooled pretraining (default) or learn from "
                         "the new task's log alone with fresh networks (scratch; the learning benchmark's "
