@@ -820,6 +820,7 @@ def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: Epi
         start, omega, why = choose_learner(v2, log_success)
     else:
         start, why = "meta", f"from (pi_c, Q_meta), omega {float(omega)} (asked for)"
+    scratch = method == "merpo" and start == "scratch"  # the meta-policy itself has no start
     rc = dataclasses.replace(v2.rac, omega=float(omega))
     if rac_overrides:
         unknown = sorted(set(rac_overrides) - {f.name for f in dataclasses.fields(RACConfig)})
@@ -832,12 +833,12 @@ def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: Epi
     else:
         m2.cfg = dataclasses.replace(v2, rac=rc)
         m2.attach(Imagination(copy.deepcopy(theta).cpu(), norm, m2.obs_dim, rc.horizon), m2.trained_uncertainty_std)
-        if start == "scratch":
+        if scratch:
             n_steps = v2.scratch_rac_steps
         log(f"adapting MerPO v2 to task {task}: {n_steps} RAC steps {why}"
             + (f", imagining {rc.horizon} steps (lambda_u {rc.uncertainty_penalty})" if m2.imagination and n_steps else ""))
         # from scratch: the single-task BC baseline's seed, so a solved log gets that baseline's learner
-        seed = cfg.merpo.seed if start == "scratch" else v2.seed + task
+        seed = cfg.merpo.seed if scratch else v2.seed + task
         actor = m2.adapt([data], [inf], [seed], steps=n_steps, omega=rc.omega, start=start)[0].actor
         omega_used = rc.omega
     wmt.save_checkpoint(out / "task_model.pt", theta, None, 0,
@@ -849,15 +850,14 @@ def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: Epi
     wmt.write_text_atomic(out / "config.json", json.dumps({
         "format": RUN_FORMAT, "version": RUN_VERSION, "kind": "adapted", "parent": str(run), "task": task,
         "method": method, "algorithm": "merpo_v2", "omega": omega_used,
-        "start": "scratch" if method == "merpo" and start == "scratch" else start_label(method, "own"),
+        "start": "scratch" if scratch else start_label(method, "own"),
         "omega_rule": None if omega_used is None else {"rule": v2.omega_rule, "start_rule": v2.start_rule,
                                                        "log_success": log_success, "why": why},
         "task_inference": inference,
         "data": str(data_path), "data_hash": data_hash(store), "config": cfg.to_dict(),
         "store_spec": store.spec.to_attrs(), "episodes": eps}, indent=1))
     return {"task": task, "method": method, "episodes": len(eps), "adapt_steps": n_steps, "omega": omega_used,
-            "start": "scratch" if method == "merpo" and start == "scratch" else "meta",
-            "clone_steps": v2.scratch_bc_steps if method == "merpo" and start == "scratch" else 0,
+            "start": "scratch" if scratch else "meta", "clone_steps": v2.scratch_bc_steps if scratch else 0,
             "task_inference": inference, "out": str(out)}
 
 

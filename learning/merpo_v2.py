@@ -374,9 +374,10 @@ class MerPOv2:
             else:  # the log cloned (`clone_log`), then the RAC updates if any: one learner per log
                 racs = []
                 for j, k in enumerate(idx):
-                    fresh = RAC(self.obs_dim + self.zdim, self.act_dim, cfg, logs[j]["obs"].device, seed=int(seeds[k]))
                     actor = self.clone_log(datas[k], int(seeds[k]))
-                    racs += adapt_racs(actor, fresh.critic, [logs[j]], None if fns is None else [fns[j]], cfg,
+                    critic = TwinCritic(self.obs_dim + self.zdim, self.act_dim, cfg.hidden, cfg.layers).to(
+                        logs[j]["obs"].device)  # fresh (drawn after the clone's seeded start)
+                    racs += adapt_racs(actor, critic, [logs[j]], None if fns is None else [fns[j]], cfg,
                                        self.cfg.scratch_rac_steps, [seeds[k]])
             for k, r in zip(idx, racs, strict=True):
                 out[k] = r
@@ -396,10 +397,8 @@ class MerPOv2:
             return base
         lifted = TanhGaussianActor(self.obs_dim + self.zdim, self.act_dim, r.hidden, r.layers).to(data["obs"].device)
         sd = base.state_dict()
-        first = next(k for k in sd if k.endswith("weight"))  # the first layer's weight: [hidden, obs_dim]
-        w = torch.zeros(sd[first].shape[0], self.obs_dim + self.zdim, dtype=sd[first].dtype, device=sd[first].device)
-        w[:, : self.obs_dim] = sd[first]
-        lifted.load_state_dict({**sd, first: w})
+        w = sd["net.0.weight"]  # the first layer (`rac.mlp`): [hidden, obs_dim] -> [hidden, obs_dim + zdim]
+        lifted.load_state_dict({**sd, "net.0.weight": torch.cat([w, w.new_zeros(len(w), self.zdim)], 1)})
         return lifted
 
     def attach(self, imagination: Imagination | None, uncertainty_std: float | None) -> None:

@@ -253,24 +253,33 @@ def test_the_solved_log_rule_lets_the_meta_policy_lead_unless_the_log_already_so
         MerPOv2Config(omega_rule="best")
 
 
-def test_adapting_logs_with_different_omegas_equals_adapting_each_at_its_omega(fitted):
-    te, _ = fitted
-    cfg = MerPOv2Config(rac=RACConfig(hidden=16, layers=1, batch_real=32), embedding=EMB, adapt_steps=15,
-                        omega_rule="solved-log", start_rule="meta")
+def two_new_tasks(te: TaskEmbedding, **cfg_kw) -> tuple[MerPOv2, list, list]:
+    """A small MerPOv2 with the fitted embedding and two held-out logs (goals 2 and 6) with their
+    inferred embeddings."""
+    cfg = MerPOv2Config(rac=RACConfig(hidden=16, layers=1, batch_real=32), embedding=EMB, adapt_steps=15, **cfg_kw)
     m = MerPOv2(2, 2, list(GOALS), cfg)
     m.embedding = te
     logs = [task_log(GOALS[n], episodes=3, seed=40 + n) for n in (2, 6)]
-    infs = [m.infer(d, e, seed=1) for d, e in logs]
-    datas = [d for d, _ in logs]
+    return m, [d for d, _ in logs], [m.infer(d, e, seed=1) for d, e in logs]
+
+
+def assert_same_actor(a: RAC, b: RAC) -> None:
+    for p, q in zip(a.actor.parameters(), b.actor.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def actors_differ(a: RAC, b: RAC) -> bool:
+    return any(not torch.allclose(p, q) for p, q in zip(a.actor.parameters(), b.actor.parameters(), strict=True))
+
+
+def test_adapting_logs_with_different_omegas_equals_adapting_each_at_its_omega(fitted):
+    m, datas, infs = two_new_tasks(fitted[0], omega_rule="solved-log", start_rule="meta")
     mixed = m.adapt(datas, infs, [11, 12], log_success=[1.0, 0.4])  # omega 0.4, then 0
     alone = [m.adapt([datas[0]], [infs[0]], [11], omega=0.4)[0], m.adapt([datas[1]], [infs[1]], [12], omega=0.0)[0]]
     for a, b in zip(mixed, alone, strict=True):
-        for p, q in zip(a.actor.parameters(), b.actor.parameters(), strict=True):
-            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+        assert_same_actor(a, b)
     # and the two omegas did train different learners from the same start
-    same = m.adapt([datas[1]], [infs[1]], [12], omega=0.4)[0]
-    assert any(not torch.allclose(p, q) for p, q in zip(alone[1].actor.parameters(), same.actor.parameters(),
-                                                         strict=True))
+    assert actors_differ(alone[1], m.adapt([datas[1]], [infs[1]], [12], omega=0.4)[0])
 
 
 def test_the_solved_log_start_learns_a_solved_log_from_scratch_and_the_rest_from_pi_c(fitted):
@@ -295,24 +304,15 @@ def test_the_solved_log_start_learns_a_solved_log_from_scratch_and_the_rest_from
         assert cfg.merpo_v2.start_rule == "solved-log" and cfg.merpo_v2.scratch_bc_steps == cfg.merpo.adapt_steps
     with pytest.raises(ValueError, match="start_rule 'fresh'.*meta, solved-log"):
         MerPOv2Config(start_rule="fresh")
-    te, _ = fitted
-    cfg = MerPOv2Config(rac=RACConfig(hidden=16, layers=1, batch_real=32), embedding=EMB, adapt_steps=15,
-                        start_rule="solved-log")
-    m = MerPOv2(2, 2, list(GOALS), cfg)
-    m.embedding = te
-    logs = [task_log(GOALS[n], episodes=3, seed=40 + n) for n in (2, 6)]
-    infs = [m.infer(d, e, seed=1) for d, e in logs]
-    datas = [d for d, _ in logs]
+    m, datas, infs = two_new_tasks(fitted[0], start_rule="solved-log")
+    cfg = m.cfg
     mixed = m.adapt(datas, infs, [11, 12], log_success=[1.0, 0.4])
     alone = [m.adapt([datas[0]], [infs[0]], [11], start="scratch")[0],
              m.adapt([datas[1]], [infs[1]], [12], omega=0.4)[0]]
     for a, b in zip(mixed, alone, strict=True):
-        for p, q in zip(a.actor.parameters(), b.actor.parameters(), strict=True):
-            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+        assert_same_actor(a, b)
     # the solved log's learner did not start from pi_c: the same log from pi_c at omega 1 differs
-    from_meta = m.adapt([datas[0]], [infs[0]], [11], omega=1.0)[0]
-    assert any(not torch.allclose(p, q) for p, q in zip(mixed[0].actor.parameters(), from_meta.actor.parameters(),
-                                                         strict=True))
+    assert actors_differ(mixed[0], m.adapt([datas[0]], [infs[0]], [11], omega=1.0)[0])
     assert mixed[0].cfg.omega == 1.0 and mixed[1].cfg.omega == 0.4
     # the learner from scratch clones its log (`scratch_bc_steps`; no RAC update by default): it
     # acts as the single-task BC baseline's policy (the state alone, that seed), whatever z it gets
@@ -327,9 +327,7 @@ def test_the_solved_log_start_learns_a_solved_log_from_scratch_and_the_rest_from
         zs = torch.as_tensor(np.tile(z, (len(obs), 1)), dtype=obs.dtype)
         torch.testing.assert_close(mixed[0].actor.mean_unit(torch.cat([obs, zs], 1)), bc.mean_unit(obs))
     m.cfg = dataclasses.replace(cfg, scratch_rac_steps=5)  # with RAC updates after the clone: another learner
-    tuned = m.adapt([datas[0]], [infs[0]], [11], start="scratch")[0]
-    assert any(not torch.allclose(p, q) for p, q in zip(mixed[0].actor.parameters(), tuned.actor.parameters(),
-                                                         strict=True))
+    assert actors_differ(mixed[0], m.adapt([datas[0]], [infs[0]], [11], start="scratch")[0])
     m.cfg = cfg
     with pytest.raises(ValueError, match="no meta-policy to pull towards"):
         m.adapt([datas[0]], [infs[0]], [11], omega=0.4, start="scratch")
