@@ -360,22 +360,69 @@ def test_a_quality_s_two_jobs_share_its_logs_and_evaluate_side_by_side(tmp_path)
     assert sorted(rows) == ["bc", "iql_pooled", "merpo", "meta_policy"]
     assert all(r["episodes"] == 3 and 0.0 <= r["success_rate"] <= 1.0 and r["final_distance"] > 0 for r in rows.values())
     assert rows["merpo"]["inference_goal_error_cm"] >= 0 and rows["iql_pooled"]["zero_shot"]
-    # a later invocation's omega sweep (--ablations): omega 0.4 is MerPO's learner (fixed rule),
-    # so its unit is MerPO's evaluation, not a second adaptation; omega 1 is adapted
-    job["methods"], job["group"] = ["merpo", "merpo_omega04", "merpo_omega1"], "v2"
-    again = run_quality(job)[0]
-    assert "merpo_omega0.4_adapt_s" not in again["timings"] and "merpo_omega1_adapt_s" in again["timings"]
+    # MerPO's omega on states is the solved-log rule's: 0 unless every episode of the log succeeded
     evals = tmp_path / "state" / "evals" / "medium"
-    merpo, sweep = evals / "merpo_t40_d0.json", evals / "merpo_omega04_t40_d0.json"
-    assert sweep.read_text() == merpo.read_text() and json.loads(merpo.read_text())["omega"] == 0.4
+    merpo = evals / "merpo_t40_d0.json"
+    w = 0.4 if res["v2"]["behaviour"]["40,0"] >= 1.0 else 0.0
+    assert json.loads(merpo.read_text())["omega"] == w
+    # a later invocation's omega sweep (--ablations): the sweep's learner at MerPO's omega is MerPO's,
+    # so its unit is MerPO's evaluation, not a second adaptation; the other two are adapted
+    key = {0.0: "0", 0.4: "04"}[w]
+    job["methods"], job["group"] = ["merpo", "merpo_omega0", "merpo_omega04", "merpo_omega1"], "v2"
+    again = run_quality(job)[0]
+    assert f"merpo_omega{w:g}_adapt_s" not in again["timings"] and "merpo_omega1_adapt_s" in again["timings"]
+    assert {f"merpo_omega{o:g}_adapt_s" for o in (0.0, 0.4)} - {f"merpo_omega{w:g}_adapt_s"} <= set(again["timings"])
+    sweep = evals / f"merpo_omega{key}_t40_d0.json"
+    assert sweep.read_text() == merpo.read_text()
     # the other way round: the sweep's evaluation stands for MerPO's
     merpo.unlink()
     job["methods"] = ["merpo"]
-    assert "merpo_omega0.4_adapt_s" not in run_quality(job)[0]["timings"] and merpo.read_text() == sweep.read_text()
+    assert f"merpo_omega{w:g}_adapt_s" not in run_quality(job)[0]["timings"] and merpo.read_text() == sweep.read_text()
     # an evaluation that does not say its omega (made before omegas were recorded) is not reused
     merpo.unlink()
     sweep.write_text(json.dumps({k: v for k, v in json.loads(sweep.read_text()).items() if k != "omega"}))
-    assert "merpo_omega0.4_adapt_s" in run_quality(job)[0]["timings"] and json.loads(merpo.read_text())["omega"] == 0.4
+    assert f"merpo_omega{w:g}_adapt_s" in run_quality(job)[0]["timings"] and json.loads(merpo.read_text())["omega"] == w
+
+
+def test_the_state_tracks_merpo_follows_the_fixed_omega_when_the_job_asks_for_it(tmp_path):
+    """A job that names the fixed rule (the image presets' and MerPOv2Config's default) adapts
+    MerPO at omega 0.4 whatever the log; the state track's default is the solved-log rule."""
+    pytest.importorskip("metaworld")
+    from learning.merpo_v2 import MerPOv2Config
+    from vmerpo.benchmarks.learning import log_seeds
+    from vmerpo.benchmarks.learning_state import (
+        STATE_BUDGETS,
+        STATE_OMEGA_RULE,
+        run_quality,
+        state_budget_dict,
+        state_v2_config,
+    )
+
+    assert STATE_OMEGA_RULE == "solved-log" != MerPOv2Config().omega_rule
+    assert state_v2_config(STATE_BUDGETS["full"], 0).omega_rule == "solved-log"
+    tiny = dict(pretrain_steps=20, meta_steps=2, adapt_steps=20, v2_meta_steps=20, bc_steps=20, iql_steps=20,
+                iql_finetune_steps=5)
+    assert set(tiny) == set(state_budget_dict("full"))
+    job = {"out": str(tmp_path / "state"), "quality": "random_heavy", "group": "v2", "family": "reach-v3",
+           "state_budget": tiny, "methods": ["merpo"], "train_tasks": [0, 1, 2], "episodes_per_task": 2,
+           "heldout": [40], "heldout_episodes": 2, "draws": 1, "eval_episodes": 2,
+           "seeds": log_seeds("random_heavy", 1), "hand_init_noise": 0.05, "aim": True, "seed": 0,
+           "omega_rule": "fixed"}
+    res = run_quality(job)[0]
+    assert res["behaviour"]["40,0"] < 1.0  # a random-heavy log: the solved-log rule would say 0
+    evals = tmp_path / "state" / "evals" / "random_heavy"
+    assert json.loads((evals / "merpo_t40_d0.json").read_text())["omega"] == 0.4
+    assert json.loads((evals / "inference_t40_d0.json").read_text())["omega_rule"] == "fixed"
+    # an --out whose MerPO units were made under the fixed rule (before the change) is refused
+    from vmerpo.benchmarks import learning
+
+    args = learning.parse_args(["--track", "state", "--budget", "smoke", "--out", str(tmp_path / "old")])
+    s = learning.settings_of(args, learning.DESIGNS["smoke"], "reach-v3", [40], [0])
+    assert s["omega_rule"] == "solved-log"
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "settings.json").write_text(json.dumps({**s, "omega_rule": "fixed"}))
+    with pytest.raises(ValueError, match='made with omega_rule="fixed", this run asks for "solved-log"'):
+        learning.check_out(tmp_path / "old", s, resume=True)
 
 
 def test_more_meta_train_episodes_and_learner_steps_reach_the_design_and_the_state_learners(tmp_path):

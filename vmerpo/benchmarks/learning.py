@@ -190,13 +190,16 @@ def settings_of(args: argparse.Namespace, design: Design, family: str, heldout: 
 
         s.update(pixel_settings(args))
     else:
-        from learning.merpo_v2 import MerPOv2Config
-        from vmerpo.benchmarks.learning_state import OBJECT_FAMILIES, state_budget_dict
+        from vmerpo.benchmarks.learning_state import (
+            OBJECT_FAMILIES,
+            STATE_OMEGA_RULE,
+            state_budget_dict,
+        )
 
         s["state_budget"] = state_budget_dict(args.budget, args.learner_steps)
         if family in OBJECT_FAMILIES:  # (only there: runs made before it keep their settings)
             s["object_in_state"] = True
-        s["omega_rule"] = MerPOv2Config().omega_rule  # MerPO's units depend on it (pixel: the run's config)
+        s["omega_rule"] = STATE_OMEGA_RULE  # MerPO's units depend on it (pixel: the run's config)
     return s
 
 

@@ -97,7 +97,17 @@ def state_rac_config():
     return dataclasses.replace(preset("cpu").merpo.rac, layers=2)
 
 
-def state_v2_config(budget: StateBudget, seed: int, use_embedding: bool = True):
+# MerPO's omega rule on states (`merpo_v2.choose_omega`): omega 0 (the meta-policy at the inferred
+# task leads) unless every episode of the log succeeded. On states pi_c is strong (reach medium 0.99
+# zero-shot) and the fixed omega 0.4 held MerPO below it: scored on the sweeps' units, reach medium
+# 0.97 vs 0.81 (experiments/22), push medium 0.61 vs 0.50 (experiments/26 run 4), and measured on
+# held-out logs it was not chosen on in experiments/36. The image presets keep `fixed`: there a
+# short meta-training leaves pi_c weak (docs/algorithms.md 5b, omega rules)
+STATE_OMEGA_RULE = "solved-log"
+
+
+def state_v2_config(budget: StateBudget, seed: int, use_embedding: bool = True,
+                    omega_rule: str = STATE_OMEGA_RULE):
     """MerPO v2 on states: the state RAC with the advantage-weighted behaviour term."""
     import dataclasses
 
@@ -105,7 +115,13 @@ def state_v2_config(budget: StateBudget, seed: int, use_embedding: bool = True):
 
     rac = dataclasses.replace(state_rac_config(), behaviour_weight="advantage")
     return MerPOv2Config(rac=rac, use_embedding=use_embedding, warm_start_steps=budget.pretrain_steps,
-                         meta_steps=budget.v2_meta_steps, adapt_steps=budget.adapt_steps, seed=seed)
+                         meta_steps=budget.v2_meta_steps, adapt_steps=budget.adapt_steps, seed=seed,
+                         omega_rule=omega_rule)
+
+
+def log_success(log: dict[str, np.ndarray], task: int) -> float:
+    """The share of `task`'s episodes in `log` that succeeded (the held-out log's own level)."""
+    return float(np.mean(log["episode_success"][log["episode_task"] == task]))
 
 
 def episode_ends_of(log: dict[str, np.ndarray], task: int) -> np.ndarray:
@@ -383,10 +399,13 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
             t = time.perf_counter()
             tasks = sorted(set(train_log["episode_task"].tolist()))
             blind = MerPOv2(pooled["obs"].shape[1], pooled["act"].shape[1], tasks,
-                            state_v2_config(budget, seed, use_embedding=False))
+                            state_v2_config(budget, seed, use_embedding=False,
+                                            omega_rule=job.get("omega_rule", STATE_OMEGA_RULE)))
             blind.fit({n: _torch(transitions(train_log, feats, r_mean, r_std, task=n)) for n in tasks})
             infs = [blind.infer(_torch(per_unit[u])) for u in units]
-            racs = blind.adapt([_torch(per_unit[u]) for u in units], infs, [seed * 1000 + i for i in range(len(units))])
+            # MerPO's own rules (omega per log), so that the embedding is the one difference
+            racs = blind.adapt([_torch(per_unit[u]) for u in units], infs, [seed * 1000 + i for i in range(len(units))],
+                               log_success=[log_success(heldout_logs[d], t) for t, d in units])
             timings["merpo_no_embedding_s"] = time.perf_counter() - t
             adapted("merpo_no_embedding", [r.actor for r in racs])
         # MerPO v1 (model-free on states, no task variable) and its zero-shot meta-policy
@@ -478,8 +497,7 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
                 res["inference_goal_error_cm"] = json.loads(inference.read_text())["goal_error_cm"]
             rows.append({"track": "state", "quality": q, "method": m, "task": task, "draw": d,
                          "zero_shot": m in ZERO_SHOT, **res})
-    behaviour = {f"{t},{d}": float(np.mean(heldout_logs[d]["episode_success"][heldout_logs[d]["episode_task"] == t]))
-                 for t, d in units}
+    behaviour = {f"{t},{d}": log_success(heldout_logs[d], t) for t, d in units}
     timings["total_s"] = time.perf_counter() - t0
     log("done")
     return [{"rows": rows, "behaviour": behaviour, "timings": timings, "quality": q, "group": group}]
@@ -509,7 +527,7 @@ def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std,
     ends = {n: episode_ends_of(train_log, n) for n in tasks}
     t = time.perf_counter()
     obs_dim, act_dim = datas[tasks[0]]["obs"].shape[1], datas[tasks[0]]["act"].shape[1]
-    m = MerPOv2(obs_dim, act_dim, tasks, state_v2_config(budget, seed))
+    m = MerPOv2(obs_dim, act_dim, tasks, state_v2_config(budget, seed, omega_rule=job.get("omega_rule", STATE_OMEGA_RULE)))
     m.fit(datas, ends, progress=log)
     timings["merpo_meta_train_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -518,8 +536,7 @@ def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std,
     goal_of = {n: train_log["episode_goal"][list(train_log["episode_task"]).index(n)] for n in tasks}
     W, b = goal_probe(np.stack([tz[n] for n in tasks]), np.stack([goal_of[n] for n in tasks]))
     infs = []
-    success = [float(np.mean(heldout_logs[d]["episode_success"][heldout_logs[d]["episode_task"] == task]))
-               for task, d in units]
+    success = [log_success(heldout_logs[d], task) for task, d in units]
     rule = [choose_learner(m.cfg, s)[:2] for s in success]  # (start, omega) per unit
     for i, (task, d) in enumerate(units):
         inf = m.infer(_torch(per_unit[(task, d)]), episode_ends_of(heldout_logs[d], task), seed=seed * 1000 + i)
@@ -666,7 +683,8 @@ def run_track(out: Path, family: str, design, heldout: list[int], train: list[in
              "methods": ms, "train_tasks": train, "episodes_per_task": design.episodes_per_task,
              "heldout": heldout, "heldout_episodes": design.heldout_episodes, "draws": design.draws,
              "eval_episodes": design.eval_episodes, "seeds": log_seeds(q, design.draws),
-             "hand_init_noise": args.hand_init_noise, "aim": aim, "seed": args.seed}
+             "hand_init_noise": args.hand_init_noise, "aim": aim, "seed": args.seed,
+             "omega_rule": STATE_OMEGA_RULE}
             for q, group, ms in job_plan({q: methods_by_quality[q] for q in design.qualities})]
     t0 = time.perf_counter()
     rows: list[dict] = []
