@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from learning.rac import mlp
+from perception.networks import take_rows
 
 
 class NoTaskSignal(ValueError):
@@ -128,7 +129,7 @@ class TaskEmbedding(nn.Module):
             if cfg.input_noise:
                 o = o + cfg.input_noise * torch.randn(o.shape, generator=g)
                 o2 = o2 + cfg.input_noise * torch.randn(o2.shape, generator=g)
-            pred = self.reward(o, act[i], o2, self.embeddings[tid[i]])
+            pred = self.reward(o, act[i], o2, take_rows(self.embeddings, tid[i]))
             mse = ((pred - rew[i]) ** 2).mean()
             loss = mse + cfg.l2 * (self.embeddings ** 2).sum(-1).mean()
             opt.zero_grad(set_to_none=True)

@@ -16,6 +16,15 @@ DECODER_KERNELS = {32: (5, 6, 6), 64: (5, 5, 6, 6), 128: (5, 5, 6, 6, 2)}
 ENCODER_LAYERS = {32: 3, 64: 4, 128: 5}
 
 
+def take_rows(p: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """p[index] along dim 0, with a backward pass that is the same run to run on several CPU
+    threads. `p[index]`'s backward (index_put_ with accumulate) sums the rows of repeated
+    indices in a thread-dependent order, so a world model trained on 2 threads ended elsewhere
+    on identical logs (the demo: image NLL 27.53 vs 27.62 after 1,000 steps); index_select's
+    backward (index_add_) adds them in index order."""
+    return torch.index_select(p, 0, index)
+
+
 def check_image_size(size: int) -> None:
     if size not in DECODER_KERNELS:
         raise ValueError(f"model image size {size} not supported; expected one of "

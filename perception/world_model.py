@@ -26,7 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perception.networks import ConvDecoder, ConvEncoder, check_image_size, image_to_float
+from perception.networks import (
+    ConvDecoder,
+    ConvEncoder,
+    check_image_size,
+    image_to_float,
+    take_rows,
+)
 
 UNCERTAINTIES = ("log_prob", "max_var", "mean_dis")
 RANDOM_PRIOR_SEED = 20180  # the random prior functions' own generator: model init RNG untouched
@@ -161,8 +167,9 @@ class TaskHeads(nn.Module):
             x = F.elu(torch.einsum("bnd,kdh->bnkh", x, self.prior_w1[one]) + self.prior_b1[one])
             x = torch.einsum("bnkh,kho->bnko", x, self.prior_w2[one]) + self.prior_b2[one]
         else:
-            x = F.elu(torch.einsum("bnd,bkdh->bnkh", x, self.prior_w1[slot]) + self.prior_b1[slot][:, None])
-            x = torch.einsum("bnkh,bkho->bnko", x, self.prior_w2[slot]) + self.prior_b2[slot][:, None]
+            x = F.elu(torch.einsum("bnd,bkdh->bnkh", x, take_rows(self.prior_w1, slot))
+                      + take_rows(self.prior_b1, slot)[:, None])
+            x = torch.einsum("bnkh,bkho->bnko", x, take_rows(self.prior_w2, slot)) + take_rows(self.prior_b2, slot)[:, None]
         mu, raw = x.float().reshape(B, *lead, *x.shape[-2:]).chunk(2, -1)  # fp32 under bf16 autocast
         return mu, _std(raw, self.cfg.min_std)
 
@@ -173,14 +180,15 @@ class TaskHeads(nn.Module):
         n = len(self.reward_w)
         one = _single_slot(slot)
         for i, (w, b) in enumerate(zip(self.reward_w, self.reward_b, strict=True)):
-            x = x @ w[one] + b[one] if one is not None else torch.bmm(x, w[slot]) + b[slot][:, None]
+            x = (x @ w[one] + b[one] if one is not None
+                 else torch.bmm(x, take_rows(w, slot)) + take_rows(b, slot)[:, None])
             if i < n - 1:
                 x = F.elu(x)
         return x.float().reshape(B, *lead)
 
     def proximal(self, slots: torch.Tensor) -> torch.Tensor:
         """sum_n ||theta_n - phi||^2 over the given slots (MerPO's proximal term)."""
-        return cast(torch.Tensor, sum(((p[slots] - p[0:1]) ** 2).sum() for p in self.parameters()))
+        return cast(torch.Tensor, sum(((take_rows(p, slots) - p[0:1]) ** 2).sum() for p in self.parameters()))
 
 
 class WorldModel(nn.Module):

@@ -145,3 +145,40 @@ def test_bench_preset_model_with_random_priors_trains_and_reloads(store, tmp_pat
     mu = model.prior(h, slot, a)[0]
     model.prior_rand_w1.zero_()  # the reloaded model's random priors act on its prior means
     assert not torch.allclose(model.prior(h, slot, a)[0], mu)
+
+
+def test_training_on_two_threads_is_the_same_run_to_run(store, tmp_path):
+    """The demo trains its world model on 2 CPU threads: two runs on the same logs and seed end
+    with the same parameters (the task heads' rows are gathered with `take_rows`, whose backward
+    adds repeated slots in a fixed order; `p[slot]`'s did not, and the demo's runs drifted apart)."""
+    tiny = preset("tiny")
+    # heads big enough that their gathered rows (batch x 64 x 128 numbers) are split over threads
+    cfg = dataclasses.replace(tiny, steps=30, threads=2, batch_size=8,
+                              model=dataclasses.replace(tiny.model, deter=64, hidden=64, reward_hidden=128))
+    for r in ("a", "b"):
+        train(str(store), cfg, tmp_path / r, progress=False)
+    a, _ = load_world_model(tmp_path / "a")
+    b, _ = load_world_model(tmp_path / "b")
+    assert parameters_equal(a, b), "two identical runs on 2 threads ended with different parameters"
+
+
+def test_take_rows_is_indexing_with_a_fixed_order_backward():
+    from perception.networks import take_rows
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        p = torch.randn(21, 64, 32, requires_grad=True)
+        index = torch.randint(0, 21, (256,), generator=torch.Generator().manual_seed(0))  # many repeats
+        up = torch.randn(256, 64, 32, generator=torch.Generator().manual_seed(1))
+        grads = []
+        for _ in range(10):
+            p.grad = None
+            (take_rows(p, index) * up).sum().backward()
+            grads.append(p.grad.clone())
+        assert torch.equal(take_rows(p, index), p[index])
+        assert all(torch.equal(g, grads[0]) for g in grads)
+        want = torch.zeros_like(p).index_put_((index,), up, accumulate=True)
+        torch.testing.assert_close(grads[0], want)
+    finally:
+        torch.set_num_threads(threads)
