@@ -1,7 +1,8 @@
 """MerPO v2 under the state track's solved-log omega rule, read on two sets of held-out log draws:
     python experiments/36-state-omega-rule/split.py RESULTS.json [--quality medium] [--json OUT]
-Draws 0-2 are the units the rule was scored on before it became the state default (the sweeps of
-experiments/22 and /26 run 4); draws 3-5 (seeds 200 + quality + 10 d) were never looked at.
+Draws 0-2 are the held-out logs the rule was scored on before it became the state default (the
+sweeps of experiments/22 and /26 run 4; with more draws the units' learner seeds differ); the logs
+of draws 3-5 (seeds 200 + quality + 10 d) were never looked at.
 Prints, per set of draws, each method's mean success with its 95 % interval and the paired
 differences MerPO minus the fixed omega 0.4 (`merpo_omega04`), minus BC and minus the logs
 (two-stage bootstrap, tasks then draws: the benchmark's own `paired_difference`)."""

@@ -363,7 +363,8 @@ def test_a_quality_s_two_jobs_share_its_logs_and_evaluate_side_by_side(tmp_path)
     # MerPO's omega on states is the solved-log rule's: 0 unless every episode of the log succeeded
     evals = tmp_path / "state" / "evals" / "medium"
     merpo = evals / "merpo_t40_d0.json"
-    w = 0.4 if res["v2"]["behaviour"]["40,0"] >= 1.0 else 0.0
+    assert res["v2"]["behaviour"]["40,0"] < 1.0  # not solved: the rule's omega 0, not the fixed 0.4
+    w = 0.0
     assert json.loads(merpo.read_text())["omega"] == w
     # a later invocation's omega sweep (--ablations): the sweep's learner at MerPO's omega is MerPO's,
     # so its unit is MerPO's evaluation, not a second adaptation; the other two are adapted
@@ -404,7 +405,8 @@ def test_the_state_tracks_merpo_follows_the_fixed_omega_when_the_job_asks_for_it
                 iql_finetune_steps=5)
     assert set(tiny) == set(state_budget_dict("full"))
     job = {"out": str(tmp_path / "state"), "quality": "random_heavy", "group": "v2", "family": "reach-v3",
-           "state_budget": tiny, "methods": ["merpo"], "train_tasks": [0, 1, 2], "episodes_per_task": 2,
+           "state_budget": tiny, "methods": ["merpo", "merpo_no_embedding"], "train_tasks": [0, 1, 2],
+           "episodes_per_task": 2,
            "heldout": [40], "heldout_episodes": 2, "draws": 1, "eval_episodes": 2,
            "seeds": log_seeds("random_heavy", 1), "hand_init_noise": 0.05, "aim": True, "seed": 0,
            "omega_rule": "fixed"}
@@ -413,6 +415,12 @@ def test_the_state_tracks_merpo_follows_the_fixed_omega_when_the_job_asks_for_it
     evals = tmp_path / "state" / "evals" / "random_heavy"
     assert json.loads((evals / "merpo_t40_d0.json").read_text())["omega"] == 0.4
     assert json.loads((evals / "inference_t40_d0.json").read_text())["omega_rule"] == "fixed"
+    # the ablation without the embedding follows the same rule and records its learner
+    blind = json.loads((evals / "merpo_no_embedding_t40_d0.json").read_text())
+    assert (blind["start"], blind["omega"]) == ("meta", 0.4)
+    # resumed under the solved-log rule, MerPO's kept evaluation (omega 0.4) is not its learner (omega 0)
+    with pytest.raises(ValueError, match="holds MerPO from meta at omega 0.4, this run's rules choose meta at omega 0"):
+        run_quality({**job, "methods": ["merpo"], "omega_rule": "solved-log"})
     # an --out whose MerPO units were made under the fixed rule (before the change) is refused
     from vmerpo.benchmarks import learning
 

@@ -99,10 +99,11 @@ def state_rac_config():
 
 # MerPO's omega rule on states (`merpo_v2.choose_omega`): omega 0 (the meta-policy at the inferred
 # task leads) unless every episode of the log succeeded. On states pi_c is strong (reach medium 0.99
-# zero-shot) and the fixed omega 0.4 held MerPO below it: scored on the sweeps' units, reach medium
-# 0.97 vs 0.81 (experiments/22), push medium 0.61 vs 0.50 (experiments/26 run 4), and measured on
-# held-out logs it was not chosen on in experiments/36. The image presets keep `fixed`: there a
-# short meta-training leaves pi_c weak (docs/algorithms.md 5b, omega rules)
+# zero-shot) and the fixed omega 0.4 held MerPO below it: reach medium 0.97 vs 0.81 (+0.16 [+0.03,
+# +0.32], experiments/22 and /36, the units it was chosen on); push medium (32 episodes per task)
+# 0.61 vs 0.56, +0.05 [-0.07, +0.16], and +0.02 [-0.15, +0.17] on log draws it was not chosen on
+# (experiments/36): there the gain is not confirmed. The image presets keep `fixed`: a short
+# meta-training leaves pi_c weak (docs/algorithms.md 5b, omega rules)
 STATE_OMEGA_RULE = "solved-log"
 
 
@@ -117,6 +118,16 @@ def state_v2_config(budget: StateBudget, seed: int, use_embedding: bool = True,
     return MerPOv2Config(rac=rac, use_embedding=use_embedding, warm_start_steps=budget.pretrain_steps,
                          meta_steps=budget.v2_meta_steps, adapt_steps=budget.adapt_steps, seed=seed,
                          omega_rule=omega_rule)
+
+
+def check_learner_kind(path: Path, kind: tuple[str, float]) -> None:
+    """Refuse a kept MerPO evaluation whose recorded learner (start, omega) is not the one this
+    run's rules choose (an --out resumed under another omega rule); one that records no omega
+    predates the record and is taken as it is."""
+    got = json.loads(path.read_text())
+    if "omega" in got and (got.get("start", "meta"), got["omega"]) != kind:
+        raise ValueError(f"{path} holds MerPO from {got.get('start', 'meta')} at omega {got['omega']:g}, this "
+                         f"run's rules choose {kind[0]} at omega {kind[1]:g}: use another --out")
 
 
 def log_success(log: dict[str, np.ndarray], task: int) -> float:
@@ -363,6 +374,15 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
     def cached(method: str, task: int, draw: int | None) -> Path:
         return evals_dir / (f"{method}_t{task}" + ("" if draw is None else f"_d{draw}") + ".json")
 
+    # a kept MerPO evaluation must be of the learner this run's rules choose (an --out resumed
+    # under another omega rule is refused before anything runs)
+    from learning.merpo_v2 import choose_learner
+
+    rules = state_v2_config(budget, job["seed"], omega_rule=job.get("omega_rule", STATE_OMEGA_RULE))
+    for method in ("merpo", "merpo_no_embedding"):
+        for t, d in units:
+            if method in methods and cached(method, t, d).exists():
+                check_learner_kind(cached(method, t, d), choose_learner(rules, log_success(heldout_logs[d], t))[:2])
     todo = {m for m in methods
             if any(not cached(m, t, None if m in ZERO_SHOT else d).exists() for t, d in units)}
     rows: list[dict[str, Any]] = []
@@ -393,7 +413,7 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
             v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std, units, per_unit, goals,
                        record, cached, timings, log)
         if "merpo_no_embedding" in todo:  # the ablation: MerPO v2 without a task variable
-            from learning.merpo_v2 import MerPOv2
+            from learning.merpo_v2 import MerPOv2, choose_learner
 
             log("MerPO v2 without the task embedding (ablation)")
             t = time.perf_counter()
@@ -404,10 +424,13 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
             blind.fit({n: _torch(transitions(train_log, feats, r_mean, r_std, task=n)) for n in tasks})
             infs = [blind.infer(_torch(per_unit[u])) for u in units]
             # MerPO's own rules (omega per log), so that the embedding is the one difference
+            success = [log_success(heldout_logs[d], t) for t, d in units]
             racs = blind.adapt([_torch(per_unit[u]) for u in units], infs, [seed * 1000 + i for i in range(len(units))],
-                               log_success=[log_success(heldout_logs[d], t) for t, d in units])
+                               log_success=success)
             timings["merpo_no_embedding_s"] = time.perf_counter() - t
-            adapted("merpo_no_embedding", [r.actor for r in racs])
+            for (task, d), r, s in zip(units, racs, success, strict=True):
+                start, w, _ = choose_learner(blind.cfg, s)
+                record("merpo_no_embedding", task, d, FeaturePolicy(actor_fn(r.actor), feats), omega=w, start=start)
         # MerPO v1 (model-free on states, no task variable) and its zero-shot meta-policy
         if {"merpo_v1", "meta_policy_v1"} & todo:
             log(f"MerPO: pi_c warm start, {budget.meta_steps} meta-steps")
@@ -574,6 +597,7 @@ def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std,
         wanted[method] = {}
         for i, kind in omega_of[method].items():
             if cached(method, *units[i]).exists():
+                check_learner_kind(cached(method, *units[i]), kind)
                 continue
             done = [p for k in omega_of if omega_of[k][i] == kind and (p := evaluated_at(k, i, kind)) is not None]
             if done:
