@@ -380,9 +380,10 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
 
     rules = state_v2_config(budget, job["seed"], omega_rule=job.get("omega_rule", STATE_OMEGA_RULE))
     for method in ("merpo", "merpo_no_embedding"):
-        for t, d in units:
-            if method in methods and cached(method, t, d).exists():
-                check_learner_kind(cached(method, t, d), choose_learner(rules, log_success(heldout_logs[d], t))[:2])
+        for task, d in units:
+            if method in methods and cached(method, task, d).exists():
+                check_learner_kind(cached(method, task, d),
+                                   choose_learner(rules, log_success(heldout_logs[d], task))[:2])
     todo = {m for m in methods
             if any(not cached(m, t, None if m in ZERO_SHOT else d).exists() for t, d in units)}
     rows: list[dict[str, Any]] = []
