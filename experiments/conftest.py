@@ -3,8 +3,8 @@ is tests/; run them with `.venv/bin/python -m pytest experiments -m ""` from the
 
 As tests/conftest.py: the repository root on sys.path, the SHM-only Fast DDS configuration
 applied before anything can import rclpy, MuJoCo rendering on EGL unless set; and the
-`world_model_bench_inputs` fixture. Each test loads its study script from its own folder
-(importlib.util.spec_from_file_location: the NN-slug folders are not packages)."""
+`world_model_bench_inputs` fixture. Each test loads its study script from its own folder with
+`experiments.studyutil.load_script` (the NN-slug folders are not packages)."""
 
 from __future__ import annotations
 

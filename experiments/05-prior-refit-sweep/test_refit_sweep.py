@@ -3,25 +3,15 @@ episodes (`select`) and reported on the training tasks' held-out windows (`repor
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from experiments.studyutil import load_script
 from learning.world_model_train import load_config, train
 
-
-def _load_script(name: str):
-    """The study script beside this test (its folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"vmerpo_experiment_{name}", Path(__file__).with_name(f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-refit_sweep = _load_script("refit_sweep")
+refit_sweep = load_script(__file__, "refit_sweep")
 
 
 def test_grid_parsing_and_its_errors():

@@ -3,23 +3,14 @@ expert and over random hand starts (the distances are the simulator's, checked a
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-
-def _load_script(name: str):
-    """The study script beside this test (its folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"vmerpo_experiment_{name}", Path(__file__).with_name(f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
+from experiments.studyutil import load_script
 
 pytest.importorskip("metaworld")
-reach_margin = _load_script("reach_margin")
+reach_margin = load_script(__file__, "reach_margin")
 
 
 def test_expert_margin_and_random_starts(tmp_path):

@@ -3,23 +3,14 @@ one closed-loop MuJoCo episode per policy (a few updates here: the wiring, not t
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from experiments.studyutil import load_script
 
-def _load_script(name: str):
-    """The study script beside this test (its folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"vmerpo_experiment_{name}", Path(__file__).with_name(f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-rac_ceiling = _load_script("rac_ceiling")
+rac_ceiling = load_script(__file__, "rac_ceiling")
 
 
 def test_features_scale_the_state_and_leave_raw_latents_alone():

@@ -26,8 +26,8 @@ def tensors(x: Any, pre: str = "") -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def same_tensors(pa: Path, pb: Path) -> bool:
-    a = dict(tensors(torch.load(pa, map_location="cpu", weights_only=False)))
-    b = dict(tensors(torch.load(pb, map_location="cpu", weights_only=False)))
+    a = dict(tensors(torch.load(pa, map_location="cpu", weights_only=True)))
+    b = dict(tensors(torch.load(pb, map_location="cpu", weights_only=True)))
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+
+from experiments.studyutil import load_script
 
 HERE = Path(__file__).resolve().parent
 REPORTS = [HERE / "v2-det" / "report.json", HERE / "v2-seeds" / "seed1" / "report.json",
            HERE / "v2-seeds" / "seed2" / "report.json"]
 
 
-def load():
-    spec = importlib.util.spec_from_file_location("seeds14", HERE / "seeds.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_per_task_reads_each_report_and_the_pooled_gain_is_the_readmes(capsys, monkeypatch):
-    mod = load()
+    mod = load_script(__file__, "seeds")
     first = mod.per_task(json.loads(REPORTS[0].read_text()))
     assert first["merpo"] == {40: 0.85, 41: 0.95, 42: 0.30, 43: 1.0} and first["logs"][40] == 0.6
     monkeypatch.setattr("sys.argv", ["seeds.py", *map(str, REPORTS)])

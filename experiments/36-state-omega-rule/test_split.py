@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+
+from experiments.studyutil import load_script
 
 HERE = Path(__file__).resolve().parent
 
 
-def load():
-    spec = importlib.util.spec_from_file_location("split36", HERE / "split.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_split_gives_the_readme_numbers():
-    rep = load().split(json.loads((HERE / "push-medium" / "results.json").read_text()), "medium")
+    rep = load_script(__file__, "split").split(json.loads((HERE / "push-medium" / "results.json").read_text()), "medium")
     assert [rep[k]["means"]["merpo"]["n_units"] for k in rep] == [30, 30, 60]
     allm = rep["all draws"]
     assert round(allm["means"]["merpo"]["mean"], 2) == 0.61 and round(allm["means"]["merpo_omega04"]["mean"], 2) == 0.56

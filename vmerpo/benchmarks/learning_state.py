@@ -41,7 +41,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -378,12 +378,12 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
     # under another omega rule is refused before anything runs)
     from learning.merpo_v2 import choose_learner
 
-    rules = state_v2_config(budget, job["seed"], omega_rule=job.get("omega_rule", STATE_OMEGA_RULE))
+    v2cfg = state_v2_config(budget, job["seed"], omega_rule=job.get("omega_rule", STATE_OMEGA_RULE))
     for method in ("merpo", "merpo_no_embedding"):
         for task, d in units:
             if method in methods and cached(method, task, d).exists():
                 check_learner_kind(cached(method, task, d),
-                                   choose_learner(rules, log_success(heldout_logs[d], task))[:2])
+                                   choose_learner(v2cfg, log_success(heldout_logs[d], task))[:2])
     todo = {m for m in methods
             if any(not cached(m, t, None if m in ZERO_SHOT else d).exists() for t, d in units)}
     rows: list[dict[str, Any]] = []
@@ -411,17 +411,16 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
 
     try:
         if set(V2_METHODS) & todo:
-            v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std, units, per_unit, goals,
+            v2_methods(job, todo, budget, v2cfg, train_log, heldout_logs, feats, r_mean, r_std, units, per_unit, goals,
                        record, cached, timings, log)
         if "merpo_no_embedding" in todo:  # the ablation: MerPO v2 without a task variable
-            from learning.merpo_v2 import MerPOv2, choose_learner
+            from learning.merpo_v2 import MerPOv2
 
             log("MerPO v2 without the task embedding (ablation)")
             t = time.perf_counter()
             tasks = sorted(set(train_log["episode_task"].tolist()))
             blind = MerPOv2(pooled["obs"].shape[1], pooled["act"].shape[1], tasks,
-                            state_v2_config(budget, seed, use_embedding=False,
-                                            omega_rule=job.get("omega_rule", STATE_OMEGA_RULE)))
+                            replace(v2cfg, use_embedding=False))
             blind.fit({n: _torch(transitions(train_log, feats, r_mean, r_std, task=n)) for n in tasks})
             infs = [blind.infer(_torch(per_unit[u])) for u in units]
             # MerPO's own rules (omega per log), so that the embedding is the one difference
@@ -527,7 +526,7 @@ def run_quality(job: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"rows": rows, "behaviour": behaviour, "timings": timings, "quality": q, "group": group}]
 
 
-def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std, units, per_unit, goals,
+def v2_methods(job, todo, budget, v2cfg, train_log, heldout_logs, feats, r_mean, r_std, units, per_unit, goals,
                record, cached, timings, log) -> None:
     """MerPO v2 and what shares its task inference: the meta-policy at the inferred embedding,
     MerPO with its rules (`merpo_v2.choose_learner` on the log's success: start and omega), the
@@ -551,7 +550,7 @@ def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std,
     ends = {n: episode_ends_of(train_log, n) for n in tasks}
     t = time.perf_counter()
     obs_dim, act_dim = datas[tasks[0]]["obs"].shape[1], datas[tasks[0]]["act"].shape[1]
-    m = MerPOv2(obs_dim, act_dim, tasks, state_v2_config(budget, seed, omega_rule=job.get("omega_rule", STATE_OMEGA_RULE)))
+    m = MerPOv2(obs_dim, act_dim, tasks, v2cfg)
     m.fit(datas, ends, progress=log)
     timings["merpo_meta_train_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -597,8 +596,7 @@ def v2_methods(job, todo, budget, train_log, heldout_logs, feats, r_mean, r_std,
             continue
         wanted[method] = {}
         for i, kind in omega_of[method].items():
-            if cached(method, *units[i]).exists():
-                check_learner_kind(cached(method, *units[i]), kind)
+            if cached(method, *units[i]).exists():  # MerPO's own: checked against its rules (run_quality)
                 continue
             done = [p for k in omega_of if omega_of[k][i] == kind and (p := evaluated_at(k, i, kind)) is not None]
             if done:
