@@ -6,6 +6,7 @@ directory's own path and wall-clock fields aside):
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,12 +32,19 @@ def same_tensors(pa: Path, pb: Path) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def strip(x: Any, root: Path) -> Any:
+def out_dir(steps: list[dict]) -> str:
+    """The output directory as the run's commands name it (relative for `make demo`): the parent
+    of the first step's --out."""
+    cmd = shlex.split(steps[0]["command"])
+    return str(Path(cmd[cmd.index("--out") + 1]).parent)
+
+
+def strip(x: Any, root: str) -> Any:
     if isinstance(x, dict):
         return {k: strip(v, root) for k, v in x.items() if k not in WALL_CLOCK}
     if isinstance(x, list):
         return [strip(v, root) for v in x]
-    return x.replace(str(root), "OUT") if isinstance(x, str) else x
+    return x.replace(root, "OUT") if isinstance(x, str) else x
 
 
 def main() -> int:
@@ -46,7 +54,8 @@ def main() -> int:
     print("cached latents identical:", all(np.array_equal(la[k], lb[k]) for k in la.files if k != "info"))
     print("MerPO v2 checkpoint identical:", same_tensors(a / "run/checkpoints/merpo_v2.pt", b / "run/checkpoints/merpo_v2.pt"))
     ra, rb = (json.loads((d / "report.json").read_text())["steps"] for d in (a, b))
-    differ = [sa["step"] for sa, sb in zip(ra, rb, strict=True) if strip(sa["result"], a) != strip(sb["result"], b)]
+    da, db = out_dir(ra), out_dir(rb)
+    differ = [sa["step"] for sa, sb in zip(ra, rb, strict=True) if strip(sa["result"], da) != strip(sb["result"], db)]
     print(f"step results: {len(ra) - len(differ)} of {len(ra)} identical" + (f"; differ: {differ}" if differ else ""))
     return 1 if differ else 0
 
