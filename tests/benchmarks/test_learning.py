@@ -540,3 +540,29 @@ def test_a_pixel_omega_sweep_learner_at_merpo_s_omega_is_merpo_s_learner(tmp_pat
     (tmp_path / "evals" / "medium_s0_d0_t40_merpo.json").write_text(json.dumps({"success_rate": 0.85}))
     rows, todo = evaluation_plan(tmp_path / "evals", "reach-v3", aliased, 20, 0.05, False)
     assert [r.get("success_rate") for r in rows[:2]] == [0.85, 0.85] and len(todo) == len(jobs) - 2
+
+
+def test_each_pixel_meta_training_kind_differs_from_v2_in_its_ablated_term_only():
+    """`merpo_no_uncertainty_meta`'s run is MerPO v2's at lambda_u 0 (its meta-training, and so
+    every adaptation from its saved config), `merpo_no_embedding`'s without the embedding; every
+    other setting is v2's. An unknown kind is refused."""
+    import dataclasses
+
+    from learning.merpo_train import RunConfig
+    from vmerpo.benchmarks.learning_pixel import BUDGETS, METHOD_PLAN, meta_train_config
+
+    budget = BUDGETS["full"]
+    v2 = meta_train_config("v2", budget, "cpu", 3)
+    assert v2.algorithm == "merpo_v2" and v2.merpo_v2.use_embedding and v2.merpo_v2.seed == 3
+    assert v2.merpo_v2.rac.uncertainty_penalty > 0
+    nounc = meta_train_config(METHOD_PLAN["merpo_no_uncertainty_meta"][0], budget, "cpu", 3)
+    noemb = meta_train_config(METHOD_PLAN["merpo_no_embedding"][0], budget, "cpu", 3)
+    assert nounc.merpo_v2.rac.uncertainty_penalty == 0.0 and nounc.merpo_v2.use_embedding
+    assert not noemb.merpo_v2.use_embedding
+    assert noemb.merpo_v2.rac.uncertainty_penalty == v2.merpo_v2.rac.uncertainty_penalty
+    assert dataclasses.replace(nounc.merpo_v2.rac, uncertainty_penalty=v2.merpo_v2.rac.uncertainty_penalty) \
+        == v2.merpo_v2.rac
+    assert dataclasses.replace(nounc.merpo_v2, rac=v2.merpo_v2.rac) == v2.merpo_v2
+    assert RunConfig.from_dict(nounc.to_dict()).merpo_v2.rac.uncertainty_penalty == 0.0  # what adapt reads
+    with pytest.raises(ValueError, match="run kind 'v3'"):
+        meta_train_config("v3", budget, "cpu", 3)

@@ -36,10 +36,13 @@ from vmerpo.commands.options import AIMS, add_goal_pin, experimental_group
 PIXEL_METHODS = ("bc", "rac", "lompo", "merpo", "meta_policy", "merpo_omega0", "merpo_omega04", "merpo_omega1",
                  "merpo_no_uncertainty", "iql_finetuned")
 # the mechanism ablations: on the qualities `--ablations` names (default medium, random_heavy)
-PIXEL_ABLATIONS = ("merpo_omega0", "merpo_omega04", "merpo_omega1", "merpo_no_uncertainty", "merpo_no_embedding")
-# opt-in: MerPO v1 (its own meta-training runs) and the ablation without the task embedding
-# (a second v2 meta-training per quality and world model)
-PIXEL_EXTRA_METHODS = ("merpo_v1", "merpo_adp", "meta_policy_v1", "merpo_no_embedding", "iql_pooled")
+PIXEL_ABLATIONS = ("merpo_omega0", "merpo_omega04", "merpo_omega1", "merpo_no_uncertainty", "merpo_no_embedding",
+                   "merpo_no_uncertainty_meta")
+# opt-in: MerPO v1 (its own meta-training runs) and the ablations without the task embedding or
+# without the uncertainty penalty in meta-training too (each a second v2 meta-training per
+# quality and world model)
+PIXEL_EXTRA_METHODS = ("merpo_v1", "merpo_adp", "meta_policy_v1", "merpo_no_embedding", "merpo_no_uncertainty_meta",
+                       "iql_pooled")
 # the pooled offline-RL peer (d3rlpy IQL, `vmerpo.benchmarks.peer`) on the same latent features:
 # trained on the v2 run's meta-train latents, zero-shot or fine-tuned on the held-out log's
 # latents, deployed behind the unit's world-model filter and exported to ONNX (`_peer`)
@@ -47,7 +50,8 @@ PEER_METHODS = ("iql_pooled", "iql_finetuned")
 SCRATCH = ("bc", "rac")  # single-task: the held-out log alone, fresh networks
 # method -> (meta-training run kind, `vmerpo adapt --method`, adapt keyword arguments). Run kinds:
 # "v2" MerPO v2 (`--algorithm merpo_v2`; the baselines use its latents and pooled data too),
-# "v2_noemb" v2 without the task embedding, "v1" MerPO as published
+# "v2_noemb" v2 without the task embedding, "v2_nounc" v2 without the uncertainty penalty (lambda_u
+# 0 in meta-training, and so at adaptation), "v1" MerPO as published
 METHOD_PLAN: dict[str, tuple[str, str, dict[str, Any]]] = {
     "bc": ("v2", "bc", {"start": "scratch"}),
     "rac": ("v2", "rac", {"start": "scratch"}),
@@ -57,10 +61,12 @@ METHOD_PLAN: dict[str, tuple[str, str, dict[str, Any]]] = {
     **{m: ("v2", "merpo", {"omega": w}) for m, w in OMEGA_SWEEP.items()},  # merpo_omega0 / 04 / 1
     "merpo_no_uncertainty": ("v2", "merpo", {"rac_overrides": {"uncertainty_penalty": 0.0}}),
     "merpo_no_embedding": ("v2_noemb", "merpo", {}),
+    "merpo_no_uncertainty_meta": ("v2_nounc", "merpo", {}),
     "merpo_v1": ("v1", "merpo", {}),
     "merpo_adp": ("v1", "merpo_adp", {}),
     "meta_policy_v1": ("v1", "merpo", {"steps": 0}),
 }
+RUN_KINDS = tuple(dict.fromkeys(kind for kind, _, _ in METHOD_PLAN.values()))  # v2, v2_noemb, v2_nounc, v1
 ZERO_SHOT = ("meta_policy", "meta_policy_v1", "iql_pooled")  # no policy update on the log
 EVAL_SEED = 1000  # as the state track: the same starts for every method and draw
 
@@ -299,18 +305,23 @@ def _pool_map(fn, jobs: list, workers: int, desc: str, progress: bool) -> list:
     return out
 
 
-def _meta_train(job: tuple) -> str:
-    out, q, wm_seed, kind, data, wm_dir, budget, device, seed = job
-    from learning.merpo_train import preset, train, v2_meta_budget
+def meta_train_config(kind: str, budget: Budget, device: str, seed: int):
+    """The `vmerpo train` config of one meta-training run kind (METHOD_PLAN): the budget's
+    preset; v2 kinds at the budget's meta-training steps, `v2_noemb` without the task embedding,
+    `v2_nounc` at lambda_u 0 (the run's config carries it to every adaptation of the run)."""
+    from learning.merpo_train import preset, v2_meta_budget
 
-    run = Path(out) / "runs" / (f"{q}_s{wm_seed}" if kind == "v1" else f"{q}_s{wm_seed}_{kind}")
+    if kind not in RUN_KINDS:
+        raise ValueError(f"meta-training run kind {kind!r}: expected one of {', '.join(RUN_KINDS)}")
     cfg = preset(budget.config)
     cfg.device = device
-    cfg.merpo.seed = seed + wm_seed
+    cfg.merpo.seed = seed
     if kind != "v1":
         v2 = cfg.merpo_v2
-        v2.seed = seed + wm_seed
-        v2.use_embedding = kind == "v2"
+        v2.seed = seed
+        v2.use_embedding = kind != "v2_noemb"
+        if kind == "v2_nounc":
+            v2.rac = replace(v2.rac, uncertainty_penalty=0.0)
         if budget.v2_meta_steps:
             cfg.merpo_v2 = v2_meta_budget(v2, budget.v2_meta_steps)
         cfg.algorithm = "merpo_v2"
@@ -318,6 +329,15 @@ def _meta_train(job: tuple) -> str:
         cfg.merpo.iterations = budget.meta_iterations
     if budget.meta_critic == "fit":
         cfg.merpo.meta_critic_steps = cfg.merpo.meta_batch * cfg.merpo.inner_steps
+    return cfg
+
+
+def _meta_train(job: tuple) -> str:
+    out, q, wm_seed, kind, data, wm_dir, budget, device, seed = job
+    from learning.merpo_train import train
+
+    run = Path(out) / "runs" / (f"{q}_s{wm_seed}" if kind == "v1" else f"{q}_s{wm_seed}_{kind}")
+    cfg = meta_train_config(kind, budget, device, seed + wm_seed)
     if (run / "metrics.json").exists():
         return str(run)
     train(data, cfg, run, resume=(run / "config.json").exists(), overwrite=True, world_model=wm_dir,
