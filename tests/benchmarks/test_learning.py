@@ -58,6 +58,35 @@ def test_units_average_world_model_seeds_and_the_summary_has_the_issue_fields():
     assert "vs_behaviour" in res["merpo"]["paired"] and "vs_merpo" in res["bc"]["paired"]
 
 
+def test_a_resume_with_other_qualities_or_methods_keeps_the_earlier_units(tmp_path):
+    """A second invocation on the same --out that runs another quality (or other methods) adds
+    its units to results.json; units it re-ran replace the earlier ones; nothing is dropped."""
+    from vmerpo.benchmarks.learning import merge_earlier
+
+    def unit(q, m, task, v):
+        return {"quality": q, "method": m, "task": task, "draw": 0, "success_rate": v}
+
+    path = tmp_path / "results.json"
+    rows_now = [unit("random_heavy", "bc", 40, 0.2), unit("random_heavy", "merpo", 40, 0.7)]
+    beh_now = {("random_heavy", 40, 0): 0.1}
+    assert merge_earlier(path, rows_now, beh_now, ["bc", "merpo"], ["random_heavy"]) == (
+        rows_now, beh_now, ["bc", "merpo"], ["random_heavy"])  # no earlier results: as they are
+    path.write_text(json.dumps({"methods": ["bc", "rac", "merpo"], "units": [
+        unit("medium", "bc", 40, 0.4), unit("medium", "rac", 40, 0.5), unit("medium", "merpo", 40, 0.9),
+        unit("random_heavy", "bc", 40, 0.0)],  # re-run now: replaced
+        "behaviour_units": [{"quality": "medium", "task": 40, "draw": 0, "success_rate": 0.3},
+                            {"quality": "random_heavy", "task": 40, "draw": 0, "success_rate": 0.9}]}))
+    rows, beh, methods, qualities = merge_earlier(path, rows_now, beh_now, ["bc", "merpo", "merpo_x"],
+                                                  ["random_heavy"])
+    assert qualities == ["medium", "random_heavy"] and methods == ["bc", "rac", "merpo", "merpo_x"]
+    assert sorted((r["quality"], r["method"], r["success_rate"]) for r in rows) == [
+        ("medium", "bc", 0.4), ("medium", "merpo", 0.9), ("medium", "rac", 0.5),
+        ("random_heavy", "bc", 0.2), ("random_heavy", "merpo", 0.7)]
+    assert beh == {("medium", 40, 0): 0.3, ("random_heavy", 40, 0): 0.1}  # this invocation's logs win
+    res = summarize(rows, beh, methods, qualities)
+    assert set(res) == {"medium", "random_heavy"} and "rac" in res["medium"] and "rac" not in res["random_heavy"]
+
+
 def test_markdown_and_plot_come_from_the_results(tmp_path):
     res = summarize(rows(), {}, ["bc", "merpo"], ["medium"])
     doc = {"family": "reach-v3", "track": "state", "budget": "smoke", "commit": "abc", "invocations": [{}],
@@ -563,6 +592,15 @@ def test_each_pixel_meta_training_kind_differs_from_v2_in_its_ablated_term_only(
     assert dataclasses.replace(nounc.merpo_v2.rac, uncertainty_penalty=v2.merpo_v2.rac.uncertainty_penalty) \
         == v2.merpo_v2.rac
     assert dataclasses.replace(nounc.merpo_v2, rac=v2.merpo_v2.rac) == v2.merpo_v2
+    assert dataclasses.replace(noemb.merpo_v2, use_embedding=True) == v2.merpo_v2
+    for cfg in (nounc, noemb):
+        assert (cfg.merpo, cfg.algorithm, cfg.world_model) == (v2.merpo, v2.algorithm, v2.world_model)
     assert RunConfig.from_dict(nounc.to_dict()).merpo_v2.rac.uncertainty_penalty == 0.0  # what adapt reads
+    smoke = BUDGETS["smoke"]  # a budget that rescales the meta-training keeps the ablated term
+    assert smoke.v2_meta_steps and smoke.v2_meta_steps != v2.merpo_v2.meta_steps
+    small = meta_train_config("v2_nounc", smoke, "cpu", 3).merpo_v2
+    assert small.meta_steps == smoke.v2_meta_steps and small.rac.uncertainty_penalty == 0.0
+    v1 = meta_train_config("v1", budget, "cpu", 3)
+    assert v1.algorithm != "merpo_v2" and v1.merpo.seed == 3
     with pytest.raises(ValueError, match="run kind 'v3'"):
         meta_train_config("v3", budget, "cpu", 3)

@@ -263,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     rows, behaviour, timings = run_track(out, family, design, heldout, train, by_quality, args)
     timings["total_s"] = time.perf_counter() - t0
 
-    results = summarize(rows, behaviour, methods, list(design.qualities))
+    rows, behaviour, methods, qualities = merge_earlier(out / "results.json", rows, behaviour, methods,
+                                                       list(design.qualities))
+    results = summarize(rows, behaviour, methods, qualities)
     command = "vmerpo bench learning " + " ".join(argv)
     invocations = _previous_invocations(out / "results.json") + [
         {"command": command, "commit": commit, "timings": {k: round(v, 1) for k, v in timings.items()}}]
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(doc, indent=1))
     text = results_markdown(doc)
     (out / "results.md").write_text(text)
-    plot(results, methods, list(design.qualities), out / "results.png",
+    plot(results, methods, qualities, out / "results.png",
          f"{family} held-out, {args.track} track ({args.budget})")
     print(text)
     print(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'} "
@@ -342,6 +344,24 @@ def _positive(n: int, flag: str) -> int:
     if n < 1:
         raise ValueError(f"{flag} {n}: must be at least 1")
     return n
+
+
+def merge_earlier(path: Path, rows: list[dict], behaviour: dict[tuple[str, int, int], float], methods: list[str],
+                  qualities: list[str]) -> tuple[list[dict], dict[tuple[str, int, int], float], list[str], list[str]]:
+    """This invocation's units plus an earlier invocation's (results.json on the same --out) of
+    every (quality, method) this one did not run, so a resume with other --qualities or --methods
+    adds to the results and never drops them; the methods and qualities are the union, earlier
+    ones first (qualities in the benchmark's order)."""
+    if not path.exists():
+        return rows, behaviour, methods, qualities
+    old = json.loads(path.read_text())
+    ran = {(r["quality"], r["method"]) for r in rows}
+    kept = [r for r in old.get("units", []) if (r["quality"], r["method"]) not in ran]
+    behaviour = {**{(u["quality"], int(u["task"]), int(u["draw"])): float(u["success_rate"])
+                    for u in old.get("behaviour_units", [])}, **behaviour}
+    methods = list(dict.fromkeys([*old.get("methods", []), *methods]))
+    have = set(qualities) | {r["quality"] for r in kept}
+    return kept + rows, behaviour, methods, [q for q in QUALITIES if q in have]
 
 
 def _previous_invocations(path: Path) -> list[dict]:
@@ -460,7 +480,7 @@ def plot(results: dict, methods: list[str], qualities: list[str], path: Path, ti
             ys.append(e["success_mean"])
             lo.append(e["success_mean"] - e["success_ci"][0])
             hi.append(e["success_ci"][1] - e["success_mean"])
-        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=m)
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=m, color=f"C{i % 10}")  # one colour per method
         dx, dy, dlo, dhi = [], [], [], []
         for j, q in enumerate(qualities):
             vs = (results[q].get(m) or {}).get("paired", {}).get("vs_bc")
@@ -471,7 +491,7 @@ def plot(results: dict, methods: list[str], qualities: list[str], path: Path, ti
             dlo.append(vs["mean"] - vs["ci"][0])
             dhi.append(vs["ci"][1] - vs["mean"])
         if dx:
-            bx.errorbar(dx, dy, yerr=[dlo, dhi], fmt="o", capsize=2, label=m)
+            bx.errorbar(dx, dy, yerr=[dlo, dhi], fmt="o", capsize=2, label=m, color=f"C{i % 10}")
     for j, q in enumerate(qualities):
         b = results[q].get("behaviour")
         if b:
