@@ -109,7 +109,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ablations", metavar="QUALITIES",
                    help="qualities on which the mechanism ablations run (omega sweep 0 / 0.4 / 1; MerPO without the "
                         "task embedding; state: single-task RAC and d3rlpy IQL given the inferred embedding; pixel: "
-                        "without the uncertainty penalty): comma-separated, all or none (default: state none, "
+                        "without the uncertainty penalty at adaptation; the opt-in ablations run only where --methods names them): comma-separated, all or none (default: state none, "
                         "so that full stays well under 30 min: add them with a second invocation, --ablations "
                         "medium --resume on the same --out; pixel medium,random_heavy). Methods named by --methods "
                         "run on every quality")

@@ -6,12 +6,14 @@ shared by every method and quality. Per quality:
     collect   meta-train logs of the first N train tasks, and per draw a 5-episode log of each
               held-out task (the same seeds as the state track: `learning.log_seeds`)
     train     `vmerpo train --world-model WM --algorithm merpo_v2`: latents + MerPO v2 meta-training
-              (imagining with WM); with the opt-in methods also v1 and v2 without the embedding
+              (imagining with WM); with the opt-in methods also v1, v2 without the embedding
+              (merpo_no_embedding) and v2 at lambda_u 0 (merpo_no_uncertainty_meta)
     adapt     every method to every (held-out task, draw) log (`vmerpo adapt --method`); BC and
               single-task RAC learn from the log alone (`start=scratch`), LOMPO from its pooled
               pretraining, MerPO from (pi_c, Q_meta) at the embedding inferred from the log;
               meta_policy is pi_c at that embedding with no adaptation; ablations: omega 0 and 1,
-              no uncertainty penalty in the adaptation's imagined transitions (METHOD_PLAN)
+              no uncertainty penalty in the adaptation's imagined transitions (METHOD_PLAN), and
+              the opt-in runs' MerPO (without the embedding; without the penalty anywhere)
     peer      d3rlpy's IQL on the v2 run's meta-train latents, zero-shot (iql_pooled) and fine-tuned
               on each log's latents (iql_finetuned), behind the log's world-model filter, as ONNX
     evaluate  each adapted policy on its task, the same starts for every method and draw
