@@ -58,7 +58,7 @@ def test_units_average_world_model_seeds_and_the_summary_has_the_issue_fields():
     assert "vs_behaviour" in res["merpo"]["paired"] and "vs_merpo" in res["bc"]["paired"]
 
 
-def test_a_resume_with_other_qualities_or_methods_keeps_the_earlier_units(tmp_path):
+def test_a_resume_with_other_qualities_or_methods_keeps_the_earlier_units():
     """A second invocation on the same --out that runs another quality (or other methods) adds
     its units to results.json; units it re-ran replace the earlier ones; nothing is dropped."""
     from vmerpo.benchmarks.learning import merge_earlier
@@ -66,17 +66,16 @@ def test_a_resume_with_other_qualities_or_methods_keeps_the_earlier_units(tmp_pa
     def unit(q, m, task, v):
         return {"quality": q, "method": m, "task": task, "draw": 0, "success_rate": v}
 
-    path = tmp_path / "results.json"
     rows_now = [unit("random_heavy", "bc", 40, 0.2), unit("random_heavy", "merpo", 40, 0.7)]
     beh_now = {("random_heavy", 40, 0): 0.1}
-    assert merge_earlier(path, rows_now, beh_now, ["bc", "merpo"], ["random_heavy"]) == (
+    assert merge_earlier({}, rows_now, beh_now, ["bc", "merpo"], ["random_heavy"]) == (
         rows_now, beh_now, ["bc", "merpo"], ["random_heavy"])  # no earlier results: as they are
-    path.write_text(json.dumps({"methods": ["bc", "rac", "merpo"], "units": [
+    earlier = {"methods": ["bc", "rac", "merpo"], "units": [
         unit("medium", "bc", 40, 0.4), unit("medium", "rac", 40, 0.5), unit("medium", "merpo", 40, 0.9),
         unit("random_heavy", "bc", 40, 0.0)],  # re-run now: replaced
         "behaviour_units": [{"quality": "medium", "task": 40, "draw": 0, "success_rate": 0.3},
-                            {"quality": "random_heavy", "task": 40, "draw": 0, "success_rate": 0.9}]}))
-    rows, beh, methods, qualities = merge_earlier(path, rows_now, beh_now, ["bc", "merpo", "merpo_x"],
+                            {"quality": "random_heavy", "task": 40, "draw": 0, "success_rate": 0.9}]}
+    rows, beh, methods, qualities = merge_earlier(earlier, rows_now, beh_now, ["bc", "merpo", "merpo_x"],
                                                   ["random_heavy"])
     assert qualities == ["medium", "random_heavy"] and methods == ["bc", "rac", "merpo", "merpo_x"]
     assert sorted((r["quality"], r["method"], r["success_rate"]) for r in rows) == [

@@ -263,11 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     rows, behaviour, timings = run_track(out, family, design, heldout, train, by_quality, args)
     timings["total_s"] = time.perf_counter() - t0
 
-    rows, behaviour, methods, qualities = merge_earlier(out / "results.json", rows, behaviour, methods,
-                                                       list(design.qualities))
+    path = out / "results.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {}  # what earlier invocations recorded
+    rows, behaviour, methods, qualities = merge_earlier(earlier, rows, behaviour, methods, list(design.qualities))
     results = summarize(rows, behaviour, methods, qualities)
     command = "vmerpo bench learning " + " ".join(argv)
-    invocations = _previous_invocations(out / "results.json") + [
+    invocations = earlier.get("invocations", []) + [
         {"command": command, "commit": commit, "timings": {k: round(v, 1) for k, v in timings.items()}}]
     total_min = sum(i["timings"]["total_s"] for i in invocations) / 60
     doc = {"version": RESULTS_VERSION, "track": args.track, "family": family, "budget": args.budget,
@@ -346,15 +347,16 @@ def _positive(n: int, flag: str) -> int:
     return n
 
 
-def merge_earlier(path: Path, rows: list[dict], behaviour: dict[tuple[str, int, int], float], methods: list[str],
-                  qualities: list[str]) -> tuple[list[dict], dict[tuple[str, int, int], float], list[str], list[str]]:
-    """This invocation's units plus an earlier invocation's (results.json on the same --out) of
-    every (quality, method) this one did not run, so a resume with other --qualities or --methods
-    adds to the results and never drops them; the methods and qualities are the union, earlier
-    ones first (qualities in the benchmark's order)."""
-    if not path.exists():
+def merge_earlier(old: dict[str, Any], rows: list[dict], behaviour: dict[tuple[str, int, int], float],
+                  methods: list[str], qualities: list[str]
+                  ) -> tuple[list[dict], dict[tuple[str, int, int], float], list[str], list[str]]:
+    """This invocation's units plus the earlier invocations' (`old`: results.json on the same
+    --out, {} for none) of every (quality, method) this one did not run, so a resume with other
+    --qualities or --methods adds to the results and never drops them (a resumed run never loses
+    its invocations either); the methods and qualities are the union, earlier ones first
+    (qualities in the benchmark's order)."""
+    if not old:
         return rows, behaviour, methods, qualities
-    old = json.loads(path.read_text())
     ran = {(r["quality"], r["method"]) for r in rows}
     kept = [r for r in old.get("units", []) if (r["quality"], r["method"]) not in ran]
     behaviour = {**{(u["quality"], int(u["task"]), int(u["draw"])): float(u["success_rate"])
@@ -362,13 +364,6 @@ def merge_earlier(path: Path, rows: list[dict], behaviour: dict[tuple[str, int, 
     methods = list(dict.fromkeys([*old.get("methods", []), *methods]))
     have = set(qualities) | {r["quality"] for r in kept}
     return kept + rows, behaviour, methods, [q for q in QUALITIES if q in have]
-
-
-def _previous_invocations(path: Path) -> list[dict]:
-    """What earlier invocations on this --out recorded (a resumed run adds to it, never loses it)."""
-    if not path.exists():
-        return []
-    return json.loads(path.read_text()).get("invocations", [])
 
 
 # -- results -----------------------------------------------------------------------------------------
