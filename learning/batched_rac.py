@@ -332,7 +332,7 @@ class BatchedRAC:
         go to each task's own buffer. Statistics are per refreshed task."""
         cfg = self.cfg
         which = list(range(self.K)) if tasks is None else list(tasks)
-        model_rew, unc = [], []
+        model_rew, unc, raw = [], [], []
         for i, k in enumerate(which):
             g = self.generators[k]
 
@@ -354,7 +354,12 @@ class BatchedRAC:
                 "done": torch.zeros(feat.shape[0] * H, device=feat.device)})
             model_rew.append(out["reward"].mean())
             unc.append(out["uncertainty"].mean())
-        return {"model_reward": torch.stack(model_rew), "uncertainty": torch.stack(unc)}
+            if "raw_uncertainty" in out:  # the whole disagreement where the penalty acts on its excess
+                raw.append(out["raw_uncertainty"].mean())
+        stats = {"model_reward": torch.stack(model_rew), "uncertainty": torch.stack(unc)}
+        if len(raw) == len(unc):
+            stats["raw_uncertainty"] = torch.stack(raw)
+        return stats
 
     # -- one update of every task ----------------------------------------------------------------
     def update(self, real: Batch, meta_actor: TanhGaussianActor | None = None,

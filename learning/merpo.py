@@ -199,10 +199,20 @@ def uncertainty_std(world_model, data: dict[str, torch.Tensor], norm: Normalizer
     """Std of the model's uncertainty for dataset actions on real states (the penalty's unit);
     `feat_dim`: the latent's width where obs carries more (a task embedding), `sample_z` as
     `rollout`'s `sample`."""
+    u = real_uncertainty(world_model, data, norm, slot, generator, n, feat_dim, sample_z)
+    return float(max(u.std(), 1e-6))  # type: ignore[arg-type]  # Tensor | float
+
+
+@torch.no_grad()
+def real_uncertainty(world_model, data: dict[str, torch.Tensor], norm: Normalizer, slot: int,
+                     generator: torch.Generator, n: int = 1024, feat_dim: int | None = None,
+                     sample_z: bool = True) -> torch.Tensor:
+    """The model's uncertainty u [n] for dataset actions on `n` random real states, one step
+    (`uncertainty_std`'s sample)."""
     b = sample(data, n, generator)
     out = rollout(world_model, b["obs"][:, :feat_dim], lambda feat, t: norm.to_robot(b["act"]), 1, generator, slot,
                   sample=sample_z)
-    return float(max(out["uncertainty"].std(), 1e-6))  # type: ignore[arg-type]  # Tensor | float
+    return out["uncertainty"].reshape(-1)
 
 
 # -- MerPO -------------------------------------------------------------------------------------

@@ -832,7 +832,8 @@ def _adapt_v2(m2: MerPOv2, cfg: RunConfig, run: Path, data_path: str, store: Epi
         actor, n_steps, omega_used = m2.meta_actor, 0, None
     else:
         m2.cfg = dataclasses.replace(v2, rac=rc)
-        m2.attach(Imagination(copy.deepcopy(theta).cpu(), norm, m2.obs_dim, rc.horizon), m2.trained_uncertainty_std)
+        m2.attach(Imagination(copy.deepcopy(theta).cpu(), norm, m2.obs_dim, rc.horizon), m2.trained_uncertainty_std,
+                  m2.trained_uncertainty_reference)
         if scratch:
             n_steps = v2.scratch_rac_steps
         log(f"adapting MerPO v2 to task {task}: {n_steps} RAC steps {why}"

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from learning.latents import rollout
-from learning.merpo import Normalizer, adapt_racs, train_bc, uncertainty_std
+from learning.merpo import Normalizer, adapt_racs, real_uncertainty, train_bc
 from learning.rac import RAC, RACConfig, RolloutFn, TanhGaussianActor, TwinCritic
 from learning.task_embedding import (
     Inference,
@@ -95,6 +95,10 @@ class MerPOv2Config:
     train_inference_episodes: int = 5
     # with a world model: train on imagined transitions too (False: real rows only, an ablation)
     imagine: bool = True
+    # which disagreement the penalty acts on: 0 all of it (MOPO/LOMPO: u over its std on real
+    # rows); q in (0, 1) only its excess over the real rows' q-quantile, so imagined transitions
+    # as certain as the logged ones cost nothing [ours; an option until measured]
+    uncertainty_quantile: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -102,6 +106,9 @@ class MerPOv2Config:
             raise ValueError(f"merpo_v2.omega_rule {self.omega_rule!r}: choose one of {', '.join(OMEGA_RULES)}")
         if self.start_rule not in START_RULES:
             raise ValueError(f"merpo_v2.start_rule {self.start_rule!r}: choose one of {', '.join(START_RULES)}")
+        if not 0.0 <= self.uncertainty_quantile < 1.0:
+            raise ValueError(f"merpo_v2.uncertainty_quantile {self.uncertainty_quantile}: must be in [0, 1) "
+                             "(0: penalise all of the disagreement)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -176,28 +183,38 @@ class Imagination:
     from real latent rows under the learner's policy (unit actions), each step a random member's
     mean; the reward from the task embedding's head at the row's embedding (or, without an
     embedding, the world model's phi reward head), the disagreement of the members (LOMPO's u)
-    divided by its std on real rows with the logged actions (`calibrate`)."""
+    divided by its std on real rows with the logged actions (`calibrate`). The penalised
+    uncertainty is that, less `uncertainty_reference` (0 unless calibrated with a quantile),
+    floored at 0; the rollout also returns the whole normalised disagreement (`raw_uncertainty`)."""
 
     def __init__(self, world_model, norm: Normalizer, feat_dim: int, horizon: int,
-                 uncertainty_std: float | None = None) -> None:
+                 uncertainty_std: float | None = None, uncertainty_reference: float = 0.0) -> None:
         self.world_model = world_model.eval().requires_grad_(False)
         self.norm = norm
         self.feat_dim = feat_dim
         self.horizon = horizon
         self.uncertainty_std = uncertainty_std
+        self.uncertainty_reference = uncertainty_reference
+        self.real_uncertainty_mean: float | None = None  # u on real rows in the unit (calibrate)
 
     @torch.no_grad()
-    def calibrate(self, data: dict[str, torch.Tensor], seed: int = 0, n: int = 2048) -> float:
-        """The std of u on real rows (their logged actions, one step): the penalty's unit."""
-        self.uncertainty_std = uncertainty_std(self.world_model, data, self.norm, 0, torch.Generator().manual_seed(seed),
-                                               n, feat_dim=self.feat_dim, sample_z=False)
+    def calibrate(self, data: dict[str, torch.Tensor], seed: int = 0, n: int = 2048,
+                  quantile: float = 0.0) -> float:
+        """The std of u on real rows (their logged actions, one step): the penalty's unit; with
+        `quantile` > 0 also the reference below which u costs nothing: that quantile of the real
+        rows' u, in the unit."""
+        u = real_uncertainty(self.world_model, data, self.norm, 0, torch.Generator().manual_seed(seed), n,
+                             feat_dim=self.feat_dim, sample_z=False)
+        self.uncertainty_std = max(float(u.std()), 1e-6)
+        self.real_uncertainty_mean = float(u.mean()) / self.uncertainty_std
+        self.uncertainty_reference = float(torch.quantile(u, quantile)) / self.uncertainty_std if quantile > 0 else 0.0
         return self.uncertainty_std
 
     def rollout_fn(self, embedding: TaskEmbedding | None, generator: torch.Generator) -> RolloutFn:
         """RAC's rollout interface on conditioned rows: obs = [latent, z] (z standardised)."""
         if self.uncertainty_std is None:
             raise RuntimeError("Imagination.calibrate before rolling out")
-        F, norm, ustd = self.feat_dim, self.norm, self.uncertainty_std
+        F, norm, ustd, ref = self.feat_dim, self.norm, self.uncertainty_std, self.uncertainty_reference
 
         def fn(start_obs: torch.Tensor, policy_unit: Callable[[torch.Tensor], torch.Tensor]) -> dict:
             feat, z = start_obs[:, :F], start_obs[:, F:]
@@ -211,8 +228,9 @@ class Imagination:
                                           feats[:, 1:].reshape(B * H, F), e).reshape(B, H)
             else:
                 reward = (out["reward"] - norm.reward_mean) / norm.reward_std
+            u = out["uncertainty"] / ustd
             return {"feat": torch.cat([feats, z[:, None].expand(B, H + 1, z.shape[-1])], -1), "action": act,
-                    "reward": reward, "uncertainty": out["uncertainty"] / ustd}
+                    "reward": reward, "uncertainty": (u - ref).clamp_min(0) if ref else u, "raw_uncertainty": u}
 
         return fn
 
@@ -232,6 +250,7 @@ class MerPOv2:
         self.stats: dict[str, float] = {}
         self.imagination: Imagination | None = None  # set by fit, or `attach` for adaptation
         self.trained_uncertainty_std: float | None = None  # the penalty unit of a loaded checkpoint
+        self.trained_uncertainty_reference = 0.0  # and the disagreement it leaves free, in that unit
 
     # -- meta-train ------------------------------------------------------------------------------
     def fit(self, datas: dict[int, dict[str, torch.Tensor]], episode_ends: dict[int, np.ndarray] | None = None,
@@ -271,7 +290,10 @@ class MerPOv2:
         self.imagination = imagination if cfg.imagine else None
         fn = None
         if self.imagination is not None:
-            self.stats["uncertainty_std"] = self.imagination.calibrate(pooled, seed=cfg.seed + 19)
+            im = self.imagination
+            self.stats["uncertainty_std"] = im.calibrate(pooled, seed=cfg.seed + 19, quantile=cfg.uncertainty_quantile)
+            self.stats["real_uncertainty"] = float(im.real_uncertainty_mean)  # type: ignore[arg-type]
+            self.stats["uncertainty_reference"] = im.uncertainty_reference
             fn = self.imagination.rollout_fn(self.embedding, torch.Generator().manual_seed(cfg.seed + 23))
         imagined: list[dict[str, float]] = []
         for i in range(cfg.meta_steps):
@@ -401,11 +423,13 @@ class MerPOv2:
         lifted.load_state_dict({**sd, "net.0.weight": torch.cat([w, w.new_zeros(len(w), self.zdim)], 1)})
         return lifted
 
-    def attach(self, imagination: Imagination | None, uncertainty_std: float | None) -> None:
+    def attach(self, imagination: Imagination | None, uncertainty_std: float | None,
+               uncertainty_reference: float = 0.0) -> None:
         """The world model to imagine with when adapting a loaded checkpoint (with the penalty
-        unit measured at meta-training)."""
+        unit and reference measured at meta-training)."""
         if imagination is not None and uncertainty_std is not None:
             imagination.uncertainty_std = uncertainty_std
+            imagination.uncertainty_reference = uncertainty_reference
             self.imagination = imagination
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -413,7 +437,8 @@ class MerPOv2:
         return {"version": VERSION, "config": self.cfg.to_dict(), "tasks": self.tasks,
                 "meta_actor": self.meta_actor.state_dict(), "meta_critic": self.meta_critic.state_dict(),
                 "embedding": None if self.embedding is None else self.embedding.state_dict(),
-                "uncertainty_std": None if self.imagination is None else self.imagination.uncertainty_std}
+                "uncertainty_std": None if self.imagination is None else self.imagination.uncertainty_std,
+                "uncertainty_reference": 0.0 if self.imagination is None else self.imagination.uncertainty_reference}
 
     def load_state_dict(self, sd: dict) -> None:
         version = sd.get("version", 1)
@@ -422,6 +447,7 @@ class MerPOv2:
         self.meta_actor.load_state_dict(sd["meta_actor"])
         self.meta_critic.load_state_dict(sd["meta_critic"])
         self.trained_uncertainty_std = sd.get("uncertainty_std")
+        self.trained_uncertainty_reference = sd.get("uncertainty_reference", 0.0)  # 0: all of u (before the option)
         if self.embedding is not None:
             self.embedding.load_state_dict(sd["embedding"])
 

@@ -184,7 +184,7 @@ class TransitionBuffer:
 
 # rollout_fn(start_obs [B, F], policy(obs [B, F]) -> unit action [B, A]) ->
 #   {"feat": [B, H+1, F], "action": unit [B, H, A], "reward": [B, H] (normalized),
-#    "uncertainty": [B, H] (normalized)}
+#    "uncertainty": [B, H] (normalized; what lambda_u penalises), optional "raw_uncertainty": [B, H]}
 RolloutFn = Callable[[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], dict[str, torch.Tensor]]
 
 
@@ -253,7 +253,10 @@ class RAC:
             "rew": rew.reshape(-1), "next_obs": feat[:, 1:].reshape(-1, feat.shape[-1]),
             "done": torch.zeros(feat.shape[0] * H, device=feat.device),
         })
-        return {"model_reward": float(out["reward"].mean()), "uncertainty": float(out["uncertainty"].mean())}
+        stats = {"model_reward": float(out["reward"].mean()), "uncertainty": float(out["uncertainty"].mean())}
+        if "raw_uncertainty" in out:  # the whole disagreement where the penalty acts on its excess
+            stats["raw_uncertainty"] = float(out["raw_uncertainty"].mean())
+        return stats
 
     # -- one RAC step ------------------------------------------------------------------------------
     def update(self, real: dict[str, torch.Tensor], meta_actor: TanhGaussianActor | None = None,

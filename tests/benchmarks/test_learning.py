@@ -572,8 +572,9 @@ def test_a_pixel_omega_sweep_learner_at_merpo_s_omega_is_merpo_s_learner(tmp_pat
 
 def test_each_pixel_meta_training_kind_differs_from_v2_in_its_ablated_term_only():
     """`merpo_no_uncertainty_meta`'s run is MerPO v2's at lambda_u 0 (its meta-training, and so
-    every adaptation from its saved config), `merpo_no_embedding`'s without the embedding; every
-    other setting is v2's. An unknown kind is refused."""
+    every adaptation from its saved config), `merpo_no_embedding`'s without the embedding,
+    `merpo_uncertainty_excess`'s penalises only the excess disagreement; every other setting is
+    v2's. An unknown kind is refused."""
     import dataclasses
 
     from learning.merpo_train import RunConfig
@@ -592,7 +593,11 @@ def test_each_pixel_meta_training_kind_differs_from_v2_in_its_ablated_term_only(
         == v2.merpo_v2.rac
     assert dataclasses.replace(nounc.merpo_v2, rac=v2.merpo_v2.rac) == v2.merpo_v2
     assert dataclasses.replace(noemb.merpo_v2, use_embedding=True) == v2.merpo_v2
-    for cfg in (nounc, noemb):
+    excess = meta_train_config(METHOD_PLAN["merpo_uncertainty_excess"][0], budget, "cpu", 3)
+    assert v2.merpo_v2.uncertainty_quantile == 0.0 and 0 < excess.merpo_v2.uncertainty_quantile < 1
+    assert dataclasses.replace(excess.merpo_v2, uncertainty_quantile=0.0) == v2.merpo_v2
+    assert RunConfig.from_dict(excess.to_dict()).merpo_v2.uncertainty_quantile == excess.merpo_v2.uncertainty_quantile
+    for cfg in (nounc, noemb, excess):
         assert (cfg.merpo, cfg.algorithm, cfg.world_model) == (v2.merpo, v2.algorithm, v2.world_model)
     assert RunConfig.from_dict(nounc.to_dict()).merpo_v2.rac.uncertainty_penalty == 0.0  # what adapt reads
     smoke = BUDGETS["smoke"]  # a budget that rescales the meta-training keeps the ablated term

@@ -201,6 +201,49 @@ def test_the_uncertainty_penalty_lowers_imagined_rewards_where_members_disagree(
     torch.testing.assert_close(free["rew"], penalised["rew"], atol=1e-5, rtol=0)
 
 
+def test_with_a_quantile_the_penalty_acts_only_on_disagreement_above_the_real_rows():
+    """`uncertainty_quantile` q: the penalised u is the disagreement (in its std on real rows)
+    less the real rows' q-quantile, floored at 0; the whole disagreement is still reported. The
+    reference travels with the checkpoint to adaptation; a quantile outside [0, 1) is refused."""
+    wm = _small_world_model()
+    F = 6 + 16
+    norm = Normalizer(np.full(2, -1.0, np.float32), np.ones(2, np.float32))
+    te = TaskEmbedding(F, 2, [0, 1], TaskEmbeddingConfig(dim=2, hidden=16, layers=1))
+    g = torch.Generator().manual_seed(0)
+    data = {"obs": torch.randn(256, F + 2, generator=g), "act": torch.rand(256, 2, generator=g) * 2 - 1}
+    whole, excess = Imagination(wm, norm, F, horizon=3), Imagination(wm, norm, F, horizon=3)
+    assert whole.calibrate(data, seed=4) == excess.calibrate(data, seed=4, quantile=0.9)  # the same unit
+    assert whole.uncertainty_reference == 0.0
+    assert excess.uncertainty_reference > whole.real_uncertainty_mean > 0  # the 90th percentile, above the mean
+    start = data["obs"][:64]
+    a = whole.rollout_fn(te, torch.Generator().manual_seed(2))(start, lambda o: torch.zeros(len(o), 2))
+    b = excess.rollout_fn(te, torch.Generator().manual_seed(2))(start, lambda o: torch.zeros(len(o), 2))
+    torch.testing.assert_close(a["uncertainty"], a["raw_uncertainty"])
+    torch.testing.assert_close(b["raw_uncertainty"], a["raw_uncertainty"])
+    torch.testing.assert_close(b["uncertainty"], (a["uncertainty"] - excess.uncertainty_reference).clamp_min(0))
+    below = a["raw_uncertainty"] <= excess.uncertainty_reference
+    assert below.any() and (~below).any()  # some imagined steps are free, others still cost
+    assert (b["uncertainty"][below] == 0).all() and (b["uncertainty"][~below] > 0).all()
+    # meta-training records the reference; the checkpoint carries it to adaptation
+    cfg = MerPOv2Config(rac=RACConfig(hidden=16, layers=1, horizon=2, rollout_batch=8),
+                        embedding=TaskEmbeddingConfig(dim=2, hidden=16, fit_steps=5, infer_steps=5, members=2),
+                        warm_start_steps=2, meta_steps=2, uncertainty_quantile=0.9)
+    datas = {n: {"obs": data["obs"][:120, :F], "act": data["act"][:120], "rew": data["act"][:120, 0] * (n - 0.5),
+                 "next_obs": data["obs"][1:121, :F], "done": torch.zeros(120)} for n in (0, 1)}
+    m = MerPOv2(F, 2, [0, 1], cfg)
+    stats = m.fit(datas, imagination=Imagination(wm, norm, F, 2))
+    assert stats["uncertainty_reference"] > stats["real_uncertainty"] > 0
+    assert stats["imagined_raw_uncertainty"] >= stats["imagined_uncertainty"] >= 0
+    loaded = MerPOv2(F, 2, [0, 1], cfg)
+    loaded.load_state_dict(m.state_dict())
+    loaded.attach(Imagination(wm, norm, F, 2), loaded.trained_uncertainty_std, loaded.trained_uncertainty_reference)
+    assert loaded.imagination is not None
+    assert loaded.imagination.uncertainty_reference == stats["uncertainty_reference"]
+    for q in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="uncertainty_quantile"):
+            MerPOv2Config(uncertainty_quantile=q)
+
+
 def test_meta_training_with_a_world_model_imagines_and_adaptation_does_too():
     wm = _small_world_model()
     F = 6 + 16

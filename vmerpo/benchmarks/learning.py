@@ -105,7 +105,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="continue the run in --out (the same settings; finished units are kept)")
     p.add_argument("--qualities", help=f"comma-separated subset of {','.join(QUALITIES)} (default: the budget's)")
     p.add_argument("--methods", help=f"comma-separated subset (state: {','.join(STATE_METHODS)}; opt-in: {','.join(EXTRA_METHODS)}; pixel: see "
-                                     "learning_pixel.PIXEL_METHODS, opt-in PIXEL_EXTRA_METHODS: merpo_v1, merpo_adp, meta_policy_v1, merpo_no_embedding, merpo_no_uncertainty_meta, iql_pooled); default all of the track's (power: bc,merpo,meta_policy)")
+                                     "learning_pixel.PIXEL_METHODS, opt-in PIXEL_EXTRA_METHODS: merpo_v1, merpo_adp, meta_policy_v1, merpo_no_embedding, merpo_no_uncertainty_meta, merpo_uncertainty_excess, iql_pooled); default all of the track's (power: bc,merpo,meta_policy)")
     p.add_argument("--ablations", metavar="QUALITIES",
                    help="qualities on which the mechanism ablations run (omega sweep 0 / 0.4 / 1; MerPO without the "
                         "task embedding; state: single-task RAC and d3rlpy IQL given the inferred embedding; pixel: "

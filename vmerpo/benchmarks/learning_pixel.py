@@ -7,13 +7,15 @@ shared by every method and quality. Per quality:
               held-out task (the same seeds as the state track: `learning.log_seeds`)
     train     `vmerpo train --world-model WM --algorithm merpo_v2`: latents + MerPO v2 meta-training
               (imagining with WM); with the opt-in methods also v1, v2 without the embedding
-              (merpo_no_embedding) and v2 at lambda_u 0 (merpo_no_uncertainty_meta)
+              (merpo_no_embedding), v2 at lambda_u 0 (merpo_no_uncertainty_meta) and v2 penalising
+              only the disagreement above the real rows' 90th percentile (merpo_uncertainty_excess)
     adapt     every method to every (held-out task, draw) log (`vmerpo adapt --method`); BC and
               single-task RAC learn from the log alone (`start=scratch`), LOMPO from its pooled
               pretraining, MerPO from (pi_c, Q_meta) at the embedding inferred from the log;
               meta_policy is pi_c at that embedding with no adaptation; ablations: omega 0 and 1,
               no uncertainty penalty in the adaptation's imagined transitions (METHOD_PLAN), and
-              the opt-in runs' MerPO (without the embedding; without the penalty anywhere)
+              the opt-in runs' MerPO (without the embedding; without the penalty anywhere; with the
+              penalty on the excess disagreement only)
     peer      d3rlpy's IQL on the v2 run's meta-train latents, zero-shot (iql_pooled) and fine-tuned
               on each log's latents (iql_finetuned), behind the log's world-model filter, as ONNX
     evaluate  each adapted policy on its task, the same starts for every method and draw
@@ -44,7 +46,7 @@ PIXEL_ABLATIONS = ("merpo_omega0", "merpo_omega04", "merpo_omega1", "merpo_no_un
 # without the uncertainty penalty in meta-training too (each a second v2 meta-training per
 # quality and world model)
 PIXEL_EXTRA_METHODS = ("merpo_v1", "merpo_adp", "meta_policy_v1", "merpo_no_embedding", "merpo_no_uncertainty_meta",
-                       "iql_pooled")
+                       "merpo_uncertainty_excess", "iql_pooled")
 # the pooled offline-RL peer (d3rlpy IQL, `vmerpo.benchmarks.peer`) on the same latent features:
 # trained on the v2 run's meta-train latents, zero-shot or fine-tuned on the held-out log's
 # latents, deployed behind the unit's world-model filter and exported to ONNX (`_peer`)
@@ -53,7 +55,9 @@ SCRATCH = ("bc", "rac")  # single-task: the held-out log alone, fresh networks
 # method -> (meta-training run kind, `vmerpo adapt --method`, adapt keyword arguments). Run kinds:
 # "v2" MerPO v2 (`--algorithm merpo_v2`; the baselines use its latents and pooled data too),
 # "v2_noemb" v2 without the task embedding, "v2_nounc" v2 without the uncertainty penalty (lambda_u
-# 0 in meta-training, and so at adaptation), "v1" MerPO as published
+# 0 in meta-training, and so at adaptation), "v2_excess" v2 whose penalty acts only on the
+# disagreement above the real rows' EXCESS_QUANTILE (meta-training and adaptation), "v1" MerPO as
+# published
 METHOD_PLAN: dict[str, tuple[str, str, dict[str, Any]]] = {
     "bc": ("v2", "bc", {"start": "scratch"}),
     "rac": ("v2", "rac", {"start": "scratch"}),
@@ -64,11 +68,13 @@ METHOD_PLAN: dict[str, tuple[str, str, dict[str, Any]]] = {
     "merpo_no_uncertainty": ("v2", "merpo", {"rac_overrides": {"uncertainty_penalty": 0.0}}),
     "merpo_no_embedding": ("v2_noemb", "merpo", {}),
     "merpo_no_uncertainty_meta": ("v2_nounc", "merpo", {}),
+    "merpo_uncertainty_excess": ("v2_excess", "merpo", {}),
     "merpo_v1": ("v1", "merpo", {}),
     "merpo_adp": ("v1", "merpo_adp", {}),
     "meta_policy_v1": ("v1", "merpo", {"steps": 0}),
 }
-RUN_KINDS = tuple(dict.fromkeys(kind for kind, _, _ in METHOD_PLAN.values()))  # v2, v2_noemb, v2_nounc, v1
+RUN_KINDS = tuple(dict.fromkeys(kind for kind, _, _ in METHOD_PLAN.values()))  # v2, v2_noemb, v2_nounc, v2_excess, v1
+EXCESS_QUANTILE = 0.9  # v2_excess: MerPOv2Config.uncertainty_quantile
 ZERO_SHOT = ("meta_policy", "meta_policy_v1", "iql_pooled")  # no policy update on the log
 EVAL_SEED = 1000  # as the state track: the same starts for every method and draw
 
@@ -310,7 +316,8 @@ def _pool_map(fn, jobs: list, workers: int, desc: str, progress: bool) -> list:
 def meta_train_config(kind: str, budget: Budget, device: str, seed: int):
     """The `vmerpo train` config of one meta-training run kind (METHOD_PLAN): the budget's
     preset; v2 kinds at the budget's meta-training steps, `v2_noemb` without the task embedding,
-    `v2_nounc` at lambda_u 0 (the run's config carries it to every adaptation of the run)."""
+    `v2_nounc` at lambda_u 0, `v2_excess` penalising only the disagreement above the real rows'
+    EXCESS_QUANTILE (the run's config and checkpoint carry it to every adaptation of the run)."""
     from learning.merpo_train import preset, v2_meta_budget
 
     if kind not in RUN_KINDS:
@@ -324,6 +331,8 @@ def meta_train_config(kind: str, budget: Budget, device: str, seed: int):
         v2.use_embedding = kind != "v2_noemb"
         if kind == "v2_nounc":
             v2.rac = replace(v2.rac, uncertainty_penalty=0.0)
+        if kind == "v2_excess":
+            v2.uncertainty_quantile = EXCESS_QUANTILE
         if budget.v2_meta_steps:
             cfg.merpo_v2 = v2_meta_budget(v2, budget.v2_meta_steps)
         cfg.algorithm = "merpo_v2"
