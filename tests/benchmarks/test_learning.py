@@ -97,6 +97,10 @@ def test_markdown_and_plot_come_from_the_results(tmp_path):
     d = res["medium"]["merpo"]["paired"]["vs_bc"]
     assert f"{d['mean']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]" in line
     assert "| 200 | 5.0 | 2.0 | 4 |" in line  # return, final and closest distance in cm, units
+    assert "commit abc." in text
+    # a resumed --out names every invocation's commit, not only the last one's
+    two = {**doc, "invocations": [{"commit": "1111111aaaa"}, {"commit": "2222222bbbb"}], "commit": "2222222bbbb"}
+    assert "commits 1111111, 2222222 " in results_markdown(two)
     plot(res, ["bc", "merpo"], ["medium"], tmp_path / "p.png", "t")
     assert (tmp_path / "p.png").stat().st_size > 1000
 

@@ -435,7 +435,10 @@ def results_markdown(doc: dict[str, Any]) -> str:
              f"Held-out tasks {s['heldout_tasks']}, {s['draws']} independent log draw(s) of "
              f"{s['heldout_episodes']} episodes per task and quality, {s['eval_episodes']} evaluation episodes per "
              f"(task, draw, method) on shared starts; hand start noise {s['hand_init_noise']} m; expert aimed at the "
-             f"{s['aim']}. {minutes:.1f} min in {len(inv)} invocation(s); commit {doc['commit']}.", "",
+             f"{s['aim']}. {minutes:.1f} min in {len(inv)} invocation(s); "
+             + (f"commit {doc['commit']}." if len(inv) == 1 else
+                "commits " + ", ".join(str(i["commit"])[:7] for i in inv)
+                + " (each invocation's command: results.json `invocations`)."), "",
              "Success: mean over (task, draw) units [95 % interval, two-stage bootstrap over tasks then draws]. "
              "Zero-shot methods do not see the held-out log: one evaluation per task stands for each of its draws.",
              ""]
