@@ -391,7 +391,9 @@ def _curves_section(out: Path, steps: list[dict]) -> list[Block]:
     if v2:  # one conditioned meta-learner: its RAC updates, and the imagined transitions it learns from
         panels += [(axes[0, 1], mp, ("q", "conservative_gap"), "MerPO v2 meta-critic Q_meta", "RAC update"),
                    (axes[1, 0], mp, ("behaviour_nll", "entropy"), "MerPO v2 meta-policy pi_c", "RAC update"),
-                   (axes[1, 1], mp, ("imagined_model_reward", "imagined_uncertainty"),
+                   (axes[1, 1], mp, ("imagined_model_reward",
+                                     "imagined_raw_uncertainty" if mp and "imagined_raw_uncertainty" in mp[-1]
+                                     else "imagined_uncertainty"),
                     "imagined transitions: reward and ensemble disagreement", "RAC update")]
     else:
         panels += [(axes[0, 1], mp, ("q", "conservative_gap"), "MerPO critic", "meta-step"),

@@ -34,6 +34,8 @@ def pool(runs: list[dict], pairs: list[tuple[str, str]], quality: str = "random_
     """Per pair A:B: A minus B in each run that holds both, and pooled over those runs (their
     shared units). Runs whose held-out logs differ are refused (the logs' own success per unit is
     the check); a pair no run holds is refused."""
+    if any(int(u.get("wm_seed", 0)) for r in runs for u in r["units"]):
+        raise ValueError("a run with several world-model seeds: pool its seeds with the benchmark's own summary")
     if any(logs(r, quality) != logs(runs[0], quality) for r in runs[1:]):
         raise ValueError(f"the runs' held-out {quality} logs differ: their units cannot be pooled")
     out: dict[str, dict] = {}

@@ -101,6 +101,8 @@ def test_markdown_and_plot_come_from_the_results(tmp_path):
     # a resumed --out names every invocation's commit, not only the last one's
     two = {**doc, "invocations": [{"commit": "1111111aaaa"}, {"commit": "2222222bbbb"}], "commit": "2222222bbbb"}
     assert "commits 1111111, 2222222 " in results_markdown(two)
+    dirty = {**two, "invocations": [{"commit": "1111111aaaa+dirty"}, {}]}  # an old invocation without one
+    assert "commits 1111111+dirty, unknown " in results_markdown(dirty)
     plot(res, ["bc", "merpo"], ["medium"], tmp_path / "p.png", "t")
     assert (tmp_path / "p.png").stat().st_size > 1000
 

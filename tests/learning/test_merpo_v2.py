@@ -239,6 +239,10 @@ def test_with_a_quantile_the_penalty_acts_only_on_disagreement_above_the_real_ro
     loaded.attach(Imagination(wm, norm, F, 2), loaded.trained_uncertainty_std, loaded.trained_uncertainty_reference)
     assert loaded.imagination is not None
     assert loaded.imagination.uncertainty_reference == stats["uncertainty_reference"]
+    before = {k: v for k, v in m.state_dict().items() if k != "uncertainty_reference"}  # written before the option
+    old = MerPOv2(F, 2, [0, 1], cfg)
+    old.load_state_dict(before)
+    assert old.trained_uncertainty_reference == 0.0  # all of u, as such a checkpoint was trained
     for q in (-0.1, 1.0):
         with pytest.raises(ValueError, match="uncertainty_quantile"):
             MerPOv2Config(uncertainty_quantile=q)

@@ -427,6 +427,12 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _short_commit(commit: str) -> str:
+    """A commit's 7-character abbreviation, keeping the working tree's `+dirty` mark."""
+    sha, dirty, _ = str(commit).partition("+dirty")
+    return sha[:7] + ("+dirty" if dirty else "")
+
+
 def results_markdown(doc: dict[str, Any]) -> str:
     s = doc["settings"]
     inv = doc["invocations"]
@@ -437,7 +443,7 @@ def results_markdown(doc: dict[str, Any]) -> str:
              f"(task, draw, method) on shared starts; hand start noise {s['hand_init_noise']} m; expert aimed at the "
              f"{s['aim']}. {minutes:.1f} min in {len(inv)} invocation(s); "
              + (f"commit {doc['commit']}." if len(inv) == 1 else
-                "commits " + ", ".join(str(i["commit"])[:7] for i in inv)
+                "commits " + ", ".join(_short_commit(i.get("commit", "unknown")) for i in inv)
                 + " (each invocation's command: results.json `invocations`)."), "",
              "Success: mean over (task, draw) units [95 % interval, two-stage bootstrap over tasks then draws]. "
              "Zero-shot methods do not see the held-out log: one evaluation per task stands for each of its draws.",
