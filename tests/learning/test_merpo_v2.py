@@ -165,17 +165,24 @@ def _small_world_model():
                                        reward_hidden=16, ensemble=3, action_dim=2))
 
 
-def test_the_uncertainty_penalty_lowers_imagined_rewards_where_members_disagree():
-    """Imagined transitions from a world model: reward r_hat(s, a, s', e) minus lambda_u times
-    the members' disagreement (in its std on real rows); where the members agree, nothing."""
-    import copy
-
+def _imagination_setup():
+    """A small world model, its latent width, a normaliser, a 2-task embedding and 256 real rows
+    ([latent, embedding] obs, unit actions)."""
     wm = _small_world_model()
     F = 6 + 16
     norm = Normalizer(np.full(2, -1.0, np.float32), np.ones(2, np.float32))
     te = TaskEmbedding(F, 2, [0, 1], TaskEmbeddingConfig(dim=2, hidden=16, layers=1))
     g = torch.Generator().manual_seed(0)
     data = {"obs": torch.randn(256, F + 2, generator=g), "act": torch.rand(256, 2, generator=g) * 2 - 1}
+    return wm, F, norm, te, data
+
+
+def test_the_uncertainty_penalty_lowers_imagined_rewards_where_members_disagree():
+    """Imagined transitions from a world model: reward r_hat(s, a, s', e) minus lambda_u times
+    the members' disagreement (in its std on real rows); where the members agree, nothing."""
+    import copy
+
+    wm, F, norm, te, data = _imagination_setup()
     im = Imagination(wm, norm, F, horizon=3)
     assert im.calibrate(data) > 0
     start = data["obs"][:64]
@@ -205,12 +212,7 @@ def test_with_a_quantile_the_penalty_acts_only_on_disagreement_above_the_real_ro
     """`uncertainty_quantile` q: the penalised u is the disagreement (in its std on real rows)
     less the real rows' q-quantile, floored at 0; the whole disagreement is still reported. The
     reference travels with the checkpoint to adaptation; a quantile outside [0, 1) is refused."""
-    wm = _small_world_model()
-    F = 6 + 16
-    norm = Normalizer(np.full(2, -1.0, np.float32), np.ones(2, np.float32))
-    te = TaskEmbedding(F, 2, [0, 1], TaskEmbeddingConfig(dim=2, hidden=16, layers=1))
-    g = torch.Generator().manual_seed(0)
-    data = {"obs": torch.randn(256, F + 2, generator=g), "act": torch.rand(256, 2, generator=g) * 2 - 1}
+    wm, F, norm, te, data = _imagination_setup()
     whole, excess = Imagination(wm, norm, F, horizon=3), Imagination(wm, norm, F, horizon=3)
     assert whole.calibrate(data, seed=4) == excess.calibrate(data, seed=4, quantile=0.9)  # the same unit
     assert whole.uncertainty_reference == 0.0
