@@ -188,13 +188,13 @@ class Imagination:
     floored at 0; the rollout also returns the whole normalised disagreement (`raw_uncertainty`)."""
 
     def __init__(self, world_model, norm: Normalizer, feat_dim: int, horizon: int,
-                 uncertainty_std: float | None = None, uncertainty_reference: float = 0.0) -> None:
+                 uncertainty_std: float | None = None) -> None:
         self.world_model = world_model.eval().requires_grad_(False)
         self.norm = norm
         self.feat_dim = feat_dim
         self.horizon = horizon
         self.uncertainty_std = uncertainty_std
-        self.uncertainty_reference = uncertainty_reference
+        self.uncertainty_reference = 0.0  # set by calibrate (with a quantile) or MerPOv2.attach
         self.real_uncertainty_mean: float | None = None  # u on real rows in the unit (calibrate)
 
     @torch.no_grad()
